@@ -1,0 +1,136 @@
+"""Which scheduler runs the work: a given client, the current client, or an embedded LocalCluster.
+
+Entry points that compute take ``client=``. With none, the current ``distributed`` client is used;
+if there is none and the user has not chosen a dask scheduler, an embedded ``LocalCluster``
+(processes) is started for inputs of at least ``cfact.cluster.embedded-min-bytes`` (policy
+``cfact.cluster.embedded``: ``auto`` | ``always`` | ``never``) and closed when the call returns.
+Small inputs run on dask's threaded scheduler, where starting processes would cost more than the
+work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import dask
+import dask.config
+
+from . import config
+from .errors import ConfigError
+
+__all__ = ["client_context", "compute", "connect"]
+
+logger = logging.getLogger(__name__)
+
+
+def connect(
+    client: Any = None, *, scheduler: str | None = None, scheduler_file: str | None = None,
+    security: Any = None,
+) -> Any:
+    """Return a ``distributed.Client`` for an address / scheduler file, or ``client`` as given."""
+    from distributed import Client
+
+    if client is not None:
+        if isinstance(client, str):
+            return Client(client, security=security)
+        return client
+    if scheduler_file:
+        if not os.path.exists(scheduler_file):
+            raise ConfigError(
+                f"scheduler file {scheduler_file!r} does not exist; start the scheduler with "
+                f"`dask scheduler --scheduler-file {scheduler_file}` first"
+            )
+        return Client(scheduler_file=scheduler_file, security=security)
+    if scheduler:
+        return Client(scheduler, security=security)
+    return None
+
+
+def _current_client() -> Any:
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def client_context(client: Any = None, *, nbytes: int | None = None) -> Iterator[Any]:
+    """Yield the client to compute with, or None for dask's local scheduler.
+
+    A client created here (from an address, or the embedded LocalCluster) is closed on exit.
+    """
+    if client is not None:
+        if isinstance(client, str):
+            c = connect(client)
+            try:
+                yield c
+            finally:
+                c.close()
+        else:
+            yield client
+        return
+    current = _current_client()
+    if current is not None:
+        yield current
+        return
+    policy = str(config.get("cluster.embedded", "auto"))
+    if policy not in ("auto", "always", "never"):
+        raise ConfigError(
+            f"cfact.cluster.embedded must be 'auto', 'always' or 'never', got {policy!r}"
+        )
+    user_scheduler = dask.config.get("scheduler", None)
+    big = nbytes is None or nbytes >= int(config.get("cluster.embedded-min-bytes", 2**28))
+    if policy == "never" or user_scheduler is not None or (policy == "auto" and not big):
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    mem = config.get("cluster.memory-limit", "auto")
+    cluster = LocalCluster(
+        n_workers=int(config.get("cluster.n-workers", 2)),
+        threads_per_worker=int(config.get("cluster.threads-per-worker", 1)),
+        processes=True,
+        memory_limit=mem,
+        dashboard_address=":0",
+    )
+    c = Client(cluster, set_as_default=False)
+    logger.info("started an embedded LocalCluster; dashboard at %s", c.dashboard_link)
+    try:
+        with dask.config.set(scheduler=c):
+            yield c
+    finally:
+        c.close()
+        cluster.close()
+
+
+def compute(
+    *collections: Any, client: Any = None, progress: bool | None = None, desc: str = ""
+) -> Sequence[Any]:
+    """``dask.compute`` on the chosen scheduler with a progress bar for long passes."""
+    if progress is None:
+        progress = bool(config.get("progress", True))
+    if client is not None:
+        futures = client.compute(list(collections))
+        if progress:
+            from distributed import progress as dprogress
+
+            if desc:
+                logger.info("%s", desc)
+            try:
+                dprogress(futures, notebook=False)
+            except Exception:  # noqa: BLE001 - progress display must never fail a job
+                logger.debug("progress display failed", exc_info=True)
+        return client.gather(futures)
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=1.0, out=sys.stderr):
+            return dask.compute(*collections)
+    return dask.compute(*collections)

@@ -1,0 +1,293 @@
+"""Input: open Zarr / xarray / dask / numpy data read-only, on its native chunk grid."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from .errors import InputError, StoreNotFoundError
+
+__all__ = ["InputArray", "open_array"]
+
+
+@dataclass(frozen=True)
+class InputArray:
+    """A validated chunked input: a dask array plus the metadata the pipeline keeps.
+
+    Attributes
+    ----------
+    data : dask.array.Array
+        The data on its native chunks (never rechunked by cfact_dask).
+    feature_axis : int
+        The axis of the ``n`` features (the one that gets compressed).
+    dims : tuple of str or None
+        Dimension names (from xarray or Zarr ``dimension_names``).
+    coords : dict
+        Coordinate arrays keyed by dimension name (1-D, small; kept through the pipeline).
+    source : str
+        Where the data came from, used in error messages.
+    attrs : dict
+        Attributes of the source array.
+    """
+
+    data: da.Array
+    feature_axis: int = 0
+    dims: tuple[str, ...] | None = None
+    coords: Mapping[str, np.ndarray] = field(default_factory=dict)
+    source: str = "the input"
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def chunks(self) -> tuple[tuple[int, ...], ...]:
+        return self.data.chunks
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.shape[self.feature_axis])
+
+    def with_feature_axis(self, axis: int | str | None) -> InputArray:
+        if axis is None:
+            return self
+        ax = _resolve_axis(axis, self.ndim, self.dims, self.source)
+        return InputArray(self.data, ax, self.dims, self.coords, self.source, self.attrs)
+
+    def to_xarray(self) -> Any:
+        """The data as an ``xarray.DataArray`` (dims and coords kept, still lazy)."""
+        import xarray as xr
+
+        dims = self.dims or tuple(f"dim_{i}" for i in range(self.ndim))
+        return xr.DataArray(self.data, dims=dims, coords=dict(self.coords), attrs=dict(self.attrs))
+
+    def __dask_tokenize__(self) -> Any:
+        from dask.base import tokenize
+
+        return ("cfact.InputArray", self.data.name, self.feature_axis, self.dims,
+                tokenize(dict(self.coords)))
+
+
+def open_array(
+    source: Any,
+    feature_axis: int | str = 0,
+    *,
+    variable: str | None = None,
+    chunks: Any = None,
+    storage_options: dict[str, Any] | None = None,
+    check_dtype: bool = True,
+) -> InputArray:
+    """Open data for cfact_dask, keeping its native chunks and any dims / coords.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, zarr.Array, xarray.DataArray, dask.array.Array or numpy.ndarray
+        A Zarr path or fsspec URL (opened read-only), an open Zarr array, a labelled xarray
+        ``DataArray``, a dask array, or an in-memory array (wrapped in one chunk per axis unless
+        ``chunks`` is given).
+    feature_axis : int or str
+        The axis of the features ``n`` (the one a sketch compresses). A dimension name is
+        accepted for labelled inputs.
+    variable : str, optional
+        For a Zarr *group* written by xarray: which data variable to open.
+    chunks : optional
+        Only for numpy input: the chunking to wrap it with. Chunked inputs keep their own.
+    storage_options : dict, optional
+        Passed to fsspec for remote URLs.
+    check_dtype : bool
+        Refuse non-numeric and complex dtypes (default True).
+
+    Returns
+    -------
+    InputArray
+    """
+    if isinstance(source, InputArray):
+        out = source.with_feature_axis(feature_axis)
+    elif isinstance(source, (str, os.PathLike)):
+        out = _open_store(os.fspath(source), variable, storage_options)
+        out = out.with_feature_axis(feature_axis)
+    else:
+        out = _wrap_object(source, chunks)
+        out = out.with_feature_axis(feature_axis)
+    _validate(out, check_dtype)
+    return out
+
+
+def _wrap_object(source: Any, chunks: Any) -> InputArray:
+    try:
+        import xarray as xr
+    except ImportError:  # pragma: no cover - xarray is a dependency
+        xr = None
+    import zarr
+
+    if xr is not None and isinstance(source, xr.Dataset):
+        raise InputError(
+            "got an xarray Dataset; pass one of its variables, e.g. ds['expression'], or a Zarr "
+            "path with variable='expression'"
+        )
+    if xr is not None and isinstance(source, xr.DataArray):
+        data = source.data
+        if not isinstance(data, da.Array):
+            data = da.from_array(np.asarray(data), chunks=chunks or -1)
+        coords = {
+            str(k): np.asarray(v.values)
+            for k, v in source.coords.items()
+            if v.ndim == 1 and v.dims[0] == k
+        }
+        return InputArray(
+            data,
+            0,
+            tuple(str(d) for d in source.dims),
+            coords,
+            f"DataArray {source.name!r}" if source.name is not None else "the DataArray",
+            dict(source.attrs),
+        )
+    if isinstance(source, zarr.Array):
+        return _from_zarr_array(source, _describe_zarr(source))
+    if isinstance(source, da.Array):
+        return InputArray(source, 0, None, {}, "the dask array")
+    if isinstance(source, (np.ndarray, list, tuple)) or hasattr(source, "__array__"):
+        arr = np.asarray(source)
+        return InputArray(da.from_array(arr, chunks=chunks or -1), 0, None, {}, "the numpy array")
+    raise InputError(
+        f"unsupported input type {type(source).__module__}.{type(source).__name__}; pass a Zarr "
+        f"path or URL, a zarr.Array, an xarray.DataArray, a dask array or a numpy array"
+    )
+
+
+def _describe_zarr(z: Any) -> str:
+    store = getattr(z, "store", None)
+    root = getattr(store, "root", None)
+    loc = str(root) if root is not None else str(store)
+    path = getattr(z, "path", "")
+    return f"Zarr array {loc}{'/' + path if path else ''}"
+
+
+def _from_zarr_array(z: Any, source: str) -> InputArray:
+    # native grid: shards when the array is sharded (lock-free, one object read per task)
+    grid = getattr(z, "shards", None) or z.chunks
+    data = da.from_zarr(z, chunks=grid)
+    dims = None
+    names = getattr(getattr(z, "metadata", None), "dimension_names", None)
+    if names and all(n is not None for n in names):
+        dims = tuple(str(n) for n in names)
+    elif "_ARRAY_DIMENSIONS" in z.attrs:
+        dims = tuple(z.attrs["_ARRAY_DIMENSIONS"])
+    return InputArray(data, 0, dims, {}, source, dict(z.attrs))
+
+
+def _open_store(path: str, variable: str | None, storage_options: dict[str, Any] | None) -> InputArray:
+    import zarr
+
+    is_url = "://" in path
+    if not is_url and not os.path.exists(path):
+        raise StoreNotFoundError(
+            f"no Zarr store at {path!r}; check the path (relative paths are taken from "
+            f"{os.getcwd()!r})"
+        )
+    try:
+        node = zarr.open(path, mode="r", storage_options=storage_options) if is_url else zarr.open(
+            path, mode="r"
+        )
+    except FileNotFoundError as e:
+        raise StoreNotFoundError(f"no Zarr store at {path!r}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - zarr raises many types for unreadable metadata
+        raise StoreNotFoundError(
+            f"{path!r} is not a readable Zarr store ({type(e).__name__}: {e}); point to a Zarr "
+            f"array, or a group with variable=..."
+        ) from e
+    if isinstance(node, zarr.Array):
+        if variable is not None:
+            raise InputError(f"{path!r} is a Zarr array, not a group; drop variable={variable!r}")
+        return _from_zarr_array(node, f"Zarr array {path!r}")
+    # a group: xarray layout (coords kept) when a variable is named
+    members = sorted(k for k, v in node.members() if isinstance(v, zarr.Array))
+    if variable is None:
+        data_vars = [m for m in members if not _is_coord(node, m)]
+        if len(data_vars) == 1:
+            variable = data_vars[0]
+        else:
+            raise InputError(
+                f"{path!r} is a Zarr group with arrays {members}; choose one with "
+                f"variable=<name> (CLI: --variable)"
+            )
+    if variable not in members:
+        raise StoreNotFoundError(
+            f"Zarr group {path!r} has no array {variable!r}; it holds {members}"
+        )
+    arr = node[variable]
+    if "_ARRAY_DIMENSIONS" in arr.attrs or getattr(arr.metadata, "dimension_names", None):
+        import xarray as xr
+
+        ds = xr.open_zarr(path, consolidated=False, chunks={}, storage_options=storage_options)
+        xa = ds[variable]
+        inp = _wrap_object(xa, None)
+        return InputArray(inp.data, 0, inp.dims, inp.coords, f"variable {variable!r} of {path!r}",
+                          inp.attrs)
+    return _from_zarr_array(arr, f"Zarr array {path!r}/{variable}")
+
+
+def _is_coord(group: Any, name: str) -> bool:
+    arr = group[name]
+    dims = arr.attrs.get("_ARRAY_DIMENSIONS") or getattr(arr.metadata, "dimension_names", None)
+    return bool(dims) and len(dims) == 1 and dims[0] == name
+
+
+def _resolve_axis(axis: int | str | Hashable, ndim: int, dims: tuple[str, ...] | None,
+                  source: str) -> int:
+    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
+        if not -ndim <= axis < ndim:
+            raise InputError(
+                f"feature axis {axis} is out of range for {source} with {ndim} dimensions; "
+                f"use 0..{ndim - 1}"
+            )
+        return int(axis) % ndim
+    if dims is None:
+        raise InputError(
+            f"feature axis {axis!r} is a name but {source} has no dimension names; pass an int"
+        )
+    if axis not in dims:
+        raise InputError(f"feature axis {axis!r} is not a dimension of {source}; dims are {dims}")
+    return dims.index(axis)
+
+
+def _validate(inp: InputArray, check_dtype: bool) -> None:
+    x = inp.data
+    if check_dtype:
+        kind = x.dtype.kind
+        if kind == "c":
+            raise InputError(
+                f"{inp.source} has complex dtype {x.dtype}; split it into real and imaginary parts"
+            )
+        if kind not in "fiub":
+            raise InputError(
+                f"{inp.source} has non-numeric dtype {x.dtype}; convert it to float32 or float64 "
+                f"(e.g. x.astype('float32'))"
+            )
+    if x.ndim < 1:
+        raise InputError(f"{inp.source} is a scalar; cfact_dask needs a matrix or tensor")
+    if any(math.isnan(c) for cs in x.chunks for c in cs):
+        raise InputError(
+            f"{inp.source} has unknown chunk sizes; call .compute_chunk_sizes() on the dask array"
+        )
+    if 0 in x.shape:
+        raise InputError(f"{inp.source} is empty (shape {x.shape}); nothing to factorize")

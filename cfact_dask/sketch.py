@@ -1,0 +1,433 @@
+"""One-pass, chunking-invariant sketches ``M̃ = P M`` and their Zarr round trip.
+
+References
+----------
+.. [1] V. Sharan, K. S. Tai, P. Bailis, G. Valiant. "Compressed factorization: fast and accurate
+   low-rank factorization of compressively-sensed data". ICML 2019, arXiv:1706.08146.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from ._version import __version__ as _version
+from ._random import SeedLike
+from .cluster import client_context, compute
+from .errors import InputError, RankError, StoreExistsError, StoreNotFoundError
+from .io import InputArray, open_array
+from .operators import Kind, SketchOperator, make_operator, project
+
+__all__ = ["Sketch", "sketch"]
+
+SKETCH_DIM = "sketch_row"
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """A sketch ``P ×_axis X``: the compressed data plus the spec of ``P`` and provenance.
+
+    Attributes
+    ----------
+    data : dask.array.Array
+        The input's shape with the feature axis replaced by ``n_components``; every other axis
+        keeps the input's chunks (for a matrix with features on axis 0: d × m, chunked along m).
+    operator : SketchOperator
+        The spec that regenerates ``P``.
+    axis : int
+        The sketched (feature) axis.
+    feature_ranges : tuple of (start, stop)
+        The feature blocks of ``P``'s columns this sketch covers (several after ``merge``).
+    dims, coords : labels of the input, the feature dim renamed ``sketch_row``.
+    provenance : dict
+        Versions, seed, source and time; written to Zarr attrs.
+    """
+
+    data: da.Array
+    operator: SketchOperator
+    axis: int = 0
+    feature_ranges: tuple[tuple[int, int], ...] = ()
+    dims: tuple[str, ...] | None = None
+    coords: Mapping[str, np.ndarray] = field(default_factory=dict)
+    feature_dim: str | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def n_components(self) -> int:
+        return self.operator.n_components
+
+    @property
+    def n_features(self) -> int:
+        return self.operator.n_features
+
+    @property
+    def complete(self) -> bool:
+        """True when the sketch covers every feature of ``P`` (after merges)."""
+        return _covered(self.feature_ranges) == [(0, self.n_features)]
+
+    @property
+    def matrix(self) -> da.Array:
+        """The sketch as a d × m matrix (features first), for a matrix input; lazy transpose."""
+        if self.data.ndim != 2:
+            raise InputError(
+                f"the sketch has {self.data.ndim} dimensions; .matrix is for matrices (use .data "
+                f"for tensors)"
+            )
+        return self.data if self.axis == 0 else self.data.T
+
+    def sample_coords(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.coords.items() if k != SKETCH_DIM}
+
+    def to_xarray(self) -> Any:
+        import xarray as xr
+
+        dims = self._dims()
+        return xr.DataArray(
+            self.data, dims=dims, coords=self.sample_coords(), name="sketch",
+            attrs={"cfact": self._attrs()},
+        )
+
+    def _dims(self) -> tuple[str, ...]:
+        if self.dims is not None:
+            return self.dims
+        dims = [f"dim_{i}" for i in range(self.data.ndim)]
+        dims[self.axis] = SKETCH_DIM
+        return tuple(dims)
+
+    # ------------------------------------------------------------------ linearity
+    def merge(self, other: Sketch) -> Sketch:
+        """Sum with the sketch of a disjoint feature block of the same data (same operator)."""
+        if not isinstance(other, Sketch):
+            raise InputError(f"merge expects a Sketch, got {type(other).__name__}")
+        if other.operator != self.operator:
+            raise InputError(
+                "cannot merge sketches made with different operators: "
+                f"{self.operator.to_dict()} vs {other.operator.to_dict()}; sketch both blocks with "
+                "the same kind, n_components, seed and n_features"
+            )
+        if other.axis != self.axis or other.shape != self.shape:
+            raise InputError(
+                f"cannot merge a sketch of shape {other.shape} (axis {other.axis}) into one of "
+                f"shape {self.shape} (axis {self.axis}); the samples must be the same"
+            )
+        for a in self.feature_ranges:
+            for b in other.feature_ranges:
+                if a[0] < b[1] and b[0] < a[1]:
+                    raise InputError(
+                        f"feature ranges {a} and {b} overlap; merge only sketches of disjoint "
+                        f"feature blocks (pass feature_offset= when sketching a block)"
+                    )
+        data = self.data + other.data.rechunk(self.data.chunks)
+        ranges = tuple(sorted(self.feature_ranges + other.feature_ranges))
+        return replace(self, data=data, feature_ranges=ranges)
+
+    def append_samples(self, X: Any, *, check_finite: bool | None = None) -> Sketch:
+        """Sketch new samples (matrix columns) with the same operator and append them."""
+        if self.data.ndim != 2:
+            raise InputError("append_samples is defined for matrix sketches")
+        if isinstance(X, Sketch):
+            new = X
+            if new.operator != self.operator:
+                raise InputError("append_samples needs a sketch made with the same operator")
+        else:
+            new = sketch_with(X, self.operator, axis=self.axis, check_finite=check_finite)
+        sample_axis = 1 - self.axis
+        if new.data.ndim != 2 or new.axis != self.axis:
+            raise InputError(
+                f"new samples have shape {new.data.shape} with feature axis {new.axis}; expected "
+                f"a matrix with features on axis {self.axis}"
+            )
+        data = da.concatenate([self.data, new.data], axis=sample_axis)
+        coords = dict(self.coords)
+        if self.dims is not None:
+            sdim = self.dims[sample_axis]
+            if sdim in coords and sdim in new.coords:
+                coords[sdim] = np.concatenate([coords[sdim], new.coords[sdim]])
+            else:
+                coords.pop(sdim, None)
+        return replace(self, data=data, coords=coords)
+
+    # ------------------------------------------------------------------ compute / persist
+    def persist(self, client: Any = None) -> Sketch:
+        with client_context(client, nbytes=self.data.nbytes) as c:
+            data = c.persist(self.data) if c is not None else self.data.persist()
+        return replace(self, data=data)
+
+    def compute(self, client: Any = None, progress: bool | None = None) -> np.ndarray:
+        with client_context(client, nbytes=self.data.nbytes) as c:
+            return compute(self.data, client=c, progress=progress)[0]
+
+    # ------------------------------------------------------------------ Zarr
+    def _attrs(self) -> dict[str, Any]:
+        return {
+            "type": "sketch",
+            "operator": self.operator.to_dict(),
+            "axis": self.axis,
+            "feature_ranges": [list(r) for r in self.feature_ranges],
+            "dims": list(self._dims()),
+            "feature_dim": self.feature_dim,
+            "provenance": dict(self.provenance),
+        }
+
+    def to_zarr(
+        self,
+        store: str | os.PathLike,
+        group: str = "sketch",
+        *,
+        overwrite: bool = False,
+        client: Any = None,
+        progress: bool | None = None,
+    ) -> str:
+        """Compute the sketch and write it to ``store/group`` (xarray layout, spec in attrs).
+
+        The group is marked complete (attribute ``cfact.complete``) only after every chunk is
+        written, so an interrupted write is never taken for a sketch.
+        """
+        import xarray as xr
+        import zarr
+
+        store = os.fspath(store)
+        _check_target(store, group, overwrite)
+        xa = self.to_xarray()
+        xa.attrs = {}
+        # Zarr needs regular chunks; the sketch is small, so this touches no input data
+        data = xa.data
+        data = data.rechunk(tuple(max(c) for c in data.chunks)) if not _regular(data) else data
+        ds = xr.Dataset({"sketch": (xa.dims, data)}, coords=xa.coords)
+        for v in ds.variables.values():
+            v.encoding = {}
+        with client_context(client, nbytes=self.data.nbytes) as c:
+            delayed = ds.to_zarr(store, group=group, mode="w", compute=False, consolidated=False,
+                                 zarr_format=3)
+            compute(delayed, client=c, progress=progress, desc=f"writing sketch to {store}")
+        g = zarr.open_group(store, path=group, mode="r+")
+        g.attrs.update({"cfact": {**self._attrs(), "complete": True}})
+        return f"{store}/{group}"
+
+    @classmethod
+    def from_zarr(cls, store: str | os.PathLike, group: str = "sketch") -> Sketch:
+        """Open a sketch written by :meth:`to_zarr` (lazy; chunks as stored)."""
+        import xarray as xr
+
+        store = os.fspath(store)
+        meta = _read_attrs(store, group, "sketch")
+        ds = xr.open_zarr(store, group=group, consolidated=False, chunks={})
+        xa = ds["sketch"]
+        coords = {str(k): np.asarray(v.values) for k, v in xa.coords.items() if v.ndim == 1}
+        dims = tuple(meta["dims"])
+        return cls(
+            data=xa.data,
+            operator=SketchOperator.from_dict(meta["operator"]),
+            axis=int(meta["axis"]),
+            feature_ranges=tuple(tuple(r) for r in meta["feature_ranges"]),
+            dims=dims,
+            coords=coords,
+            feature_dim=meta.get("feature_dim"),
+            provenance=meta.get("provenance", {}),
+        )
+
+
+def _regular(x: da.Array) -> bool:
+    return all(len(set(c[:-1])) <= 1 and (len(c) == 1 or c[-1] <= c[0]) for c in x.chunks)
+
+
+def _covered(ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _check_target(store: str, group: str, overwrite: bool) -> None:
+    import zarr
+
+    if "://" in store or not os.path.exists(store):
+        return
+    try:
+        root = zarr.open_group(store, mode="r")
+    except Exception:  # noqa: BLE001
+        if overwrite:
+            return
+        raise StoreExistsError(
+            f"{store!r} exists and is not a Zarr group; choose another path or pass overwrite=True"
+        ) from None
+    if group in root and not overwrite:
+        raise StoreExistsError(
+            f"{store!r} already holds a group {group!r}; pass overwrite=True (CLI: --overwrite) "
+            f"to replace it, or choose another group"
+        )
+
+
+def _read_attrs(store: str, group: str, kind: str) -> dict[str, Any]:
+    import zarr
+
+    if "://" not in store and not os.path.exists(store):
+        raise StoreNotFoundError(f"no Zarr store at {store!r}")
+    try:
+        g = zarr.open_group(store, path=group, mode="r")
+    except Exception as e:  # noqa: BLE001
+        raise StoreNotFoundError(f"{store!r} has no group {group!r} ({e})") from e
+    meta = dict(g.attrs).get("cfact")
+    if not meta or meta.get("type") != kind:
+        raise StoreNotFoundError(
+            f"{store!r}/{group} is not a cfact {kind} (attribute 'cfact.type' is missing or "
+            f"{(meta or {}).get('type')!r})"
+        )
+    if not meta.get("complete"):
+        raise StoreNotFoundError(
+            f"{store!r}/{group} is an incomplete {kind}: its write was interrupted; write it again"
+        )
+    return meta
+
+
+def _provenance(op: SketchOperator, source: str) -> dict[str, Any]:
+    import dask
+    import zarr
+
+    return {
+        "cfact_dask": _version,
+        "dask": dask.__version__,
+        "zarr": zarr.__version__,
+        "numpy": np.__version__,
+        "seed": op.seed,
+        "source": source,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def sketch_with(
+    X: Any,
+    operator: SketchOperator,
+    *,
+    axis: int | str | None = None,
+    feature_offset: int = 0,
+    check_finite: bool | None = None,
+    split_every: int | None = None,
+) -> Sketch:
+    """Sketch ``X`` with an existing operator (e.g. new samples, or one node's columns)."""
+    from . import config
+
+    inp = X if isinstance(X, InputArray) else open_array(X)
+    inp = inp.with_feature_axis(axis)
+    ax = inp.feature_axis
+    n_block = inp.shape[ax]
+    if feature_offset < 0 or feature_offset + n_block > operator.n_features:
+        raise InputError(
+            f"{inp.source} has {n_block} features on axis {ax}; at feature_offset={feature_offset} "
+            f"that does not fit in an operator over {operator.n_features} features"
+        )
+    if check_finite is None:
+        check_finite = bool(config.get("sketch.check-finite", True))
+    data = project(
+        inp.data, operator, axis=ax, offset=feature_offset, check_finite=check_finite,
+        split_every=split_every, source=inp.source,
+    )
+    dims = None
+    feature_dim = None
+    if inp.dims is not None:
+        dl = list(inp.dims)
+        feature_dim = dl[ax]
+        dl[ax] = SKETCH_DIM
+        dims = tuple(dl)
+    coords = {k: v for k, v in inp.coords.items() if inp.dims is None or k != inp.dims[ax]}
+    return Sketch(
+        data=data,
+        operator=operator,
+        axis=ax,
+        feature_ranges=((feature_offset, feature_offset + n_block),),
+        dims=dims,
+        coords=coords,
+        feature_dim=feature_dim,
+        provenance=_provenance(operator, inp.source),
+    )
+
+
+def sketch(
+    X: Any,
+    n_components: int,
+    kind: Kind = "expander",
+    seed: SeedLike = 0,
+    axis: int | str | None = None,
+    *,
+    s: int | None = None,
+    n_features: int | None = None,
+    feature_offset: int = 0,
+    check_finite: bool | None = None,
+    tile_size: int | None = None,
+    split_every: int | None = None,
+) -> Sketch:
+    """Compress the feature axis of ``X`` with a random operator, in one pass (lazy).
+
+    Each input chunk is read once and multiplied by the columns of ``P`` it meets (regenerated from
+    the operator's seed and the chunk's *global* position); the d-sized partials are summed by a
+    tree reduction. No rechunk of the input; float32 in gives float32 out.
+
+    Parameters
+    ----------
+    X : array-like or InputArray
+        Anything :func:`open_array` accepts (Zarr path, zarr.Array, xarray, dask, numpy).
+    n_components : int
+        The sketch size ``d`` (1 <= d < n).
+    kind : {"expander", "sparse_sign", "countsketch", "gaussian"}
+        The measurement matrix (see :class:`SketchOperator`). ``expander`` keeps nonnegative data
+        nonnegative, so NMF can run on the sketch.
+    seed : int, SeedSequence, Generator or None
+        Root seed of the operator (default 0, so results are repeatable).
+    axis : int or str, optional
+        The feature axis (a dim name for labelled data); defaults to the input's (0).
+    s : int, optional
+        Nonzeros per column for ``expander`` / ``sparse_sign``.
+    n_features, feature_offset : int, optional
+        For sketching one feature block of a larger dataset: the global ``n`` and this block's
+        first feature. Sketches of disjoint blocks combine with :meth:`Sketch.merge`.
+    check_finite : bool, optional
+        Raise :class:`~cfact_dask.errors.NonFiniteError` naming the chunk when NaN / Inf is met
+        (default from ``cfact.sketch.check-finite``).
+
+    Returns
+    -------
+    Sketch
+        Lazy; ``.persist()``, ``.compute()`` or ``.to_zarr()`` run the pass.
+
+    Examples
+    --------
+    >>> import numpy as np, cfact_dask as cf
+    >>> X = np.abs(np.random.default_rng(0).standard_normal((1000, 50)))
+    >>> sk = cf.sketch(X, n_components=100, kind="expander", seed=0)
+    >>> sk.shape
+    (100, 50)
+    """
+    inp = X if isinstance(X, InputArray) else open_array(X)
+    inp = inp.with_feature_axis(axis)
+    ax = inp.feature_axis
+    n = int(n_features) if n_features is not None else inp.shape[ax] + feature_offset
+    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
+        raise RankError(f"n_components must be an int, got {n_components!r}")
+    if not 1 <= n_components < n:
+        raise RankError(
+            f"n_components={n_components} is impossible for {n} features on axis {ax} of "
+            f"{inp.source}: a sketch compresses, so choose 1 <= n_components < {n}"
+        )
+    op = make_operator(kind, int(n_components), n, seed, s=s, tile_size=tile_size)
+    return sketch_with(
+        inp, op, axis=ax, feature_offset=feature_offset, check_finite=check_finite,
+        split_every=split_every,
+    )
