@@ -15,9 +15,10 @@ References
 
 from __future__ import annotations
 
-import functools
+import collections
 import itertools
 import math
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -167,12 +168,21 @@ class SketchOperator:
         dtype = _result_dtype(block.dtype)
         block = np.asarray(block, dtype=dtype)
         L = block.shape[axis]
-        P = self.columns(start, start + L, dtype)
         moved = np.moveaxis(block, axis, 0)
         rest = moved.shape[1:]
         flat = moved.reshape(L, -1)
-        out = P @ flat
-        out = np.asarray(out, dtype=dtype).reshape((self.n_components,) + rest)
+        if self.kind == "gaussian":
+            # dense: accumulate tile by tile instead of stacking a d x L copy of P
+            out = np.zeros((self.n_components, flat.shape[1]), dtype=dtype)
+            T = self.tile_size
+            for t in range(start // T, -(-(start + L) // T)):
+                lo, hi = max(start - t * T, 0), min(start + L - t * T, T)
+                if hi > lo:
+                    r0 = t * T + lo - start
+                    out += self.tile(t, dtype)[:, lo:hi] @ flat[r0 : r0 + hi - lo]
+        else:
+            out = np.asarray(self.columns(start, start + L, dtype) @ flat, dtype=dtype)
+        out = out.reshape((self.n_components,) + rest)
         return np.moveaxis(out, 0, axis)
 
     def matvec(self, W: Any, *, offset: int = 0) -> da.Array:
@@ -261,8 +271,51 @@ def make_operator(
 
 
 # ---------------------------------------------------------------------- tile generation
-@functools.lru_cache(maxsize=32)
+class _TileCache:
+    """Per-process cache of generated tiles, bounded in bytes (``cfact.sketch.tile-cache-bytes``).
+
+    A tile is reused by every sample chunk of the same feature rows; regenerating it costs about
+    as much as the GEMM with it for dense operators.
+    """
+
+    def __init__(self) -> None:
+        self._data: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, make: Any) -> Any:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        value = make()
+        size = value.data.nbytes + value.indices.nbytes if sp.issparse(value) else value.nbytes
+        limit = int(config.get("sketch.tile-cache-bytes", 128 * 2**20))
+        with self._lock:
+            if key not in self._data and size <= limit:
+                self._data[key] = value
+                self._bytes += size
+                while self._bytes > limit and self._data:
+                    _, old = self._data.popitem(last=False)
+                    self._bytes -= (
+                        old.data.nbytes + old.indices.nbytes if sp.issparse(old) else old.nbytes
+                    )
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+
+_TILES = _TileCache()
+
+
 def _tile(op: SketchOperator, t: int, dtype: str) -> sp.csc_matrix | np.ndarray:
+    return _TILES.get((op, t, dtype), lambda: _make_tile(op, t, dtype))
+
+
+def _make_tile(op: SketchOperator, t: int, dtype: str) -> sp.csc_matrix | np.ndarray:
     T = op.tile_size
     w = min(T, op.n_features - t * T)
     d = op.n_components
