@@ -1,44 +1,123 @@
 """cfact_dask: compressed low-rank factorization of chunked out-of-core data with Dask.
 
-Data flow: :func:`open_array` → :func:`sketch` (one pass, chunking-invariant) → factorize →
-recover → reconstruct into chunked Zarr. See the README and ``DESIGN.md``.
+Data flow: :func:`open_array` → :func:`sketch` (one pass, chunking-invariant) → factorize
+(:func:`nmf`, :func:`svd`, :func:`sparse_pca`, :func:`cp`, :func:`dgd_local`, :func:`lp_lowrank`,
+:func:`projective_clustering`) → :func:`recover` → :func:`reconstruct` into chunked Zarr, or all of it
+with :func:`factorize_recover`. See the README and ``DESIGN.md``.
+
+The scikit-learn style estimators (``CompressedNMF`` ...) need scikit-learn and are imported on
+first use.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from . import config as _config  # noqa: F401  (registers the cfact.* dask.config defaults)
+from . import datasets, metrics
 from ._version import __version__
+from .checkpoint import Checkpoint
 from .cluster import client_context, connect
+from .dgd import DGDResult, DGDState, centralized, dgd, dgd_local
 from .errors import (
     CfactError,
+    ConfigError,
     ConvergenceWarning,
+    DivergenceError,
     InputError,
+    NegativeDataError,
     NonFiniteError,
     RankError,
+    RecoveryWarning,
+    ResumeError,
     StoreExistsError,
     StoreNotFoundError,
 )
 from .io import InputArray, open_array
+from .metrics import match_factors, relative_error, support_recovery
+from .nmf import NMFResult, nmf
 from .operators import KINDS, SketchOperator, make_operator
+from .pipeline import RunResult, factorize_recover, run_job
+from .plan import Plan, plan
+from .reconstruct import ReconstructionStats, open_reconstruction, reconstruct
+from .recover import Certificate, Recovery, holdout_error, recover
 from .sketch import Sketch, sketch, sketch_with
+from .topology import Topology, make_topology
+
+_LAZY = {
+    "CompressedNMF": "estimators",
+}
 
 __all__ = [
     "KINDS",
+    "Certificate",
     "CfactError",
+    "Checkpoint",
+    "CompressedNMF",
+    "ConfigError",
     "ConvergenceWarning",
+    "DGDResult",
+    "DGDState",
+    "DivergenceError",
     "InputArray",
     "InputError",
+    "NMFResult",
+    "NegativeDataError",
     "NonFiniteError",
+    "Plan",
     "RankError",
+    "ReconstructionStats",
+    "Recovery",
+    "RecoveryWarning",
+    "ResumeError",
+    "RunResult",
     "Sketch",
     "SketchOperator",
     "StoreExistsError",
     "StoreNotFoundError",
+    "Topology",
     "__version__",
+    "centralized",
     "client_context",
     "connect",
+    "datasets",
+    "dgd",
+    "dgd_local",
+    "factorize_recover",
+    "holdout_error",
     "make_operator",
+    "make_topology",
+    "match_factors",
+    "metrics",
+    "nmf",
     "open_array",
+    "open_reconstruction",
+    "plan",
+    "reconstruct",
+    "recover",
+    "relative_error",
+    "run_job",
     "sketch",
     "sketch_with",
+    "support_recovery",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'cfact_dask' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(f".{mod}", __name__)
+    except ImportError as e:
+        raise ImportError(
+            f"cfact_dask.{name} needs scikit-learn: pip install 'cfact_dask[test]' or scikit-learn"
+        ) from e
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -187,7 +187,16 @@ def _register_optional() -> None:
             cli.add_command(cmd)
 
 
-_COMMANDS: list[tuple[str, str]] = []
+_COMMANDS: list[tuple[str, str]] = [
+    ("_cli_factor", "factor"),
+    ("_cli_dgd", "factor_dgd"),
+    ("_cli_embed", "compress_embedding"),
+    ("_cli_pipeline", "run"),
+    ("_cli_pipeline", "demo"),
+    ("_cli_pipeline", "plan_cmd"),
+    ("_cli_pipeline", "recover_cmd"),
+    ("_cli_pipeline", "reconstruct_cmd"),
+]
 
 _register_optional()
 

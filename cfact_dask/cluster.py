@@ -23,7 +23,7 @@ import dask.config
 from . import config
 from .errors import ConfigError
 
-__all__ = ["client_context", "compute", "connect"]
+__all__ = ["client_context", "compute", "connect", "show_progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,16 @@ def client_context(client: Any = None, *, nbytes: int | None = None) -> Iterator
         cluster.close()
 
 
+def show_progress(futures: Any, client: Any) -> None:
+    """A text progress bar for futures on ``client`` (blocks until they finish)."""
+    from distributed import progress as dprogress
+
+    try:
+        dprogress(futures, notebook=False, scheduler=client.scheduler.address)
+    except Exception:  # noqa: BLE001 - progress display must never fail a job
+        logger.debug("progress display failed", exc_info=True)
+
+
 def compute(
     *collections: Any, client: Any = None, progress: bool | None = None, desc: str = ""
 ) -> Sequence[Any]:
@@ -119,14 +129,9 @@ def compute(
     if client is not None:
         futures = client.compute(list(collections))
         if progress:
-            from distributed import progress as dprogress
-
             if desc:
                 logger.info("%s", desc)
-            try:
-                dprogress(futures, notebook=False)
-            except Exception:  # noqa: BLE001 - progress display must never fail a job
-                logger.debug("progress display failed", exc_info=True)
+            show_progress(futures, client)
         return client.gather(futures)
     if progress:
         from dask.diagnostics import ProgressBar

@@ -48,8 +48,8 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "factor": {
         "method": ((str,), "nmf"),
         "rank": ((int,), _REQ),
-        "max_iter": ((int,), 200),
-        "tol": ((float, int), 1e-4),
+        "max_iter": ((int,), 500),
+        "tol": ((float, int), 1e-6),
         "solver": ((str,), "hals"),
         "init": ((str,), "nndsvda"),
         "random_state": ((int,), 0),

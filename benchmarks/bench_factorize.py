@@ -1,0 +1,221 @@
+"""Benchmark (a): compressed NMF (expander sketch, d = 10 % of n) vs scikit-learn NMF in memory.
+
+Planted sparse NMF data as in Sharan et al. 2019 (PAPERS.md §1): W (n × r) with 5 % nonzeros
+|N(0,1)|, H = |N(0,1)| rows scaled to unit norm, Gaussian noise with ‖E‖ = 0.1 ‖WH‖. Stored in Zarr
+(float64, chunks n × 1000 samples, zstd default codec), features on axis 0.
+
+A = cfact_dask: one-pass expander sketch (d = n/10) of the Zarr store, NMF (HALS) of the
+sketch, then
+W recovered with ``cfact_dask.recover.recover(method="lstsq-data")`` when available, else by the
+exact nonnegative least-squares refit (one extra pass). Its error is measured against the noisy
+data, blockwise.
+B = ``sklearn.decomposition.NMF(init="nndsvda", solver="cd")`` on the matrix loaded in memory
+(the load is timed separately and not counted).
+
+Runs A, B, A, B ... (``--repeats``), reports median wall times, the ratio B/A (target >= 10) and the
+error ratio A/B (target <= 1.15), the peak RSS of this process sampled every 50 ms during each run,
+and writes JSON to ``benchmarks/results/``.
+
+    python benchmarks/bench_factorize.py --small          # ~64 MB, a minute
+    python benchmarks/bench_factorize.py                  # >= 1 GB (n=20000, m=8000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import threading
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("bench_factorize")
+
+
+class PeakRSS:
+    """Peak resident memory of this process, sampled in a thread (the threaded scheduler runs
+    the dask work in this process)."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        import psutil
+
+        self.proc = psutil.Process()
+        self.every = every
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self.proc.memory_info().rss
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.every)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def make_store(path: str, n: int, m: int, r: int, seed: int, chunk_m: int) -> None:
+    import zarr
+
+    if os.path.exists(os.path.join(path, "zarr.json")):
+        z = zarr.open_array(path, mode="r")
+        if z.shape == (n, m):
+            return
+    rng = np.random.default_rng(seed)
+    k = max(1, int(0.05 * n))
+    W = np.zeros((n, r))
+    for j in range(r):
+        W[rng.choice(n, k, replace=False), j] = np.abs(rng.standard_normal(k))
+    H = np.abs(rng.standard_normal((r, m)))
+    H /= np.linalg.norm(H, axis=1, keepdims=True)
+    # noise scale from ‖WH‖_F without forming WH: trace((WᵀW)(HHᵀ))
+    sig = np.sqrt(np.sum((W.T @ W) * (H @ H.T)))
+    sd = 0.1 * sig / np.sqrt(n * m)
+    z = zarr.create_array(path, shape=(n, m), chunks=(n, chunk_m), dtype="float64",
+                          overwrite=True)
+    for j0 in range(0, m, chunk_m):
+        j1 = min(m, j0 + chunk_m)
+        z[:, j0:j1] = W @ H[:, j0:j1] + sd * rng.standard_normal((n, j1 - j0))
+
+
+def run_cfact(path: str, r: int, d: int, max_iter: int, tol: float) -> dict[str, Any]:
+    import dask.array as da
+
+    import cfact_dask as cf
+    from cfact_dask.als import ALSSpec, solve_factor
+    from cfact_dask.nmf import nmf
+
+    t0 = time.perf_counter()
+    X = cf.open_array(path)
+    sk = cf.sketch(X, n_components=d, kind="expander", seed=0).persist()
+    t_sketch = time.perf_counter() - t0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", cf.ConvergenceWarning)
+        res = nmf(sk, r, max_iter=max_iter, tol=tol, random_state=0)
+    t_fact = time.perf_counter() - t0 - t_sketch
+    try:
+        from cfact_dask.recover import recover
+
+        out = recover(res, sk.operator, method="lstsq-data", data=X.data)
+        W = np.asarray(getattr(out, "W", out))
+        how = "recover(lstsq-data)"
+    except ImportError:
+        W = np.asarray(solve_factor(X.data, res.H, "W", ALSSpec(), n_iter=100))
+        how = "nonnegative least-squares refit (fallback)"
+    t_total = time.perf_counter() - t0
+    # error against the noisy data, blockwise (not timed)
+    Xd = X.data
+    H = res.H
+    diff = ((Xd - da.from_array(W, chunks=(Xd.chunks[0], r)) @ H) ** 2).sum()
+    e2, x2 = da.compute(diff, (Xd**2).sum())
+    return dict(time=t_total, time_sketch=t_sketch, time_factorize=t_fact,
+                time_recover=t_total - t_sketch - t_fact, n_iter=res.n_iter_,
+                sketch_error=res.reconstruction_err_, error=float(np.sqrt(e2 / x2)),
+                recover=how)
+
+
+def run_sklearn(path: str, r: int, max_iter: int, tol: float) -> dict[str, Any]:
+    import zarr
+    from sklearn.decomposition import NMF
+
+    t0 = time.perf_counter()
+    X = np.asarray(zarr.open_array(path, mode="r")[...])
+    t_load = time.perf_counter() - t0
+    Xs = X.T  # scikit-learn: samples × features
+    neg = float((Xs < 0).mean())
+    Xs = np.maximum(Xs, 0)  # scikit-learn refuses any negative entry
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = NMF(r, init="nndsvda", solver="cd", max_iter=max_iter, tol=tol, random_state=0)
+        Z = est.fit_transform(Xs)
+    t = time.perf_counter() - t0
+    err = float(np.linalg.norm(X.T - Z @ est.components_) / np.linalg.norm(X))
+    return dict(time=t, time_load=t_load, n_iter=int(est.n_iter_), error=err,
+                clipped_fraction=neg)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="n=4000, m=2000 (64 MB)")
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--m", type=int, default=None)
+    ap.add_argument("--rank", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--max-iter", type=int, default=200)
+    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--store", default=None, help="where to keep the data (default /tmp)")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    n = args.n or (4000 if args.small else 20000)
+    m = args.m or (2000 if args.small else 8000)
+    repeats = args.repeats or (2 if args.small else 1)
+    d = n // 10
+    store = args.store or f"/tmp/cfact_bench_a_{n}x{m}.zarr"
+    make_store(store, n, m, args.rank, 0, chunk_m=1000 if m >= 4000 else 500)
+    import dask
+
+    dask.config.set({"cfact.progress": False})
+    # warm the page cache so both sides read cached data
+    import zarr
+
+    np.asarray(zarr.open_array(store, mode="r")[...]).sum()
+    runs: dict[str, list[dict[str, Any]]] = {"cfact": [], "sklearn": []}
+    for i in range(repeats):
+        for name, fn in (("cfact", lambda: run_cfact(store, args.rank, d, args.max_iter,
+                                                     args.tol)),
+                         ("sklearn", lambda: run_sklearn(store, args.rank, args.max_iter,
+                                                         args.tol))):
+            with PeakRSS() as mem:
+                out = fn()
+            out["peak_rss_bytes"] = mem.peak
+            runs[name].append(out)
+            logger.info("run %d %s: %s", i, name, {k: (round(v, 4) if isinstance(v, float) else v)
+                                                   for k, v in out.items()})
+    med = {k: statistics.median(r["time"] for r in v) for k, v in runs.items()}
+    err = {k: statistics.median(r["error"] for r in v) for k, v in runs.items()}
+    speedup = med["sklearn"] / med["cfact"]
+    err_ratio = err["cfact"] / err["sklearn"]
+    import dask as _d
+    import psutil
+    import sklearn
+
+    summary = dict(
+        benchmark="a: compressed NMF vs sklearn NMF",
+        command="python benchmarks/bench_factorize.py" + (" --small" if args.small else ""),
+        n=n, m=m, rank=args.rank, d=d, data_bytes=n * m * 8, chunks=[n, 1000 if m >= 4000 else 500],
+        codec="zarr v3 default (zstd)", cache="page cache warm for both (read once before)",
+        speedup=speedup, error_ratio=err_ratio, median_time=med, median_error=err,
+        peak_rss_bytes={k: max(r["peak_rss_bytes"] for r in v) for k, v in runs.items()},
+        targets={"speedup": ">= 10", "error_ratio": "<= 1.15"}, runs=runs,
+        machine=dict(cores=os.cpu_count(), ram=psutil.virtual_memory().total,
+                     platform=platform.platform()),
+        versions=dict(dask=_d.__version__, numpy=np.__version__, sklearn=sklearn.__version__),
+    )
+    os.makedirs(args.out, exist_ok=True)
+    fn = os.path.join(args.out, f"bench_factorize_a_{'small' if args.small else 'full'}.json")
+    with open(fn, "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+    logger.info("speedup (sklearn / cfact wall time): %.2fx  (target >= 10x)", speedup)
+    logger.info("error ratio (cfact / sklearn): %.3f  (target <= 1.15); errors %s", err_ratio,
+                err)
+    logger.info("peak RSS: %s", {k: f"{v / 2**20:.0f} MiB"
+                                 for k, v in summary["peak_rss_bytes"].items()})
+    logger.info("wrote %s", fn)
+
+
+if __name__ == "__main__":
+    main()

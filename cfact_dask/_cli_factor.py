@@ -1,0 +1,171 @@
+"""``cfact factor``: factorize a sketch (or raw matrix) stored in Zarr and write the factors.
+
+Methods are looked up in :data:`METHODS` (name -> runner), so other factorizations register by
+adding an entry; the command's ``--method`` choice follows the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+__all__ = ["METHODS", "factor", "register_method"]
+
+
+def _run_nmf(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+    from .nmf import nmf
+
+    semi = {"auto": None, "yes": True, "no": False}[opts["semi"]]
+    return nmf(
+        data, rank, solver=opts["solver"], init=opts["init"], n_init=opts["n_init"],
+        max_iter=opts["max_iter"], tol=opts["tol"], semi=semi, negative=opts["negative"],
+        random_state=opts["seed"], checkpoint=opts["checkpoint"], verbose=not opts["quiet"],
+        client=client,
+    )
+
+
+class _DGDOutput:
+    """Adapter giving a :class:`~cfact_dask.dgd.DGDResult` the ``to_zarr`` the command calls."""
+
+    def __init__(self, res: Any) -> None:
+        self.res = res
+        self.n_iter_ = res.n_iter
+        self.reconstruction_err_ = res.relative_error
+
+    def to_zarr(self, store: str, group: str = "factors", *, overwrite: bool = False) -> str:
+        from ._cli_dgd import write_result
+
+        return write_result(self.res, store, group=group, overwrite=overwrite)
+
+
+def _run_dgd_local(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+    from .dgd import dgd_local
+
+    res = dgd_local(
+        data, rank, n_nodes=opts["nodes"], topology=opts["topology"],
+        max_iter=opts["max_iter"] if opts["max_iter_given"] else 3000,
+        tol=opts["tol"] if opts["tol_given"] else 1e-10,
+        checkpoint=opts["checkpoint"], random_state=opts["seed"], client=client,
+    )
+    return _DGDOutput(res)
+
+
+#: method name -> runner(data, rank, options, client) returning a result with ``to_zarr``
+METHODS: dict[str, Callable[[Any, int, dict[str, Any], Any], Any]] = {
+    "nmf": _run_nmf, "dgd-local": _run_dgd_local,
+}
+
+
+def register_method(name: str, runner: Callable[[Any, int, dict[str, Any], Any], Any]) -> None:
+    """Make ``cfact factor --method NAME`` available (call before the CLI parses arguments)."""
+    METHODS[name] = runner
+
+
+class _MethodChoice(click.ParamType):
+    """A choice read from :data:`METHODS` at parse time, so late registrations are accepted."""
+
+    name = "method"
+
+    def get_metavar(self, param: Any, ctx: Any = None) -> str:
+        return "[" + "|".join(sorted(METHODS)) + "]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        if value not in METHODS:
+            self.fail(f"{value!r} is not one of {', '.join(sorted(METHODS))}", param, ctx)
+        return str(value)
+
+
+def _load(store: str, group: str | None, variable: str | None, feature_axis: int) -> Any:
+    import zarr
+
+    from .errors import StoreNotFoundError
+    from .io import open_array
+    from .sketch import Sketch
+
+    if not os.path.exists(store) and "://" not in store:
+        raise StoreNotFoundError(f"no Zarr store at {store!r}")
+    node = zarr.open(store, mode="r")
+    candidates = [group] if group else ["sketch"]
+    if isinstance(node, zarr.Group):
+        for g in candidates:
+            if g in node and (dict(node[g].attrs).get("cfact") or {}).get("type") == "sketch":
+                return Sketch.from_zarr(store, group=g)
+    if group and isinstance(node, zarr.Group) and group in node:
+        return open_array(os.path.join(store, group), feature_axis=feature_axis,
+                          variable=variable)
+    return open_array(store, feature_axis=feature_axis, variable=variable)
+
+
+@click.command("factor")
+@click.argument("store", metavar="SKETCH_STORE", type=str)
+@click.option("--method", "method", type=_MethodChoice(), default="nmf", show_default=True,
+              help="Factorization to run.")
+@click.option("--rank", "-r", type=int, required=True, help="Number of components.")
+@click.option("--out", "out", type=str, required=True, help="Zarr store for the factors.")
+@click.option("--out-group", default="factors", show_default=True)
+@click.option("--group", default=None, help="Group of the sketch (default 'sketch') or array.")
+@click.option("--variable", default=None, help="Array inside a group for raw data.")
+@click.option("--feature-axis", default=0, show_default=True, type=int,
+              help="Features axis of raw data (sketches know theirs).")
+@click.option("--solver", type=click.Choice(["hals", "anls"]), default="hals", show_default=True)
+@click.option("--init", type=click.Choice(["nndsvda", "nndsvd", "random"]), default="nndsvda",
+              show_default=True)
+@click.option("--n-init", default=1, show_default=True, type=int)
+@click.option("--max-iter", default=None, type=int,
+              help="Iterations at most (nmf: 500, dgd-local: 3000).")
+@click.option("--tol", default=None, type=float, help="Tolerance (nmf: 1e-6, dgd-local: 1e-10).")
+@click.option("--nodes", default=8, show_default=True, type=int,
+              help="dgd-local: number of nodes J (column blocks).")
+@click.option("--topology", default="ring", show_default=True,
+              help="dgd-local: ring, torus, star, complete or erdos-renyi.")
+@click.option("--semi", type=click.Choice(["auto", "yes", "no"]), default="auto",
+              show_default=True, help="Semi-NMF (W signed); auto: for signed sketches.")
+@click.option("--negative", type=click.Choice(["error", "clip"]), default="error",
+              show_default=True, help="Genuinely signed raw data: refuse or clip to 0.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--checkpoint", "checkpoint_store", default=None,
+              help="Zarr store for checkpoints; rerunning resumes from it.")
+@click.option("--checkpoint-every", default=10, show_default=True, type=int)
+@click.option("--scheduler", default=None, help="Scheduler address (tcp://host:8786).")
+@click.option("--scheduler-file", default=None, help="Scheduler file of a running cluster.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output group.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-iteration progress lines.")
+def factor(store: str, method: str, rank: int, out: str, out_group: str, group: str | None,
+           variable: str | None, feature_axis: int, solver: str, init: str, n_init: int,
+           max_iter: int | None, tol: float | None, nodes: int, topology: str, semi: str, negative: str, seed: int,
+           checkpoint_store: str | None, checkpoint_every: int, scheduler: str | None,
+           scheduler_file: str | None, overwrite: bool, quiet: bool) -> None:
+    """Factorize SKETCH_STORE (a sketch written by `cfact sketch`, or a raw matrix) and write the
+    factors to --out (a Zarr group; complete only once every array is written)."""
+    import dask.config
+
+    from .cluster import client_context, connect
+    from .errors import CfactError
+
+    if not quiet:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        data = _load(store, group, variable, feature_axis)
+        opts = dict(solver=solver, init=init, n_init=n_init,
+                    max_iter=500 if max_iter is None else max_iter,
+                    tol=1e-6 if tol is None else tol, max_iter_given=max_iter is not None,
+                    tol_given=tol is not None, nodes=nodes, topology=topology, semi=semi, negative=negative, seed=seed, quiet=quiet,
+                    checkpoint=(dict(store=checkpoint_store, every=checkpoint_every)
+                                if checkpoint_store else None))
+        given = connect(scheduler=scheduler, scheduler_file=scheduler_file)
+        with dask.config.set({"cfact.progress": not quiet}):
+            nbytes = int(getattr(data, "data", data).nbytes)
+            with client_context(given, nbytes=nbytes) as c:
+                res = METHODS[method](data, rank, opts, c)
+                path = res.to_zarr(out, group=out_group, overwrite=overwrite)
+        if given is not None:
+            given.close()
+    except CfactError as e:
+        raise click.ClickException(str(e)) from e
+    err = getattr(res, "reconstruction_err_", float("nan"))
+    click.echo(f"{method}: rank {rank}, {getattr(res, 'n_iter_', '?')} iterations, relative "
+               f"error {err:.4g} -> {path}")

@@ -1,0 +1,249 @@
+"""Pipeline commands: ``cfact run``, ``cfact demo``, ``cfact plan``, ``cfact recover``,
+``cfact reconstruct``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import click
+import numpy as np
+
+from .cli import Session, _json_default, cluster_options, with_session
+
+__all__ = ["demo", "plan_cmd", "reconstruct_cmd", "recover_cmd", "run"]
+
+
+def _fmt_report(report: dict[str, Any]) -> str:
+    rec = report.get("recover") or {}
+    recon = report.get("reconstruction") or {}
+    sec = report.get("seconds", {})
+    lines = [
+        f"input      {report['input']}  shape {tuple(report['shape'])}",
+        f"sketch     {report['sketch']['kind']}, d = {report['sketch']['n_components']} "
+        f"({report['sketch']['compression']:.1f}x compression)",
+        f"factor     {report['factor']['method']}{' (semi)' if report['factor']['semi'] else ''}"
+        f", rank {report['rank']}, {report['factor']['n_iter']} iterations, relative error on "
+        f"the sketch {report['factor']['sketch_relative_error']:.4f}",
+    ]
+    if rec:
+        est = rec.get("estimated_relative_error")
+        base = rec.get("holdout_baseline")
+        est_s = "n/a" if est is None else f"{est:.4f}"
+        base_s = "n/a" if base is None else f"{base:.4f}"
+        flag = "" if rec.get("ok", True) else "  [certificate: NOT OK]"
+        lines.append(
+            f"recover    {rec['method']}: estimated relative error {est_s} (best reachable "
+            f"with this H: {base_s}){flag}"
+        )
+    if recon:
+        lines.append(f"reconstruct relative error {recon['relative_error']:.4f} -> {recon['path']}")
+    lines.append("seconds    " + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()))
+    if report.get("out"):
+        lines.append(f"output     {report['out']}")
+    return "\n".join(lines)
+
+
+def _write_plots(result: Any, plots: str | None) -> list[str]:
+    if not plots:
+        return []
+    from . import plots as P
+
+    os.makedirs(plots, exist_ok=True)
+    out = []
+    hist = list(result.factors.history)
+    path = os.path.join(plots, "convergence.png")
+    P.plot_convergence({"relative error (sketch)": hist}, ylabel="relative error", path=path)
+    out.append(path)
+    if result.W is not None and result.W.shape[0] <= 2_000_000:
+        path = os.path.join(plots, "factors.png")
+        P.plot_factor_heatmap(np.asarray(result.W.compute()), path=path)
+        out.append(path)
+    return out
+
+
+@click.command("run")
+@click.argument("job", type=click.Path())
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last stage.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
+@click.option("--plots", default=None, type=click.Path(), help="Write PNG plots to this folder.")
+@cluster_options
+@with_session
+def run(session: Session, job: str, resume: bool, overwrite: bool, plots: str | None) -> None:
+    """Run the whole pipeline described by the YAML job file JOB."""
+    from .pipeline import run_job
+
+    res = run_job(job, client=session.client, resume=resume, overwrite=overwrite,
+                  progress=not session.quiet)
+    files = _write_plots(res, plots)
+    payload = dict(res.report)
+    payload["plots"] = files
+    session.report(payload, _fmt_report(res.report))
+
+
+@click.command("demo")
+@click.option("--n", default=2000, show_default=True, help="Features.")
+@click.option("--m", default=2000, show_default=True, help="Samples.")
+@click.option("--rank", default=10, show_default=True)
+@click.option("--d", "d", default=400, show_default=True, help="Sketch size.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--dir", "workdir", default="cfact-demo", show_default=True, type=click.Path(),
+              help="Folder for the generated input and the run store (replaced).")
+@click.option("--plots", default=None, type=click.Path(), help="Write PNG plots to this folder.")
+@cluster_options
+@with_session
+def demo(session: Session, n: int, m: int, rank: int, d: int, seed: int, workdir: str,
+         plots: str | None) -> None:
+    """Generate a planted sparse NMF dataset (Sharan et al.'s generator) into a local Zarr store and
+    run sketch -> NMF -> recovery -> reconstruction on it, on an embedded local Dask cluster."""
+    import dask.config
+
+    from .cluster import client_context
+    from .datasets import planted_nmf_zarr
+    from .metrics import match_factors
+    from .pipeline import factorize_recover
+
+    os.makedirs(workdir, exist_ok=True)
+    src = os.path.join(workdir, "input.zarr")
+    out = os.path.join(workdir, "run.zarr")
+    t0 = time.perf_counter()
+    with dask.config.set({"cfact.cluster.embedded": "always"}), \
+            client_context(session.client) as c:
+        if c is not None and not session.quiet:
+            click.echo(f"Dask cluster: {c.scheduler.address}  dashboard: {c.dashboard_link}",
+                       err=True)
+        planted_nmf_zarr(src, n, m, rank, density=0.05, noise=0.1, random_state=seed,
+                         chunks=(max(n // 4, 1), max(m // 4, 1)), overwrite=True, client=c,
+                         progress=False)
+        gen_s = time.perf_counter() - t0
+        from .io import open_array
+
+        res = factorize_recover(
+            open_array(src, variable="M"), rank, sketch=dict(n_components=d, kind="expander", seed=seed),
+            factor=dict(random_state=seed), out=out, overwrite=True, reconstruct=True,
+            client=c, progress=not session.quiet,
+        )
+        import zarr
+
+        g = zarr.open_group(src, mode="r")
+        W_true, H_true = np.asarray(g["W"][...]), np.asarray(g["H"][...])
+        W_est = np.asarray(res.W.compute() if hasattr(res.W, "compute") else res.W)
+        H_est = np.asarray(res.H.compute() if hasattr(res.H, "compute") else res.H)
+    match = match_factors(W_true, W_est, H_true, H_est)
+    report = dict(res.report)
+    report["generated_seconds"] = gen_s
+    report["total_seconds"] = time.perf_counter() - t0
+    report["mean_corr_W"] = match.mean_corr_W
+    report["mean_corr_H"] = match.mean_corr_H
+    report["plots"] = _write_plots(res, plots)
+    text = _fmt_report(res.report) + (
+        f"\nvs truth   mean |corr| W {match.mean_corr_W:.4f}, H {match.mean_corr_H:.4f}"
+        f"\ntotal      {report['total_seconds']:.1f} s (data generation {gen_s:.1f} s)"
+    )
+    session.report(report, text)
+
+
+@click.command("plan")
+@click.argument("job", type=click.Path())
+@click.option("--workers", type=int, default=None, help="Workers to plan for (default: config).")
+@click.option("--threads", type=int, default=None, help="Threads per worker.")
+@click.option("--memory-limit", default=None, help="Memory limit per worker, e.g. 4GiB.")
+@click.option("--scheduler", default=None, help="Plan for this running cluster.")
+@click.option("--scheduler-file", default=None, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def plan_cmd(job: str, workers: int | None, threads: int | None, memory_limit: str | None,
+             scheduler: str | None, scheduler_file: str | None, as_json: bool) -> None:
+    """Print passes, bytes read, memory per task / worker and output sizes of JOB, computing
+    nothing."""
+    from dask.utils import parse_bytes
+
+    from .cluster import connect
+    from .errors import CfactError
+    from .plan import plan
+
+    client = None
+    try:
+        client = connect(scheduler=scheduler, scheduler_file=scheduler_file)
+        p = plan(job, client=client, n_workers=workers, threads_per_worker=threads,
+                 memory_limit=parse_bytes(memory_limit) if memory_limit else None)
+    except CfactError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from e
+    finally:
+        if client is not None:
+            client.close()
+    click.echo(json.dumps(p.to_dict(), indent=2, default=_json_default) if as_json else str(p))
+
+
+@click.command("recover")
+@click.argument("store", type=click.Path())
+@click.option("--method", type=click.Choice(["nnlasso", "lasso", "bp", "omp", "lstsq-data"]),
+              default="nnlasso", show_default=True)
+@click.option("--data", default=None, help="The original data (for lstsq-data).")
+@click.option("--sparsity", type=int, default=None, help="k, nonzeros per column (omp).")
+@click.option("--lam", default="auto", show_default=True, help="LASSO penalty or 'auto'.")
+@cluster_options
+@with_session
+def recover_cmd(session: Session, store: str, method: str, data: str | None,
+                sparsity: int | None, lam: str) -> None:
+    """Recover W from the sketch and factors groups of the run STORE into STORE/recovered."""
+    import zarr
+
+    from .errors import InputError
+    from .nmf import NMFResult
+    from .pipeline import _save_recovery
+    from .recover import recover
+    from .sketch import Sketch
+
+    sk = Sketch.from_zarr(store, "sketch")
+    res = NMFResult.from_zarr(store, "factors", lazy=False)
+    root = zarr.open_group(store, mode="r")
+    holdout = None
+    if "holdout" in root:
+        ho = Sketch.from_zarr(store, "holdout")
+        holdout = (ho.matrix, ho.operator)
+    if method == "lstsq-data" and data is None:
+        raise InputError("--method lstsq-data needs --data (the original data store)")
+    rec = recover(res, sk.operator, method, data=data, sparsity=sparsity,
+                  lam=lam if lam == "auto" else float(lam), holdout=holdout,
+                  client=session.client)
+    _save_recovery(store, rec)
+    cert = rec.certificate.to_dict()
+    est = rec.certificate.estimated_error
+    session.report({"command": "recover", "store": store, "method": method,
+                    "certificate": cert},
+                   f"recovered W {rec.W.shape} with {method} -> {store}/recovered; fit residual "
+                   f"{cert['fit_residual']}, estimated relative error "
+                   f"{'n/a' if est is None else f'{est:.4f}'}"
+                   f"{'' if rec.certificate.ok else ' [certificate: NOT OK]'}")
+
+
+@click.command("reconstruct")
+@click.argument("store", type=click.Path())
+@click.option("--like", required=True, help="The input data store (chunk grid, dims, coords).")
+@click.option("--out", default=None, help="Target store (default: STORE, group reconstruction).")
+@click.option("--compare/--no-compare", default=True, show_default=True,
+              help="Compute errors against --like in the same pass.")
+@click.option("--overwrite", is_flag=True)
+@cluster_options
+@with_session
+def reconstruct_cmd(session: Session, store: str, like: str, out: str | None, compare: bool,
+                    overwrite: bool) -> None:
+    """Write W H (from STORE/recovered and STORE/factors) on the input's chunk grid."""
+    import dask.array as da
+    import zarr
+
+    from .nmf import NMFResult
+    from .reconstruct import reconstruct
+
+    W = da.from_zarr(zarr.open_group(store, path="recovered", mode="r")["W"])
+    res = NMFResult.from_zarr(store, "factors", lazy=True)
+    target, group = (out, None) if out else (store, "reconstruction")
+    stats = reconstruct(W, res.H, target, like=like, compare_to=like if compare else None,
+                        group=group, overwrite=overwrite, client=session.client,
+                        progress=not session.quiet)
+    session.report({"command": "reconstruct", **stats.to_dict()},
+                   f"wrote W H {tuple(stats.shape)} to {stats.path}"
+                   + (f"; relative error {stats.relative_error:.4f}"
+                      if stats.relative_error is not None else ""))

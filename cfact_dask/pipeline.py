@@ -1,0 +1,496 @@
+"""The Factorize-Recover pipeline: sketch → factorize → recover → (reconstruct), resumable.
+
+All stages go into one Zarr group::
+
+    out.zarr/
+      sketch/          the sketch P M (xarray layout, operator spec in attrs)
+      holdout/         a small independent Gaussian sketch Q M taken in the same pass (certificate)
+      checkpoint/      solver checkpoints (while the factorization runs)
+      factors/         W̃ (d × r), H (r × m) and the iteration record
+      recovered/       W (n × r) with the recovery certificate in attrs
+      reconstruction/  optional W H on the input's chunk grid, with error statistics
+    attrs["cfact"] = {"type": "run", "params": ..., "stages": [...], "metrics": ..., ...}
+
+A stage is listed in ``stages`` only after its group is complete, so ``resume=True`` continues
+from the last completed stage (and the factorization from its last checkpoint). Resuming with
+different parameters is refused.
+
+References
+----------
+.. [1] V. Sharan, K. S. Tai, P. Bailis, G. Valiant. "Compressed factorization: fast and accurate
+   low-rank factorization of compressively-sensed data". ICML 2019, arXiv:1706.08146.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import numpy as np
+
+from ._random import normalize_seed
+from ._version import __version__
+from .cluster import client_context
+from .errors import ConfigError, InputError, RecoveryWarning, ResumeError, StoreExistsError
+from .io import InputArray, open_array
+from .operators import make_operator
+from .sketch import Sketch, sketch, sketch_with
+
+__all__ = ["RunResult", "factorize_recover", "run_job"]
+
+logger = logging.getLogger(__name__)
+
+_SKETCH_DEFAULTS = {"n_components": None, "kind": "expander", "seed": 0, "s": None,
+                    "holdout": 32, "check_finite": True}
+_FACTOR_DEFAULTS = {"method": "nmf", "max_iter": 500, "tol": 1e-6, "solver": "hals",
+                    "init": "nndsvda", "random_state": 0, "checkpoint_every": 10}
+_RECOVER_DEFAULTS = {"method": "auto", "lam": "auto", "max_iter": 300, "warn_above": 0.25}
+#: salt of the hold-out operator's seed: independent of the main operator for the same seed
+_HOLDOUT_KEY = 0x5EED_0F_C0DE
+
+
+@dataclass
+class RunResult:
+    """What :func:`factorize_recover` produced (lazy where the data is big).
+
+    Attributes
+    ----------
+    W : dask.array.Array
+        The recovered n × r factor (chunked along the features).
+    H : numpy or dask array
+        The r × m factor.
+    sketch : Sketch
+    factors : NMFResult
+    recovery : Recovery
+    reconstruction : ReconstructionStats or None
+    report : dict
+        Errors, certificate, timings per stage, compression; also stored in the run's attrs.
+    out : str or None
+        The run's Zarr store.
+    """
+
+    W: Any
+    H: Any
+    sketch: Sketch
+    factors: Any
+    recovery: Any
+    reconstruction: Any = None
+    report: dict[str, Any] = field(default_factory=dict)
+    out: str | None = None
+
+
+def _merge(defaults: Mapping[str, Any], given: Any, name: str) -> dict[str, Any]:
+    if given is None:
+        given = {}
+    if isinstance(given, (int, np.integer)) and name == "sketch":
+        given = {"n_components": int(given)}
+    if isinstance(given, str) and name in ("factor", "recover"):
+        given = {"method": given}
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"{name}= must be a dict of options, got {given!r}")
+    unknown = sorted(set(given) - set(defaults) - ({"rank"} if name == "factor" else set()))
+    if unknown and name != "factor":
+        raise ConfigError(f"unknown {name} option(s) {unknown}; valid: {sorted(defaults)}")
+    out = dict(defaults)
+    out.update(given)
+    return out
+
+
+# ---------------------------------------------------------------------------- run store
+class _RunStore:
+    def __init__(self, path: str | None, params: dict[str, Any], resume: bool, overwrite: bool):
+        self.path = None if path is None else os.fspath(path)
+        self.params = params
+        self.stages: list[str] = []
+        self.meta: dict[str, Any] = {}
+        if self.path is None:
+            return
+        import zarr
+
+        exists = os.path.exists(self.path) if "://" not in self.path else False
+        if exists:
+            try:
+                root = zarr.open_group(self.path, mode="r")
+                meta = dict(root.attrs).get("cfact") or {}
+            except Exception:  # noqa: BLE001
+                meta = {}
+            if resume and meta.get("type") == "run":
+                if meta.get("params") != params:
+                    saved = meta.get("params", {})
+                    diff = sorted(k for k in set(saved) | set(params)
+                                  if saved.get(k) != params.get(k))
+                    detail = "; ".join(f"{k}: {saved.get(k)!r} -> {params.get(k)!r}"
+                                       for k in diff)
+                    raise ResumeError(
+                        f"cannot resume {self.path!r}: it was started with different parameters "
+                        f"({detail}); rerun with the original parameters, or pass overwrite "
+                        f"(--overwrite) to start afresh"
+                    )
+                self.stages = list(meta.get("stages", []))
+                self.meta = meta
+                logger.info("resuming %s after stages %s", self.path, self.stages or "none")
+                return
+            if not overwrite:
+                raise StoreExistsError(
+                    f"output {self.path!r} already exists; pass overwrite=True (--overwrite) to "
+                    f"replace it, or resume=True (--resume) to continue an interrupted run"
+                )
+            if os.path.isdir(self.path):
+                shutil.rmtree(self.path)
+            else:
+                os.remove(self.path)
+        root = zarr.open_group(self.path, mode="w", zarr_format=3)
+        self.meta = {"type": "run", "params": params, "stages": [], "metrics": {},
+                     "cfact_dask": __version__, "complete": False}
+        root.attrs["cfact"] = self.meta
+
+    def done(self, stage: str) -> bool:
+        return stage in self.stages
+
+    def commit(self, stage: str, metrics: Mapping[str, Any] | None = None) -> None:
+        if self.path is None:
+            return
+        import zarr
+
+        self.stages.append(stage)
+        self.meta["stages"] = list(self.stages)
+        if metrics:
+            self.meta.setdefault("metrics", {})[stage] = _json(metrics)
+        root = zarr.open_group(self.path, mode="r+")
+        root.attrs["cfact"] = self.meta
+
+    def finish(self, report: Mapping[str, Any]) -> None:
+        if self.path is None:
+            return
+        import zarr
+
+        self.meta["report"] = _json(report)
+        self.meta["complete"] = True
+        zarr.open_group(self.path, mode="r+").attrs["cfact"] = self.meta
+
+
+def _json(x: Any) -> Any:
+    import json
+
+    def default(o: Any) -> Any:
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+
+    return json.loads(json.dumps(x, default=default))
+
+
+# ---------------------------------------------------------------------------- stages
+def _holdout_operator(n: int, d_h: int, seed: int) -> Any:
+    return make_operator("gaussian", d_h, n,
+                         seed=np.random.SeedSequence(seed, spawn_key=(_HOLDOUT_KEY,)))
+
+
+def _sketch_stage(inp: InputArray, opts: dict[str, Any], rs: _RunStore, client: Any,
+                  progress: bool | None) -> tuple[Sketch, Sketch | None]:
+    if rs.done("sketch"):
+        main = Sketch.from_zarr(rs.path, "sketch")
+        hold = Sketch.from_zarr(rs.path, "holdout") if opts["holdout"] else None
+        return main, hold
+    n = inp.n_features
+    main = sketch(inp, opts["n_components"], kind=opts["kind"], seed=opts["seed"], s=opts["s"],
+                  check_finite=opts["check_finite"])
+    hold = None
+    d_h = min(int(opts["holdout"]), n - 1)
+    if d_h > 0:
+        hold = sketch_with(inp, _holdout_operator(n, d_h, normalize_seed(opts["seed"])),
+                           check_finite=False)
+    # one pass: both sketches are persisted together, so they share the chunk-read tasks of the
+    # input graph; they stay on the workers (d x m is small but m may be large)
+    from dataclasses import replace
+
+    arrays = [main.data] + ([hold.data] if hold is not None else [])
+    persisted = _persist(arrays, client, progress)
+    main = replace(main, data=persisted[0])
+    if hold is not None:
+        hold = replace(hold, data=persisted[1])
+    if rs.path is not None:
+        main.to_zarr(rs.path, "sketch", overwrite=True, client=None, progress=False)
+        if hold is not None:
+            hold.to_zarr(rs.path, "holdout", overwrite=True, client=None, progress=False)
+        rs.commit("sketch", {"shape": list(main.shape), "kind": opts["kind"]})
+    return main, hold
+
+
+def _factor_stage(sk: Sketch, rank: int, opts: dict[str, Any], rs: _RunStore, client: Any,
+                  callback: Any) -> Any:
+    from .nmf import NMFResult, nmf
+
+    if rs.done("factor"):
+        return NMFResult.from_zarr(rs.path, "factors", lazy=False)
+    method = opts["method"]
+    if method not in ("nmf", "semi-nmf"):
+        raise ConfigError(
+            f"factor method {method!r} is not available in the Factorize-Recover pipeline yet; "
+            f"use 'nmf' or 'semi-nmf' (svd / sparse PCA / DGD+LOCAL run with `cfact factor`)"
+        )
+    ckpt = None
+    if rs.path is not None and opts.get("checkpoint_every"):
+        ckpt = {"store": rs.path, "every": int(opts["checkpoint_every"]), "group": "checkpoint"}
+    extra = {k: v for k, v in opts.items() if k not in _FACTOR_DEFAULTS and k != "rank"}
+    res = nmf(
+        sk, rank, solver=opts["solver"], init=opts["init"], max_iter=int(opts["max_iter"]),
+        tol=float(opts["tol"]), random_state=opts["random_state"],
+        semi=True if method == "semi-nmf" else None, checkpoint=ckpt, callback=callback,
+        client=client, **extra,
+    )
+    if rs.path is not None:
+        res.to_zarr(rs.path, "factors", overwrite=True)
+        rs.commit("factor", {"n_iter": res.n_iter_, "sketch_error": res.reconstruction_err_})
+    return res
+
+
+def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
+                   opts: dict[str, Any], rs: _RunStore, client: Any) -> Any:
+    from .recover import recover
+
+    if rs.done("recover"):
+        return _load_recovery(rs.path, res)
+    method = opts["method"]
+    op = sk.operator
+    holdout = (hold.matrix, hold.operator) if hold is not None else None
+    nonneg = not res.semi
+    common = dict(lam=opts["lam"], max_iter=int(opts["max_iter"]), holdout=holdout,
+                  client=client, nonnegative=nonneg)
+    if method == "auto":
+        first = "nnlasso" if nonneg else "lasso"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RecoveryWarning)
+            rec = recover(res, op, first, **common)
+        cert = rec.certificate
+        est = cert.estimated_error
+        poor = (not cert.ok) or (est is not None and est > float(opts["warn_above"]))
+        if poor:
+            logger.warning(
+                "sparse recovery (%s) looks unreliable (estimated error %s, fit residual %s): "
+                "falling back to lstsq-data, one extra pass over the data",
+                first, _fmt(est), _fmt(cert.fit_residual),
+            )
+            rec = recover(res, op, "lstsq-data", data=inp, holdout=holdout, client=client,
+                          nonnegative=nonneg)
+        else:
+            for w in caught:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    elif method == "none":
+        return None
+    elif method == "lstsq-data":
+        rec = recover(res, op, "lstsq-data", data=inp, holdout=holdout, client=client,
+                      nonnegative=nonneg)
+    else:
+        rec = recover(res, op, method, **common)
+    if rs.path is not None:
+        _save_recovery(rs.path, rec)
+        rs.commit("recover", {"method": rec.method, **rec.certificate.to_dict()})
+    return rec
+
+
+def _persist(arrays: list[Any], client: Any, progress: bool | None) -> list[Any]:
+    from . import config
+
+    show = bool(config.get("progress", True)) if progress is None else progress
+    if client is not None:
+        out = client.persist(arrays)
+        if show:
+            from .cluster import show_progress
+
+            show_progress(out, client)
+        client.gather(client.compute([a.sum() for a in out]))  # wait; surface task errors
+        return list(out)
+    if show:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=1.0):
+            return list(dask.persist(*arrays))
+    return list(dask.persist(*arrays))
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def _save_recovery(path: str, rec: Any) -> None:
+    import dask.array as da
+    import zarr
+
+    W = rec.W
+    W = W.rechunk({0: max(W.chunks[0]), 1: -1}) if isinstance(W, da.Array) else da.asarray(W)
+    root = zarr.open_group(path, mode="a")
+    if "recovered" in root:
+        del root["recovered"]
+    g = root.create_group("recovered")
+    g.attrs["cfact"] = {"type": "recovered", "complete": False}
+    da.to_zarr(W, path, component="recovered/W", overwrite=True, zarr_format=3)
+    g.attrs["cfact"] = _json({
+        "type": "recovered", "method": rec.method, "certificate": rec.certificate.to_dict(),
+        "n_iter": int(rec.n_iter_), "complete": True,
+    })
+
+
+def _load_recovery(path: str, res: Any) -> Any:
+    import dask.array as da
+    import zarr
+
+    from .recover import Certificate, Recovery
+
+    g = zarr.open_group(path, path="recovered", mode="r")
+    meta = dict(g.attrs)["cfact"]
+    cert_d = dict(meta["certificate"])
+    for k in ("fit_residual_per_column", "support_sizes", "effective_support"):
+        if cert_d.get(k) is not None:
+            cert_d[k] = np.asarray(cert_d[k])
+    cert_d["messages"] = tuple(cert_d.get("messages", ()))
+    return Recovery(W=da.from_zarr(g["W"]), H=np.asarray(res.H), method=meta["method"],
+                    certificate=Certificate(**cert_d), n_iter_=int(meta.get("n_iter", 0)))
+
+
+# ---------------------------------------------------------------------------- entry points
+def factorize_recover(
+    X: Any,
+    rank: int,
+    *,
+    sketch: Any = None,
+    factor: Any = None,
+    recover: Any = None,
+    out: str | os.PathLike | None = None,
+    reconstruct: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    feature_axis: int | str | None = None,
+    callback: Any = None,
+    client: Any = None,
+    progress: bool | None = None,
+) -> RunResult:
+    """Factorize-Recover (Sharan et al. 2019) on chunked data, end to end.
+
+    Parameters
+    ----------
+    X : array-like
+        Anything :func:`open_array` takes (features on ``feature_axis``, default the input's).
+    rank : int
+        Number of components.
+    sketch : int or dict
+        ``n_components`` (required; an int is taken as it), ``kind`` ("expander"), ``seed`` (0),
+        ``s``, ``holdout`` (rows of the independent Gaussian hold-out sketch taken in the same
+        pass for the recovery certificate; 0 disables), ``check_finite``.
+    factor : str or dict
+        ``method`` ("nmf" | "semi-nmf"), ``solver``, ``init``, ``max_iter``, ``tol``,
+        ``random_state``, ``checkpoint_every`` and any other :func:`cfact_dask.nmf` keyword.
+    recover : str or dict
+        ``method``: "auto" (nonnegative LASSO, falling back to an exact ``lstsq-data`` pass when
+        the certificate says the sparse recovery is unreliable), "nnlasso", "lasso", "bp", "omp",
+        "lstsq-data" or "none"; ``lam``, ``max_iter``, ``warn_above`` (estimated error above
+        which "auto" falls back, default 0.25).
+    out : str, optional
+        Zarr store for every stage (resumable). Without it nothing is written.
+    reconstruct : bool
+        Also write ``W H`` to ``out/reconstruction`` with error statistics against ``X``.
+    resume, overwrite : bool
+        Continue an interrupted run in ``out`` / replace an existing ``out``.
+    client : distributed.Client, optional
+
+    Returns
+    -------
+    RunResult
+    """
+    inp = X if isinstance(X, InputArray) else open_array(X)
+    inp = inp.with_feature_axis(feature_axis)
+    if inp.ndim != 2:
+        raise InputError(
+            f"factorize_recover factorizes matrices; {inp.source} has shape {inp.shape} (use "
+            f"cf.cp with sketch=dict(mode=...) for tensors)"
+        )
+    sk_opts = _merge(_SKETCH_DEFAULTS, sketch, "sketch")
+    if sk_opts["n_components"] is None:
+        raise ConfigError("sketch=dict(n_components=...) is required (the sketch size d)")
+    f_opts = _merge(_FACTOR_DEFAULTS, factor, "factor")
+    r_opts = _merge(_RECOVER_DEFAULTS, recover, "recover")
+    params = _json({
+        "input": {"source": inp.source, "shape": list(inp.shape), "chunks": [list(c) for c in
+                                                                             inp.chunks],
+                  "dtype": str(inp.dtype), "feature_axis": inp.feature_axis},
+        "rank": int(rank), "sketch": sk_opts, "factor": f_opts, "recover": r_opts,
+        "reconstruct": bool(reconstruct),
+    })
+    rs = _RunStore(out, params, resume, overwrite)
+    timings: dict[str, float] = {}
+    with client_context(client, nbytes=inp.nbytes) as c:
+        t0 = time.perf_counter()
+        sk, hold = _sketch_stage(inp, sk_opts, rs, c, progress)
+        timings["sketch"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        res = _factor_stage(sk, int(rank), f_opts, rs, c, callback)
+        timings["factor"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rec = _recover_stage(res, sk, hold, inp, r_opts, rs, c)
+        timings["recover"] = time.perf_counter() - t0
+        stats = None
+        if reconstruct and rec is not None:
+            t0 = time.perf_counter()
+            if rs.done("reconstruct"):
+                stats = rs.meta.get("metrics", {}).get("reconstruct")
+            else:
+                from .reconstruct import reconstruct as _reconstruct
+
+                target = rs.path if rs.path is not None else None
+                if target is None:
+                    raise ConfigError("reconstruct=True needs out= (the store to write W H into)")
+                stats = _reconstruct(rec.W, res.H, target, like=inp, compare_to=inp,
+                                     group="reconstruction", overwrite=True, client=c,
+                                     progress=progress)
+                rs.commit("reconstruct", stats.to_dict())
+            timings["reconstruct"] = time.perf_counter() - t0
+    cert = rec.certificate if rec is not None else None
+    report = {
+        "input": inp.source, "shape": list(inp.shape), "rank": int(rank),
+        "sketch": {"kind": sk.operator.kind, "n_components": sk.n_components,
+                   "compression": inp.n_features / sk.n_components},
+        "factor": {"method": f_opts["method"], "semi": bool(res.semi), "n_iter": res.n_iter_,
+                   "sketch_relative_error": res.reconstruction_err_},
+        "recover": None if rec is None else {
+            "method": rec.method, "fit_residual": cert.fit_residual,
+            "estimated_relative_error": cert.estimated_error,
+            "holdout_baseline": cert.holdout_baseline, "ok": cert.ok,
+        },
+        "reconstruction": None if stats is None else (
+            stats if isinstance(stats, dict) else stats.to_dict()),
+        "seconds": timings,
+        "out": rs.path,
+        "cfact_dask": __version__, "dask": dask.__version__,
+    }
+    rs.finish(report)
+    return RunResult(W=None if rec is None else rec.W, H=res.H, sketch=sk, factors=res,
+                     recovery=rec, reconstruction=stats, report=report, out=rs.path)
+
+
+def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bool = False,
+            progress: bool | None = None) -> RunResult:
+    """Run a YAML job file (or the equivalent dict) through :func:`factorize_recover`."""
+    from .job import load_job
+
+    cfg = load_job(job)
+    inp = open_array(cfg["input"]["path"], feature_axis=cfg["input"]["feature_axis"],
+                     variable=cfg["input"]["variable"])
+    factor = dict(cfg["factor"])
+    rank = factor.pop("rank")
+    for k in ("n_nodes", "topology"):
+        factor.pop(k, None)
+    return factorize_recover(
+        inp, rank, sketch=cfg["sketch"], factor=factor, recover=cfg["recover"],
+        out=cfg["output"]["path"], reconstruct=cfg["output"]["reconstruct"],
+        resume=resume, overwrite=overwrite or cfg["output"]["overwrite"], client=client,
+        progress=progress,
+    )

@@ -1,0 +1,413 @@
+"""Stream ``W H`` into a Zarr store chunk by chunk, with error statistics from the same pass.
+
+Each output chunk is computed by one task from its rows of ``W`` and columns of ``H`` (small) and
+written straight to Zarr on the input's chunk grid, aligned with the Zarr chunks so writes need no
+lock. When ``compare_to`` is given, the same task graph also reads each chunk of the reference and
+reduces ``‖X_c − R_c‖²``, ``‖X_c‖²`` and ``max|X_c − R_c|`` per chunk: one ``dask.compute`` for the
+write and the statistics.
+
+The store is atomic: a local target is written under a temporary sibling path and renamed into
+place at the end; a remote one gets its completion marker (attribute ``cfact.complete``) last. A
+store that was interrupted never claims to be complete.
+
+References
+----------
+.. [1] V. Sharan, K. S. Tai, P. Bailis, G. Valiant. "Compressed factorization: fast and accurate
+   low-rank factorization of compressively-sensed data". ICML 2019, arXiv:1706.08146.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from .cluster import client_context, compute
+from .errors import InputError, StoreExistsError, StoreNotFoundError
+
+__all__ = ["ReconstructionStats", "is_complete", "open_reconstruction", "reconstruct"]
+
+logger = logging.getLogger(__name__)
+
+_TMP_TAG = ".cfact-tmp-"
+
+
+@dataclass(frozen=True)
+class ReconstructionStats:
+    """Error statistics of a streamed reconstruction against ``compare_to``.
+
+    Attributes
+    ----------
+    path : str
+        Where the reconstruction was written (``store`` or ``store/group``).
+    relative_error : float or None
+        ``‖X − W H‖_F / ‖X‖_F`` (None without ``compare_to``).
+    chunk_relative_error : ndarray or None
+        The same per chunk, on the chunk grid (shape = number of chunks per axis).
+    chunk_max_abs_error : ndarray or None
+        ``max |X − W H|`` per chunk.
+    max_abs_error : float or None
+    worst_chunk : tuple of int or None
+        Index of the chunk with the largest squared error.
+    shape, chunks : the written array's shape and Zarr chunk shape.
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    relative_error: float | None = None
+    chunk_relative_error: np.ndarray | None = None
+    chunk_max_abs_error: np.ndarray | None = None
+    max_abs_error: float | None = None
+    worst_chunk: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "shape": list(self.shape),
+            "chunks": list(self.chunks),
+            "relative_error": self.relative_error,
+            "max_abs_error": self.max_abs_error,
+            "worst_chunk": None if self.worst_chunk is None else list(self.worst_chunk),
+        }
+
+
+def _regular(chunks: tuple[int, ...]) -> bool:
+    return len(set(chunks[:-1])) <= 1 and (len(chunks) == 1 or chunks[-1] <= chunks[0])
+
+
+def _zarr_chunk(chunks: tuple[int, ...]) -> int:
+    """A Zarr chunk size such that every dask chunk covers whole Zarr chunks (lock-free)."""
+    if _regular(chunks):
+        return int(chunks[0])
+    return int(math.gcd(*chunks[:-1])) if len(chunks) > 1 else int(chunks[0])
+
+
+def _factor(x: Any, name: str) -> da.Array:
+    if hasattr(x, "W") and hasattr(x, "certificate"):  # a Recovery
+        x = x.W
+    if hasattr(x, "dims") and hasattr(x, "data") and not isinstance(x, np.ndarray):
+        x = x.data
+    x = x if isinstance(x, da.Array) else da.from_array(np.asarray(x))
+    if x.ndim != 2:
+        raise InputError(f"{name} must be a matrix, got shape {x.shape}")
+    return x
+
+
+def _block_stats(X: np.ndarray, R: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    D = X - np.asarray(R, dtype=np.float64)
+    out = np.array(
+        [float(np.sum(D * D)), float(np.sum(X * X)), float(np.max(np.abs(D))) if D.size else 0.0]
+    )
+    return out.reshape((1,) * X.ndim + (3,))
+
+
+def _product_block(W: np.ndarray, H: np.ndarray, dtype: str, transpose: bool) -> np.ndarray:
+    out = np.asarray(W, dtype=np.float64) @ np.asarray(H, dtype=np.float64)
+    return (out.T if transpose else out).astype(dtype, copy=False)
+
+
+def is_complete(store: str | os.PathLike, group: str | None = None) -> bool:
+    """True when ``store[/group]`` holds a reconstruction whose write finished."""
+    import zarr
+
+    store = os.fspath(store)
+    if "://" not in store and not os.path.exists(store):
+        return False
+    try:
+        g = zarr.open_group(store, path=group or "", mode="r")
+    except Exception:  # noqa: BLE001 - not a group / unreadable: not complete
+        return False
+    meta = dict(g.attrs).get("cfact") or {}
+    return meta.get("type") == "reconstruction" and bool(meta.get("complete"))
+
+
+def _target_exists(store: str, group: str | None) -> bool:
+    import zarr
+
+    if "://" in store:
+        try:
+            root = zarr.open_group(store, mode="r")
+        except Exception:  # noqa: BLE001
+            return False
+        return group is None or group in root
+    if not os.path.exists(store):
+        return False
+    return group is None or os.path.exists(os.path.join(store, group))
+
+
+def reconstruct(
+    W: Any,
+    H: Any,
+    target: str | os.PathLike,
+    like: Any,
+    compare_to: Any = None,
+    *,
+    overwrite: bool = False,
+    group: str | None = None,
+    name: str = "reconstruction",
+    dtype: Any = None,
+    client: Any = None,
+    progress: bool | None = None,
+) -> ReconstructionStats:
+    """Write ``W H`` into a Zarr store on ``like``'s chunk grid, with error statistics.
+
+    Parameters
+    ----------
+    W : array-like (n, r) or Recovery
+        The feature factor (dask arrays stay lazy; only the rows of each chunk are used per task).
+    H : array-like (r, m)
+        The sample factor.
+    target : str or path
+        Output Zarr store (local path or fsspec URL).
+    like : array-like
+        Anything :func:`cfact_dask.open_array` takes: its shape (features on its feature axis),
+        chunk grid, dims and coords are given to the output.
+    compare_to : array-like, optional
+        Reference data (usually the input itself): relative Frobenius error and per-chunk
+        statistics are computed in the same pass as the write.
+    overwrite : bool
+        Replace an existing target (otherwise :class:`~cfact_dask.errors.StoreExistsError`).
+    group : str, optional
+        Write into this group of ``target`` (other groups are left alone).
+    name : str
+        Name of the data variable (default ``"reconstruction"``).
+    dtype : dtype, optional
+        Output dtype (default: ``like``'s when floating, else float64).
+    client : distributed.Client, optional
+
+    Returns
+    -------
+    ReconstructionStats
+
+    References
+    ----------
+    .. [1] V. Sharan, K. S. Tai, P. Bailis, G. Valiant. "Compressed factorization". ICML 2019,
+       arXiv:1706.08146.
+    """
+    import xarray as xr
+    import zarr
+
+    from .io import InputArray, open_array
+
+    store = os.fspath(target)
+    inp = like if isinstance(like, InputArray) else open_array(like)
+    if inp.ndim != 2:
+        raise InputError(
+            f"reconstruct writes a matrix W H; like={inp.source} has shape {inp.shape}"
+        )
+    Wd, Hd = _factor(W, "W"), _factor(H, "H")
+    fa = inp.feature_axis
+    n, m = inp.shape[fa], inp.shape[1 - fa]
+    if Wd.shape[0] != n or Hd.shape[1] != m or Wd.shape[1] != Hd.shape[0]:
+        raise InputError(
+            f"W {Wd.shape} and H {Hd.shape} do not fit like={inp.source} with {n} features "
+            f"(axis {fa}) and {m} samples"
+        )
+    if dtype is None:
+        dtype = inp.dtype if inp.dtype.kind == "f" else np.dtype(np.float64)
+    dtype = np.dtype(dtype)
+    if _target_exists(store, group) and not overwrite:
+        where = store if group is None else f"{store!r} group {group!r}"
+        raise StoreExistsError(
+            f"{where} already exists; pass overwrite=True (CLI: --overwrite) to replace it, or "
+            f"choose another target"
+        )
+
+    # the output grid: the input's chunks, made Zarr-compatible (regular) without moving data
+    grid = inp.chunks
+    zchunks = tuple(_zarr_chunk(c) for c in grid)
+    out_chunks = tuple(
+        c if _regular(c) else da.core.normalize_chunks((z,), (sum(c),))[0]
+        for c, z in zip(grid, zchunks, strict=True)
+    )
+    f_chunks, s_chunks = out_chunks[fa], out_chunks[1 - fa]
+    Wd = Wd.rechunk((f_chunks, Wd.shape[1]))
+    Hd = Hd.rechunk((Hd.shape[0], s_chunks))
+    transpose = fa == 1
+    if not transpose:
+        R = da.blockwise(
+            _product_block,
+            "ij",
+            Wd,
+            "ik",
+            Hd,
+            "kj",
+            dtype.str,
+            None,
+            False,
+            None,
+            concatenate=True,
+            dtype=dtype,
+            meta=np.empty((0, 0), dtype),
+        )
+    else:
+        R = da.blockwise(
+            _product_block,
+            "ji",
+            Wd,
+            "ik",
+            Hd,
+            "kj",
+            dtype.str,
+            None,
+            True,
+            None,
+            concatenate=True,
+            dtype=dtype,
+            meta=np.empty((0, 0), dtype),
+        )
+
+    stats_arr = None
+    if compare_to is not None:
+        ref = compare_to if isinstance(compare_to, InputArray) else open_array(compare_to)
+        X = ref.data
+        if ref.feature_axis != fa:
+            X = X.T
+        if X.shape != R.shape:
+            raise InputError(
+                f"compare_to={ref.source} has shape {X.shape}, the reconstruction {R.shape}"
+            )
+        if X.chunks != R.chunks:
+            # only when the grids differ (irregular input); R is generated, so follow X's grid
+            R = R.rechunk(X.chunks)
+        stats_arr = da.blockwise(
+            _block_stats,
+            "ijk",
+            X,
+            "ij",
+            R,
+            "ij",
+            new_axes={"k": 3},
+            dtype=np.float64,
+            meta=np.empty((0, 0, 0)),
+        )
+        if R.chunks != out_chunks:
+            R = R.rechunk(out_chunks)
+
+    if inp.dims is not None:
+        dims = tuple(inp.dims)
+    else:
+        dims = ("feature", "sample") if fa == 0 else ("sample", "feature")
+    coords = {k: v for k, v in inp.coords.items() if k in dims}
+    ds = xr.Dataset({name: (dims, R)}, coords=coords)
+    ds[name].encoding = {"chunks": zchunks}
+    for c in ds.coords:
+        ds[c].encoding = {}
+
+    remote = "://" in store
+    final = store if group is None else f"{store}/{group}"
+    if remote:
+        write_store, write_group = store, group
+    elif group is None:
+        parent = os.path.dirname(os.path.abspath(store)) or "."
+        write_store = os.path.join(parent, os.path.basename(store) + _TMP_TAG + uuid.uuid4().hex)
+        write_group = None
+    else:
+        write_store, write_group = store, f"{group}{_TMP_TAG}{uuid.uuid4().hex}"
+    attrs = {
+        "type": "reconstruction",
+        "complete": False,
+        "shape": list(R.shape),
+        "feature_axis": fa,
+        "rank": int(Wd.shape[1]),
+    }
+    ds.attrs = {"cfact": attrs}
+    try:
+        delayed_write = ds.to_zarr(
+            write_store,
+            group=write_group,
+            mode="w",
+            compute=False,
+            consolidated=False,
+            zarr_format=3,
+        )
+        todo: list[Any] = [delayed_write]
+        if stats_arr is not None:
+            todo.append(stats_arr)
+        with client_context(client, nbytes=int(R.nbytes)) as c:
+            results = compute(
+                *todo, client=c, progress=progress, desc=f"writing the reconstruction to {final}"
+            )
+        stats = np.asarray(results[1]) if stats_arr is not None else None
+        out = _summarise(final, R.shape, zchunks, stats)
+        done = {**attrs, "complete": True}
+        if out.relative_error is not None:
+            done.update(relative_error=out.relative_error, max_abs_error=out.max_abs_error)
+        g = zarr.open_group(write_store, path=write_group or "", mode="r+")
+        g.attrs["cfact"] = done
+        if not remote:
+            _move_into_place(write_store, write_group, store, group, overwrite)
+    except BaseException:
+        if not remote:
+            _cleanup(write_store if group is None else os.path.join(write_store, write_group))
+        raise
+    logger.info("reconstruction written to %s (relative error %s)", final, out.relative_error)
+    return out
+
+
+def _cleanup(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _move_into_place(
+    write_store: str, write_group: str | None, store: str, group: str | None, overwrite: bool
+) -> None:
+    """Rename the finished temporary store / group onto the target (replacing it if allowed)."""
+    src = write_store if group is None else os.path.join(write_store, write_group or "")
+    dst = store if group is None else os.path.join(store, group)
+    trash = None
+    if os.path.exists(dst):
+        if not overwrite:  # appeared while we were writing
+            raise StoreExistsError(f"{dst!r} appeared during the write; it was left untouched")
+        trash = dst + _TMP_TAG + "old-" + uuid.uuid4().hex
+        os.rename(dst, trash)
+    os.rename(src, dst)
+    if trash is not None:
+        _cleanup(trash)
+
+
+def _summarise(
+    path: str, shape: tuple[int, ...], zchunks: tuple[int, ...], stats: np.ndarray | None
+) -> ReconstructionStats:
+    if stats is None:
+        return ReconstructionStats(path=path, shape=tuple(shape), chunks=zchunks)
+    num, den, mx = stats[..., 0], stats[..., 1], stats[..., 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chunk_rel = np.where(den > 0, np.sqrt(num / np.where(den > 0, den, 1)), np.inf)
+    total = float(den.sum())
+    rel = math.sqrt(float(num.sum()) / total) if total > 0 else math.inf
+    worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(num)), num.shape))
+    return ReconstructionStats(
+        path=path,
+        shape=tuple(shape),
+        chunks=zchunks,
+        relative_error=rel,
+        chunk_relative_error=chunk_rel,
+        chunk_max_abs_error=mx,
+        max_abs_error=float(mx.max()),
+        worst_chunk=worst,
+    )
+
+
+def open_reconstruction(
+    store: str | os.PathLike, group: str | None = None, name: str = "reconstruction"
+) -> Any:
+    """Open a finished reconstruction as an ``xarray.DataArray`` (refuses incomplete stores)."""
+    import xarray as xr
+
+    store = os.fspath(store)
+    if not is_complete(store, group):
+        raise StoreNotFoundError(
+            f"{store!r}{'' if group is None else f' group {group!r}'} is not a complete "
+            f"reconstruction (missing, or its write was interrupted); run reconstruct again"
+        )
+    return xr.open_zarr(store, group=group, consolidated=False)[name]

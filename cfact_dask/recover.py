@@ -1,0 +1,1136 @@
+"""Recover the high-dimensional factor ``W`` (n x r) from its compression ``W̃ = P W`` (d x r).
+
+Methods
+-------
+``nnlasso`` / ``lasso``
+    (Nonnegative) LASSO by FISTA with function-value restart, matrix-free: every iteration is one
+    pass over the row blocks of ``W`` in which each task regenerates its columns of ``P`` from the
+    operator spec and computes both ``P_bᵀ G`` and ``P_b x_b``; only d x r partials travel to the
+    client. All r columns at once, each with its own λ. λ is set from the noise level of the fit
+    (a scaled-LASSO step: a first solve at ``λ = α₀ λ_max``, the residual of the least-squares
+    debias on its support estimates σ, then λ = σ √(2 log n) ‖P_col‖). Optional debias: least
+    squares (nonnegative for ``nnlasso``) on the found support, with the support's columns of
+    ``P`` gathered (they are few: the support is sparse).
+``bp``
+    Basis pursuit ``min ‖x‖₁ s.t. P x = y`` after projecting ``y`` onto range(P), by HiGHS; the
+    authors' method (negatives clamped after for NMF). Moderate n only.
+``omp``
+    Orthogonal matching pursuit with known sparsity ``k``: one pass over ``P`` per atom.
+``lstsq-data``
+    One extra pass over the data: ``W = argmin ‖M − W H‖`` (row-wise NNLS when nonnegative),
+    exact, with the exact reconstruction error computed in the same pass. The reference.
+
+Every recovery carries a :class:`Certificate`: the fit residual ``‖P Ŵ − W̃‖/‖W̃‖`` and, given a
+held-out sketch ``(Q M, Q)`` taken in the same pass as the sketch (an independent Gaussian ``Q``
+the factorization never saw), an estimate of ``‖M − Ŵ H‖/‖M‖`` and of the best error any ``W``
+could reach with this ``H``. When the estimate is much worse than that baseline, or the recovered
+columns are too dense for the compression, a :class:`~cfact_dask.errors.RecoveryWarning` says so
+with the figures and the fix.
+
+References
+----------
+.. [1] V. Sharan, K. S. Tai, P. Bailis, G. Valiant. "Compressed factorization: fast and accurate
+   low-rank factorization of compressively-sensed data". ICML 2019, arXiv:1706.08146.
+.. [2] A. Beck, M. Teboulle. "A fast iterative shrinkage-thresholding algorithm for linear
+   inverse problems". SIAM J. Imaging Sci. 2(1), 2009.
+.. [3] B. O'Donoghue, E. Candès. "Adaptive restart for accelerated gradient schemes". Found.
+   Comput. Math. 15, 2015.
+.. [4] T. Sun, C.-H. Zhang. "Scaled sparse linear regression". Biometrika 99(4), 2012.
+.. [5] R. Berinde, A. C. Gilbert, P. Indyk, H. Karloff, M. J. Strauss. "Combining geometry and
+   combinatorics: a unified approach to sparse signal recovery". Allerton 2008.
+.. [6] J. A. Tropp, A. C. Gilbert. "Signal recovery from random measurements via orthogonal
+   matching pursuit". IEEE Trans. Inf. Theory 53(12), 2007.
+.. [7] W. B. Johnson, J. Lindenstrauss. "Extensions of Lipschitz mappings into a Hilbert space".
+   Contemp. Math. 26, 1984 (the held-out estimate is a JL projection of the residual).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from dask import delayed
+
+from . import config
+from .cluster import client_context
+from .errors import ConvergenceWarning, InputError, RecoveryWarning
+from .operators import SketchOperator
+
+__all__ = ["Certificate", "Recovery", "holdout_error", "recover"]
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["nnlasso", "lasso", "bp", "omp", "lstsq-data"]
+METHODS: tuple[str, ...] = ("nnlasso", "lasso", "bp", "omp", "lstsq-data")
+
+#: basis pursuit builds P whole (sparse) and one LP per column: refuse above this many features
+BP_MAX_FEATURES = 200_000
+#: the held-out error may exceed the best error reachable with H by this factor ...
+HOLDOUT_RATIO = 1.5
+#: ... plus this absolute slack, before the recovery is declared poor
+HOLDOUT_SLACK = 0.05
+#: first-stage λ of the automatic choice, relative to λ_max (the λ at which the solution is 0)
+_ALPHA0 = 0.05
+#: smallest λ the automatic choice goes to, relative to λ_max (noiseless data)
+_ALPHA_MIN = 1e-4
+#: an entry is significant above this fraction of its column's largest (density check)
+_SIGNIFICANT = 0.01
+#: the debias refits on entries above this fraction of the column's largest
+_DEBIAS_SUPPORT = 1e-3
+
+
+# ---------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Certificate:
+    """How much a recovery can be trusted.
+
+    Attributes
+    ----------
+    fit_residual : float or None
+        ``‖P Ŵ − W̃‖_F / ‖W̃‖_F`` (None for ``lstsq-data`` without ``W̃``).
+    fit_residual_per_column : ndarray or None
+    holdout_error : float or None
+        Estimated ``‖M − Ŵ H‖_F / ‖M‖_F`` from the held-out sketch: ``‖Q M − (Q Ŵ) H‖/‖Q M‖``.
+    holdout_baseline : float or None
+        The same estimate for the best ``W`` given ``H`` (``Q M (I − H⁺H)``): what an exact extra
+        pass over the data (``lstsq-data``) would reach.
+    exact_error : float or None
+        ``‖M − Ŵ H‖_F / ‖M‖_F`` computed exactly (``lstsq-data`` only).
+    support_sizes : ndarray or None
+        Nonzeros per recovered column.
+    effective_support : ndarray or None
+        Entries per column above 1 % of the column's largest (what the density check uses).
+    n_measurements, n_features : int
+        ``d`` and ``n``.
+    ok : bool
+        False when a check failed (the messages say which).
+    messages : tuple of str
+    """
+
+    fit_residual: float | None = None
+    fit_residual_per_column: np.ndarray | None = None
+    holdout_error: float | None = None
+    holdout_baseline: float | None = None
+    exact_error: float | None = None
+    support_sizes: np.ndarray | None = None
+    effective_support: np.ndarray | None = None
+    n_measurements: int | None = None
+    n_features: int | None = None
+    ok: bool = True
+    messages: tuple[str, ...] = ()
+
+    @property
+    def estimated_error(self) -> float | None:
+        """The best available estimate of ``‖M − Ŵ H‖/‖M‖`` (exact, else held-out, else None)."""
+        return self.exact_error if self.exact_error is not None else self.holdout_error
+
+    def to_dict(self) -> dict[str, Any]:
+        def conv(v: Any) -> Any:
+            if isinstance(v, np.ndarray):
+                return v.tolist()
+            if isinstance(v, tuple):
+                return list(v)
+            return v
+
+        return {k: conv(v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A recovered factor with its certificate.
+
+    Attributes
+    ----------
+    W : dask.array.Array
+        n x r, chunked along the features, persisted.
+    H : ndarray or None
+        The r x m factor it goes with (from the factorization result), if known.
+    method : str
+    certificate : Certificate
+    lam : ndarray or None
+        λ per column (LASSO methods).
+    n_iter_ : int
+        Iterations (FISTA) or atoms (OMP) used.
+    history : dict
+        ``objective`` and ``rel_change`` per FISTA iteration.
+    """
+
+    W: da.Array
+    H: np.ndarray | None
+    method: str
+    certificate: Certificate
+    lam: np.ndarray | None = None
+    n_iter_: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.W.shape)  # type: ignore[return-value]
+
+    def compute(self) -> np.ndarray:
+        """``W`` in memory (n x r): only for n that fits on the client."""
+        return np.asarray(self.W.compute())
+
+
+# ---------------------------------------------------------------------- the driver
+class _Blocks:
+    """Row blocks of ``W`` (aligned to operator tiles) and the scheduler running their tasks."""
+
+    def __init__(self, op: SketchOperator, client: Any, chunks: Any) -> None:
+        self.op = op
+        self.client = client
+        n = op.n_features
+        if chunks is None:
+            T = op.tile_size
+            rows = min(max(-(-n // 8), T), 2**18)
+            rows = -(-rows // T) * T
+            chunks = rows
+        row_chunks = (
+            da.core.normalize_chunks((chunks,), (n,))[0]
+            if isinstance(chunks, (int, np.integer))
+            else tuple(int(c) for c in chunks)
+        )
+        if sum(row_chunks) != n:
+            raise InputError(f"chunks {chunks} do not add up to n_features={n}")
+        self.chunks = row_chunks
+        b = np.concatenate([[0], np.cumsum(row_chunks)]).astype(int)
+        self.ranges = [(int(b[i]), int(b[i + 1])) for i in range(len(row_chunks))]
+
+    def persist(self, objs: list[Any]) -> list[Any]:
+        if self.client is not None:
+            return list(self.client.persist(objs))
+        return list(dask.persist(*objs))
+
+    def compute(self, obj: Any) -> Any:
+        if self.client is not None:
+            return self.client.gather(self.client.compute(obj))
+        return dask.compute(obj)[0]
+
+    def to_array(self, parts: Sequence[Any], r: int, dtype: Any = np.float64) -> da.Array:
+        arrs = [
+            da.from_delayed(p, shape=(b - a, r), dtype=dtype)
+            for p, (a, b) in zip(parts, self.ranges, strict=True)
+        ]
+        W = da.concatenate(arrs, axis=0) if len(arrs) > 1 else arrs[0]
+        if self.client is not None:
+            return self.client.persist(W)
+        return W.persist()
+
+
+def _tree_sum(parts: list[Any], split_every: int = 8) -> Any:
+    parts = list(parts)
+    while len(parts) > 1:
+        parts = [
+            delayed(_sum)(parts[i : i + split_every]) for i in range(0, len(parts), split_every)
+        ]
+    return parts[0]
+
+
+def _sum(parts: Sequence[Any]) -> Any:
+    if isinstance(parts[0], tuple):
+        return tuple(_sum([p[i] for p in parts]) for i in range(len(parts[0])))
+    acc = np.array(parts[0], dtype=np.float64, copy=True)
+    for p in parts[1:]:
+        acc += p
+    return acc
+
+
+# ---------------------------------------------------------------------- block kernels
+def _cols(op: SketchOperator, a: int, b: int) -> Any:
+    return op.columns(a, b, np.float64)
+
+
+def _gram_block(op: SketchOperator, a: int, b: int) -> np.ndarray:
+    P = _cols(op, a, b)
+    G = P @ P.T
+    return np.asarray(G.toarray() if sp.issparse(G) else G)
+
+
+def _power_block(op: SketchOperator, a: int, b: int, v: np.ndarray) -> np.ndarray:
+    P = _cols(op, a, b)
+    return np.asarray(P @ (P.T @ v))
+
+
+def _rmatvec_stats(op: SketchOperator, a: int, b: int, Y: np.ndarray, nonneg: bool) -> np.ndarray:
+    """Column-wise max of (Pᵀ Y)_+ (or |Pᵀ Y|) and the squared column norms of this block of P."""
+    P = _cols(op, a, b)
+    C = np.asarray(P.T @ Y)
+    C = np.maximum(C, 0) if nonneg else np.abs(C)
+    return C.max(axis=0) if C.size else np.zeros(Y.shape[1])
+
+
+_LIP: dict[Any, float] = {}
+
+
+def _lipschitz(op: SketchOperator, blocks: _Blocks) -> float:
+    """``‖P‖₂²``, the Lipschitz constant of the gradient of ``½‖P x − y‖²`` (cached per spec)."""
+    key = op
+    if key in _LIP:
+        return _LIP[key]
+    d = op.n_components
+    if d <= 2048:
+        G = blocks.compute(_tree_sum([delayed(_gram_block)(op, a, b) for a, b in blocks.ranges]))
+        L = float(np.linalg.eigvalsh(G)[-1]) * (1 + 1e-6)
+    else:
+        v = np.ones(d) / math.sqrt(d)
+        lam = 0.0
+        for _ in range(30):
+            w = blocks.compute(
+                _tree_sum([delayed(_power_block)(op, a, b, v) for a, b in blocks.ranges])
+            )
+            lam = float(np.linalg.norm(w))
+            v = w / lam
+        L = lam * 1.1
+    _LIP[key] = L
+    return L
+
+
+def _fista_block(
+    op: SketchOperator,
+    a: int,
+    b: int,
+    state: tuple[np.ndarray, np.ndarray],
+    G: np.ndarray,
+    beta: np.ndarray,
+    step: float,
+    thresh: np.ndarray,
+    nonneg: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One FISTA step on rows ``a:b``: y = x + β(x − x_prev); x⁺ = prox(y − step·P_bᵀ G).
+
+    Returns ``(x⁺, x, P_b x⁺, stats)`` with stats rows ``‖x⁺ − x‖², ‖x⁺‖², ‖x⁺‖₁`` per column.
+    """
+    x, x_prev = state[0], state[1]
+    P = _cols(op, a, b)
+    y = x + beta * (x - x_prev) if np.any(beta) else x
+    v = y - step * np.asarray(P.T @ G)
+    if nonneg:
+        xn = np.maximum(v - thresh, 0.0)
+    else:
+        xn = np.sign(v) * np.maximum(np.abs(v) - thresh, 0.0)
+    Px = np.asarray(P @ xn)
+    dx = xn - x
+    stats = np.stack([(dx * dx).sum(axis=0), (xn * xn).sum(axis=0), np.abs(xn).sum(axis=0)])
+    return xn, x, Px, stats
+
+
+def _init_block(a: int, b: int, r: int, x0: Any) -> tuple[np.ndarray, np.ndarray]:
+    x = np.zeros((b - a, r)) if x0 is None else np.array(x0, dtype=np.float64)
+    return x, x.copy()
+
+
+def _matvec_block(op: SketchOperator, a: int, b: int, x: np.ndarray) -> np.ndarray:
+    return np.asarray(_cols(op, a, b) @ x)
+
+
+def _first(state: tuple[Any, ...]) -> Any:
+    return state[0]
+
+
+def _fista(
+    blocks: _Blocks,
+    Wt: np.ndarray,
+    lam: np.ndarray,
+    nonneg: bool,
+    max_iter: int,
+    tol: float,
+    x0: list[Any] | None,
+    callback: Callable[[dict[str, Any]], bool | None] | None,
+) -> tuple[list[Any], np.ndarray, int, dict[str, list[float]], bool]:
+    """FISTA with per-column function-value restart; state persisted per row block."""
+    op = blocks.op
+    r = Wt.shape[1]
+    L = _lipschitz(op, blocks)
+    step = 1.0 / L
+    thresh = step * lam
+    if x0 is None:
+        states = [delayed(_init_block)(a, b, r, None) for a, b in blocks.ranges]
+        Px = np.zeros_like(Wt)
+    else:
+        states = [
+            delayed(_init_block)(a, b, r, x) for (a, b), x in zip(blocks.ranges, x0, strict=True)
+        ]
+        Px = blocks.compute(
+            _tree_sum(
+                [
+                    delayed(_matvec_block)(op, a, b, delayed(_first)(s))
+                    for (a, b), s in zip(blocks.ranges, states, strict=True)
+                ]
+            )
+        )
+    states = blocks.persist(states)
+    Px_prev = Px.copy()
+    t = np.ones(r)
+    beta = np.zeros(r)
+    F_prev = np.full(r, np.inf)
+    hist: dict[str, list[float]] = {"objective": [], "rel_change": []}
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):
+        G = Px + beta * (Px - Px_prev) - Wt
+        Gd = delayed(G, pure=True)
+        new = [
+            delayed(_fista_block, pure=True, nout=4)(op, a, b, s, Gd, beta, step, thresh, nonneg)
+            for (a, b), s in zip(blocks.ranges, states, strict=True)
+        ]
+        # persist the whole step (x, x_prev, partials) so that reducing the partials does not
+        # run the step again; the next step reads only x and x_prev
+        states = blocks.persist(new)
+        Px_new, stats = blocks.compute(_tree_sum([delayed(tuple)([n[2], n[3]]) for n in states]))
+        del new
+        Px_prev, Px = Px, Px_new
+        res = Px - Wt
+        F = 0.5 * (res * res).sum(axis=0) + lam * stats[2]
+        rel = np.sqrt(stats[0]) / np.maximum(np.sqrt(stats[1]), np.finfo(float).tiny)
+        hist["objective"].append(float(F.sum()))
+        hist["rel_change"].append(float(rel.max()))
+        # restart the momentum of a column whose objective went up (O'Donoghue & Candès)
+        up = F > F_prev
+        t_next = (1 + np.sqrt(1 + 4 * t * t)) / 2
+        beta = np.where(up, 0.0, (t - 1) / t_next)
+        t = np.where(up, 1.0, t_next)
+        F_prev = F
+        if callback is not None and callback({"iteration": it, "objective": F, "rel_change": rel}):
+            converged = True  # stopped by the user: no convergence warning
+            break
+        if it > 1 and rel.max() < tol:
+            converged = True
+            break
+    xs = [delayed(_first)(s) for s in states]
+    return xs, Px, it, hist, converged
+
+
+# ---------------------------------------------------------------------- debias
+def _support_block(op: SketchOperator, a: int, b: int, x: np.ndarray, thr: np.ndarray) -> tuple:
+    """Rows (global) in the support of some column, their columns of P, and the mask."""
+    mask = (np.abs(x) > thr) & (x != 0)
+    rows = np.flatnonzero(mask.any(axis=1))
+    P = _cols(op, a, b)
+    Pc = P[:, rows] if sp.issparse(P) else sp.csc_matrix(P[:, rows])
+    return rows + a, sp.csc_matrix(Pc), mask[rows]
+
+
+def _absmax_block(x: np.ndarray) -> np.ndarray:
+    return np.abs(x).max(axis=0) if x.size else np.zeros(x.shape[1])
+
+
+def _gather_support(blocks: _Blocks, xs: list[Any], rel: float) -> tuple:
+    """The support (entries above ``rel`` x the column's largest) and its columns of ``P``."""
+    colmax = blocks.compute(
+        delayed(np.max)(delayed(np.stack)([delayed(_absmax_block)(x) for x in xs]), axis=0)
+    )
+    thr = rel * np.asarray(colmax)
+    parts = blocks.compute(
+        [
+            delayed(_support_block)(blocks.op, a, b, x, thr)
+            for (a, b), x in zip(blocks.ranges, xs, strict=True)
+        ]
+    )
+    rows = np.concatenate([p[0] for p in parts])
+    P = sp.hstack([p[1] for p in parts], format="csc") if rows.size else None
+    mask = np.concatenate([p[2] for p in parts]) if rows.size else np.zeros((0, 0), bool)
+    return rows, P, mask
+
+
+def _nnls(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from scipy.optimize import nnls
+
+    try:
+        return nnls(A, y, maxiter=50 * max(A.shape[1], 1))[0]
+    except RuntimeError:  # rare: iteration limit; fall back to projected lstsq
+        return np.maximum(np.linalg.lstsq(A, y, rcond=None)[0], 0)
+
+
+def _debias(
+    blocks: _Blocks, xs: list[Any], Wt: np.ndarray, nonneg: bool
+) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Least squares (NNLS when nonneg) of each column on its support.
+
+    The support is the entries above ``_DEBIAS_SUPPORT`` x the column's largest (FISTA leaves
+    tiny entries that it would take many more passes to zero). Columns whose support has ``d``
+    or more entries keep their LASSO values (least squares would interpolate the noise).
+    Returns the new blocks, ``P Ŵ`` and the support size per column.
+    """
+    d, r = Wt.shape
+    rows, P, mask = _gather_support(blocks, xs, _DEBIAS_SUPPORT)
+    sizes = mask.sum(axis=0) if rows.size else np.zeros(r, dtype=int)
+    if not rows.size:
+        return xs, np.zeros_like(Wt), sizes
+    vals = np.zeros((rows.size, r))
+    done = np.zeros(r, dtype=bool)
+    Pd = P.toarray()
+    for j in range(r):
+        sel = np.flatnonzero(mask[:, j])
+        if sel.size >= d:
+            continue
+        done[j] = True
+        if sel.size == 0:
+            continue
+        A = Pd[:, sel]
+        coef = _nnls(A, Wt[:, j]) if nonneg else np.linalg.lstsq(A, Wt[:, j], rcond=None)[0]
+        vals[sel, j] = coef
+    out = []
+    for (a, b), x in zip(blocks.ranges, xs, strict=True):
+        lo, hi = np.searchsorted(rows, [a, b])
+        out.append(delayed(_set_rows)(x, rows[lo:hi] - a, vals[lo:hi], done))
+    out = blocks.persist(out)
+    PW = blocks.compute(
+        _tree_sum(
+            [
+                delayed(_matvec_block)(blocks.op, a, b, x)
+                for (a, b), x in zip(blocks.ranges, out, strict=True)
+            ]
+        )
+    )
+    return out, PW, sizes
+
+
+def _set_rows(x: np.ndarray, rows: np.ndarray, vals: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """Replace the debiased columns of this block by their least-squares values."""
+    x = np.array(x, copy=True)
+    x[:, done] = 0.0
+    if rows.size:
+        x[np.ix_(rows, np.flatnonzero(done))] = vals[:, done]
+    return x
+
+
+# ---------------------------------------------------------------------- LASSO front end
+def _lam_max(blocks: _Blocks, Wt: np.ndarray, nonneg: bool) -> np.ndarray:
+    parts = [delayed(_rmatvec_stats)(blocks.op, a, b, Wt, nonneg) for a, b in blocks.ranges]
+    return np.asarray(blocks.compute(delayed(np.max)(delayed(np.stack)(parts), axis=0)))
+
+
+def _column_norm(op: SketchOperator) -> float:
+    return math.sqrt(op.s) if op.kind == "expander" else 1.0
+
+
+def _lasso(
+    blocks: _Blocks,
+    Wt: np.ndarray,
+    nonneg: bool,
+    lam: Any,
+    debias: bool,
+    max_iter: int,
+    tol: float,
+    callback: Any,
+) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray | None, int, dict[str, list[float]]]:
+    op = blocks.op
+    d, r = Wt.shape
+    lmax = _lam_max(blocks, Wt, nonneg)
+    total_it = 0
+    hist: dict[str, list[float]] = {"objective": [], "rel_change": []}
+
+    def run(lam_vec: np.ndarray, x0: list[Any] | None) -> tuple[list[Any], np.ndarray, bool]:
+        nonlocal total_it
+        xs, Px, it, h, conv = _fista(blocks, Wt, lam_vec, nonneg, max_iter, tol, x0, callback)
+        total_it += it
+        for k in hist:
+            hist[k] += h[k]
+        return xs, Px, conv
+
+    sizes: np.ndarray | None = None
+    if isinstance(lam, str):
+        if lam != "auto":
+            raise InputError(f"lam must be 'auto' or a number >= 0, got {lam!r}")
+        # scaled LASSO: σ from the residual of a debiased first solve, then λ = σ √(2 log n) ‖p‖
+        lam1 = _ALPHA0 * lmax
+        xs, Px, conv = run(lam1, None)
+        xs_d, Px_d, sizes = _debias(blocks, xs, Wt, nonneg)
+        dof = np.maximum(d - sizes, 1)
+        sigma = np.linalg.norm(Px_d - Wt, axis=0) / np.sqrt(dof)
+        lam_vec = sigma * math.sqrt(2 * math.log(max(op.n_features, 2))) * _column_norm(op)
+        lam_vec = np.clip(lam_vec, _ALPHA_MIN * lmax, lam1)
+        logger.info("recover: noise level per column %s -> lambda %s", sigma, lam_vec)
+        xs, Px, conv = run(lam_vec, xs_d)
+    else:
+        lam_arr = np.broadcast_to(np.asarray(lam, dtype=float), (r,)).copy()
+        if np.any(lam_arr < 0) or not np.all(np.isfinite(lam_arr)):
+            raise InputError(f"lam must be >= 0 and finite, got {lam!r}")
+        lam_vec = lam_arr
+        xs, Px, conv = run(lam_vec, None)
+    if not conv:
+        warnings.warn(
+            f"FISTA stopped at max_iter={max_iter} before the relative change fell below "
+            f"tol={tol} (last {hist['rel_change'][-1]:.2e}); raise max_iter, or loosen tol",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    if debias:
+        xs, Px, sizes = _debias(blocks, xs, Wt, nonneg)
+    else:
+        sizes = None
+    return xs, Px, lam_vec, sizes, total_it, hist
+
+
+# ---------------------------------------------------------------------- OMP
+def _omp_select(
+    op: SketchOperator, a: int, b: int, R: np.ndarray, chosen: list[np.ndarray], nonneg: bool
+) -> np.ndarray:
+    """Best new atom per column in rows a:b: (score, global index) as a 2 x r array."""
+    P = _cols(op, a, b)
+    C = np.asarray(P.T @ R)
+    S = np.maximum(C, 0) if nonneg else np.abs(C)
+    for j, idx in enumerate(chosen):
+        loc = idx[(idx >= a) & (idx < b)] - a
+        S[loc, j] = -np.inf
+    best = S.argmax(axis=0) if S.shape[0] else np.zeros(R.shape[1], int)
+    score = S[best, np.arange(R.shape[1])] if S.shape[0] else np.full(R.shape[1], -np.inf)
+    return np.stack([score, best + a])
+
+
+def _best(parts: list[np.ndarray]) -> np.ndarray:
+    A = np.stack(parts)  # blocks x 2 x r
+    k = A[:, 0, :].argmax(axis=0)
+    return A[k, :, np.arange(A.shape[2])].T
+
+
+def _omp(blocks: _Blocks, Wt: np.ndarray, k: int, nonneg: bool, tol: float) -> tuple:
+    op = blocks.op
+    d, r = Wt.shape
+    chosen = [np.zeros(0, dtype=np.int64) for _ in range(r)]
+    atoms: list[list[np.ndarray]] = [[] for _ in range(r)]
+    coefs = [np.zeros(0) for _ in range(r)]
+    R = Wt.copy()
+    active = np.linalg.norm(Wt, axis=0) > 0
+    norms = np.linalg.norm(Wt, axis=0)
+    it = 0
+    for it in range(1, min(k, d) + 1):
+        if not active.any():
+            it -= 1
+            break
+        Ra = R * active
+        best = blocks.compute(
+            delayed(_best)(
+                [delayed(_omp_select)(op, a, b, Ra, chosen, nonneg) for a, b in blocks.ranges]
+            )
+        )
+        for j in np.flatnonzero(active):
+            score, idx = best[0, j], int(best[1, j])
+            if not score > 0:
+                active[j] = False
+                continue
+            col = op.columns(idx, idx + 1, np.float64)
+            col = np.asarray(col.toarray() if sp.issparse(col) else col).ravel()
+            atoms[j].append(col)
+            chosen[j] = np.append(chosen[j], idx)
+            A = np.stack(atoms[j], axis=1)
+            coefs[j] = _nnls(A, Wt[:, j]) if nonneg else np.linalg.lstsq(A, Wt[:, j], rcond=None)[0]
+            R[:, j] = Wt[:, j] - A @ coefs[j]
+            if np.linalg.norm(R[:, j]) <= tol * norms[j]:
+                active[j] = False
+    rows = np.concatenate(chosen) if r else np.zeros(0, int)
+    cols = np.concatenate([np.full(c.size, j) for j, c in enumerate(chosen)])
+    vals = np.concatenate(coefs)
+    return _sparse_to_blocks(blocks, rows, cols, vals, r), Wt - R, it
+
+
+def _entries_block(
+    a: int, b: int, r: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
+) -> np.ndarray:
+    x = np.zeros((b - a, r))
+    np.add.at(x, (rows - a, cols), vals)
+    return x
+
+
+def _sparse_to_blocks(
+    blocks: _Blocks, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, r: int
+) -> list[Any]:
+    order = np.argsort(rows, kind="stable")
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    out = []
+    for a, b in blocks.ranges:
+        lo, hi = np.searchsorted(rows, [a, b])
+        out.append(delayed(_entries_block)(a, b, r, rows[lo:hi], cols[lo:hi], vals[lo:hi]))
+    return blocks.persist(out)
+
+
+# ---------------------------------------------------------------------- basis pursuit
+def _bp(op: SketchOperator, Wt: np.ndarray, nonneg: bool) -> np.ndarray:
+    from scipy.optimize import linprog
+
+    limit = int(config.get("recover.bp-max-features", BP_MAX_FEATURES))
+    n = op.n_features
+    if n > limit:
+        raise InputError(
+            f"method='bp' solves one linear program over all n={n} features per column, above "
+            f"the limit of {limit} (cfact.recover.bp-max-features); use method='nnlasso' (or "
+            f"'lasso'), which works blockwise at any n, or 'lstsq-data' if the data is available"
+        )
+    P = sp.csc_matrix(op.columns(0, n, np.float64))
+    d, r = Wt.shape
+    # project onto range(P) so that P x = y stays feasible under noise
+    G = P @ P.T
+    G = G.toarray() if sp.issparse(G) else np.asarray(G)
+    Y = G @ np.linalg.lstsq(G, Wt, rcond=None)[0]
+    A = sp.hstack([P, -P], format="csc")
+    c = np.ones(2 * n)
+    X = np.zeros((n, r))
+    for j in range(r):
+        if not np.any(Y[:, j]):
+            continue
+        res = linprog(c, A_eq=A, b_eq=Y[:, j], bounds=(0, None), method="highs")
+        if res.status != 0:
+            raise InputError(
+                f"basis pursuit failed on column {j}: {res.message}; use method='nnlasso'"
+            )
+        X[:, j] = res.x[:n] - res.x[n:]
+    if nonneg:
+        X = np.maximum(X, 0)  # the authors clamp negatives after BP
+    return X
+
+
+# ---------------------------------------------------------------------- lstsq-data
+def _lstsq_block(
+    B: np.ndarray, sq: np.ndarray, Rinv_T: np.ndarray, Rh: np.ndarray, G: np.ndarray, nonneg: bool
+) -> np.ndarray:
+    """Rows of ``W = argmin ‖M − W H‖`` from ``B = M Q`` (``Hᵀ = Q R``): ``w = R⁻¹ Qᵀ m``, or
+    ``NNLS(R, Qᵀ m)`` (the same problem, r x r) for rows with negatives when nonnegative.
+
+    Returns ``[W | ‖m − Hᵀw‖² | ‖m‖²]`` per row (squared residual by ``‖m‖² − 2 wᵀHm + wᵀHHᵀw``).
+    """
+    B = np.asarray(B, dtype=np.float64)
+    W = B @ Rinv_T
+    if nonneg:
+        for i in np.flatnonzero((W < 0).any(axis=1)):
+            W[i] = _nnls(Rh, B[i])
+    HM = B @ Rh  # rows (H m_i)^T = (R^T Q^T m_i)^T
+    err = sq - 2 * (W * HM).sum(axis=1) + ((W @ G) * W).sum(axis=1)
+    return np.concatenate([W, np.maximum(err, 0)[:, None], sq[:, None]], axis=1)
+
+
+def _lstsq_data(
+    data: Any, H: np.ndarray, nonneg: bool, client: Any, chunks: Any
+) -> tuple[da.Array, float]:
+    from .io import InputArray, open_array
+
+    inp = data if isinstance(data, InputArray) else open_array(data)
+    X = inp.data
+    if X.ndim != 2:
+        raise InputError(f"lstsq-data needs the data as a matrix; {inp.source} has shape {X.shape}")
+    if inp.feature_axis == 1:
+        X = X.T
+    n, m = X.shape
+    if H.shape[1] != m:
+        raise InputError(
+            f"H has {H.shape[1]} columns but {inp.source} has {m} samples; pass the data the "
+            f"factorization was computed from"
+        )
+    r = H.shape[0]
+    Qh, Rh = np.linalg.qr(H.T)  # H^T = Q R: m x r and r x r
+    Rinv_T = np.linalg.pinv(Rh).T
+    G = H @ H.T
+    Xf = X.astype(np.float64) if X.dtype != np.float64 else X
+    # one pass over the data: B = M Q (tree-summed over sample chunks) and the row norms
+    B = da.matmul(Xf, da.from_array(Qh, chunks=(X.chunks[1], r))).rechunk({1: r})
+    sq = (Xf * Xf).sum(axis=1)
+    out = da.blockwise(
+        _lstsq_block,
+        "ij",
+        B,
+        "ij",
+        sq,
+        "i",
+        Rinv_T,
+        None,
+        Rh,
+        None,
+        G,
+        None,
+        nonneg,
+        None,
+        adjust_chunks={"j": r + 2},
+        dtype=np.float64,
+        meta=np.empty((0, 0)),
+    )
+    if client is not None:
+        out = client.persist(out)
+        num, den = client.gather(client.compute([out[:, r].sum(), out[:, r + 1].sum()]))
+    else:
+        out = out.persist()
+        num, den = dask.compute(out[:, r].sum(), out[:, r + 1].sum())
+    W = out[:, :r]
+    if chunks is not None:
+        W = W.rechunk((chunks, r))
+    exact = math.sqrt(float(num) / float(den)) if den > 0 else math.inf
+    return W, exact
+
+
+# ---------------------------------------------------------------------- held-out certificate
+def holdout_error(
+    W_hat: Any,
+    H: Any,
+    holdout_sketch: Any,
+    holdout_operator: SketchOperator,
+    *,
+    client: Any = None,
+) -> tuple[float, float]:
+    """Estimate ``‖M − Ŵ H‖_F / ‖M‖_F`` from a held-out sketch ``Q M``.
+
+    ``Q`` (d_h x n) is an independent operator (another seed; Gaussian with N(0, 1/d_h) entries
+    makes ``E‖Q v‖² = ‖v‖²`` for every ``v``, a Johnson–Lindenstrauss projection), applied to the
+    data in the same pass as the sketch and never seen by the factorization. Then
+    ``‖Q M − (Q Ŵ) H‖ / ‖Q M‖`` estimates the relative error, with relative spread about
+    ``√(2 / d_h)`` or better.
+
+    Parameters
+    ----------
+    W_hat : array-like (n, r)
+        The recovered factor (numpy or dask; applied blockwise).
+    H : array-like (r, m)
+    holdout_sketch : array-like (d_h, m)
+        ``Q M``.
+    holdout_operator : SketchOperator
+        ``Q``'s spec (``n_features`` must equal n).
+
+    Returns
+    -------
+    error : float
+        The estimate of ``‖M − Ŵ H‖/‖M‖``.
+    baseline : float
+        The estimate of the best error reachable with this ``H`` (``‖Q M (I − H⁺ H)‖/‖Q M‖``):
+        what ``lstsq-data`` would give. A good recovery has ``error`` close to ``baseline``.
+
+    References
+    ----------
+    .. [1] W. B. Johnson, J. Lindenstrauss. "Extensions of Lipschitz mappings into a Hilbert
+       space". Contemp. Math. 26, 1984.
+    """
+    H = np.asarray(H, dtype=np.float64)
+    QM = holdout_sketch
+    if hasattr(QM, "matrix") and hasattr(QM, "operator"):  # a Sketch
+        QM = QM.matrix
+    if not isinstance(holdout_operator, SketchOperator):
+        raise InputError(
+            f"holdout_operator must be a SketchOperator, got {type(holdout_operator).__name__}"
+        )
+    if W_hat.shape[0] != holdout_operator.n_features:
+        raise InputError(
+            f"W has {W_hat.shape[0]} rows but the held-out operator covers "
+            f"{holdout_operator.n_features} features"
+        )
+    if QM.shape != (holdout_operator.n_components, H.shape[1]):
+        raise InputError(
+            f"held-out sketch has shape {QM.shape}; expected ({holdout_operator.n_components}, "
+            f"{H.shape[1]}) = (held-out rows, samples of H)"
+        )
+    QW = holdout_operator.matvec(W_hat)
+    with client_context(client, nbytes=0) as c:
+        if c is not None:
+            QW, QM = c.gather(c.compute([QW, da.asarray(QM)]))
+        else:
+            QW, QM = dask.compute(QW, QM)
+    QM = np.asarray(QM, dtype=np.float64)
+    QW = np.asarray(QW, dtype=np.float64)
+    den = float(np.linalg.norm(QM))
+    if den == 0:
+        return math.inf, math.inf
+    err = float(np.linalg.norm(QM - QW @ H)) / den
+    base = float(np.linalg.norm(QM - (QM @ np.linalg.pinv(H)) @ H)) / den
+    return err, base
+
+
+# ---------------------------------------------------------------------- the entry point
+def _unpack(result_or_Wtilde: Any, H: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    Wt = result_or_Wtilde
+    if Wt is not None and hasattr(Wt, "W") and hasattr(Wt, "H"):
+        if H is None:
+            H = Wt.H
+        Wt = Wt.W
+    if Wt is not None:
+        Wt = np.asarray(Wt.compute() if hasattr(Wt, "compute") else Wt, dtype=np.float64)
+        if Wt.ndim == 1:
+            Wt = Wt[:, None]
+    if H is not None:
+        H = np.asarray(H.compute() if hasattr(H, "compute") else H, dtype=np.float64)
+        if H.ndim == 1:
+            H = H[None, :]
+    return Wt, H
+
+
+def recover(
+    result_or_Wtilde: Any,
+    operator: SketchOperator | None,
+    method: Method = "nnlasso",
+    *,
+    lam: float | Sequence[float] | Literal["auto"] = "auto",
+    debias: bool = True,
+    max_iter: int = 500,
+    tol: float = 1e-4,
+    sparsity: int | None = None,
+    data: Any = None,
+    H: Any = None,
+    nonnegative: bool | None = None,
+    holdout: tuple[Any, SketchOperator] | None = None,
+    chunks: int | Sequence[int] | None = None,
+    callback: Callable[[dict[str, Any]], bool | None] | None = None,
+    client: Any = None,
+) -> Recovery:
+    """Recover ``W`` (n x r) from ``W̃ = P W`` (d x r), with a certificate.
+
+    Parameters
+    ----------
+    result_or_Wtilde : ndarray (d, r) or factorization result
+        ``W̃``, or any object with ``.W`` (d x r) and ``.H`` (r x m), e.g. the result of
+        :func:`cfact_dask.nmf` on a sketch. May be None for ``lstsq-data`` with ``H=``.
+    operator : SketchOperator
+        The sketch's ``P`` (``sketch.operator``). Optional for ``lstsq-data``.
+    method : {"nnlasso", "lasso", "bp", "omp", "lstsq-data"}
+        See the module docstring. ``nnlasso`` (default) scales to any n; ``bp`` is the paper's
+        choice for moderate n; ``omp`` needs ``sparsity``; ``lstsq-data`` needs ``data``.
+    lam : "auto", float or sequence of floats
+        LASSO penalty, per column or shared. ``"auto"`` estimates the noise level σ of the fit
+        and sets ``λ = σ √(2 log n) ‖p_col‖`` (scaled LASSO).
+    debias : bool
+        Refit each column by least squares (NNLS for nonnegative) on its support.
+    max_iter, tol : int, float
+        FISTA stops when the largest relative change of a column falls below ``tol``.
+    sparsity : int, optional
+        ``k``, nonzeros per column (OMP: the number of atoms).
+    data : optional
+        The original data (anything :func:`cfact_dask.open_array` takes, features on its feature
+        axis) for ``lstsq-data``: one extra pass.
+    H : array-like (r, m), optional
+        Overrides ``result.H`` (needed by ``lstsq-data`` and the held-out certificate).
+    nonnegative : bool, optional
+        Constrain ``W ≥ 0``. Default: True for ``nnlasso``, False for ``lasso``; for the other
+        methods, True when ``W̃`` and ``H`` are both nonnegative (an NMF result).
+    holdout : (Q M, Q operator), optional
+        A held-out sketch taken in the same pass (see :func:`holdout_error`); gives the
+        certificate's estimated reconstruction error.
+    chunks : int or sequence, optional
+        Row chunks of the returned ``W`` (e.g. the data's feature chunks).
+    callback : callable, optional
+        ``callback(state) -> bool | None`` after each FISTA iteration; True stops.
+    client : distributed.Client, optional
+
+    Returns
+    -------
+    Recovery
+        ``W`` (persisted dask array, n x r), ``certificate``, ``lam``, ``n_iter_``, ``history``.
+
+    Warns
+    -----
+    RecoveryWarning
+        When the certificate says the recovery is unreliable (figures and fix in the message).
+    ConvergenceWarning
+        When FISTA stops at ``max_iter``.
+
+    References
+    ----------
+    .. [1] V. Sharan, K. S. Tai, P. Bailis, G. Valiant. "Compressed factorization: fast and
+       accurate low-rank factorization of compressively-sensed data". ICML 2019,
+       arXiv:1706.08146.
+    .. [2] A. Beck, M. Teboulle. "A fast iterative shrinkage-thresholding algorithm for linear
+       inverse problems". SIAM J. Imaging Sci. 2(1), 2009.
+    .. [3] T. Sun, C.-H. Zhang. "Scaled sparse linear regression". Biometrika 99(4), 2012.
+    .. [4] J. A. Tropp, A. C. Gilbert. "Signal recovery from random measurements via orthogonal
+       matching pursuit". IEEE Trans. Inf. Theory 53(12), 2007.
+
+    Examples
+    --------
+    >>> import numpy as np, cfact_dask as cf
+    >>> from cfact_dask.recover import recover
+    >>> op = cf.make_operator("expander", 200, 2000, seed=0)
+    >>> w = np.zeros((2000, 1)); w[[3, 500, 1700]] = [1.0, 2.0, 0.5]
+    >>> rec = recover(op.matvec(w).compute(), op, "nnlasso")
+    >>> np.flatnonzero(rec.compute()[:, 0] > 1e-6)
+    array([   3,  500, 1700])
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown recovery method {method!r}; choose one of {', '.join(METHODS)}")
+    Wt, Hm = _unpack(result_or_Wtilde, H)
+    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise InputError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    if not tol > 0:
+        raise InputError(f"tol must be > 0, got {tol!r}")
+    if operator is not None and not isinstance(operator, SketchOperator):
+        raise InputError(
+            f"operator must be a SketchOperator (sketch.operator), got {type(operator).__name__}"
+        )
+    if method != "lstsq-data":
+        if operator is None or Wt is None:
+            raise InputError(f"method={method!r} needs W̃ (d x r) and the sketch's operator")
+        if Wt.shape[0] != operator.n_components:
+            raise InputError(
+                f"W̃ has {Wt.shape[0]} rows but the operator has n_components="
+                f"{operator.n_components}; pass the operator of the sketch W̃ was computed from"
+            )
+        if not np.all(np.isfinite(Wt)):
+            raise InputError("W̃ holds NaN or Inf; the factorization diverged, rerun it")
+    if Hm is not None and Wt is not None and Hm.shape[0] != Wt.shape[1]:
+        raise InputError(f"H has {Hm.shape[0]} rows but W̃ has {Wt.shape[1]} columns (the rank)")
+    if nonnegative is None:
+        if method in ("nnlasso", "lasso"):
+            nonnegative = method == "nnlasso"
+        else:
+            nonnegative = bool((Wt is None or np.all(Wt >= 0)) and (Hm is None or np.all(Hm >= 0)))
+    elif method == "lasso" and nonnegative:
+        method = "nnlasso"
+    elif method == "nnlasso" and not nonnegative:
+        method = "lasso"
+
+    params = {
+        "method": method,
+        "lam": lam if isinstance(lam, str) else np.asarray(lam).tolist(),
+        "debias": debias,
+        "max_iter": int(max_iter),
+        "tol": float(tol),
+        "sparsity": sparsity,
+        "nonnegative": bool(nonnegative),
+    }
+    lam_vec = None
+    n_iter = 0
+    hist: dict[str, list[float]] = {}
+    sizes = None
+    exact = None
+    PW = None
+
+    if method == "lstsq-data":
+        if data is None:
+            raise InputError(
+                "method='lstsq-data' needs the original data: pass data=<the input> (one extra "
+                "pass), or choose a sparse-recovery method"
+            )
+        if Hm is None:
+            raise InputError("method='lstsq-data' needs H (the factorization result, or H=...)")
+        from .io import InputArray, open_array
+
+        data = data if isinstance(data, InputArray) else open_array(data)
+        nbytes = data.nbytes
+    else:
+        if operator is None or Wt is None:  # checked above; for type checkers
+            raise InputError(f"method={method!r} needs W̃ and the operator")
+        nbytes = operator.n_features * Wt.shape[1] * 8
+
+    with client_context(client, nbytes=nbytes) as c:
+        if method == "lstsq-data":
+            W, exact = _lstsq_data(data, Hm, bool(nonnegative), c, chunks)
+            n_feat = W.shape[0]
+            if operator is not None and operator.n_features != n_feat:
+                raise InputError(
+                    f"the data has {n_feat} features but the operator covers {operator.n_features}"
+                )
+        else:
+            n_feat = operator.n_features
+            blocks = _Blocks(operator, c, chunks)
+            if method in ("nnlasso", "lasso"):
+                xs, PW, lam_vec, sizes, n_iter, hist = _lasso(
+                    blocks,
+                    Wt,
+                    bool(nonnegative),
+                    lam,
+                    debias,
+                    int(max_iter),
+                    float(tol),
+                    callback,
+                )
+            elif method == "omp":
+                if sparsity is None or int(sparsity) < 1:
+                    raise InputError(
+                        "method='omp' needs sparsity=k (nonzeros per column); without it use "
+                        "method='nnlasso'"
+                    )
+                xs, PW, n_iter = _omp(blocks, Wt, int(sparsity), bool(nonnegative), 1e-10)
+            else:  # bp
+                X = _bp(operator, Wt, bool(nonnegative))
+                xs = blocks.persist([delayed(np.array)(X[a:b]) for a, b in blocks.ranges])
+                PW = None
+            W = blocks.to_array(xs, Wt.shape[1])
+        Wabs = da.abs(W)
+        mx = Wabs.max(axis=0)
+        todo = [(Wabs > 1e-9 * mx).sum(axis=0), (Wabs > _SIGNIFICANT * mx).sum(axis=0)]
+        if method != "lstsq-data" and PW is None:
+            todo.append(operator.matvec(W))
+        got = c.gather(c.compute(todo)) if c is not None else dask.compute(*todo)
+        if sizes is None:
+            sizes = np.asarray(got[0])
+        eff = np.asarray(got[1])
+        if len(got) > 2:
+            PW = np.asarray(got[2])
+        cert = _certificate(W, Wt, PW, Hm, holdout, sizes, eff, exact, operator, n_feat, method, c)
+    for msg in cert.messages:
+        warnings.warn(msg, RecoveryWarning, stacklevel=2)
+    return Recovery(
+        W=W,
+        H=Hm,
+        method=method,
+        certificate=cert,
+        lam=lam_vec,
+        n_iter_=n_iter,
+        history=hist,
+        params=params,
+    )
+
+
+def _certificate(
+    W: da.Array,
+    Wt: np.ndarray | None,
+    PW: np.ndarray | None,
+    H: np.ndarray | None,
+    holdout: Any,
+    sizes: np.ndarray | None,
+    eff: np.ndarray,
+    exact: float | None,
+    op: SketchOperator | None,
+    n: int,
+    method: str,
+    client: Any,
+) -> Certificate:
+    msgs: list[str] = []
+    fit = fit_cols = None
+    d = op.n_components if op is not None else None
+    if Wt is not None and PW is not None:
+        nt = np.linalg.norm(Wt, axis=0)
+        fit_cols = np.linalg.norm(PW - Wt, axis=0) / np.maximum(nt, np.finfo(float).tiny)
+        fit = float(np.linalg.norm(PW - Wt) / max(np.linalg.norm(Wt), np.finfo(float).tiny))
+    h_err = h_base = None
+    if holdout is not None:
+        if H is None:
+            raise InputError("the held-out certificate needs H (pass a result with .H, or H=)")
+        QM, Qop = holdout
+        h_err, h_base = holdout_error(W, H, QM, Qop, client=client)
+        if h_err > HOLDOUT_RATIO * h_base + HOLDOUT_SLACK:
+            msgs.append(
+                f"recovery ({method}) looks unreliable: the held-out sketch estimates a relative "
+                f"reconstruction error of {h_err:.3f}, against {h_base:.3f} for an exact solve "
+                f"with the same H. The factors are probably not sparse enough for d={d} "
+                f"measurements of n={n} features. Fix: use less compression (a larger "
+                f"n_components), or recover='lstsq-data' with the original data (one extra pass)"
+            )
+    if d is not None and method != "lstsq-data":
+        worst = int(np.max(eff)) if eff.size else 0
+        if worst >= d // 2:
+            k_need = 2 * worst * math.log(max(n / max(worst, 1), 2.0))
+            msgs.append(
+                f"recovered columns are dense: up to {worst} significant entries (above "
+                f"{_SIGNIFICANT:g} x the column's largest) from d={d} measurements "
+                f"(sparse recovery needs roughly d >= 2 k log(n/k) = {k_need:.0f}); the data is "
+                f"probably too dense for this compression. Fix: a larger n_components, or "
+                f"recover='lstsq-data' with the original data"
+            )
+    if holdout is None and exact is None:
+        logger.info(
+            "recover: no held-out sketch given; the certificate has only the fit residual %s", fit
+        )
+    return Certificate(
+        fit_residual=fit,
+        fit_residual_per_column=fit_cols,
+        holdout_error=h_err,
+        holdout_baseline=h_base,
+        exact_error=exact,
+        support_sizes=None if sizes is None else np.asarray(sizes),
+        effective_support=np.asarray(eff),
+        n_measurements=d,
+        n_features=n,
+        ok=not msgs,
+        messages=tuple(msgs),
+    )

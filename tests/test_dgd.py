@@ -1,0 +1,370 @@
+"""DGD+LOCAL (Zhu et al. 2019, arXiv:1811.03129) and its baselines: cfact_dask.dgd."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import cfact_dask as cf
+from cfact_dask.dgd import DGDState, centralized, dgd, dgd_local, split_columns
+from cfact_dask.errors import (
+    ConfigError,
+    ConvergenceWarning,
+    DivergenceError,
+    InputError,
+    RankError,
+    ResumeError,
+)
+
+DEMO = dict(n_nodes=10, topology="erdos-renyi", p=0.3, weights="max-degree", step=1e-3,
+            init_scale=1.0, tol=0.0)
+
+
+def demo_data(seed: int, n: int = 50, m: int = 200, r: int = 10) -> np.ndarray:
+    """The paper's demo data: Y = randn(n, r) randn(r, m), exactly rank r."""
+    rng = np.random.default_rng(1000 + seed)
+    return rng.standard_normal((n, r)) @ rng.standard_normal((r, m))
+
+
+def exact(state: DGDState) -> bool:
+    return state.cost < 1e-16 and state.consensus_error < 1e-16
+
+
+def noisy_data(seed: int = 0, n: int = 40, m: int = 160, r: int = 5, noise: float = 0.3):
+    rng = np.random.default_rng(seed)
+    Y = rng.standard_normal((n, r)) @ rng.standard_normal((r, m))
+    return Y + noise * rng.standard_normal((n, m))
+
+
+# ------------------------------------------------------------------------- the paper's demo
+@pytest.mark.parametrize("seed", [0, 1])
+def test_demo_exact_consensus_cheap(seed):
+    res = dgd_local(demo_data(seed), 10, max_iter=6000, callback=exact, random_state=seed,
+                    **DEMO)
+    assert res.cost_history[-1] < 1e-16
+    assert res.consensus_history[-1] < 1e-16
+    assert res.n_iter < 6000
+    # and the consensus factorization reproduces Y
+    assert res.relative_error < 1e-8
+    # the topology is the paper's: Erdős–Rényi(0.3) on 10 nodes with max-degree weights
+    assert res.topology.n_nodes == 10 and res.topology.spec["weights"] == "max-degree"
+
+
+def test_demo_ring_cheap():
+    res = dgd_local(demo_data(0), 10, max_iter=6000, callback=exact, random_state=0,
+                    **{**DEMO, "topology": "ring", "weights": "metropolis"})
+    assert res.cost < 1e-16 and res.consensus_error < 1e-16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology,weights", [("erdos-renyi", "max-degree"),
+                                              ("ring", "metropolis")])
+def test_demo_full_five_seeds(topology, weights):
+    iters = []
+    for seed in range(5):
+        res = dgd_local(demo_data(seed), 10, max_iter=10_000, callback=exact,
+                        random_state=seed, **{**DEMO, "topology": topology, "weights": weights})
+        assert res.cost < 1e-16 and res.consensus_error < 1e-16, (seed, res.n_iter)
+        iters.append(res.n_iter)
+    assert max(iters) <= 10_000
+
+
+def test_classical_dgd_stuck_at_inexact_consensus():
+    Y = demo_data(0)
+    kw = dict(n_nodes=10, topology="erdos-renyi", p=0.3, step=1e-3, init_scale=1.0,
+              random_state=0)
+    local = dgd_local(Y, 10, max_iter=4000, tol=0.0, report_every=100, **kw)
+    classic = dgd(Y, 10, max_iter=4000, report_every=100, **kw)
+    assert local.consensus_history[-1] < 1e-14
+    # DGD stalls: its consensus error and cost stay many orders of magnitude above
+    assert classic.consensus_history[-1] > 1e-6
+    assert classic.consensus_history[-1] > 1e6 * local.consensus_history[-1]
+    assert classic.cost_history[-1] > 1e-6
+    assert classic.cost_history[-1] > 1e6 * local.cost_history[-1]
+    # and it moves the full V along every edge
+    assert classic.bytes_per_iter > local.bytes_per_iter * 4
+
+
+def test_same_init_as_classical():
+    Y = demo_data(3)
+    a = dgd_local(Y, 4, n_nodes=5, topology="complete", max_iter=0, tol=0, random_state=3)
+    b = dgd(Y, 4, n_nodes=5, topology="complete", max_iter=0, random_state=3)
+    assert a.cost_history[0] == pytest.approx(b.cost_history[0], rel=1e-12)
+
+
+# -------------------------------------------------------------------------- noisy data / polish
+def test_noisy_polish_within_half_percent_of_svd():
+    Y = noisy_data()
+    opt = centralized(Y, 5, method="svd")
+    assert opt.objective == pytest.approx(
+        np.sum(np.linalg.svd(Y, compute_uv=False)[5:] ** 2), rel=1e-10)
+    # with noise the copies drift apart slowly (O(mu) disagreement): run a fixed budget
+    res = dgd_local(Y, 5, n_nodes=8, topology="ring", weights="metropolis", max_iter=3000,
+                    tol=0, polish=True, random_state=0)
+    assert res.polished
+    assert res.objective <= 1.005 * opt.objective
+    # without the polish the copies keep an O(mu) disagreement
+    raw = dgd_local(Y, 5, n_nodes=8, topology="ring", weights="metropolis", max_iter=3000,
+                    tol=0, random_state=0)
+    assert raw.consensus_error > 1e-12
+    assert res.objective <= raw.objective * (1 + 1e-12)
+    # subspace of U equals the top-5 left singular subspace
+    angles = scipy.linalg.subspace_angles(res.U, opt.U)
+    assert np.max(angles) < 0.05
+
+
+def test_decaying_step_shrinks_disagreement():
+    Y = noisy_data(1)
+    kw = dict(n_nodes=6, topology="ring", weights="metropolis", max_iter=2000, tol=0.0,
+              random_state=1)
+    const = dgd_local(Y, 5, **kw)
+    decay = dgd_local(Y, 5, step_schedule="inverse", step_decay=5e-3, **kw)
+    assert decay.consensus_error < 0.5 * const.consensus_error
+
+
+def test_centralized_gd_reaches_svd_optimum():
+    Y = noisy_data(2, n=30, m=60, r=3, noise=0.05)
+    opt = centralized(Y, 3)
+    gd = centralized(Y, 3, method="gd", max_iter=20000, tol=1e-8)
+    assert gd.converged
+    assert gd.objective == pytest.approx(opt.objective, rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------- sketch
+def test_sketch_matches_centralized_compressed():
+    rng = np.random.default_rng(5)
+    n, m, r = 600, 120, 4
+    X = rng.standard_normal((n, r)) @ rng.standard_normal((r, m)) + 0.05 * rng.standard_normal(
+        (n, m))
+    import dask.array as da
+
+    sk = cf.sketch(da.from_array(X, chunks=(200, 30)), n_components=60, kind="gaussian", seed=3)
+    ref = centralized(sk, r)                      # truncated SVD of the sketch
+    res = dgd_local(sk, r, n_nodes=4, topology="complete", weights="metropolis", max_iter=4000,
+                    tol=0, polish=True, random_state=0)
+    # node blocks are the sketch's column chunks: each node sketched its own 30 samples
+    assert res.col_ranges == ((0, 30), (30, 60), (60, 90), (90, 120))
+    assert res.objective <= 1.005 * ref.objective
+    assert np.max(scipy.linalg.subspace_angles(res.U, ref.U)) < 1e-2
+    # and the recovered V spans the same sample subspace as the compressed SVD's
+    assert np.max(scipy.linalg.subspace_angles(res.V, ref.V)) < 1e-2
+
+
+# -------------------------------------------------------------------------- distributed path
+def test_cluster_same_numbers_as_in_process(cluster_client):
+    Y = demo_data(2)
+    kw = dict(n_nodes=6, topology="erdos-renyi", p=0.4, max_iter=120, tol=0.0,
+              report_every=20, anchor_every=60, random_state=2)
+    local = dgd_local(Y, 6, client=None, **kw)
+    remote = dgd_local(Y, 6, client=cluster_client, **kw)
+    workers = set(cluster_client.scheduler_info(n_workers=-1)["workers"])
+    assert set(remote.workers) <= workers and len(set(remote.workers)) == 2
+    assert remote.step == local.step                  # the power iteration gave the same mu
+    np.testing.assert_allclose(remote.cost_history, local.cost_history, rtol=1e-12)
+    np.testing.assert_allclose(remote.consensus_history, local.consensus_history, rtol=1e-10,
+                               atol=1e-300)
+    np.testing.assert_allclose(remote.U, local.U, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(remote.V, local.V, rtol=1e-12, atol=1e-12)
+    assert remote.bytes_cross_worker_per_iter > 0
+    assert remote.bytes_cross_worker_per_iter < remote.bytes_per_iter
+    # polish on the cluster
+    pol = dgd_local(Y, 6, client=cluster_client, polish=True, **kw)
+    pol_local = dgd_local(Y, 6, client=None, polish=True, **kw)
+    assert pol.objective == pytest.approx(pol_local.objective, rel=1e-10)
+
+
+def test_cluster_zarr_input_chunk_aligned(cluster_client, tmp_path):
+    import zarr
+
+    Y = demo_data(4, n=30, m=90, r=3)
+    z = zarr.create_array(str(tmp_path / "y.zarr"), shape=Y.shape, chunks=(30, 15),
+                          dtype="f8")
+    z[...] = Y
+    res = dgd_local(str(tmp_path / "y.zarr"), 3, n_nodes=3, topology="ring",
+                    weights="metropolis", max_iter=50, tol=0, client=cluster_client,
+                    random_state=0)
+    assert res.col_ranges == ((0, 30), (30, 60), (60, 90))
+    local = dgd_local(Y, 3, n_nodes=3, topology="ring", weights="metropolis", max_iter=50,
+                      tol=0, random_state=0)
+    np.testing.assert_allclose(res.cost_history, local.cost_history, rtol=1e-12)
+
+
+def _kill_one_worker_at(client, iteration):
+    done = []
+
+    def cb(state):
+        if state.iteration >= iteration and not done:
+            pids = client.run(os.getpid)
+            victim = sorted(pids)[-1]
+            os.kill(pids[victim], signal.SIGKILL)
+            done.append(victim)
+        return False
+
+    return cb, done
+
+
+@pytest.mark.slow
+def test_killed_worker_run_continues_and_converges():
+    from distributed import Client, LocalCluster
+
+    Y = demo_data(1, n=30, m=120, r=4)
+    kw = dict(n_nodes=4, topology="ring", weights="metropolis", max_iter=200, tol=0.0,
+              report_every=10, anchor_every=50, random_state=1)
+    ref = dgd_local(Y, 4, client=None, **kw)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None, memory_limit="1GiB") as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        cb, killed = _kill_one_worker_at(client, 120)
+        res = dgd_local(Y, 4, client=client, callback=cb, **kw)
+    assert killed, "the callback never killed a worker"
+    assert res.n_restarts >= 1
+    assert killed[0] not in res.workers
+    np.testing.assert_allclose(res.cost_history, ref.cost_history, rtol=1e-12)
+    np.testing.assert_allclose(res.U, ref.U, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- checkpoint/resume
+def test_checkpoint_resume_equals_uninterrupted(tmp_path):
+    Y = demo_data(6, n=30, m=80, r=4)
+    kw = dict(n_nodes=4, topology="ring", weights="metropolis", tol=0.0, report_every=10,
+              random_state=6)
+    full = dgd_local(Y, 4, max_iter=200, **kw)
+    store = str(tmp_path / "ck.zarr")
+    first = dgd_local(Y, 4, max_iter=90, checkpoint=dict(store=store, every=30), **kw)
+    assert first.n_iter == 90
+    resumed = dgd_local(Y, 4, max_iter=200, checkpoint=dict(store=store, every=30), **kw)
+    assert resumed.n_iter == 200
+    np.testing.assert_array_equal(resumed.U, full.U)
+    np.testing.assert_array_equal(resumed.V, full.V)
+    np.testing.assert_array_equal(resumed.cost_history, full.cost_history)
+    np.testing.assert_array_equal(resumed.history_iters, full.history_iters)
+    np.testing.assert_array_equal(resumed.consensus_history, full.consensus_history)
+    with pytest.raises(ResumeError, match="rank"):
+        dgd_local(Y, 3, max_iter=200, checkpoint=dict(store=store, every=30), **kw)
+
+
+# ------------------------------------------------------------------------ steps, errors, misc
+def test_auto_step_is_tenth_of_sigma1():
+    Y = demo_data(0)
+    res = dgd_local(Y, 10, n_nodes=5, topology="complete", max_iter=0, tol=0)
+    assert res.step == pytest.approx(0.1 / np.linalg.norm(Y, 2), rel=1e-2)
+    assert res.step >= 0.1 / np.linalg.norm(Y, 2) * (1 - 1e-12)   # power iteration: sigma <= s1
+
+
+def test_divergence_raises_with_advice():
+    with pytest.raises(DivergenceError, match="smaller step"):
+        dgd_local(demo_data(0), 10, max_iter=3000, **{**DEMO, "step": 1e-1})
+
+
+def test_max_iter_warns():
+    with pytest.warns(ConvergenceWarning, match="max_iter=20"):
+        res = dgd_local(demo_data(0), 10, n_nodes=5, topology="complete", max_iter=20,
+                        tol=1e-14)
+    assert not res.converged and res.n_iter == 20
+    assert np.all(np.isfinite(res.U))
+
+
+def test_callback_stops_and_progress_is_logged(caplog):
+    calls = []
+
+    def cb(state):
+        calls.append(state.iteration)
+        return state.iteration >= 30
+
+    with caplog.at_level(logging.INFO, logger="cfact_dask.dgd"):
+        res = dgd_local(demo_data(0), 5, n_nodes=5, topology="star", max_iter=500, tol=0,
+                        report_every=10, callback=cb)
+    assert calls == [10, 20, 30]
+    assert res.n_iter == 30 and len(res.cost_history) == 31
+    lines = [r.getMessage() for r in caplog.records if "dgd-local iter" in r.getMessage()]
+    assert len(lines) == 3 and "consensus" in lines[-1]
+
+
+def test_node_blocks_list_input():
+    Y = demo_data(0, n=20, m=60, r=3)
+    blocks = [Y[:, :10], Y[:, 10:35], Y[:, 35:]]
+    res = dgd_local(blocks, 3, topology="complete", max_iter=30, tol=0)
+    assert res.col_ranges == ((0, 10), (10, 35), (35, 60))
+    assert [v.shape for v in res.V_blocks] == [(10, 3), (25, 3), (25, 3)]
+    whole = dgd_local(Y, 3, n_nodes=3, topology="complete", max_iter=30, tol=0)
+    assert whole.col_ranges != res.col_ranges        # even split differs; data the same
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda Y: dgd_local(Y, 0, n_nodes=4), RankError, "rank=0"),
+    (lambda Y: dgd_local(Y, 30, n_nodes=4), RankError, "1 <= rank <= 20"),
+    (lambda Y: dgd_local(Y, 2, n_nodes=100), ConfigError, "n_nodes=100"),
+    (lambda Y: dgd_local(Y, 2, n_nodes=10, topology="ring", lazy=False), ConfigError,
+     "lazy=True"),
+    (lambda Y: dgd_local(Y, 2, n_nodes=4, step=-1.0), ConfigError, "positive float"),
+    (lambda Y: dgd_local(Y, 2, n_nodes=4, step="big"), ConfigError, "'auto'"),
+    (lambda Y: dgd_local(Y, 2, n_nodes=4, step_schedule="cosine"), ConfigError, "schedule"),
+    (lambda Y: dgd_local(Y, 2, n_nodes=4, dtype=int), ConfigError, "float dtype"),
+    (lambda Y: dgd_local(Y, 2, n_nodes=4, tol=-1), ConfigError, "tol"),
+    (lambda Y: dgd_local(np.zeros((3, 4, 5)), 2), InputError, "3 dimensions"),
+    (lambda Y: dgd_local([Y[:5], Y[:6]], 2), InputError, "different numbers of rows"),
+    (lambda Y: centralized(Y, 2, method="als"), ConfigError, "'svd' or 'gd'"),
+])
+def test_errors(call, exc, match):
+    Y = demo_data(0, n=20, m=60, r=3)
+    with pytest.raises(exc, match=match):
+        call(Y)
+
+
+def test_nan_input_is_refused():
+    Y = demo_data(0, n=20, m=60, r=3)
+    Y[3, 4] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        dgd_local(Y, 2, n_nodes=4, topology="complete")
+
+
+@pytest.mark.parametrize("chunks,J,expect", [
+    ((10, 10, 10, 10), 2, ((0, 20), (20, 40))),
+    ((10, 10, 10, 10), 4, ((0, 10), (10, 20), (20, 30), (30, 40))),
+    ((25, 5, 5, 5), 2, ((0, 25), (25, 40))),
+    ((40,), 4, ((0, 10), (10, 20), (20, 30), (30, 40))),
+    ((7, 7, 7), 3, ((0, 7), (7, 14), (14, 21))),
+])
+def test_split_columns(chunks, J, expect):
+    assert split_columns(chunks, J) == expect
+
+
+def test_float32_runs():
+    res = dgd_local(demo_data(0, n=20, m=40, r=2), 2, n_nodes=4, topology="complete",
+                    max_iter=50, tol=0, dtype=np.float32)
+    assert res.U.dtype == np.float32 and res.V.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def test_cli_factor_dgd(tmp_path):
+    import json
+
+    import zarr
+    from click.testing import CliRunner
+
+    from cfact_dask._cli_dgd import factor_dgd
+
+    Y = demo_data(0, n=20, m=60, r=3)
+    z = zarr.create_array(str(tmp_path / "in.zarr"), shape=Y.shape, chunks=(20, 15), dtype="f8")
+    z[...] = Y
+    out = str(tmp_path / "out.zarr")
+    args = [str(tmp_path / "in.zarr"), "--method", "dgd-local", "--nodes", "4", "--topology",
+            "ring", "--rank", "3", "--max-iter", "3000", "--tol", "1e-12", "--output", out,
+            "--json", "--quiet"]
+    r = CliRunner().invoke(factor_dgd, args)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["n_nodes"] == 4 and summary["relative_error"] < 1e-4
+    g = zarr.open_group(out, path="dgd", mode="r")
+    assert g["U"].shape == (20, 3) and g["V"].shape == (60, 3)
+    assert g.attrs["cfact"]["complete"] is True
+    # a second run refuses to overwrite; a bad rank is a clean error, not a traceback
+    r2 = CliRunner().invoke(factor_dgd, args)
+    assert r2.exit_code != 0 and "--overwrite" in r2.output
+    r3 = CliRunner().invoke(factor_dgd, [str(tmp_path / "in.zarr"), "--rank", "99"])
+    assert r3.exit_code != 0 and "rank=99" in r3.output

@@ -1,0 +1,107 @@
+"""CompressedNMF: scikit-learn's estimator checks, parameter forwarding, orientation, sketches."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from cfact_dask import estimators
+from cfact_dask.errors import ConvergenceWarning
+from cfact_dask.estimators import CompressedNMF
+
+
+@pytest.mark.filterwarnings("ignore::cfact_dask.errors.ConvergenceWarning")
+@parametrize_with_checks([CompressedNMF(max_iter=100, tol=1e-3, random_state=0)])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_forwards_every_parameter(monkeypatch, rng):
+    """Every __init__ parameter reaches the functional core (nmf / sketch / recover)."""
+    seen: dict = {}
+
+    def fake_nmf(X, rank, **kw):
+        seen["nmf"] = dict(kw, rank=rank, X=X)
+        from cfact_dask.nmf import NMFResult
+
+        p, m = X.shape
+        return NMFResult(W=np.ones((p, rank)), H=np.ones((rank, m)), n_iter_=1, history=(0.1,),
+                         reconstruction_err_=0.1, params={"semi": False})
+
+    def fake_sketch(X, n_components, kind, seed):
+        seen["sketch"] = dict(n_components=n_components, kind=kind, seed=seed)
+        return np.ones((n_components, X.shape[1]))
+
+    def fake_recover(self, res, sk, Xf):
+        seen["recover"] = self.recover_method
+        return np.ones((Xf.shape[0], res.W.shape[1]))
+
+    monkeypatch.setattr(estimators, "nmf", fake_nmf)
+    import sys
+
+    # the package exports the function cf.sketch, which shadows the module attribute
+    monkeypatch.setattr(sys.modules["cfact_dask.sketch"], "sketch", fake_sketch)
+    monkeypatch.setattr(CompressedNMF, "_recover", fake_recover)
+    client = object()
+    values = dict(n_components=3, sketch_dim=7, sketch_kind="gaussian", recover_method="omp",
+                  solver="anls", init="random", n_init=2, max_iter=11, tol=0.5, l1_ratio=0.25,
+                  alpha_W=0.1, alpha_H=0.2, semi=True, negative="clip", random_state=5,
+                  verbose=True, client=client)
+    assert set(values) == set(inspect.signature(CompressedNMF).parameters)
+    est = CompressedNMF(**values).fit(np.abs(rng.random((30, 20))))
+    kw = seen["nmf"]
+    assert kw["rank"] == 3
+    for k in ("solver", "init", "n_init", "max_iter", "tol", "l1_ratio", "semi", "negative",
+              "verbose"):
+        assert kw[k] == values[k], k
+    assert kw["client"] is client and kw["random_state"] == 5
+    # scikit-learn's alpha_W penalises the samples side = the core's H, alpha_H the components
+    assert kw["alpha_H"] == 0.1 and kw["alpha_W"] == 0.2
+    assert seen["sketch"] == dict(n_components=7, kind="gaussian", seed=5)
+    assert seen["recover"] == "omp"
+    assert est.components_.shape == (3, 20)
+
+
+def test_orientation_and_round_trip(rng):
+    W = rng.random((100, 3))  # samples × r
+    C = rng.random((3, 40))  # r × features
+    X = W @ C
+    est = CompressedNMF(3, max_iter=500, tol=1e-6, random_state=0)
+    Z = est.fit_transform(X)
+    assert Z.shape == (100, 3) and est.components_.shape == (3, 40)
+    assert est.n_features_in_ == 40
+    assert np.linalg.norm(est.inverse_transform(Z) - X) / np.linalg.norm(X) < 0.02
+    assert est.reconstruction_err_ < 0.02  # relative, unlike scikit-learn's absolute norm
+    np.testing.assert_allclose(est.transform(X[:7]), Z[:7], atol=1e-6)
+
+
+def test_sketched_fit_and_dask_input(rng):
+    n, m, r = 400, 120, 3
+    Wt = np.zeros((n, r))
+    for j in range(r):
+        Wt[rng.choice(n, 20, replace=False), j] = rng.random(20) + 0.5
+    X = (rng.random((m, r)) @ Wt.T)  # samples × features, sparse components
+    Xd = da.from_array(X, chunks=(40, n))
+    est = CompressedNMF(r, sketch_dim=120, random_state=0, max_iter=300, tol=1e-6,
+                        recover_method="lstsq-data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        Z = est.fit_transform(Xd)
+    assert est.result_.is_sketch and est.result_.W.shape == (120, r)
+    assert est.components_.shape == (r, n)
+    assert isinstance(Z, da.Array) and Z.shape == (m, r)
+    rel = np.linalg.norm(np.asarray(Z) @ est.components_ - X) / np.linalg.norm(X)
+    assert rel < 0.1
+    assert isinstance(est.transform(Xd), da.Array)
+
+
+def test_negative_data_message_for_sklearn_users(rng):
+    from cfact_dask.errors import NegativeDataError
+
+    with pytest.raises(NegativeDataError, match="Negative values in data passed to CompressedNMF"):
+        CompressedNMF(2).fit(rng.standard_normal((20, 10)))

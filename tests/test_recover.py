@@ -1,0 +1,193 @@
+"""Sparse recovery: exact noiseless recovery, agreement with the exact data pass, certificates."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from types import SimpleNamespace
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+import cfact_dask as cf
+from cfact_dask.datasets import planted_nmf
+from cfact_dask.errors import ConvergenceWarning, InputError, RecoveryWarning
+from cfact_dask.metrics import match_factors
+from cfact_dask.recover import holdout_error, recover
+
+
+def _sparse(n, k, r, seed, nonneg=True):
+    rng = np.random.default_rng(seed)
+    W = np.zeros((n, r))
+    for j in range(r):
+        vals = np.abs(rng.standard_normal(k)) + 0.1
+        if not nonneg:
+            vals *= rng.choice([-1.0, 1.0], size=k)
+        W[rng.choice(n, k, replace=False), j] = vals
+    return W
+
+
+N, K, R = 1000, 8, 3
+D = math.ceil(4 * K * math.log(N / K))  # 155
+
+
+@pytest.mark.parametrize("method", ["nnlasso", "lasso", "bp", "omp"])
+def test_exact_recovery_noiseless(method):
+    op = cf.make_operator("expander", D, N, seed=4, tile_size=256)
+    nonneg = method != "lasso"
+    W = _sparse(N, K, R, seed=0, nonneg=nonneg)
+    Wt = op.matvec(W).compute()
+    rec = recover(Wt, op, method, sparsity=K if method == "omp" else None, chunks=300)
+    Wh = rec.compute()
+    assert rec.W.chunks[0] == (300, 300, 300, 100)
+    np.testing.assert_allclose(Wh, W, atol=1e-8)
+    assert (rec.certificate.support_sizes == K).all()
+    assert rec.certificate.fit_residual < 1e-10 and rec.certificate.ok
+
+
+@pytest.fixture(scope="module")
+def planted():
+    n, m, r, d = 1000, 150, 4, 300
+    M, W, H = planted_nmf(n, m, r, density=0.03, noise=0.1, random_state=0)
+    op = cf.make_operator("expander", d, n, seed=1)
+    Q = cf.make_operator("gaussian", 40, n, seed=99)
+    Wt = (op.to_dense() @ M) @ np.linalg.pinv(H)  # what a compressed factorization finds
+    QM = Q.to_dense() @ M
+    ref = recover(None, None, "lstsq-data", data=M, H=H)
+    return SimpleNamespace(M=M, W=W, H=H, op=op, Q=Q, Wt=Wt, QM=QM, ref=ref)
+
+
+def test_lstsq_data_is_exact(planted):
+    from scipy.optimize import nnls
+
+    M, H = planted.M, planted.H
+    Wl = planted.ref.compute()
+    expect = np.stack([nnls(H.T, M[i])[0] for i in range(M.shape[0])])
+    np.testing.assert_allclose(Wl, expect, atol=1e-8)
+    err = np.linalg.norm(M - Wl @ H) / np.linalg.norm(M)
+    assert planted.ref.certificate.exact_error == pytest.approx(err, rel=1e-6)
+    # chunked input on the other feature axis, signed solve
+    X = da.from_array(M.T, chunks=(40, 128))
+    rec = recover(
+        None, None, "lstsq-data", data=cf.open_array(X, feature_axis=1), H=H, nonnegative=False
+    )
+    np.testing.assert_allclose(rec.compute(), M @ np.linalg.pinv(H), atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["nnlasso", "bp", "omp"])
+def test_agrees_with_lstsq_data(planted, method):
+    p = planted
+    res = SimpleNamespace(W=p.Wt, H=p.H)  # duck-typed factorization result
+    rec = recover(res, p.op, method, sparsity=30 if method == "omp" else None, holdout=(p.QM, p.Q))
+    Wh, Wl = rec.compute(), p.ref.compute()
+    assert match_factors(Wl, Wh).mean_corr_W > 0.995
+    assert np.linalg.norm(Wh - Wl) / np.linalg.norm(Wl) < 0.1
+    assert match_factors(p.W, Wh).mean_corr_W > 0.995
+    c = rec.certificate
+    assert c.ok and not c.messages
+    true_err = np.linalg.norm(p.M - Wh @ p.H) / np.linalg.norm(p.M)
+    assert c.holdout_error == pytest.approx(true_err, rel=0.25)
+    assert c.holdout_error < 1.3 * c.holdout_baseline
+
+
+def test_certificate_flags_too_dense_data():
+    n, m, r, d = 1000, 120, 3, 150
+    M, W, H = planted_nmf(n, m, r, density=0.5, noise=0.1, random_state=2)
+    op = cf.make_operator("expander", d, n, seed=1)
+    Q = cf.make_operator("gaussian", 40, n, seed=7)
+    Wt = (op.to_dense() @ M) @ np.linalg.pinv(H)
+    with pytest.warns(RecoveryWarning, match="lstsq-data") as rec_w:
+        rec = recover(Wt, op, "nnlasso", H=H, holdout=(Q.to_dense() @ M, Q))
+    c = rec.certificate
+    assert not c.ok and c.holdout_error > 0.3 and c.holdout_error > 2 * c.holdout_baseline
+    assert any(f"d={d}" in str(w.message) for w in rec_w)
+    true_err = np.linalg.norm(M - rec.compute() @ H) / np.linalg.norm(M)
+    assert c.holdout_error == pytest.approx(true_err, rel=0.3)
+
+
+def test_holdout_error_estimates_the_error(rng):
+    M, W, H = planted_nmf(800, 100, 3, noise=0.2, random_state=4)
+    Q = cf.make_operator("gaussian", 60, 800, seed=3)
+    QM = Q.matvec(M).compute()
+    for Wh in (W, W + 0.05 * rng.random(W.shape)):
+        err, base = holdout_error(da.from_array(Wh, chunks=300), H, QM, Q)
+        true = np.linalg.norm(M - Wh @ H) / np.linalg.norm(M)
+        assert err == pytest.approx(true, rel=0.2)
+        assert base <= err + 1e-12
+    with pytest.raises(InputError):
+        holdout_error(W[:10], H, QM, Q)
+
+
+def test_lambda_and_options():
+    op = cf.make_operator("expander", D, N, seed=4)
+    W = _sparse(N, K, 2, seed=1)
+    Wt = op.matvec(W).compute()
+    # a large fixed lambda shrinks; debias restores the values on the support
+    a = recover(Wt, op, "nnlasso", lam=0.5, debias=False)
+    b = recover(Wt, op, "nnlasso", lam=0.5, debias=True)
+    assert np.abs(a.compute() - W).max() > 0.1
+    np.testing.assert_allclose(b.compute(), W, atol=1e-8)
+    np.testing.assert_array_equal(a.lam, [0.5, 0.5])
+    stops = []
+    with pytest.warns(RecoveryWarning, match="dense"):  # stopped after one step: not sparse yet
+        recover(Wt, op, "nnlasso", lam=0.5, callback=lambda s: stops.append(s["iteration"]) or True)
+    assert stops == [1]
+    with pytest.warns(RecoveryWarning), pytest.warns(ConvergenceWarning, match="max_iter=3"):
+        recover(Wt, op, "nnlasso", lam=1e-3, max_iter=3, debias=False)
+
+
+def test_bad_arguments():
+    op = cf.make_operator("expander", 50, 400, seed=0)
+    Wt = np.ones((50, 2))
+    with pytest.raises(InputError, match="unknown recovery method"):
+        recover(Wt, op, "magic")
+    with pytest.raises(InputError, match="n_components=50"):
+        recover(np.ones((40, 2)), op)
+    with pytest.raises(InputError, match="sparsity"):
+        recover(Wt, op, "omp")
+    with pytest.raises(InputError, match="data="):
+        recover(Wt, op, "lstsq-data", H=np.ones((2, 5)))
+    with pytest.raises(InputError, match="NaN"):
+        recover(np.full((50, 2), np.nan), op)
+    with dask.config.set({"cfact.recover.bp-max-features": 100}):
+        with pytest.raises(InputError, match="nnlasso"):
+            recover(Wt, op, "bp")
+
+
+def test_recover_on_cluster(cluster_client):
+    op = cf.make_operator("expander", D, N, seed=4, tile_size=256)
+    W = _sparse(N, K, 2, seed=3)
+    Wt = op.matvec(W).compute()
+    rec = recover(Wt, op, "nnlasso", lam=0.05, tol=1e-3, chunks=512, client=cluster_client)
+    np.testing.assert_allclose(cluster_client.compute(rec.W).result(), W, atol=1e-8)
+    assert rec.certificate.ok and rec.certificate.fit_residual < 1e-10
+    rec = recover(Wt, op, "omp", sparsity=K, chunks=256, client=cluster_client)
+    np.testing.assert_allclose(cluster_client.compute(rec.W).result(), W, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_recovery_scales_without_dense_P(monkeypatch):
+    n, k, r = 200_000, 40, 3
+    d = math.ceil(4 * k * math.log(n / k))  # 1363
+    op = cf.make_operator("expander", d, n, seed=2)
+
+    def no_dense(*a, **kw):
+        raise AssertionError("P was materialised")
+
+    monkeypatch.setattr(cf.SketchOperator, "to_dense", no_dense)
+    W = _sparse(n, k, r, seed=5)
+    Wt = op.matvec(da.from_array(W, chunks=50_000)).compute()
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec = recover(Wt, op, "nnlasso")
+    elapsed = time.perf_counter() - t
+    assert elapsed < 240
+    assert rec.W.numblocks[0] > 1
+    Wh = rec.W.compute()
+    # FISTA's relative-change test stops early when 1/L is tiny (L ~ n s^2 / d): near-exact only
+    assert np.linalg.norm(Wh - W) / np.linalg.norm(W) < 0.02
+    assert match_factors(W, Wh).mean_corr_W > 0.999
