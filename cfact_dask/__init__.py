@@ -15,7 +15,7 @@ import importlib
 from typing import Any
 
 from . import config as _config  # noqa: F401  (registers the cfact.* dask.config defaults)
-from . import datasets, metrics
+from . import datasets, metrics, plots
 from ._version import __version__
 from .checkpoint import Checkpoint
 from .cluster import client_context, connect
@@ -90,6 +90,7 @@ __all__ = [
     "make_topology",
     "match_factors",
     "metrics",
+    "plots",
     "nmf",
     "open_array",
     "open_reconstruction",

@@ -46,6 +46,9 @@ class Session:
                             stream=sys.stderr)
         logging.getLogger("cfact_dask").setLevel(level)
         dask.config.set({"cfact.progress": not self.quiet})
+        if scheduler is None and scheduler_file is None:
+            # set by the dask-kubernetes operator for DaskJob runners, and by many batch setups
+            scheduler = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
         self.client = connect(scheduler=scheduler, scheduler_file=scheduler_file)
         if self.client is not None and not self.quiet:
             click.echo(f"connected to {self.client.scheduler.address}; dashboard: "
@@ -205,3 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     cli.main(args=argv, prog_name="cfact")
+
+
+if __name__ == "__main__":  # python -m cfact_dask.cli
+    main()

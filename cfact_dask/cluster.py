@@ -115,7 +115,9 @@ def show_progress(futures: Any, client: Any) -> None:
     from distributed import progress as dprogress
 
     try:
-        dprogress(futures, notebook=False, scheduler=client.scheduler.address)
+        # the text bar writes to stdout; keep stdout for results (--json) and draw on stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            dprogress(futures, notebook=False, scheduler=client.scheduler.address)
     except Exception:  # noqa: BLE001 - progress display must never fail a job
         logger.debug("progress display failed", exc_info=True)
 
