@@ -105,6 +105,9 @@ def main() -> None:
     cases["dask Gaussian GEMM (compression_matrix style)"] = gaussian_gemm
 
     read()  # warm the page cache
+    import psutil
+
+    idle = max(psutil.Process(pid).memory_info().rss for pid in client.run(os.getpid).values())
     peaks: dict[str, int] = {}
     times: dict[str, list[float]] = {k: [] for k in cases}
     sampler = WorkerPeakRSS(client)
@@ -115,25 +118,41 @@ def main() -> None:
             times[name].append(t)
             peaks[name] = max(peaks.get(name, 0), sampler.max_bytes)
     base = median(times["read pass"])
+    # the planner's prediction of the sketch pass's memory per worker, against the measured
+    # peak above the workers' idle RSS
+    plans = {}
+    for kind in cf.KINDS:
+        job = {"cfact": {"input": {"path": store}, "sketch": {"n_components": args.d,
+                                                              "kind": kind, "holdout": 0},
+                         "factor": {"rank": 10}, "output": {"path": store + ".run"}}}
+        p = cf.plan(job, n_workers=args.workers, threads_per_worker=1)
+        plans[f"cf.sketch {kind}"] = p.worker_peak["sketch"]
     budget = 3 * (chunk_bytes + args.d * args.chunk_cols * 4)
     rows = []
-    print(f"\n| case | median s | ratio to read | peak worker RSS | target |")
-    print("|---|---|---|---|---|")
+    print(f"\nidle worker RSS {gib(idle)}")
+    print("\n| case | median s | ratio to read | peak worker RSS | above idle | planned | "
+          "measured / planned | target |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in cases:
         med = median(times[name])
         target = ""
         if name.startswith("cf.sketch"):
             target = "<= 2.5x" if "gaussian" in name else "<= 1.3x"
+        above = peaks[name] - idle
+        planned = plans.get(name)
         rows.append({"case": name, "median_s": med, "ratio": med / base,
-                     "peak_worker_rss": peaks[name], "times": times[name], "target": target})
-        print(f"| {name} | {med:.2f} | {med / base:.2f} | {gib(peaks[name])} | {target} |")
+                     "peak_worker_rss": peaks[name], "above_idle": above,
+                     "planned_worker_bytes": planned, "times": times[name], "target": target})
+        pl = f"{gib(planned)} | {above / planned:.2f}" if planned else " | "
+        print(f"| {name} | {med:.2f} | {med / base:.2f} | {gib(peaks[name])} | {gib(above)} | "
+              f"{pl} | {target} |")
     print(f"\nper-worker memory budget 3 x (chunk + d x m_chunk) = {gib(budget)} above the "
           f"worker's idle RSS (idle RSS is included in the peaks above)")
     path = write_results("bench_sketch", {
         "command": "python " + " ".join(sys.argv),
         "machine": machine(),
         "shape": list(X.shape), "chunks": list(X.chunksize), "d": args.d,
-        "workers": args.workers, "threads_per_worker": 1,
+        "workers": args.workers, "threads_per_worker": 1, "idle_worker_rss": idle,
         "note": "page cache warm (read pass run first)",
         "rows": rows,
     })
