@@ -18,6 +18,7 @@ from . import config as _config  # noqa: F401  (registers the cfact.* dask.confi
 from . import datasets, metrics, plots
 from ._version import __version__
 from .checkpoint import Checkpoint
+from .cp import CPResult, cp, refit_mode
 from .cluster import client_context, connect
 from .dgd import DGDResult, DGDState, centralized, dgd, dgd_local
 from .errors import (
@@ -43,13 +44,29 @@ from .plan import Plan, plan
 from .reconstruct import ReconstructionStats, open_reconstruction, reconstruct
 from .recover import Certificate, Recovery, holdout_error, recover
 from .sketch import Sketch, sketch, sketch_with
+from .sparse_pca import SparsePCAResult, refit_components, sparse_pca
+from .svd import SVDResult, svd
 from .topology import Topology, make_topology
 
 _LAZY = {
     "CompressedNMF": "estimators",
+    "CompressedSVD": "estimators_extra",
+    "CompressedSparsePCA": "estimators_extra",
+    "CompressedCP": "estimators_extra",
 }
 
 __all__ = [
+    "svd",
+    "sparse_pca",
+    "refit_mode",
+    "refit_components",
+    "cp",
+    "SparsePCAResult",
+    "SVDResult",
+    "CompressedSparsePCA",
+    "CompressedSVD",
+    "CompressedCP",
+    "CPResult",
     "KINDS",
     "Certificate",
     "CfactError",

@@ -54,9 +54,42 @@ def _run_dgd_local(data: Any, rank: int, opts: dict[str, Any], client: Any) -> A
     return _DGDOutput(res)
 
 
+class _Written:
+    """Adapter for results that :func:`cfact_dask._run_factor_extra.run_factor` writes itself."""
+
+    def __init__(self, method: str, data: Any, rank: int, opts: dict[str, Any], client: Any):
+        self.method, self.data, self.rank, self.opts, self.client = method, data, rank, opts, client
+        self.n_iter_ = "?"
+        self.reconstruction_err_ = float("nan")
+
+    def to_zarr(self, store: str, group: str = "factors", *, overwrite: bool = False) -> str:
+        from ._run_factor_extra import run_factor
+
+        kw: dict[str, Any] = {"random_state": self.opts["seed"]}
+        if self.method != "svd":
+            kw.update(max_iter=self.opts["max_iter"], tol=self.opts["tol"])
+        res = run_factor(self.method, self.data, self.rank, out=store, group=group,
+                         overwrite=overwrite, client=self.client, **kw)
+        self.n_iter_ = getattr(res, "n_iter_", getattr(res, "n_iter", 1))
+        err = getattr(res, "error_estimate", None)
+        if err is None:
+            hist = getattr(res, "errors", None) or getattr(res, "history", None)
+            err = hist[-1] if hist else float("nan")
+        self.reconstruction_err_ = float(err)
+        return f"{store}/{group}"
+
+
+def _extra(method: str) -> Callable[[Any, int, dict[str, Any], Any], Any]:
+    def runner(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+        return _Written(method, data, rank, opts, client)
+
+    return runner
+
+
 #: method name -> runner(data, rank, options, client) returning a result with ``to_zarr``
 METHODS: dict[str, Callable[[Any, int, dict[str, Any], Any], Any]] = {
     "nmf": _run_nmf, "dgd-local": _run_dgd_local,
+    "svd": _extra("svd"), "sparse-pca": _extra("sparse-pca"), "cp": _extra("cp"),
 }
 
 

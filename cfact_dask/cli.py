@@ -171,8 +171,17 @@ def inspect_cmd(store: str, as_json: bool) -> None:
             click.echo(f"{item['path'] or '/'}: group")
         if item.get("cfact"):
             meta = item["cfact"]
-            click.echo(f"    cfact {meta.get('type')}: " + json.dumps(
-                {k: v for k, v in meta.items() if k not in ("type",)}, default=_json_default))
+            shown = {k: _shorten(v) for k, v in meta.items() if k != "type"}
+            click.echo(f"    cfact {meta.get('type')}: " + json.dumps(shown, default=_json_default))
+
+
+def _shorten(v: Any, keep: int = 4) -> Any:
+    """Long lists (iteration histories) as their ends and their length, for reading."""
+    if isinstance(v, list) and len(v) > 2 * keep:
+        return v[:keep] + [f"... {len(v)} items ..."] + v[-keep:]
+    if isinstance(v, dict):
+        return {k: _shorten(x, keep) for k, x in v.items()}
+    return v
 
 
 def _register_optional() -> None:
