@@ -154,8 +154,11 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=None)
     ap.add_argument("--rank", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--max-iter", type=int, default=200)
-    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--max-iter", type=int, default=500)
+    ap.add_argument("--tol", type=float, default=1e-6,
+                    help="cfact's tol (criterion: relative decrease of the error; its default)")
+    ap.add_argument("--sklearn-tol", type=float, default=1e-4,
+                    help="scikit-learn's tol (its own criterion and default)")
     ap.add_argument("--store", default=None, help="where to keep the data (default /tmp)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args()
@@ -178,7 +181,7 @@ def main() -> None:
         for name, fn in (("cfact", lambda: run_cfact(store, args.rank, d, args.max_iter,
                                                      args.tol)),
                          ("sklearn", lambda: run_sklearn(store, args.rank, args.max_iter,
-                                                         args.tol))):
+                                                         args.sklearn_tol))):
             with PeakRSS() as mem:
                 out = fn()
             out["peak_rss_bytes"] = mem.peak
