@@ -15,9 +15,10 @@ import importlib
 from typing import Any
 
 from . import config as _config  # noqa: F401  (registers the cfact.* dask.config defaults)
-from . import datasets, metrics, plots
+from . import datasets, metrics, nn, plots
 from ._version import __version__
 from .checkpoint import Checkpoint
+from .clustering import ProjectiveClusteringResult, projective_clustering
 from .cp import CPResult, cp, refit_mode
 from .cluster import client_context, connect
 from .dgd import DGDResult, DGDState, centralized, dgd, dgd_local
@@ -36,8 +37,10 @@ from .errors import (
     StoreNotFoundError,
 )
 from .io import InputArray, open_array
+from .lp import LpLowRankResult, lp_lowrank, lp_objective
 from .metrics import match_factors, relative_error, support_recovery
 from .nmf import NMFResult, nmf
+from .nn import budget_choices, choose_budget, factorized_embedding, load_factors, save_factors
 from .operators import KINDS, SketchOperator, make_operator
 from .pipeline import RunResult, factorize_recover, run_job
 from .plan import Plan, plan
@@ -56,6 +59,17 @@ _LAZY = {
 }
 
 __all__ = [
+    "save_factors",
+    "projective_clustering",
+    "nn",
+    "lp_objective",
+    "lp_lowrank",
+    "load_factors",
+    "factorized_embedding",
+    "choose_budget",
+    "budget_choices",
+    "ProjectiveClusteringResult",
+    "LpLowRankResult",
     "svd",
     "sparse_pca",
     "refit_mode",
