@@ -15,6 +15,8 @@ References
 
 from __future__ import annotations
 
+import importlib
+
 from typing import Any
 
 import dask.array as da
@@ -22,12 +24,14 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import cp as _cp
-from . import sparse_pca as _spca
-from . import svd as _svd
 from ._random import normalize_seed
 from .errors import RankError
 from .sketch import sketch as _sketch
+
+# the modules, not the functions of the same name that the package exports
+_cp = importlib.import_module(f"{__package__}.cp")
+_spca = importlib.import_module(f"{__package__}.sparse_pca")
+_svd = importlib.import_module(f"{__package__}.svd")
 
 __all__ = ["CompressedCP", "CompressedSVD", "CompressedSparsePCA"]
 

@@ -61,6 +61,9 @@ _INIT_KEYS = {"W": 21, "H": 22}
 
 
 # ---------------------------------------------------------------------- result
+#: Zarr v3 dimension names of the stored factors (so that xarray.open_zarr reads them)
+_DIMS = {"W": ("feature", "component"), "H": ("component", "sample")}
+
 @dataclass(frozen=True)
 class NMFResult:
     """The result of :func:`nmf`: small factors, the iteration record and what was factorized.
@@ -139,10 +142,12 @@ class NMFResult:
                 axis = 0 if name == "W" else 1
                 arr = arr.rechunk({axis: max(arr.chunks[axis]), 1 - axis: -1})
                 da.to_zarr(arr, store, component=f"{group}/{name}", overwrite=True,
+                           dimension_names=_DIMS[name],
                            zarr_format=3)
             else:
                 a = np.asarray(arr)
-                z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape)
+                z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape,
+                                   dimension_names=_DIMS[name])
                 z[...] = a
         g.attrs["cfact"] = {
             "type": "factors",

@@ -23,12 +23,13 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,14 @@ import numpy as np
 from ._random import normalize_seed
 from ._version import __version__
 from .cluster import client_context
-from .errors import ConfigError, InputError, RecoveryWarning, ResumeError, StoreExistsError
+from .errors import (
+    CfactError,
+    ConfigError,
+    InputError,
+    RecoveryWarning,
+    ResumeError,
+    StoreExistsError,
+)
 from .io import InputArray, open_array
 from .operators import make_operator
 from .sketch import Sketch, sketch, sketch_with
@@ -146,10 +154,16 @@ class _RunStore:
                 shutil.rmtree(self.path)
             else:
                 os.remove(self.path)
-        root = zarr.open_group(self.path, mode="w", zarr_format=3)
         self.meta = {"type": "run", "params": params, "stages": [], "metrics": {},
                      "cfact_dask": __version__, "complete": False}
-        root.attrs["cfact"] = self.meta
+        try:
+            root = zarr.open_group(self.path, mode="w", zarr_format=3)
+            root.attrs["cfact"] = self.meta
+        except OSError as e:
+            raise _os_error(
+                e, f"cannot create the run store {self.path!r}: {e.strerror or e}; choose a "
+                   f"writable location for the output (output.path / out=)"
+            ) from e
 
     def done(self, stage: str) -> bool:
         return stage in self.stages
@@ -174,6 +188,33 @@ class _RunStore:
         self.meta["report"] = _json(report)
         self.meta["complete"] = True
         zarr.open_group(self.path, mode="r+").attrs["cfact"] = self.meta
+
+
+def _os_error(e: OSError, message: str) -> OSError:
+    """The same OSError subclass and errno (callers catching PermissionError keep working),
+    with a message that says which store / stage and what to do."""
+    if e.errno is not None:
+        return type(e)(e.errno, message)
+    return type(e)(message)
+
+
+@contextlib.contextmanager
+def _stage(rs: _RunStore, stage: str) -> Iterator[None]:
+    """Turn an OSError while a stage runs (disk full, permissions, a vanished mount) into one that
+    names the stage and the store and says that the completed stages are kept."""
+    try:
+        yield
+    except CfactError:
+        raise  # already clear (StoreNotFoundError / StoreExistsError are OSErrors too)
+    except OSError as e:
+        if rs.path is None:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        raise _os_error(
+            e, f"{e.strerror or e}{where} while running stage {stage!r} of the run in "
+               f"{rs.path!r}; the completed stages {rs.stages} are intact: free disk space or fix "
+               f"the permissions, then rerun with resume=True (CLI: --resume)"
+        ) from e
 
 
 def _json(x: Any) -> Any:
@@ -219,9 +260,9 @@ def _sketch_stage(inp: InputArray, opts: dict[str, Any], rs: _RunStore, client: 
     if hold is not None:
         hold = replace(hold, data=persisted[1])
     if rs.path is not None:
-        main.to_zarr(rs.path, "sketch", overwrite=True, client=None, progress=False)
+        main.to_zarr(rs.path, "sketch", overwrite=True, client=client, progress=False)
         if hold is not None:
-            hold.to_zarr(rs.path, "holdout", overwrite=True, client=None, progress=False)
+            hold.to_zarr(rs.path, "holdout", overwrite=True, client=client, progress=False)
         rs.commit("sketch", {"shape": list(main.shape), "kind": opts["kind"]})
     return main, hold
 
@@ -333,7 +374,8 @@ def _save_recovery(path: str, rec: Any) -> None:
         del root["recovered"]
     g = root.create_group("recovered")
     g.attrs["cfact"] = {"type": "recovered", "complete": False}
-    da.to_zarr(W, path, component="recovered/W", overwrite=True, zarr_format=3)
+    da.to_zarr(W, path, component="recovered/W", overwrite=True, zarr_format=3,
+               dimension_names=("feature", "component"))
     g.attrs["cfact"] = _json({
         "type": "recovered", "method": rec.method, "certificate": rec.certificate.to_dict(),
         "n_iter": int(rec.n_iter_), "complete": True,
@@ -427,15 +469,22 @@ def factorize_recover(
     })
     rs = _RunStore(out, params, resume, overwrite)
     timings: dict[str, float] = {}
-    with client_context(client, nbytes=inp.nbytes) as c:
+    with client_context(client, nbytes=inp.nbytes) as c, \
+            (dask.config.set(scheduler=c) if c is not None else contextlib.nullcontext()):
+        # every write below (sketch, factors, recovered W) computes on the run's client, also
+        # when it was given as client= without being the default client: graphs that hold its
+        # persisted futures cannot run on a local scheduler ("Missing dependency")
         t0 = time.perf_counter()
-        sk, hold = _sketch_stage(inp, sk_opts, rs, c, progress)
+        with _stage(rs, "sketch"):
+            sk, hold = _sketch_stage(inp, sk_opts, rs, c, progress)
         timings["sketch"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = _factor_stage(sk, int(rank), f_opts, rs, c, callback)
+        with _stage(rs, "factor"):
+            res = _factor_stage(sk, int(rank), f_opts, rs, c, callback)
         timings["factor"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        rec = _recover_stage(res, sk, hold, inp, r_opts, rs, c)
+        with _stage(rs, "recover"):
+            rec = _recover_stage(res, sk, hold, inp, r_opts, rs, c)
         timings["recover"] = time.perf_counter() - t0
         stats = None
         if reconstruct and rec is not None:
@@ -448,10 +497,11 @@ def factorize_recover(
                 target = rs.path if rs.path is not None else None
                 if target is None:
                     raise ConfigError("reconstruct=True needs out= (the store to write W H into)")
-                stats = _reconstruct(rec.W, res.H, target, like=inp, compare_to=inp,
-                                     group="reconstruction", overwrite=True, client=c,
-                                     progress=progress)
-                rs.commit("reconstruct", stats.to_dict())
+                with _stage(rs, "reconstruct"):
+                    stats = _reconstruct(rec.W, res.H, target, like=inp, compare_to=inp,
+                                         group="reconstruction", overwrite=True, client=c,
+                                         progress=progress)
+                    rs.commit("reconstruct", stats.to_dict())
             timings["reconstruct"] = time.perf_counter() - t0
     cert = rec.certificate if rec is not None else None
     report = {
@@ -471,7 +521,8 @@ def factorize_recover(
         "out": rs.path,
         "cfact_dask": __version__, "dask": dask.__version__,
     }
-    rs.finish(report)
+    with _stage(rs, "finish"):
+        rs.finish(report)
     return RunResult(W=None if rec is None else rec.W, H=res.H, sketch=sk, factors=res,
                      recovery=rec, reconstruction=stats, report=report, out=rs.path)
 

@@ -102,6 +102,15 @@ class Sketch:
             attrs={"cfact": self._attrs()},
         )
 
+    def __dask_tokenize__(self) -> Any:
+        # provenance (creation time, versions) is a record, not part of the value: two sketches
+        # of the same data with the same operator must tokenize alike in any process
+        from dask.base import normalize_token
+
+        return ("cfact.Sketch", self.data.name, self.operator.__dask_tokenize__(), self.axis,
+                tuple(tuple(int(x) for x in r) for r in self.feature_ranges), self.dims,
+                normalize_token(dict(self.coords)), self.feature_dim)
+
     def _dims(self) -> tuple[str, ...]:
         if self.dims is not None:
             return self.dims

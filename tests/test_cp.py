@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import tensorly as tl
 from scipy.optimize import linear_sum_assignment
 from tensorly.decomposition import parafac
 
-import cfact_dask.cp as cp_mod
+cp_mod = importlib.import_module("cfact_dask.cp")  # the module, not cf.cp
 from cfact_dask.cp import CPResult, cp, refit_mode
 from cfact_dask.errors import (
     ConvergenceWarning,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+
 import dask.array as da
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import SparsePCA
 
-import cfact_dask.sparse_pca as spca_mod
+spca_mod = importlib.import_module("cfact_dask.sparse_pca")  # the module, not cf.sparse_pca
 from cfact_dask.errors import ConvergenceWarning, InputError, NonFiniteError, RankError
 from cfact_dask.sketch import sketch
 from cfact_dask.sparse_pca import refit_components, sparse_pca, sparse_pca_transform
