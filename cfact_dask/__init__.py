@@ -18,9 +18,9 @@ from . import config as _config  # noqa: F401  (registers the cfact.* dask.confi
 from . import datasets, metrics, nn, plots
 from ._version import __version__
 from .checkpoint import Checkpoint
+from .cluster import client_context, connect
 from .clustering import ProjectiveClusteringResult, projective_clustering
 from .cp import CPResult, cp, refit_mode
-from .cluster import client_context, connect
 from .dgd import DGDResult, DGDState, centralized, dgd, dgd_local
 from .errors import (
     CfactError,

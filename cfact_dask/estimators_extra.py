@@ -16,7 +16,6 @@ References
 from __future__ import annotations
 
 import importlib
-
 from typing import Any
 
 import dask.array as da

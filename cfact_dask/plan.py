@@ -137,7 +137,6 @@ def plan(
     shape = inp.shape
     n = shape[ax]
     m = math.prod(shape) // n
-    isz = max(inp.dtype.itemsize, 4)
     out_isz = 4 if inp.dtype.itemsize <= 4 and inp.dtype.kind == "f" else 8
     chunk = tuple(max(c) for c in inp.chunks)
     chunk_elems = math.prod(chunk)

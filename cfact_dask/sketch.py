@@ -17,8 +17,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ._version import __version__ as _version
 from ._random import SeedLike
+from ._version import __version__ as _version
 from .cluster import client_context, compute
 from .errors import InputError, RankError, StoreExistsError, StoreNotFoundError
 from .io import InputArray, open_array
