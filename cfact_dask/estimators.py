@@ -49,9 +49,11 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     """NMF of ``X`` (samples × features), optionally in the compressed domain (Factorize-Recover).
 
     With ``sketch_dim=None`` this is plain distributed NMF (:func:`cfact_dask.nmf`). With
-    ``sketch_dim=d`` the features are first compressed by a ``d × n_features`` random operator
-    (one pass), NMF runs on the ``d × n_samples`` sketch, and ``components_`` are recovered from the
-    compressed ones by :func:`cfact_dask.recover.recover` (``recover_method``).
+    ``sketch_dim=d`` the fit is the library's Factorize-Recover pipeline
+    (:func:`cfact_dask.pipeline.factorize_recover`, one code path with ``cfact run``): the features
+    are compressed by a ``d × n_features`` random operator in one pass (together with a small
+    independent hold-out sketch for the recovery certificate), NMF runs on the ``d × n_samples``
+    sketch, and ``components_`` are recovered from the compressed ones (``recover_method``).
 
     Parameters
     ----------
@@ -62,7 +64,10 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     sketch_kind : {"expander", "sparse_sign", "countsketch", "gaussian"}
         Measurement matrix. Signed kinds make the compressed problem a semi-NMF.
     recover_method : str
-        Passed to :func:`cfact_dask.recover.recover` (e.g. ``"nnlasso"``, ``"lstsq-data"``).
+        The pipeline's recovery: ``"auto"`` (default: sparse recovery by nonnegative LASSO,
+        falling back to an exact ``lstsq-data`` pass over ``X`` when the hold-out certificate
+        says it is unreliable), or any :func:`cfact_dask.recover.recover` method (``"nnlasso"``,
+        ``"lasso"``, ``"bp"``, ``"omp"``, ``"lstsq-data"``).
     solver, init, n_init, max_iter, tol, l1_ratio, semi, negative, verbose :
         As in :func:`cfact_dask.nmf`.
     alpha_W, alpha_H : float or "same"
@@ -84,13 +89,18 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         when compressed). Note: scikit-learn's ``NMF.reconstruction_err_`` is the absolute norm.
     result_ : NMFResult
         The functional core's result (``W`` compressed when sketched).
+    recovery_ : Recovery or None
+        Sketched fits: the recovery with its certificate (``recovery_.certificate``: fit
+        residual, held-out error estimate and baseline, verdict).
+    report_ : dict or None
+        Sketched fits: the pipeline's report (errors, certificate, timings, compression).
     n_features_in_ : int
 
     Notes
     -----
-    Until :mod:`cfact_dask.recover` is available, a sketched fit recovers ``components_`` by an
-    exact nonnegative least-squares refit on the data (``min_{W≥0} ‖X − W H‖``; one extra pass),
-    logged at WARNING. This fallback is temporary.
+    ``semi=True`` runs the pipeline's ``"semi-nmf"``; otherwise it is ``"nmf"``, which is
+    semi-NMF on a signed sketch (``sketch_kind`` other than ``"expander"``) and NMF on an
+    expander sketch.
 
     References
     ----------
@@ -113,7 +123,7 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         *,
         sketch_dim: int | None = None,
         sketch_kind: str = "expander",
-        recover_method: str = "nnlasso",
+        recover_method: str = "auto",
         solver: Literal["hals", "anls"] = "hals",
         init: str | tuple[Any, Any] = "nndsvda",
         n_init: int = 1,
@@ -218,13 +228,14 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             if self.sketch_dim is None:
                 res = nmf(Xf, rank, **common)
                 W = res.W
+                self.recovery_ = None
+                self.report_ = None
             else:
-                from .sketch import sketch
-
-                sk = sketch(Xf, n_components=int(self.sketch_dim), kind=self.sketch_kind,
-                            seed=seed)
-                res = nmf(sk, rank, **common)
-                W = self._recover(res, sk, Xf)
+                run = self._factorize_recover(data, int(rank), int(self.sketch_dim), seed, common)
+                res = run.factors
+                W = run.W
+                self.recovery_ = run.recovery
+                self.report_ = run.report
         except NegativeDataError as e:
             # the phrase scikit-learn's checks and users grep for
             raise NegativeDataError(f"Negative values in data passed to {type(self).__name__}: "
@@ -240,25 +251,25 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             H = H.compute()
         return H
 
-    def _recover(self, res: NMFResult, sk: Any, Xf: Any) -> Any:
-        try:
-            from .recover import recover
-        except ImportError:
-            recover = None
-        if recover is not None:
-            out = recover(res, sk.operator, method=self.recover_method, data=Xf)
-            W = getattr(out, "W", out)
-            return W
-        logger.warning(
-            "cfact_dask.recover is not available yet: recovering components_ by a nonnegative "
-            "least-squares refit on the data (one extra pass; temporary fallback)"
+    def _factorize_recover(
+        self, data: Any, rank: int, d: int, seed: int, common: dict[str, Any]
+    ) -> Any:
+        """The sketched fit: :func:`cfact_dask.pipeline.factorize_recover` on ``data``
+        (samples × features, so ``feature_axis=1``)."""
+        from . import pipeline
+
+        factor = {k: v for k, v in common.items() if k not in ("semi", "client")}
+        factor["method"] = "semi-nmf" if self.semi else "nmf"
+        return pipeline.factorize_recover(
+            data,
+            rank,
+            feature_axis=1,
+            sketch=dict(n_components=d, kind=self.sketch_kind, seed=seed),
+            factor=factor,
+            recover=dict(method=self.recover_method),
+            client=self.client,
+            progress=bool(self.verbose),
         )
-        spec = ALSSpec(solver="hals", nonneg_W=not res.semi)
-        H = res.H
-        if isinstance(Xf, np.ndarray) and isinstance(H, da.Array):
-            H = H.compute()
-        W = solve_factor(Xf, H, "W", spec, n_iter=max(50, int(self.max_iter)))
-        return W
 
     def transform(self, X: Any) -> Any:
         """Coefficients ``Z ≥ 0`` (``n_samples × r``) minimising ``‖X − Z components_‖_F``."""

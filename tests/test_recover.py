@@ -103,9 +103,72 @@ def test_certificate_flags_too_dense_data():
         rec = recover(Wt, op, "nnlasso", H=H, holdout=(Q.to_dense() @ M, Q))
     c = rec.certificate
     assert not c.ok and c.holdout_error > 0.3 and c.holdout_error > 2 * c.holdout_baseline
-    assert any(f"d={d}" in str(w.message) for w in rec_w)
+    # the warning carries the figures and the fix
+    msg = " ".join(str(w.message) for w in rec_w if issubclass(w.category, RecoveryWarning))
+    assert f"{c.holdout_error:.3f}" in msg and f"{c.holdout_baseline:.3f}" in msg
+    assert f"d={d}" in msg and f"n={n}" in msg
+    assert "larger n_components" in msg and "recover='lstsq-data'" in msg
     true_err = np.linalg.norm(M - rec.compute() @ H) / np.linalg.norm(M)
     assert c.holdout_error == pytest.approx(true_err, rel=0.3)
+
+
+def test_holdout_decides_the_verdict_density_is_a_note():
+    """With a hold-out, a recovery whose columns look dense to the heuristic but whose held-out
+    error is close to the baseline is ok (the heuristic is a note); without one, the heuristic
+    is the only evidence and warns."""
+    n, m, r, d = 2000, 200, 4, 400
+    M, W, H = planted_nmf(n, m, r, density=0.05, noise=0.1, random_state=0)
+    op = cf.make_operator("expander", d, n, seed=1)
+    Q = cf.make_operator("gaussian", 32, n, seed=7)
+    Wt = (op.to_dense() @ M) @ np.linalg.pinv(H)
+    # the error a compressed factorization adds to W̃ = P W: the plain LASSO then keeps many
+    # small entries (more than d/2 above 1 % of the column's largest)
+    Wt = Wt + 0.03 * np.linalg.norm(Wt) / math.sqrt(Wt.size) * (
+        np.random.default_rng(0).standard_normal(Wt.shape)
+    )
+    kw = dict(H=H, lam=0.01, debias=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec = recover(Wt, op, "nnlasso", holdout=(Q.to_dense() @ M, Q), **kw)
+    c = rec.certificate
+    assert c.effective_support.max() >= d // 2
+    true_err = np.linalg.norm(M - rec.compute() @ H) / np.linalg.norm(M)
+    assert c.holdout_error == pytest.approx(true_err, rel=0.1)
+    assert c.holdout_error <= 1.5 * c.holdout_baseline + 0.05
+    assert c.ok and not c.messages
+    assert len(c.notes) == 1 and "dense" in c.notes[0] and "decides the verdict" in c.notes[0]
+    with pytest.warns(RecoveryWarning, match="dense: up to") as rec_w:
+        rec = recover(Wt, op, "nnlasso", **kw)
+    assert not rec.certificate.ok and rec.certificate.holdout_error is None
+    assert "recover='lstsq-data'" in str(rec_w[0].message)
+    # the certificate survives a JSON round trip (the pipeline stores it)
+    import json
+
+    from cfact_dask.recover import Certificate
+
+    d_ = json.loads(json.dumps(c.to_dict()))
+    assert Certificate(**d_).notes == c.notes
+
+
+def test_lambda_path_by_holdout(planted):
+    p = planted
+    res = SimpleNamespace(W=p.Wt, H=p.H)
+    rec = recover(res, p.op, "nnlasso", holdout=(p.QM, p.Q))
+    path = rec.params["lam_path"]
+    assert [q["multiple"] for q in path] == [2.0, 1.0, 0.5]
+    best = min(path, key=lambda q: q["holdout_error"])
+    assert rec.params["lam_multiple"] == best["multiple"]
+    np.testing.assert_allclose(rec.lam, best["multiple"] * np.asarray(rec.params["lam_noise"]))
+    # the certificate re-estimates the chosen recovery with the same hold-out
+    assert rec.certificate.holdout_error == pytest.approx(best["holdout_error"], rel=1e-9)
+    assert rec.params["reweight"] == 1
+    # without a hold-out: the noise-based λ
+    rec0 = recover(res, p.op, "nnlasso")
+    assert "lam_path" not in rec0.params and rec0.params["lam_multiple"] == 1.0
+    np.testing.assert_allclose(rec0.lam, rec0.params["lam_noise"])
+    # a given λ is the plain LASSO (no reweighting, no path)
+    rec1 = recover(res, p.op, "nnlasso", lam=0.1, holdout=(p.QM, p.Q))
+    assert rec1.params["reweight"] == 0 and "lam_path" not in rec1.params
 
 
 def test_holdout_error_estimates_the_error(rng):
