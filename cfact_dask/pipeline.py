@@ -282,12 +282,15 @@ def _factor_stage(sk: Sketch, rank: int, opts: dict[str, Any], rs: _RunStore, cl
     ckpt = None
     if rs.path is not None and opts.get("checkpoint_every"):
         ckpt = {"store": rs.path, "every": int(opts["checkpoint_every"]), "group": "checkpoint"}
-    extra = {k: v for k, v in opts.items() if k not in _FACTOR_DEFAULTS and k != "rank"}
+    extra = {k: v for k, v in opts.items()
+             if k not in _FACTOR_DEFAULTS and k not in ("rank", "semi")}
+    semi = opts.get("semi")
+    if method == "semi-nmf":
+        semi = True
     res = nmf(
         sk, rank, solver=opts["solver"], init=opts["init"], max_iter=int(opts["max_iter"]),
-        tol=float(opts["tol"]), random_state=opts["random_state"],
-        semi=True if method == "semi-nmf" else None, checkpoint=ckpt, callback=callback,
-        client=client, **extra,
+        tol=float(opts["tol"]), random_state=opts["random_state"], semi=semi,
+        checkpoint=ckpt, callback=callback, client=client, **extra,
     )
     if rs.path is not None:
         res.to_zarr(rs.path, "factors", overwrite=True)
@@ -514,6 +517,8 @@ def factorize_recover(
             "method": rec.method, "fit_residual": cert.fit_residual,
             "estimated_relative_error": cert.estimated_error,
             "holdout_baseline": cert.holdout_baseline, "ok": cert.ok,
+            "messages": list(cert.messages), "notes": list(getattr(cert, "notes", ()) or ()),
+            "lam_multiple": (rec.params or {}).get("lam_multiple"),
         },
         "reconstruction": None if stats is None else (
             stats if isinstance(stats, dict) else stats.to_dict()),
