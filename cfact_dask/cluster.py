@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sys
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,9 +24,12 @@ import dask.config
 from . import config
 from .errors import ConfigError
 
-__all__ = ["client_context", "compute", "connect", "show_progress"]
+__all__ = ["client_context", "compute", "connect", "detach", "is_embedded", "show_progress"]
 
 logger = logging.getLogger(__name__)
+
+#: clients started by client_context (closed when it exits)
+_EMBEDDED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def connect(
@@ -69,6 +73,7 @@ def client_context(client: Any = None, *, nbytes: int | None = None) -> Iterator
     if client is not None:
         if isinstance(client, str):
             c = connect(client)
+            _EMBEDDED.add(c)  # ours to close, like an embedded cluster
             try:
                 yield c
             finally:
@@ -101,6 +106,7 @@ def client_context(client: Any = None, *, nbytes: int | None = None) -> Iterator
         dashboard_address=":0",
     )
     c = Client(cluster, set_as_default=False)
+    _EMBEDDED.add(c)
     logger.info("started an embedded LocalCluster; dashboard at %s", c.dashboard_link)
     try:
         with dask.config.set(scheduler=c):
@@ -120,6 +126,33 @@ def show_progress(futures: Any, client: Any) -> None:
             dprogress(futures, notebook=False, scheduler=client.scheduler.address)
     except Exception:  # noqa: BLE001 - progress display must never fail a job
         logger.debug("progress display failed", exc_info=True)
+
+
+def is_embedded(client: Any) -> bool:
+    """True for a client that :func:`client_context` started and will close on exit."""
+    return client is not None and client in _EMBEDDED
+
+
+def detach(x: Any, client: Any, what: str = "the result") -> Any:
+    """Bring a dask array computed on an embedded cluster back before that cluster closes.
+
+    Results persisted on a cluster this library started would point at futures of a closed
+    cluster once the call returns; they are gathered into memory (still a dask array, same
+    chunks). Arrays on a user's cluster are left there.
+    """
+    import dask.array as da
+    import numpy as np
+
+    if not is_embedded(client) or not isinstance(x, da.Array):
+        return x
+    limit = int(config.get("als.max-client-bytes", 2**28))
+    if x.nbytes > limit:
+        logger.warning(
+            "%s (%s) is gathered from the embedded cluster before it closes; pass client= to "
+            "keep it on a cluster", what, "x".join(map(str, x.shape)),
+        )
+    value = np.asarray(client.compute(x).result())
+    return da.from_array(value, chunks=x.chunks)
 
 
 def compute(

@@ -40,7 +40,7 @@ from .als import (
     run_als,
 )
 from .checkpoint import as_checkpoint
-from .cluster import client_context
+from .cluster import client_context, is_embedded
 from .errors import (
     ConfigError,
     InputError,
@@ -603,7 +603,7 @@ def nmf(
         max_client = int(config.get("als.max-client-bytes", 2**28))
         if isinstance(W, da.Array) and W.nbytes <= max_client:
             (W,) = backend.compute(W)
-        embedded = c is not None and (client is None or isinstance(client, str)) and _embedded(c)
+        embedded = is_embedded(c)
         if isinstance(H, da.Array) and embedded:
             # the embedded cluster closes on return: bring H back while it is still there
             if H.nbytes > max_client:
@@ -622,12 +622,6 @@ def nmf(
         operator=prep.operator.to_dict() if prep.operator is not None else None,
         params=params,
     )
-
-
-def _embedded(c: Any) -> bool:
-    from .cluster import _current_client
-
-    return _current_client() is not c
 
 
 def _check_options(rank: Any, solver: str, init: Any, n_init: int, max_iter: int, tol: float,

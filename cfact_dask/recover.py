@@ -65,7 +65,7 @@ import scipy.sparse as sp
 from dask import delayed
 
 from . import config
-from .cluster import client_context
+from .cluster import client_context, detach
 from .errors import ConvergenceWarning, InputError, RecoveryWarning
 from .operators import SketchOperator
 
@@ -1251,6 +1251,7 @@ def recover(
         if len(got) > 2:
             PW = np.asarray(got[2])
         cert = _certificate(W, Wt, PW, Hm, holdout, sizes, eff, exact, operator, n_feat, method, c)
+        W = detach(W, c, "the recovered W")
     for msg in cert.messages:
         warnings.warn(msg, RecoveryWarning, stacklevel=2)
     return Recovery(

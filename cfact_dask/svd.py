@@ -33,7 +33,7 @@ import dask.array as da
 import numpy as np
 
 from ._random import SeedLike, normalize_seed
-from .cluster import client_context, compute
+from .cluster import client_context, compute, detach
 from .errors import InputError, RankError
 from .io import InputArray, open_array
 from .operators import Kind, SketchOperator, make_operator, project
@@ -279,6 +279,8 @@ def svd(
         else:
             res = _range_finder(A, rank, k, (passes - 2) // 2, kind, seed, n_test, source, c,
                                 progress)
+        # an embedded cluster closes on return: bring the persisted factors back first
+        res = dataclasses.replace(res, U=detach(res.U, c, "U"), Vt=detach(res.Vt, c, "Vt"))
     return res
 
 

@@ -91,3 +91,24 @@ def test_dask_cli_entry_point():
     eps = {ep.name: ep for ep in entry_points(group="dask_cli")}
     assert eps["cfact"].load() is cli
     assert cli.name == "cfact"
+
+
+def test_results_outlive_the_embedded_cluster():
+    """Persisted results must not point at a cluster that closed when the call returned."""
+    import dask.array as da
+
+    X = da.from_array(np.abs(np.random.default_rng(0).standard_normal((1200, 120))),
+                      chunks=(400, 60))
+    with dask.config.set({"cfact.cluster.embedded": "always", "cfact.cluster.n-workers": 1}):
+        u = cf.svd(X, 4).U
+        sk = cf.sketch(X, 80)
+        with pytest.warns(cf.ConvergenceWarning):
+            res = cf.nmf(sk, 4, max_iter=20)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", cf.RecoveryWarning)
+            w = cf.recover(res, sk.operator, "nnlasso").W
+    assert u.compute().shape == (1200, 4)
+    assert w.compute().shape == (1200, 4)
+    assert np.isfinite(np.asarray(res.H)).all()
