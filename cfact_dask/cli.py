@@ -45,6 +45,10 @@ class Session:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s",
                             stream=sys.stderr)
         logging.getLogger("cfact_dask").setLevel(level)
+        if self.quiet:
+            import distributed  # noqa: F401  (configures its loggers on import: do that first)
+
+            logging.getLogger("distributed").setLevel(logging.ERROR)
         dask.config.set({"cfact.progress": not self.quiet})
         if scheduler is None and scheduler_file is None:
             # set by the dask-kubernetes operator for DaskJob runners, and by many batch setups
@@ -90,6 +94,10 @@ def with_session(f: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return f(session, **kwargs)
         except CfactError as e:
+            raise click.ClickException(f"{type(e).__name__}: {e}") from e
+        except OSError as e:
+            # disk full, permissions, a vanished mount: the message already says where and what
+            # to do (see pipeline._stage); a traceback would bury it
             raise click.ClickException(f"{type(e).__name__}: {e}") from e
         finally:
             session.close()

@@ -11,7 +11,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .errors import InputError, StoreNotFoundError
+from .errors import ChunkError, InputError, StoreNotFoundError
 
 __all__ = ["InputArray", "open_array"]
 
@@ -182,10 +182,73 @@ def _describe_zarr(z: Any) -> str:
     return f"Zarr array {loc}{'/' + path if path else ''}"
 
 
+class _CheckedZarr:
+    """A Zarr array whose reads raise :class:`ChunkError` naming the store, chunk and fix.
+
+    A truncated or garbage chunk file otherwise surfaces as a codec error from deep inside
+    zarr / numcodecs (``RuntimeError: Zstd decompression error``) with no hint of which chunk of
+    which store is broken. Picklable (it only holds the zarr array), so it works on workers.
+    """
+
+    def __init__(self, z: Any, source: str) -> None:
+        self.z = z
+        self.source = source
+        self.shape = tuple(z.shape)
+        self.ndim = len(self.shape)
+        self.dtype = z.dtype
+        self.grid = tuple(getattr(z, "shards", None) or z.chunks)
+
+    def __dask_tokenize__(self) -> Any:
+        from dask.base import tokenize
+
+        return ("cfact._CheckedZarr", tokenize(self.z), self.source)
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.z[key]
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - codecs and stores raise many types
+            raise ChunkError(self._message(key, e)) from e
+
+    def _message(self, key: Any, e: Exception) -> str:
+        key = key if isinstance(key, tuple) else (key,)
+        starts, spans = [], []
+        for k, n in zip(key, self.shape, strict=False):
+            start, stop = (k.indices(n)[:2] if isinstance(k, slice) else (int(k), int(k) + 1))
+            starts.append(start)
+            spans.append(f"{start}:{stop}")
+        idx = tuple(s // g for s, g in zip(starts, self.grid, strict=False))
+        try:
+            first = tuple(s // c for s, c in zip(starts, self.z.chunks, strict=False))
+            root = getattr(self.z.store, "root", None)
+            base = str(root) if root is not None else str(self.z.store)
+            path = getattr(self.z, "path", "")
+            where = (f"; chunk file {base}/{path + '/' if path else ''}"
+                     f"{self.z.metadata.encode_chunk_key(first)}")
+        except Exception:  # noqa: BLE001 - building the message must not fail
+            where = ""
+        if isinstance(e, FileNotFoundError | PermissionError):
+            fix = "check that the store is complete and readable by the workers"
+        else:
+            fix = ("the chunk file is corrupt or truncated, or the metadata (zarr.json) does not "
+                   "match the data: restore the store from a backup or write it again")
+        return (
+            f"could not read chunk {idx} (index [{', '.join(spans)}]) of {self.source}"
+            f"{where}: {type(e).__name__}: {e}; {fix}"
+        )
+
+
 def _from_zarr_array(z: Any, source: str) -> InputArray:
+    from dask.base import tokenize
+
     # native grid: shards when the array is sharded (lock-free, one object read per task)
     grid = getattr(z, "shards", None) or z.chunks
-    data = da.from_zarr(z, chunks=grid)
+    checked = _CheckedZarr(z, source)
+    data = da.from_array(
+        checked, chunks=grid, name="from-zarr-" + tokenize(z, grid), lock=False, fancy=False,
+        meta=np.empty((0,) * len(z.shape), dtype=z.dtype),
+    )
     dims = None
     names = getattr(getattr(z, "metadata", None), "dimension_names", None)
     if names and all(n is not None for n in names):
@@ -209,6 +272,12 @@ def _open_store(path: str, variable: str | None, storage_options: dict[str, Any]
             path, mode="r"
         )
     except FileNotFoundError as e:
+        if not is_url:
+            # the path exists (checked above) but holds no Zarr metadata
+            raise StoreNotFoundError(
+                f"{path!r} exists but is not a readable Zarr store (no zarr.json / .zarray / "
+                f".zgroup metadata); point to a Zarr array, or a group with variable=..."
+            ) from e
         raise StoreNotFoundError(f"no Zarr store at {path!r}: {e}") from e
     except Exception as e:  # noqa: BLE001 - zarr raises many types for unreadable metadata
         raise StoreNotFoundError(
@@ -241,9 +310,24 @@ def _open_store(path: str, variable: str | None, storage_options: dict[str, Any]
         ds = xr.open_zarr(path, consolidated=False, chunks={}, storage_options=storage_options)
         xa = ds[variable]
         inp = _wrap_object(xa, None)
-        return InputArray(inp.data, 0, inp.dims, inp.coords, f"variable {variable!r} of {path!r}",
-                          inp.attrs)
+        source = f"variable {variable!r} of {path!r}"
+        data = inp.data
+        if _undecoded(xa, arr):
+            # same values as xarray's lazy array, but chunk reads that fail name the chunk
+            data = _from_zarr_array(arr, source).data
+        return InputArray(data, 0, inp.dims, inp.coords, source, inp.attrs)
     return _from_zarr_array(arr, f"Zarr array {path!r}/{variable}")
+
+
+def _undecoded(xa: Any, arr: Any) -> bool:
+    """True when xarray reads ``arr`` as it is stored (no scaling, masking or time decoding)."""
+    enc = xa.encoding
+    if any(k in enc for k in ("scale_factor", "add_offset", "units", "calendar")):
+        return False
+    fill = enc.get("_FillValue", None)
+    if fill is not None and not (isinstance(fill, float | np.floating) and np.isnan(fill)):
+        return False
+    return xa.dtype == arr.dtype and tuple(xa.shape) == tuple(arr.shape)
 
 
 def _is_coord(group: Any, name: str) -> bool:

@@ -51,6 +51,7 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -1199,7 +1200,20 @@ def recover(
             raise InputError(f"method={method!r} needs W̃ and the operator")
         nbytes = operator.n_features * Wt.shape[1] * 8
 
-    with client_context(client, nbytes=nbytes) as c:
+    if method != "lstsq-data" and nbytes <= int(config.get("recover.local-max-bytes", 2**26)):
+        # a small W (n x r): iterate in this process, where a FISTA step costs microseconds
+        # of scheduling instead of a cluster round trip; the arithmetic is the same. The
+        # hold-out sketch (d_h x m, small) may live on the cluster: bring it here first.
+        ctx: Any = _local_threads()
+        if holdout is not None:
+            QM = holdout[0].matrix if hasattr(holdout[0], "matrix") else holdout[0]
+            if isinstance(QM, da.Array):
+                QM = (np.asarray(client.compute(QM).result()) if client is not None and
+                      not isinstance(client, str) else np.asarray(QM.compute()))
+            holdout = (QM, holdout[1])
+    else:
+        ctx = client_context(client, nbytes=nbytes)
+    with ctx as c:
         if method == "lstsq-data":
             W, exact = _lstsq_data(data, Hm, bool(nonnegative), c, chunks)
             n_feat = W.shape[0]
@@ -1264,6 +1278,12 @@ def recover(
         history=hist,
         params=params,
     )
+
+
+@contextlib.contextmanager
+def _local_threads() -> Any:
+    with dask.config.set(scheduler="threads"):
+        yield None
 
 
 def _fmt(x: float | None) -> str:
