@@ -565,7 +565,7 @@ def nmf(
         stats = _data_stats(Xd, backend)
         xsq, total = _check_stats(stats, prep, check_negative=not semi)
         mean = total / (p * m)
-        if lazy and nbytes <= int(config.get("als.local-max-bytes", 2**26)):
+        if lazy and nbytes <= int(config.get("als.local-max-bytes", 2**28)):
             # a small matrix (the usual sketch): iterate in memory, where an iteration costs
             # microseconds instead of a scheduler round trip; same update code
             (Xd,) = backend.compute(Xd)
