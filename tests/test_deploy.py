@@ -529,8 +529,17 @@ def test_tls_local_cluster_runs_sketch_and_refuses_plain_clients():
             assert all(w.startswith("tls://") for w in client.scheduler_info()["workers"])
             sk = cf.sketch(_small_input(), 40, kind="expander", seed=3)
             remote = sk.compute(client=client, progress=False)
+            # the whole Factorize-Recover pipeline over the encrypted cluster
+            M, _, _ = cf.datasets.planted_nmf(400, 120, 3, density=0.05, noise=0.05,
+                                              random_state=2)
+            run = cf.factorize_recover(M, 3, sketch=dict(n_components=100), client=client,
+                                       progress=False)
+            W_tls = run.W.compute(scheduler=client)
         local = sk.data.compute(scheduler="sync")
         assert remote.tobytes() == local.tobytes()
+        ref = cf.factorize_recover(M, 3, sketch=dict(n_components=100), progress=False)
+        np.testing.assert_allclose(W_tls, ref.W.compute(), rtol=1e-10, atol=1e-12)
+        assert run.report["recover"]["estimated_relative_error"] < 0.2
 
         # without the certificates: no TLS context at all
         e = _connect_error(addr)

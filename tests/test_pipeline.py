@@ -286,3 +286,18 @@ def test_cfact_run_on_subprocess_cluster(planted_store, tmp_path):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_cli_run_writes_plots(planted_store, tmp_path):
+    pytest.importorskip("matplotlib")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(_job(planted_store, "run.zarr",
+                                       output={"reconstruct": False})))
+    plots = tmp_path / "plots"
+    r = CliRunner().invoke(cli, ["run", str(job), "--json", "--plots", str(plots)])
+    assert r.exit_code == 0, r.output
+    files = json.loads(r.output)["plots"]
+    assert {os.path.basename(f) for f in files} == {"convergence.png", "factors.png"}
+    for f in files:
+        with open(f, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
