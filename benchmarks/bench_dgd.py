@@ -3,12 +3,19 @@
 For J in {2, 4, 8, 16} nodes (ring, Metropolis weights), on the paper's demo shape per node
 (n = 50 features, 20 samples per node, r = 10), this runs the same number of iterations
 
-* in-process (numpy, the pure compute time), and
-* on a ``LocalCluster(processes=True)`` (one task per node per iteration, pinned),
+* in-process (numpy, the pure compute time),
+* on a ``LocalCluster(processes=True)`` with ``mode="workers"`` (one task per worker per report
+  period, boundary copies ``U^i`` sent worker to worker every iteration), and
+* on the same cluster with ``mode="tasks"`` (one task per node per iteration, pinned),
 
-alternating A, B, A, B (``--repeats``) and reporting medians; the difference is the scheduling
-overhead per iteration. Bytes per iteration: DGD+LOCAL sends each node's ``U^j`` (n × r) to each
-neighbour (``bytes_per_iter``; ``cross_worker`` is the part that crosses processes), against a
+interleaved (in-process, workers, tasks, in-process, ...; ``--repeats`` rounds) and reporting
+medians; distributed minus in-process is the scheduling / communication overhead per iteration.
+The time per iteration is measured from the first progress report to the last (setup excluded).
+
+Bytes per iteration: DGD+LOCAL sends each node's ``U^j`` (n × r) to each neighbour
+(``dgd_local_bytes_per_iter``, the algorithm's volume); the part that crosses worker processes is
+what the run reports (``bytes_cross_worker_per_iter``: in ``"workers"`` mode each boundary copy
+once per neighbouring worker, in ``"tasks"`` mode counted per cross-worker edge), against a
 centralised distributed ALS that per iteration broadcasts ``U`` (n × r) and ``UᵀU`` (r × r) to
 every node and reduces ``Σ Y_j V_j`` (n × r) and ``Σ V_jᵀ V_j`` (r × r): ``J·(2nr + 2r²)``
 numbers. Results: a table on stdout and JSON in ``benchmarks/results/bench_dgd.json``.
@@ -16,6 +23,7 @@ numbers. Results: a table on stdout and JSON in ``benchmarks/results/bench_dgd.j
 Usage::
 
     python benchmarks/bench_dgd.py [--iters 200] [--repeats 2] [--workers 2] [--nodes 2 4 8 16]
+                                   [--modes workers tasks]
 
 References
 ----------
@@ -36,7 +44,9 @@ import time
 import numpy as np
 
 
-def _per_iter_seconds(Y: np.ndarray, J: int, iters: int, client, report_every: int) -> float:
+def _per_iter_seconds(Y: np.ndarray, J: int, iters: int, client, report_every: int,
+                      mode: str = "workers"):
+    """Seconds per iteration (first report to last) and the result."""
     from cfact_dask.dgd import dgd_local
 
     marks: list[tuple[int, float]] = []
@@ -45,12 +55,12 @@ def _per_iter_seconds(Y: np.ndarray, J: int, iters: int, client, report_every: i
         marks.append((state.iteration, time.perf_counter()))
         return False
 
-    dgd_local(Y, 10, n_nodes=J, topology="ring", weights="metropolis", step=1e-3,
-              init_scale=1.0, max_iter=iters, tol=0.0, report_every=report_every,
-              anchor_every=iters, callback=cb, client=client, random_state=0)
+    res = dgd_local(Y, 10, n_nodes=J, topology="ring", weights="metropolis", step=1e-3,
+                    init_scale=1.0, max_iter=iters, tol=0.0, report_every=report_every,
+                    anchor_every=iters, callback=cb, client=client, mode=mode, random_state=0)
     # from the first check to the last: excludes setup (data load, power iteration, init)
     (i0, t0), (i1, t1) = marks[0], marks[-1]
-    return (t1 - t0) / (i1 - i0)
+    return (t1 - t0) / (i1 - i0), res
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--report-every", type=int, default=20)
     ap.add_argument("--nodes", type=int, nargs="+", default=[2, 4, 8, 16])
+    ap.add_argument("--modes", nargs="+", default=["workers", "tasks"],
+                    choices=["workers", "tasks"])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "bench_dgd.json"))
     args = ap.parse_args(argv)
@@ -79,46 +91,64 @@ def main(argv: list[str] | None = None) -> dict:
         for J in args.nodes:
             rng = np.random.default_rng(J)
             Y = rng.standard_normal((n, r)) @ rng.standard_normal((r, m_j * J))
-            local_t, dist_t = [], []
-            for _ in range(args.repeats):                  # A, B, A, B ...
-                local_t.append(_per_iter_seconds(Y, J, args.iters, None, args.report_every))
-                dist_t.append(_per_iter_seconds(Y, J, args.iters, client, args.report_every))
+            local_t: list[float] = []
+            dist_t: dict[str, list[float]] = {mode: [] for mode in args.modes}
+            cross: dict[str, int] = {}
+            ref = None
+            for _ in range(args.repeats):                  # A, B, C, A, B, C ...
+                sec, ref = _per_iter_seconds(Y, J, args.iters, None, args.report_every)
+                local_t.append(sec)
+                for mode in args.modes:
+                    sec, res = _per_iter_seconds(Y, J, args.iters, client, args.report_every,
+                                                 mode)
+                    dist_t[mode].append(sec)
+                    cross[mode] = res.bytes_cross_worker_per_iter
+                    # the distributed run gives the in-process numbers bitwise
+                    assert np.array_equal(res.U, ref.U) and np.array_equal(res.V, ref.V), mode
             topo = make_topology("ring", J, weights="metropolis")
-            deg = int(topo.degrees.sum())
-            dgd_bytes = deg * n * r * 8
-            # nodes are placed on workers in contiguous ranges: ring edges that cross workers
-            workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
-            place = [workers[j * len(workers) // J] for j in range(J)]
-            cross = sum(1 for j in range(J) for i in topo.neighbors(j) if place[i] != place[j])
+            dgd_bytes = int(topo.degrees.sum()) * n * r * 8
             als_bytes = J * (2 * n * r + 2 * r * r) * 8
+            loc = statistics.median(local_t)
+            workers_used = min(args.workers, J)
             row = {
                 "J": J, "n": n, "m": m_j * J, "r": r, "iters": args.iters,
-                "in_process_ms_per_iter": 1e3 * statistics.median(local_t),
-                "distributed_ms_per_iter": 1e3 * statistics.median(dist_t),
-                "overhead_ms_per_iter": 1e3 * (statistics.median(dist_t)
-                                               - statistics.median(local_t)),
-                "tasks_per_iter": 2 * J,
+                "in_process_ms_per_iter": 1e3 * loc,
                 "dgd_local_bytes_per_iter": dgd_bytes,
-                "dgd_local_cross_worker_bytes_per_iter": cross * n * r * 8,
                 "central_als_bytes_per_iter": als_bytes,
-                "raw_in_process_s": local_t, "raw_distributed_s": dist_t,
+                "raw_in_process_s": local_t,
             }
+            for mode in args.modes:
+                med = statistics.median(dist_t[mode])
+                row[f"{mode}_ms_per_iter"] = 1e3 * med
+                row[f"{mode}_overhead_ms_per_iter"] = 1e3 * (med - loc)
+                row[f"{mode}_cross_worker_bytes_per_iter"] = cross[mode]
+                row[f"{mode}_demo_3000_iters_s"] = 3000 * med
+                row[f"raw_{mode}_s"] = dist_t[mode]
+            if "tasks" in args.modes:
+                row["tasks_tasks_per_iter"] = 2 * J
+            if "workers" in args.modes:
+                row["workers_tasks_per_iter"] = workers_used / args.report_every
             rows.append(row)
-            print(f"J={J:3d}  in-process {row['in_process_ms_per_iter']:7.2f} ms/it  "
-                  f"distributed {row['distributed_ms_per_iter']:7.2f} ms/it  "
-                  f"bytes/it dgd-local {dgd_bytes:8d} (cross-worker {cross * n * r * 8:7d})  "
-                  f"central ALS {als_bytes:8d}", flush=True)
-    header = ("| J | in-process ms/it | distributed ms/it | overhead ms/it | tasks/it | "
-              "DGD+LOCAL B/it | cross-worker B/it | central ALS B/it |")
+            print(f"J={J:3d}  in-process {row['in_process_ms_per_iter']:7.2f} ms/it  " + "  ".join(
+                f"{mode} {row[f'{mode}_ms_per_iter']:7.2f} ms/it" for mode in args.modes)
+                + f"  bytes/it dgd-local {dgd_bytes:8d} (cross-worker "
+                + ", ".join(f"{mode} {cross[mode]}" for mode in args.modes)
+                + f")  central ALS {als_bytes:8d}", flush=True)
+    cols = ["J", "in-process ms/it"]
+    for mode in args.modes:
+        cols += [f"{mode} ms/it", f"{mode} overhead ms/it", f"{mode} cross-worker B/it"]
+    cols += ["DGD+LOCAL B/it (all edges)", "central ALS B/it"]
     print()
-    print(header)
-    print("|" + "---|" * 8)
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
     for row in rows:
-        print(f"| {row['J']} | {row['in_process_ms_per_iter']:.2f} | "
-              f"{row['distributed_ms_per_iter']:.2f} | {row['overhead_ms_per_iter']:.2f} | "
-              f"{row['tasks_per_iter']} | {row['dgd_local_bytes_per_iter']} | "
-              f"{row['dgd_local_cross_worker_bytes_per_iter']} | "
-              f"{row['central_als_bytes_per_iter']} |")
+        cells = [str(row["J"]), f"{row['in_process_ms_per_iter']:.2f}"]
+        for mode in args.modes:
+            cells += [f"{row[f'{mode}_ms_per_iter']:.2f}",
+                      f"{row[f'{mode}_overhead_ms_per_iter']:.2f}",
+                      str(row[f"{mode}_cross_worker_bytes_per_iter"])]
+        cells += [str(row["dgd_local_bytes_per_iter"]), str(row["central_als_bytes_per_iter"])]
+        print("| " + " | ".join(cells) + " |")
     result = {
         "benchmark": "bench_dgd",
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
@@ -129,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "distributed": distributed.__version__},
         "cluster": {"kind": "LocalCluster(processes=True)", "workers": args.workers,
                     "threads_per_worker": 1},
+        "load_average_at_end": list(os.getloadavg()),
         "settings": vars(args),
         "rows": rows,
     }

@@ -156,26 +156,79 @@ def test_sketch_matches_centralized_compressed():
 
 
 # -------------------------------------------------------------------------- distributed path
-def test_cluster_same_numbers_as_in_process(cluster_client):
+def _assert_bitwise(remote, local):
+    """The distributed run gave exactly the in-process numbers."""
+    np.testing.assert_array_equal(remote.cost_history, local.cost_history)
+    np.testing.assert_array_equal(remote.consensus_history, local.consensus_history)
+    np.testing.assert_array_equal(remote.history_iters, local.history_iters)
+    np.testing.assert_array_equal(remote.U, local.U)
+    np.testing.assert_array_equal(remote.V, local.V)
+    for a, b in zip(remote.U_nodes, local.U_nodes, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert remote.objective == local.objective
+    assert remote.n_iter == local.n_iter and remote.converged == local.converged
+
+
+@pytest.mark.parametrize("mode", ["workers", "tasks"])
+def test_cluster_same_numbers_as_in_process(cluster_client, mode):
     Y = demo_data(2)
     kw = dict(n_nodes=6, topology="erdos-renyi", p=0.4, max_iter=120, tol=0.0,
               report_every=20, anchor_every=60, random_state=2)
     local = dgd_local(Y, 6, client=None, **kw)
-    remote = dgd_local(Y, 6, client=cluster_client, **kw)
+    remote = dgd_local(Y, 6, client=cluster_client, mode=mode, **kw)
     workers = set(cluster_client.scheduler_info(n_workers=-1)["workers"])
     assert set(remote.workers) <= workers and len(set(remote.workers)) == 2
     assert remote.step == local.step                  # the power iteration gave the same mu
-    np.testing.assert_allclose(remote.cost_history, local.cost_history, rtol=1e-12)
-    np.testing.assert_allclose(remote.consensus_history, local.consensus_history, rtol=1e-10,
-                               atol=1e-300)
-    np.testing.assert_allclose(remote.U, local.U, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(remote.V, local.V, rtol=1e-12, atol=1e-12)
+    _assert_bitwise(remote, local)
     assert remote.bytes_cross_worker_per_iter > 0
     assert remote.bytes_cross_worker_per_iter < remote.bytes_per_iter
-    # polish on the cluster
-    pol = dgd_local(Y, 6, client=cluster_client, polish=True, **kw)
-    pol_local = dgd_local(Y, 6, client=None, polish=True, **kw)
-    assert pol.objective == pytest.approx(pol_local.objective, rel=1e-10)
+    if mode == "workers":
+        # polish on the cluster
+        pol = dgd_local(Y, 6, client=cluster_client, polish=True, mode=mode, **kw)
+        pol_local = dgd_local(Y, 6, client=None, polish=True, **kw)
+        _assert_bitwise(pol, pol_local)
+
+
+def test_cluster_workers_mode_stop_diverge_resume(cluster_client, tmp_path):
+    """mode="workers": a stop between anchors (a queued period is dropped), convergence by
+    tol, divergence (the peers' waits are aborted, the cluster stays usable) and a checkpoint
+    resume all give the in-process numbers bitwise."""
+    Y = demo_data(0, n=30, m=80, r=4)
+    c = cluster_client
+    # callback stop at 30: the period 30..40 is already queued and gets dropped
+    kw = dict(n_nodes=5, topology="star", max_iter=500, tol=0, report_every=10, random_state=0)
+
+    def stop_at_30(state):
+        return state.iteration >= 30
+
+    _assert_bitwise(dgd_local(Y, 4, client=c, callback=stop_at_30, **kw),
+                    dgd_local(Y, 4, callback=stop_at_30, **kw))
+    # convergence by tol
+    kw = dict(n_nodes=4, topology="complete", weights="metropolis", max_iter=2000, tol=1e-12,
+              random_state=0)
+    remote = dgd_local(Y, 4, client=c, **kw)
+    assert remote.converged and remote.n_iter < 2000
+    _assert_bitwise(remote, dgd_local(Y, 4, **kw))
+    # divergence: an error, never NaN results; the workers are free again afterwards
+    with pytest.raises(DivergenceError, match="smaller step"):
+        dgd_local(Y, 4, n_nodes=4, topology="ring", weights="metropolis", step=1.0, tol=0,
+                  max_iter=200, client=c)
+    # checkpoint on the cluster, resume on the cluster == uninterrupted in-process run
+    kw = dict(n_nodes=4, topology="ring", weights="metropolis", tol=0.0, report_every=10,
+              random_state=6)
+    full = dgd_local(Y, 4, max_iter=120, **kw)
+    store = str(tmp_path / "ck.zarr")
+    dgd_local(Y, 4, max_iter=50, checkpoint=dict(store=store, every=30), client=c, **kw)
+    _assert_bitwise(dgd_local(Y, 4, max_iter=120, checkpoint=dict(store=store, every=30),
+                              client=c, **kw), full)
+    # nothing is left behind on the workers
+    def leftovers():
+        import sys
+
+        m = sys.modules["cfact_dask.dgd"]
+        return len(m._GROUPS) + len(m._BOXES)
+
+    assert set(c.run(leftovers).values()) == {0}
 
 
 def test_cluster_zarr_input_chunk_aligned(cluster_client, tmp_path):
@@ -209,7 +262,8 @@ def _kill_one_worker_at(client, iteration):
 
 
 @pytest.mark.slow
-def test_killed_worker_run_continues_and_converges():
+@pytest.mark.parametrize("mode", ["workers", "tasks"])
+def test_killed_worker_run_continues_and_converges(mode):
     from distributed import Client, LocalCluster
 
     Y = demo_data(1, n=30, m=120, r=4)
@@ -220,12 +274,11 @@ def test_killed_worker_run_continues_and_converges():
                       dashboard_address=None, memory_limit="1GiB") as cluster, \
             Client(cluster, set_as_default=False) as client:
         cb, killed = _kill_one_worker_at(client, 120)
-        res = dgd_local(Y, 4, client=client, callback=cb, **kw)
+        res = dgd_local(Y, 4, client=client, callback=cb, mode=mode, **kw)
     assert killed, "the callback never killed a worker"
     assert res.n_restarts >= 1
     assert killed[0] not in res.workers
-    np.testing.assert_allclose(res.cost_history, ref.cost_history, rtol=1e-12)
-    np.testing.assert_allclose(res.U, ref.U, rtol=1e-12, atol=1e-12)
+    _assert_bitwise(res, ref)
 
 
 # --------------------------------------------------------------------------- checkpoint/resume

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ import xarray as xr
 import yaml
 import zarr
 from click.testing import CliRunner
+from conftest import tree_hash
 
 import cfact_dask as cf
 from cfact_dask.cli import cli
@@ -25,17 +25,7 @@ from cfact_dask.errors import ConfigError, ResumeError, StoreExistsError
 from cfact_dask.job import validate_job
 from cfact_dask.metrics import match_factors
 
-
-def _tree_hash(path) -> str:
-    h = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for f in sorted(files):
-            p = os.path.join(root, f)
-            h.update(os.path.relpath(p, path).encode())
-            with open(p, "rb") as fh:
-                h.update(fh.read())
-    return h.hexdigest()
+_tree_hash = tree_hash
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ The clusters here are our own (workers get killed), not the shared ``cluster_cli
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import signal
@@ -34,6 +33,7 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from conftest import process_cluster, tree_hash
 
 import cfact_dask as cf
 from cfact_dask.datasets import planted_nmf_zarr
@@ -48,16 +48,7 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "DASK_CFACT__CLUSTER__EMBEDDED"
 
 
 # ------------------------------------------------------------------------------ helpers
-def _tree_hash(path) -> str:
-    h = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for f in sorted(files):
-            p = os.path.join(root, f)
-            h.update(os.path.relpath(p, path).encode())
-            with open(p, "rb") as fh:
-                h.update(fh.read())
-    return h.hexdigest()
+_tree_hash = tree_hash
 
 
 def _slow_block(block, marker_dir, delay):
@@ -99,16 +90,8 @@ def _kill_a_worker_when(client, marker_dir: str, count: int, timeout: float = 12
 @pytest.fixture(scope="module")
 def killable():
     """Our own 2-worker process cluster; the nannies restart killed workers."""
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, memory_limit="1GiB")
-    client = Client(cluster, set_as_default=False)
-    try:
+    with process_cluster(2, memory_limit="1GiB") as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 @pytest.fixture

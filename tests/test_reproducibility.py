@@ -16,6 +16,7 @@ import dask
 import numpy as np
 import pytest
 import zarr
+from conftest import process_cluster
 
 import cfact_dask as cf
 from cfact_dask.datasets import planted_nmf_zarr
@@ -39,16 +40,8 @@ def stores(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_worker():
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                           dashboard_address=None, memory_limit="1GiB")
-    client = Client(cluster, set_as_default=False)
-    try:
+    with process_cluster(1, memory_limit="1GiB") as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 def _open(stores, which):
