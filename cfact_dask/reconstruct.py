@@ -351,7 +351,9 @@ def reconstruct(
             _move_into_place(write_store, write_group, store, group, overwrite)
     except BaseException:
         if not remote:
-            _cleanup(write_store if group is None else os.path.join(write_store, write_group))
+            _cleanup_after_failure(
+                write_store if group is None else os.path.join(write_store, write_group)
+            )
         raise
     logger.info("reconstruction written to %s (relative error %s)", final, out.relative_error)
     return out
@@ -359,6 +361,28 @@ def reconstruct(
 
 def _cleanup(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _cleanup_after_failure(path: str, settle: float = 1.0) -> None:
+    """Remove a failed write's temporary path, also what tasks still in flight write late.
+
+    When one task fails, the scheduler reports it at once while other threads / workers may
+    still finish their current chunk write, recreating files under the temporary path; keep
+    removing until the path has stayed absent for ``settle`` seconds.
+    """
+    import time
+
+    deadline = time.monotonic() + 30
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            _cleanup(path)
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= settle:
+            return
+        time.sleep(0.05)
 
 
 def _move_into_place(
