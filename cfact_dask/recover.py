@@ -52,6 +52,7 @@ References
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import warnings
@@ -235,12 +236,12 @@ class _Blocks:
     def persist(self, objs: list[Any]) -> list[Any]:
         if self.client is not None:
             return list(self.client.persist(objs))
-        return list(dask.persist(*objs))
+        return list(_dpersist(*objs))
 
     def compute(self, obj: Any) -> Any:
         if self.client is not None:
             return self.client.gather(self.client.compute(obj))
-        return dask.compute(obj)[0]
+        return _dcompute(obj)[0]
 
     def to_array(self, parts: Sequence[Any], r: int, dtype: Any = np.float64) -> da.Array:
         arrs = [
@@ -250,7 +251,7 @@ class _Blocks:
         W = da.concatenate(arrs, axis=0) if len(arrs) > 1 else arrs[0]
         if self.client is not None:
             return self.client.persist(W)
-        return W.persist()
+        return _dpersist(W)[0]
 
 
 def _tree_sum(parts: list[Any], split_every: int = 8) -> Any:
@@ -902,8 +903,8 @@ def _lstsq_data(
         out = client.persist(out)
         num, den = client.gather(client.compute([out[:, r].sum(), out[:, r + 1].sum()]))
     else:
-        out = out.persist()
-        num, den = dask.compute(out[:, r].sum(), out[:, r + 1].sum())
+        (out,) = _dpersist(out)
+        num, den = _dcompute(out[:, r].sum(), out[:, r + 1].sum())
     W = out[:, :r]
     if chunks is not None:
         W = W.rechunk((chunks, r))
@@ -974,7 +975,7 @@ def holdout_error(
         if c is not None:
             QW, QM = c.gather(c.compute([QW, da.asarray(QM)]))
         else:
-            QW, QM = dask.compute(QW, QM)
+            QW, QM = _dcompute(QW, QM)
     QM = np.asarray(QM, dtype=np.float64)
     QW = np.asarray(QW, dtype=np.float64)
     den = float(np.linalg.norm(QM))
@@ -1003,7 +1004,7 @@ def _holdout_inputs(
             f"the held-out operator covers {Qop.n_features} features but W has {n} rows"
         )
     if hasattr(QM, "compute"):
-        QM = client.gather(client.compute(QM)) if client is not None else QM.compute()
+        QM = client.gather(client.compute(QM)) if client is not None else _dcompute(QM)[0]
     QM = np.asarray(QM, dtype=np.float64)
     if QM.shape != (Qop.n_components, H.shape[1]):
         raise InputError(
@@ -1258,7 +1259,7 @@ def recover(
         todo = [(Wabs > 1e-9 * mx).sum(axis=0), (Wabs > _SIGNIFICANT * mx).sum(axis=0)]
         if method != "lstsq-data" and PW is None:
             todo.append(operator.matvec(W))
-        got = c.gather(c.compute(todo)) if c is not None else dask.compute(*todo)
+        got = c.gather(c.compute(todo)) if c is not None else _dcompute(*todo)
         if sizes is None:
             sizes = np.asarray(got[0])
         eff = np.asarray(got[1])
@@ -1280,10 +1281,33 @@ def recover(
     )
 
 
+#: the scheduler of an in-process recovery; a context variable, not ``dask.config``, because
+#: dask.config.set is process-global and concurrent recoveries in threads would race on it
+_LOCAL_SCHEDULER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "cfact_recover_scheduler", default=None
+)
+
+
 @contextlib.contextmanager
 def _local_threads() -> Any:
-    with dask.config.set(scheduler="threads"):
+    token = _LOCAL_SCHEDULER.set("threads")
+    try:
         yield None
+    finally:
+        _LOCAL_SCHEDULER.reset(token)
+
+
+def _sched() -> dict[str, Any]:
+    s = _LOCAL_SCHEDULER.get()
+    return {"scheduler": s} if s else {}
+
+
+def _dpersist(*objs: Any) -> tuple[Any, ...]:
+    return dask.persist(*objs, **_sched())
+
+
+def _dcompute(*objs: Any) -> tuple[Any, ...]:
+    return dask.compute(*objs, **_sched())
 
 
 def _fmt(x: float | None) -> str:
