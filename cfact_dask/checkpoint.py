@@ -13,7 +13,6 @@ committed state readable. Resuming with different parameters is refused (:class:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ._jsonattrs import to_json
 from .errors import ConfigError, ResumeError
 
 __all__ = ["Checkpoint", "CheckpointState", "as_checkpoint"]
@@ -37,19 +37,7 @@ class CheckpointState:
 
 
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(params), default=_default, sort_keys=True))
-
-
-def _default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return {"ndarray": list(o.shape), "sum": float(np.asarray(o, float).sum())}
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    return repr(o)
+    return to_json(dict(params), arrays="summary", sort_keys=True)
 
 
 class Checkpoint:

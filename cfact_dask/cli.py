@@ -70,13 +70,9 @@ class Session:
 
 
 def _json_default(o: Any) -> Any:
-    import numpy as np
+    from ._jsonattrs import json_default
 
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    return json_default(o)
 
 
 def with_session(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -35,6 +35,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from ._jsonattrs import to_json
 from ._random import SeedLike, generator, normalize_seed
 from .checkpoint import as_checkpoint
 from .cluster import client_context
@@ -180,10 +181,7 @@ class CPResult:
 
 
 def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
-    import json
-
-    return json.loads(json.dumps(dict(d), default=lambda o: o.tolist() if hasattr(o, "tolist")
-                                 else repr(o)))
+    return to_json(dict(d))
 
 
 # ---------------------------------------------------------------------- MTTKRP

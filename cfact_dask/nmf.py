@@ -30,6 +30,7 @@ import dask.array as da
 import numpy as np
 
 from . import config
+from ._jsonattrs import to_json
 from ._random import SeedLike, normalize_seed
 from .als import (
     ALSOutcome,
@@ -191,18 +192,7 @@ class NMFResult:
 
 
 def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
-    import json
-
-    def default(o: Any) -> Any:
-        if isinstance(o, np.integer):
-            return int(o)
-        if isinstance(o, np.floating):
-            return float(o)
-        if isinstance(o, np.ndarray):
-            return o.tolist() if o.size <= 64 else f"<array {o.shape}>"
-        return repr(o)
-
-    return json.loads(json.dumps(dict(d), default=default))
+    return to_json(dict(d), arrays="summary")
 
 
 # ---------------------------------------------------------------------- input handling

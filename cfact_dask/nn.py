@@ -35,6 +35,7 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
+from ._jsonattrs import to_json
 from ._random import SeedLike
 from .cluster import client_context, compute
 from .errors import ConfigError, InputError, StoreExistsError, StoreNotFoundError
@@ -541,18 +542,7 @@ def load_factors(store: str | os.PathLike, *, lazy: bool = False) -> LowRankFact
 
 
 def _jsonable(d: Any) -> Any:
-    import json
-
-    def default(o: Any) -> Any:
-        if isinstance(o, np.integer):
-            return int(o)
-        if isinstance(o, np.floating):
-            return float(o)
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        return repr(o)
-
-    return json.loads(json.dumps(d, default=default))
+    return to_json(d)
 
 
 # ====================================================================== PyTorch modules

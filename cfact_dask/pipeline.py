@@ -36,6 +36,7 @@ from typing import Any
 import dask
 import numpy as np
 
+from ._jsonattrs import to_json
 from ._random import normalize_seed
 from ._version import __version__
 from .cluster import client_context
@@ -218,16 +219,7 @@ def _stage(rs: _RunStore, stage: str) -> Iterator[None]:
 
 
 def _json(x: Any) -> Any:
-    import json
-
-    def default(o: Any) -> Any:
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        return str(o)
-
-    return json.loads(json.dumps(x, default=default))
+    return to_json(x)
 
 
 # ---------------------------------------------------------------------------- stages
