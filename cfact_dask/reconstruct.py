@@ -236,38 +236,21 @@ def reconstruct(
     Wd = Wd.rechunk((f_chunks, Wd.shape[1]))
     Hd = Hd.rechunk((Hd.shape[0], s_chunks))
     transpose = fa == 1
-    if not transpose:
-        R = da.blockwise(
-            _product_block,
-            "ij",
-            Wd,
-            "ik",
-            Hd,
-            "kj",
-            dtype.str,
-            None,
-            False,
-            None,
-            concatenate=True,
-            dtype=dtype,
-            meta=np.empty((0, 0), dtype),
-        )
-    else:
-        R = da.blockwise(
-            _product_block,
-            "ji",
-            Wd,
-            "ik",
-            Hd,
-            "kj",
-            dtype.str,
-            None,
-            True,
-            None,
-            concatenate=True,
-            dtype=dtype,
-            meta=np.empty((0, 0), dtype),
-        )
+    R = da.blockwise(
+        _product_block,
+        "ji" if transpose else "ij",
+        Wd,
+        "ik",
+        Hd,
+        "kj",
+        dtype.str,
+        None,
+        transpose,
+        None,
+        concatenate=True,
+        dtype=dtype,
+        meta=np.empty((0, 0), dtype),
+    )
 
     stats_arr = None
     if compare_to is not None:
