@@ -122,17 +122,22 @@ def main() -> None:
     ap.add_argument("--memory-limit", default="2GiB")
     ap.add_argument("--data-dir", default=os.path.join(HERE, "data"))
     ap.add_argument("--keep-data", action="store_true")
+    ap.add_argument("--n", type=int, default=None, help="features (default: from --gb)")
+    ap.add_argument("--density", type=float, default=0.05,
+                    help="nonzeros per column of the planted W / n (the paper: 0.05)")
+    ap.add_argument("--out", default="bench_out_of_core", help="results file name")
     args = ap.parse_args()
 
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
 
     limit = parse_bytes(args.memory_limit)
-    n = int(args.gb * 2**30 / (4 * args.m))
+    n = args.n or int(args.gb * 2**30 / (4 * args.m))
     rows = max(1, int(args.chunk_mib * 2**20 / (4 * args.m)))
     tag = f"{args.gb:g}gb"
-    src = os.path.join(args.data_dir, f"ooc_{tag}.zarr")
-    out = os.path.join(args.data_dir, f"ooc_{tag}_run.zarr")
+    data_tag = tag if args.n is None and args.density == 0.05 else f"{n}x{args.m}_{args.density:g}"
+    src = os.path.join(args.data_dir, f"ooc_{data_tag}.zarr")
+    out = os.path.join(args.data_dir, f"ooc_{data_tag}_run.zarr")
     os.makedirs(args.data_dir, exist_ok=True)
     free = shutil.disk_usage(args.data_dir).free
     need = 2.3 * args.gb * 2**30
@@ -149,7 +154,8 @@ def main() -> None:
         t0 = time.perf_counter()
         generated = False
         if not os.path.exists(os.path.join(src, "zarr.json")):
-            planted_nmf_zarr(src, n, args.m, args.rank, density=0.05, noise=0.1, random_state=0,
+            planted_nmf_zarr(src, n, args.m, args.rank, density=args.density, noise=0.1,
+                             random_state=0,
                              chunks=(rows, args.m), client=client, progress=False,
                              overwrite=True)
             generated = True
@@ -201,7 +207,9 @@ def main() -> None:
         "spilled_to_disk_bytes": spilled,
         "report": report,
     }
-    path = write_results("bench_out_of_core" + ("" if args.gb == 16 else f"_{tag}"), payload)
+    name = args.out if args.out != "bench_out_of_core" else (
+        "bench_out_of_core" + ("" if args.gb == 16 else f"_{tag}"))
+    path = write_results(name, payload)
     print(f"{'stage':<12}{'seconds':>10}{'peak worker RSS':>18}")
     for name, s in stages.items():
         print(f"{name:<12}{s['seconds']:>10.1f}{gib(s['peak_rss_bytes']):>18}")

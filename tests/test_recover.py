@@ -254,3 +254,34 @@ def test_recovery_scales_without_dense_P(monkeypatch):
     # FISTA's relative-change test stops early when 1/L is tiny (L ~ n s^2 / d): near-exact only
     assert np.linalg.norm(Wh - W) / np.linalg.norm(W) < 0.02
     assert match_factors(W, Wh).mean_corr_W > 0.999
+
+
+def test_working_set_solves_the_same_lasso_and_scales():
+    """For n >> d the LASSO is solved on a working set; it must agree with FISTA on all n, and
+    recover a noiseless sparse W exactly at n = 200 000 in a few passes."""
+    import dask
+
+    from cfact_dask.operators import make_operator
+
+    rng = np.random.default_rng(7)
+    n, d, k, r = 3000, 120, 6, 3
+    op = make_operator("expander", d, n, seed=3)
+    W = np.zeros((n, r))
+    for j in range(r):
+        W[rng.choice(n, k, replace=False), j] = np.abs(rng.standard_normal(k)) + 0.2
+    Wt = op.matvec(W).compute() + 0.01 * rng.standard_normal((d, r))
+    got = {}
+    for name, ratio in (("fista", None), ("working-set", 1)):
+        with dask.config.set({"cfact.recover.working-set-ratio": ratio}):
+            rec = cf.recover(Wt, op, "nnlasso", lam=0.05, debias=False, max_iter=5000, tol=1e-9)
+        got[name] = rec.W.compute()
+    np.testing.assert_allclose(got["working-set"], got["fista"], atol=2e-4)
+
+    n, d = 200_000, 300
+    op = make_operator("expander", d, n, seed=1)
+    W = np.zeros((n, r))
+    for j in range(r):
+        W[rng.choice(n, 10, replace=False), j] = np.abs(rng.standard_normal(10)) + 0.1
+    rec = cf.recover(op.matvec(W).compute(), op, "nnlasso")
+    np.testing.assert_allclose(rec.W.compute(), W, atol=1e-9)
+    assert rec.certificate.ok and rec.n_iter_ < 50
