@@ -112,3 +112,22 @@ def test_results_outlive_the_embedded_cluster():
     assert u.compute().shape == (1200, 4)
     assert w.compute().shape == (1200, 4)
     assert np.isfinite(np.asarray(res.H)).all()
+
+
+def test_cli_factor_dgd_local(tmp_path):
+    """`cfact factor --method dgd-local --nodes 4 --topology ring` on a Zarr matrix."""
+    rng = np.random.default_rng(3)
+    Y = rng.standard_normal((30, 4)) @ rng.standard_normal((4, 80))
+    z = zarr.create_array(str(tmp_path / "y.zarr"), shape=Y.shape, chunks=(30, 20), dtype="f8")
+    z[...] = Y
+    out = str(tmp_path / "dgd.zarr")
+    r = CliRunner().invoke(cli, ["factor", str(tmp_path / "y.zarr"), "--method", "dgd-local",
+                                 "--nodes", "4", "--topology", "ring", "--rank", "4",
+                                 "--max-iter", "3000", "--out", out, "--quiet"])
+    assert r.exit_code == 0, r.output
+    g = zarr.open_group(out, mode="r")["factors"]
+    meta = g.attrs["cfact"]
+    assert meta["type"] == "dgd-result" and meta["topology"]["name"].startswith("ring")
+    assert np.asarray(meta["topology"]["weights"]).shape == (4, 4)
+    U, V = np.asarray(g["U"][...]), np.asarray(g["V"][...])
+    assert np.linalg.norm(U @ V.T - Y) / np.linalg.norm(Y) < 1e-3
