@@ -324,6 +324,18 @@ def _node_cost_with(Y_j: np.ndarray, U: np.ndarray, state: tuple[np.ndarray, Any
     return V_j, float(np.vdot(R, R))
 
 
+def _note_worker_loss(engine: Any) -> Any:
+    """Count and log a worker loss of a distributed engine; return its runtime."""
+    rt = engine.rt
+    assert isinstance(rt, _Remote)
+    dead = sorted(set(rt.node_worker) - set(rt.alive()))
+    engine.n_restarts += 1
+    logger.warning(
+        "worker(s) %s died; reassigning their nodes and replaying from iteration %d",
+        ", ".join(dead) or "?", engine.anchor_t)
+    return rt
+
+
 def _node_state_arrays(state: tuple[np.ndarray, Any]) -> tuple[np.ndarray, np.ndarray]:
     return state[0], state[1][0]
 
@@ -1446,13 +1458,7 @@ class _Engine:
         return [a[0] for a in self.anchor_states], [a[1] for a in self.anchor_states]
 
     def restore_after_loss(self) -> None:
-        rt = self.rt
-        assert isinstance(rt, _Remote)
-        dead = sorted(set(rt.node_worker) - set(rt.alive()))
-        self.n_restarts += 1
-        logger.warning(
-            "worker(s) %s died; reassigning their nodes and replaying from iteration %d",
-            ", ".join(dead) or "?", self.anchor_t)
+        rt = _note_worker_loss(self)
         self.pending = None
         rt.reload()
         self.init(self.anchor_states)
@@ -1690,13 +1696,7 @@ class _GroupEngine(_Engine):
         self.anchor_states = out
 
     def restore_after_loss(self) -> None:
-        rt = self.rt
-        assert isinstance(rt, _Remote)
-        dead = sorted(set(rt.node_worker) - set(rt.alive()))
-        self.n_restarts += 1
-        logger.warning(
-            "worker(s) %s died; reassigning their nodes and replaying from iteration %d",
-            ", ".join(dead) or "?", self.anchor_t)
+        rt = _note_worker_loss(self)
         self.pending_g = []
         self.current = None
         self._abort([self.tag])
