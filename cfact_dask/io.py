@@ -11,6 +11,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from . import config
 from .errors import ChunkError, InputError, StoreNotFoundError
 
 __all__ = ["InputArray", "open_array"]
@@ -205,11 +206,34 @@ class _CheckedZarr:
 
     def __getitem__(self, key: Any) -> Any:
         try:
+            whole = self._whole_chunk(key)
+            if whole is not None:
+                return _read_chunk(self.z, *whole)
             return self.z[key]
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - codecs and stores raise many types
             raise ChunkError(self._message(key, e)) from e
+
+    def _whole_chunk(self, key: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """The chunk coordinates and the block's shape when ``key`` selects exactly one whole (or edge) chunk of an
+        unsharded array and direct reads are on, else None (read through ``z[key]``)."""
+        if not _DIRECT_OK or getattr(self.z, "shards", None) is not None:
+            return None
+        if not config.get("io.direct-chunk-reads", True):
+            return None
+        if not isinstance(key, tuple) or len(key) != self.ndim:
+            return None
+        coords, shape = [], []
+        for k, n, c in zip(key, self.shape, self.z.chunks, strict=True):
+            if not isinstance(k, slice) or k.step not in (None, 1):
+                return None
+            start, stop = k.start or 0, n if k.stop is None else k.stop
+            if start % c or stop != min(start + c, n):
+                return None
+            coords.append(start // c)
+            shape.append(stop - start)
+        return tuple(coords), tuple(shape)
 
     def _message(self, key: Any, e: Exception) -> str:
         key = key if isinstance(key, tuple) else (key,)
@@ -237,6 +261,37 @@ class _CheckedZarr:
             f"could not read chunk {idx} (index [{', '.join(spans)}]) of {self.source}"
             f"{where}: {type(e).__name__}: {e}; {fix}"
         )
+
+
+try:  # zarr >= 3.1 internals for whole-chunk reads (see _read_chunk); fall back when absent
+    from zarr.core.buffer import default_buffer_prototype as _default_prototype
+    from zarr.core.sync import sync as _zarr_sync
+
+    _DIRECT_OK = True
+except ImportError:  # pragma: no cover - other zarr versions
+    _DIRECT_OK = False
+
+
+def _read_chunk(z: Any, coords: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Read one whole chunk: fetch its bytes and decode them, without zarr's output copy.
+
+    ``z[key]`` allocates the output, then decodes into a temporary and copies it over: three
+    chunk-sized buffers at once and a memcpy. Decoding the stored bytes directly peaks at the
+    compressed plus the decoded chunk and is about twice as fast on a warm page cache (see the
+    README's sketch benchmark). The result may be read-only; dask chunks are never written to.
+    Edge chunks are stored full-size and cut to the array's bounds here.
+    """
+    aa = z._async_array
+    proto = _default_prototype()
+    spec = aa.metadata.get_chunk_spec(coords, aa.config, prototype=proto)
+    buf = _zarr_sync((aa.store_path / aa.metadata.encode_chunk_key(coords)).get(prototype=proto))
+    if buf is None:  # never written: the fill value, as zarr reads it
+        return np.full(shape, z.fill_value, dtype=z.dtype)
+    (arr,) = _zarr_sync(aa.codec_pipeline.decode([(buf, spec)]))
+    out = arr.as_numpy_array()
+    if out.shape != shape:
+        out = out[tuple(slice(0, w) for w in shape)]
+    return out
 
 
 def _from_zarr_array(z: Any, source: str) -> InputArray:

@@ -159,6 +159,9 @@ def plan(
     p_hold = dh * tile * out_isz
     partial = (d + dh) * m_chunk * out_isz
     sketch_task = chunk_elems * inp.dtype.itemsize * 2 + p_cols + p_hold + partial * 2
+    # the tile cache is capped at a fraction of a chunk while sketching (operators._cache_limit)
+    frac = float(config.get("sketch.tile-cache-chunk-fraction", 0.6))
+    cache = min(cache, max(int(frac * chunk_elems * inp.dtype.itemsize), 8 * 2**20))
     sketch_worker = th * sketch_task + min(cache, (n * s * 12 if kind != "gaussian" else
                                                    d * n * out_isz) + dh * n * out_isz) \
         + split * partial

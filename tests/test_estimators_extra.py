@@ -89,7 +89,7 @@ def test_cp_estimator(rng):
     import tensorly as tl
 
     np.testing.assert_allclose(tl.cp_to_tensor(cpt), T, atol=1e-5)
-    comp = CompressedCP(rank=2, sketch_dim=6, sketch_mode=0, kind="gaussian", tol=1e-10,
+    comp = CompressedCP(rank=2, sketch_dim=6, sketch_mode=0, kind="gaussian", tol=1e-6,
                         max_iter=500, random_state=0).fit(T)
     assert comp.factors_[0].shape == (6, 2) and comp.operator_ is not None
 

@@ -89,7 +89,9 @@ def test_agrees_with_lstsq_data(planted, method):
     c = rec.certificate
     assert c.ok and not c.messages
     true_err = np.linalg.norm(p.M - Wh @ p.H) / np.linalg.norm(p.M)
-    assert c.holdout_error == pytest.approx(true_err, rel=0.25)
+    # a Gaussian hold-out of 40 rows: (est / true)² ~ χ²₄₀ / 40, whose 0.1 % and 99.9 %
+    # quantiles give est / true in [0.67, 1.35]
+    assert c.holdout_error == pytest.approx(true_err, rel=0.35)
     assert c.holdout_error < 1.3 * c.holdout_baseline
 
 

@@ -1,0 +1,191 @@
+"""The dense (Gaussian) operator's generator and cache, the row-major sketch graph, and the direct
+whole-chunk Zarr reads that keep the sketch pass within its memory budget."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from scipy import stats
+
+import cfact_dask as cf
+from cfact_dask import io, operators
+from cfact_dask.operators import make_operator, project
+
+
+# ------------------------------------------------------------------ the Gaussian generator
+def test_gaussian_tile_is_normal():
+    """Box–Muller float32 entries: N(0, 1/d) by a KS test, independent of their neighbours."""
+    d = 256
+    P = make_operator("gaussian", d, 8192, seed=11).to_dense(np.float32)
+    z = P.ravel().astype(np.float64) * np.sqrt(d)
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    assert abs(stats.kurtosis(z)) < 0.02  # excess kurtosis of a normal is 0
+    # the cos / sin halves of each Box–Muller pair are uncorrelated
+    assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 5e-3
+    # the tiles are different streams
+    a, b = P[:, :4096].ravel(), P[:, 4096:].ravel()
+    assert abs(np.corrcoef(a, b)[0, 1]) < 5e-3
+
+
+def test_gaussian_same_p_for_float32_and_float64():
+    op = make_operator("gaussian", 16, 5000, seed=2)
+    p32 = op.to_dense(np.float32)
+    p64 = op.to_dense(np.float64)
+    np.testing.assert_array_equal(p32.astype(np.float64), p64)
+
+
+def test_dense_apply_block_independent_of_cache_state():
+    """Cached tiles are used first, but products are summed in tile order: bitwise the same."""
+    rng = np.random.default_rng(0)
+    op = make_operator("gaussian", 40, 5000, seed=3, tile_size=512)
+    block = rng.standard_normal((3000, 7)).astype(np.float32)
+    operators._TILES.clear()
+    cold = op.apply_block(block, 1234)
+    # warm only some of the tiles this block needs, in a scrambled order
+    for t in (7, 3, 5):
+        op.tile(t, np.float32)
+    warm = op.apply_block(block, 1234)
+    np.testing.assert_array_equal(cold, warm)
+    ref = op.to_dense(np.float64)[:, 1234:4234] @ block.astype(np.float64)
+    np.testing.assert_allclose(warm, ref, rtol=2e-4, atol=2e-4)
+
+
+# ------------------------------------------------------------------ the row-major graph
+def _count_tiles(monkeypatch):
+    calls: list[int] = []
+    make = operators._make_tile
+
+    def counting(op, t, dtype):
+        calls.append(t)
+        return make(op, t, dtype)
+
+    monkeypatch.setattr(operators, "_make_tile", counting)
+    operators._TILES.clear()
+    return calls
+
+
+def test_sample_chunks_of_a_row_reuse_tiles(monkeypatch):
+    """The sample chunks of one feature row are sketched back to back (in groups of up to
+    chunk bytes / split_every of partials), so with a cache of a chunk's worth of tiles each tile
+    of P is generated once per group of sample chunks, not once per sample chunk."""
+    monkeypatch.setattr(operators, "_CACHE_FLOOR", 0)
+    x = da.random.default_rng(1).standard_normal((8000, 400), chunks=(1000, 50)).astype(
+        np.float32)
+    calls = _count_tiles(monkeypatch)
+    n_tiles = 8000 // 64 + 1
+    with dask.config.set({"cfact.sketch.tile-cache-chunk-fraction": 1.0}):
+        sk = cf.sketch(x, 16, kind="gaussian", seed=0, tile_size=64)
+        got = sk.data.compute(scheduler="sync")
+        grouped = len(calls)
+        # 8 sample chunks of 16 x 50 x 4 bytes, groups up to 200 kB / 8: two groups
+        assert grouped <= 2 * (n_tiles + 8)
+        calls.clear()
+        operators._TILES.clear()
+        with dask.config.set({"cfact.sketch.group-bytes": 1}):  # one tree per sample chunk
+            again = cf.sketch(x, 16, kind="gaussian", seed=0, tile_size=64).data.compute(
+                scheduler="sync")
+    assert len(calls) >= 3 * grouped  # column-major order: regenerated per sample chunk
+    np.testing.assert_array_equal(got, again)
+    ref = make_operator("gaussian", 16, 8000, seed=0, tile_size=64).to_dense() @ x.compute()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
+def test_grouped_graph_matches_ungrouped_bitwise():
+    x = da.random.default_rng(2).standard_normal((3000, 900), chunks=(500, (100, 300, 200, 300)))
+    op = make_operator("gaussian", 30, 3000, seed=5, tile_size=256)
+    grouped = project(x, op)
+    with dask.config.set({"cfact.sketch.group-bytes": 1}):
+        single = project(x, op)
+    assert len(grouped.dask) < len(single.dask) + 20  # grouping adds rows, not a blow-up
+    assert any("-row" in str(k[0]) for k in grouped.dask if isinstance(k, tuple))
+    assert not any("-row" in str(k[0]) for k in single.dask if isinstance(k, tuple))
+    a, b = grouped.compute(scheduler="threads"), single.compute(scheduler="sync")
+    assert grouped.chunks == single.chunks
+    np.testing.assert_array_equal(a, b)
+
+
+def test_group_size_bounded_by_chunk_bytes():
+    # d x group columns x itemsize stays below chunk bytes / split_every
+    chunks = ((1000,) * 4, (50,) * 40)
+    g = operators._sample_groups(chunks, 0, 16 * 4, 1000 * 50 * 4 // 8)
+    assert g is not None
+    axis, groups = g
+    assert axis == 1 and [j for r in groups for j in r] == list(range(40))
+    assert all(len(r) * 50 * 16 * 4 <= 1000 * 50 * 4 // 8 for r in groups)
+    assert max(len(r) for r in groups) == 7
+    # nothing to group with one sample chunk, or with two split non-feature axes
+    assert operators._sample_groups(((10, 10), (5,)), 0, 8, 10**6) is None
+    assert operators._sample_groups(((10, 10), (5, 5), (3, 3)), 0, 8, 10**6) is None
+
+
+# ------------------------------------------------------------------ direct chunk reads
+@pytest.fixture(params=[3, 2], ids=["zarr-v3", "zarr-v2"])
+def store(request, tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((250, 130)).astype(np.float32)
+    p = tmp_path / "x.zarr"
+    z = zarr.create_array(p, shape=data.shape, chunks=(100, 50), dtype="f4",
+                          zarr_format=request.param, fill_value=-7.0)
+    z[:] = data
+    # one chunk never written (reads as the fill value)
+    z[100:200, 50:100] = -7.0
+    data[100:200, 50:100] = -7.0
+    return p, data
+
+
+def test_direct_reads_equal_zarr_reads(store):
+    p, data = store
+    inp = cf.open_array(str(p))
+    z = zarr.open_array(p, mode="r")
+    chk = io._CheckedZarr(z, str(p))
+    for i in range(3):
+        for j in range(3):
+            key = (slice(i * 100, min(i * 100 + 100, 250)), slice(j * 50, min(j * 50 + 50, 130)))
+            assert chk._whole_chunk(key) is not None  # edge chunks too
+            np.testing.assert_array_equal(chk[key], data[key])
+    # unaligned selections go through zarr
+    assert chk._whole_chunk((slice(10, 110), slice(0, 50))) is None
+    np.testing.assert_array_equal(chk[10:110, 0:50], data[10:110, 0:50])
+    np.testing.assert_array_equal(inp.data.compute(), data)
+    with dask.config.set({"cfact.io.direct-chunk-reads": False}):
+        assert chk._whole_chunk((slice(0, 100), slice(0, 50))) is None
+
+
+def test_direct_read_peak_memory(tmp_path):
+    """Decoding the stored bytes without zarr's output copy: compressed + decoded at most."""
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((4000, 1000)).astype(np.float32)  # 16 MB, incompressible
+    p = tmp_path / "big.zarr"
+    z = zarr.create_array(p, shape=data.shape, chunks=data.shape, dtype="f4")
+    z[:] = data
+    z = zarr.open_array(p, mode="r")
+    chk = io._CheckedZarr(z, str(p))
+    key = (slice(0, 4000), slice(0, 1000))
+    chk[key]  # warm imports and codec objects
+    tracemalloc.start()
+    out = chk[key]
+    _, direct = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    tracemalloc.start()
+    out2 = z[key]
+    _, plain = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.testing.assert_array_equal(out, out2)
+    assert direct <= 2.2 * data.nbytes
+    assert direct < plain - 0.5 * data.nbytes
+
+
+def test_direct_read_of_corrupt_chunk_names_it(tmp_path):
+    p = tmp_path / "c.zarr"
+    z = zarr.create_array(p, shape=(20, 20), chunks=(10, 10), dtype="f8")
+    z[:] = 1.0
+    (p / "c" / "1" / "0").write_bytes(b"garbage")
+    from cfact_dask.errors import ChunkError
+
+    with pytest.raises(ChunkError, match=r"chunk \(1, 0\).*c/1/0"):
+        cf.open_array(str(p)).data.compute(scheduler="sync")
