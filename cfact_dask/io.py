@@ -216,8 +216,9 @@ class _CheckedZarr:
             raise ChunkError(self._message(key, e)) from e
 
     def _whole_chunk(self, key: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-        """The chunk coordinates and the block's shape when ``key`` selects exactly one whole (or edge) chunk of an
-        unsharded array and direct reads are on, else None (read through ``z[key]``)."""
+        """The chunk coordinates and the block's shape when ``key`` selects exactly one whole
+        (or edge) chunk of an unsharded array and direct reads are on, else None (read through
+        ``z[key]``)."""
         if not _DIRECT_OK or getattr(self.z, "shards", None) is not None:
             return None
         if not config.get("io.direct-chunk-reads", True):
