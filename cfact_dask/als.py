@@ -109,6 +109,7 @@ class ALSSpec:
     l1_H: float = 0.0
     l2_H: float = 0.0
     inner_iter: int = 10
+    hals_sweeps: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -186,7 +187,9 @@ def _update_rows(F: np.ndarray, C: np.ndarray, G: np.ndarray, spec: ALSSpec, sid
         return _ls_rows(F, C, G, l2)
     if spec.solver == "anls":
         return _apg_rows(F, C, G, l1, l2, nonneg, spec.inner_iter)
-    return _hals_rows(F, C, G, l1, l2, nonneg)
+    for _ in range(max(1, spec.hals_sweeps)):
+        F = _hals_rows(F, C, G, l1, l2, nonneg)
+    return F
 
 
 def _map_update(F: Array, C: Array, G: Array, spec: ALSSpec, side: str) -> Array:

@@ -404,6 +404,7 @@ def nmf(
     verbose: bool = False,
     feature_axis: int | str | None = None,
     inner_iter: int = 10,
+    hals_sweeps: int = 5,
     persist_data: bool | None = None,
     client: Any = None,
 ) -> NMFResult:
@@ -468,6 +469,13 @@ def nmf(
         The features axis of a raw input (default: the input's own, 0).
     inner_iter : int
         Inner steps of the ``anls`` solver.
+    hals_sweeps : int
+        HALS sweeps over each factor per iteration (accelerated HALS, Gillis & Glineur 2012):
+        the sweeps reuse the same ``WᵀX`` / ``XHᵀ`` products, which cost ``p/r`` times a sweep,
+        so several sweeps per product reach the same error in fewer passes over ``X``
+        (measured on a 2 000 × 8 000 sketch: 5 sweeps, 115 iterations and 2.3× less time than
+        1 sweep's 298, at a slightly lower error). A fixed count, so results do not depend on
+        the chunking. 1 is scikit-learn's ``solver="cd"``.
     persist_data : bool, optional
         Keep ``X`` in (cluster) memory across iterations. Default: when ``X`` is at most
         ``cfact.als.persist-max-bytes``; otherwise every iteration reads each chunk once.
@@ -506,6 +514,8 @@ def nmf(
     """
     _check_options(rank, solver, init, n_init, max_iter, tol, l1_ratio, alpha_W, alpha_H,
                    beta_loss, negative, inner_iter)
+    if not isinstance(hals_sweeps, (int, np.integer)) or hals_sweeps < 1:
+        raise InputError(f"hals_sweeps must be an int >= 1, got {hals_sweeps!r}")
     prep = _prepare(X, feature_axis)
     p, m = prep.X.shape
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
@@ -524,7 +534,7 @@ def nmf(
         "init": init if isinstance(init, str) else "custom", "n_init": n_init,
         "l1_ratio": float(l1_ratio), "alpha_W": float(alpha_W), "alpha_H": float(alpha_H),
         "beta_loss": beta_loss, "semi": bool(semi), "negative": negative,
-        "random_state": seed, "inner_iter": inner_iter,
+        "random_state": seed, "inner_iter": inner_iter, "hals_sweeps": int(hals_sweeps),
     }
     ckpt_params = dict(params)
     ckpt_params.update(shape=[p, m], dtype=str(prep.X.dtype), source=prep.source,
@@ -543,7 +553,7 @@ def nmf(
         solver=solver, nonneg_W=not semi,
         l1_W=float(alpha_W) * m * float(l1_ratio), l2_W=float(alpha_W) * m * (1 - float(l1_ratio)),
         l1_H=float(alpha_H) * p * float(l1_ratio), l2_H=float(alpha_H) * p * (1 - float(l1_ratio)),
-        inner_iter=int(inner_iter),
+        inner_iter=int(inner_iter), hals_sweeps=int(hals_sweeps),
     )
     lazy = isinstance(prep.X, da.Array)
     nbytes = int(prep.X.nbytes)
