@@ -169,36 +169,55 @@ class SketchOperator:
         dtype = _result_dtype(block.dtype)
         block = np.asarray(block, dtype=dtype)
         L = block.shape[axis]
+        if self.kind == "gaussian" and axis % block.ndim == block.ndim - 1 and block.ndim > 1 \
+                and block.flags.c_contiguous:
+            # the last axis of a C-ordered block: (rest × L) @ Pᵀ, no transposed copy of the block
+            flat_t = block.reshape(-1, L)
+            out_t = self._dense_products(flat_t, start, L, dtype, transposed=True)
+            return out_t.reshape(block.shape[:-1] + (self.n_components,))
         moved = np.moveaxis(block, axis, 0)
         rest = moved.shape[1:]
         flat = moved.reshape(L, -1)
         if self.kind == "gaussian":
-            # dense: one product per tile instead of stacking a d x L copy of P. Tiles still in
-            # the cache (left by the previous chunk of the same feature rows) go first, so a
-            # cache smaller than the row's tiles still hits; the products are summed in tile
-            # order, so the result does not depend on what was cached.
-            T = self.tile_size
-            spans = []
-            for t in range(start // T, -(-(start + L) // T)):
-                lo, hi = max(start - t * T, 0), min(start + L - t * T, T)
-                if hi > lo:
-                    spans.append((t, lo, hi, t * T + lo - start))
-            dt = np.dtype(dtype).str
-            cached = [sp_ for sp_ in spans if _TILES.has((self, sp_[0], dt))]
-            prods = {}
-            for t, lo, hi, r0 in cached + [sp_ for sp_ in spans if sp_ not in cached]:
-                prods[t] = self.tile(t, dtype)[:, lo:hi] @ flat[r0 : r0 + hi - lo]
-            if not prods:
-                out = np.zeros((self.n_components, flat.shape[1]), dtype=dtype)
-            else:
-                ts = sorted(prods)
-                out = prods.pop(ts[0])
-                for t in ts[1:]:
-                    out += prods.pop(t)
+            out = self._dense_products(flat, start, L, dtype)
         else:
             out = np.asarray(self.columns(start, start + L, dtype) @ flat, dtype=dtype)
         out = out.reshape((self.n_components,) + rest)
         return np.moveaxis(out, 0, axis)
+
+    def _dense_products(self, flat: np.ndarray, start: int, L: int, dtype: Any,
+                        transposed: bool = False) -> np.ndarray:
+        """``P[:, start:start+L] @ flat`` (or ``flat @ P[:, start:start+L]ᵀ`` when
+        ``transposed``): one product per tile instead of stacking a d × L copy of P.
+
+        Tiles still in the cache (left by the previous chunk of the same feature rows) go
+        first, so a cache smaller than the row's tiles still hits; the products are summed in
+        tile order, so the result does not depend on what was cached.
+        """
+        T = self.tile_size
+        spans = []
+        for t in range(start // T, -(-(start + L) // T)):
+            lo, hi = max(start - t * T, 0), min(start + L - t * T, T)
+            if hi > lo:
+                spans.append((t, lo, hi, t * T + lo - start))
+        dt = np.dtype(dtype).str
+        cached = [sp_ for sp_ in spans if _TILES.has((self, sp_[0], dt))]
+        prods = {}
+        for t, lo, hi, r0 in cached + [sp_ for sp_ in spans if sp_ not in cached]:
+            tile = self.tile(t, dtype)[:, lo:hi]
+            if transposed:
+                prods[t] = flat[:, r0 : r0 + hi - lo] @ tile.T
+            else:
+                prods[t] = tile @ flat[r0 : r0 + hi - lo]
+        if not prods:
+            shape = (flat.shape[0], self.n_components) if transposed else (
+                self.n_components, flat.shape[1])
+            return np.zeros(shape, dtype=dtype)
+        ts = sorted(prods)
+        out = prods.pop(ts[0])
+        for t in ts[1:]:
+            out += prods.pop(t)
+        return out
 
     def matvec(self, W: Any, *, offset: int = 0) -> da.Array:
         """``P W`` for an n × r (or n-long) operand, blockwise along W's row chunks.

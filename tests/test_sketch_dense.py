@@ -189,3 +189,22 @@ def test_direct_read_of_corrupt_chunk_names_it(tmp_path):
 
     with pytest.raises(ChunkError, match=r"chunk \(1, 0\).*c/1/0"):
         cf.open_array(str(p)).data.compute(scheduler="sync")
+
+
+def test_dense_last_axis_without_transposed_copy():
+    """Sketching the last axis of a C-ordered block multiplies by Pᵀ on the right (no copy of
+    the block); it agrees with the generic path (an F-ordered block) to rounding."""
+    rng = np.random.default_rng(3)
+    op = make_operator("gaussian", 12, 900, seed=1, tile_size=128)
+    block = rng.standard_normal((40, 700))
+    fast = op.apply_block(block, 150, axis=1)
+    generic = op.apply_block(np.asfortranarray(block), 150, axis=1)
+    ref = block @ op.to_dense()[:, 150:850].T
+    assert fast.shape == (40, 12)
+    np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(generic, ref, rtol=1e-12, atol=1e-12)
+    # 3-way tensor, last mode
+    T = rng.standard_normal((3, 4, 900)).astype(np.float32)
+    got = op.apply_block(T, 0, axis=2)
+    np.testing.assert_allclose(got, np.einsum("abn,dn->abd", T, op.to_dense()), rtol=1e-4,
+                               atol=1e-4)
