@@ -569,7 +569,10 @@ def nmf(
             # a small matrix (the usual sketch): iterate in memory, where an iteration costs
             # microseconds instead of a scheduler round trip; same update code
             (Xd,) = backend.compute(Xd)
-            Xd = np.asarray(Xd, dtype=np.float64)
+            # a fresh C-ordered copy: an array gathered from the workers is a view on the
+            # received frames, and every W^T X / X H^T on it ran 2x slower (measured: 23 vs
+            # 12 ms for a 2 000 x 8 000 sketch); the copy costs one of those products
+            Xd = np.array(Xd, dtype=np.float64, order="C", copy=True)
             lazy = False
         if lazy:
             Xd = Xd.astype(np.float64) if Xd.dtype != np.float64 else Xd
