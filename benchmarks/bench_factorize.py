@@ -1,14 +1,22 @@
 """Benchmark (a): compressed NMF (expander sketch, d = 10 % of n) vs scikit-learn NMF in memory.
 
-Planted sparse NMF data as in Sharan et al. 2019 (PAPERS.md §1): W (n × r) with 5 % nonzeros
-|N(0,1)|, H = |N(0,1)| rows scaled to unit norm, Gaussian noise with ‖E‖ = 0.1 ‖WH‖. Stored in Zarr
-(float64, chunks n × 1000 samples, zstd default codec), features on axis 0.
+Planted sparse NMF data as in Sharan et al. 2019 (PAPERS.md §1): W (n × r) with a fraction
+``--density`` of nonzeros |N(0,1)| per column, H = |N(0,1)| rows scaled to unit norm, Gaussian
+noise with ‖E‖ = 0.1 ‖WH‖. Stored in Zarr (float64, chunks n × 1000 samples, zstd default codec),
+features on axis 0.
 
-A = cfact_dask: one-pass expander sketch (d = n/10) of the Zarr store, NMF (HALS) of the
-sketch, then
-W recovered with ``cfact_dask.recover.recover(method="lstsq-data")`` when available, else by the
-exact nonnegative least-squares refit (one extra pass). Its error is measured against the noisy
-data, blockwise.
+The paper's experiment compresses 5× (d = 400 of n = 2 000) with k = 5 % nonzeros, i.e.
+d ≈ 1.33 k log(n/k); the issue asks for 10× compression. The default density 2 % keeps that
+ratio at 10× (n = 20 000, d = 2 000, k = 400: d ≈ 1.28 k log(n/k)), the regime where W is
+recoverable from P W by sparse recovery, which is the method. ``--density 0.05`` is beyond it:
+there the pipeline's ``recover="auto"`` sees the hold-out certificate fail and falls back to an
+exact pass over the data (``lstsq-data``).
+
+A = cfact_dask on a 2-worker LocalCluster (started before, not timed), the public pipeline ``factorize_recover(store, r, sketch=d, recover=...)``:
+one pass computing the expander sketch and its Gaussian hold-out sketch, NMF (accelerated HALS)
+of the sketch, then sparse recovery of W (``--recover auto``: nonnegative LASSO, λ from the
+hold-out, with the exact-pass fallback). Its error is measured against the noisy data,
+blockwise (not timed).
 B = ``sklearn.decomposition.NMF(init="nndsvda", solver="cd")`` on the matrix loaded in memory
 (the load is timed separately and not counted).
 
@@ -18,6 +26,7 @@ and writes JSON to ``benchmarks/results/``.
 
     python benchmarks/bench_factorize.py --small          # ~64 MB, a minute
     python benchmarks/bench_factorize.py                  # >= 1 GB (n=20000, m=8000)
+    python benchmarks/bench_factorize.py --density 0.05   # beyond sparse recovery at 10x
 """
 
 from __future__ import annotations
@@ -66,7 +75,8 @@ class PeakRSS:
         self._t.join()
 
 
-def make_store(path: str, n: int, m: int, r: int, seed: int, chunk_m: int) -> None:
+def make_store(path: str, n: int, m: int, r: int, seed: int, chunk_m: int,
+               density: float) -> None:
     import zarr
 
     if os.path.exists(os.path.join(path, "zarr.json")):
@@ -74,7 +84,7 @@ def make_store(path: str, n: int, m: int, r: int, seed: int, chunk_m: int) -> No
         if z.shape == (n, m):
             return
     rng = np.random.default_rng(seed)
-    k = max(1, int(0.05 * n))
+    k = max(1, int(density * n))
     W = np.zeros((n, r))
     for j in range(r):
         W[rng.choice(n, k, replace=False), j] = np.abs(rng.standard_normal(k))
@@ -90,40 +100,31 @@ def make_store(path: str, n: int, m: int, r: int, seed: int, chunk_m: int) -> No
         z[:, j0:j1] = W @ H[:, j0:j1] + sd * rng.standard_normal((n, j1 - j0))
 
 
-def run_cfact(path: str, r: int, d: int, max_iter: int, tol: float) -> dict[str, Any]:
+def run_cfact(path: str, r: int, d: int, max_iter: int, tol: float, method: str,
+              client: Any = None) -> dict[str, Any]:
     import dask.array as da
 
     import cfact_dask as cf
-    from cfact_dask.als import ALSSpec, solve_factor
-    from cfact_dask.nmf import nmf
 
     t0 = time.perf_counter()
-    X = cf.open_array(path)
-    sk = cf.sketch(X, n_components=d, kind="expander", seed=0).persist()
-    t_sketch = time.perf_counter() - t0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", cf.ConvergenceWarning)
-        res = nmf(sk, r, max_iter=max_iter, tol=tol, random_state=0)
-    t_fact = time.perf_counter() - t0 - t_sketch
-    try:
-        from cfact_dask.recover import recover
-
-        out = recover(res, sk.operator, method="lstsq-data", data=X.data)
-        W = np.asarray(getattr(out, "W", out))
-        how = "recover(lstsq-data)"
-    except ImportError:
-        W = np.asarray(solve_factor(X.data, res.H, "W", ALSSpec(), n_iter=100))
-        how = "nonnegative least-squares refit (fallback)"
+        res = cf.factorize_recover(
+            path, r, sketch=dict(n_components=d, kind="expander", seed=0),
+            factor=dict(max_iter=max_iter, tol=tol, random_state=0),
+            recover=dict(method=method), client=client)
+        W = np.asarray(res.W)  # W is lazy: the recovery runs here
+        H = np.asarray(res.H)
     t_total = time.perf_counter() - t0
-    # error against the noisy data, blockwise (not timed)
-    Xd = X.data
-    H = res.H
-    diff = ((Xd - da.from_array(W, chunks=(Xd.chunks[0], r)) @ H) ** 2).sum()
-    e2, x2 = da.compute(diff, (Xd**2).sum())
-    return dict(time=t_total, time_sketch=t_sketch, time_factorize=t_fact,
-                time_recover=t_total - t_sketch - t_fact, n_iter=res.n_iter_,
-                sketch_error=res.reconstruction_err_, error=float(np.sqrt(e2 / x2)),
-                recover=how)
+    X = cf.open_array(path).data
+    diff = ((X - da.from_array(W, chunks=(X.chunks[0], r)) @ H) ** 2).sum()
+    e2, x2 = da.compute(diff, (X**2).sum())
+    rep = res.report["recover"] or {}
+    return dict(time=t_total, seconds={k: float(v) for k, v in res.report["seconds"].items()},
+                n_iter=int(res.factors.n_iter_), sketch_error=res.factors.reconstruction_err_,
+                error=float(np.sqrt(e2 / x2)), recover=rep.get("method"),
+                certificate_ok=rep.get("ok"),
+                estimated_error=rep.get("estimated_relative_error"))
 
 
 def run_sklearn(path: str, r: int, max_iter: int, tol: float) -> dict[str, Any]:
@@ -159,6 +160,10 @@ def main() -> None:
                     help="cfact's tol (criterion: relative decrease of the error; its default)")
     ap.add_argument("--sklearn-tol", type=float, default=1e-4,
                     help="scikit-learn's tol (its own criterion and default)")
+    ap.add_argument("--density", type=float, default=0.02,
+                    help="nonzeros per column of W (0.02: the paper's d / k log(n/k) at 10x)")
+    ap.add_argument("--recover", default="auto",
+                    help="recovery method of the pipeline (auto | nnlasso | lstsq-data ...)")
     ap.add_argument("--store", default=None, help="where to keep the data (default /tmp)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args()
@@ -167,8 +172,9 @@ def main() -> None:
     m = args.m or (2000 if args.small else 8000)
     repeats = args.repeats or (2 if args.small else 1)
     d = n // 10
-    store = args.store or f"/tmp/cfact_bench_a_{n}x{m}.zarr"
-    make_store(store, n, m, args.rank, 0, chunk_m=1000 if m >= 4000 else 500)
+    store = args.store or f"/tmp/cfact_bench_a_{n}x{m}_{args.density:g}.zarr"
+    make_store(store, n, m, args.rank, 0, chunk_m=1000 if m >= 4000 else 500,
+               density=args.density)
     import dask
 
     dask.config.set({"cfact.progress": False})
@@ -176,10 +182,17 @@ def main() -> None:
     import zarr
 
     np.asarray(zarr.open_array(store, mode="r")[...]).sum()
+    # cfact runs on a LocalCluster started once (2 workers x 1 thread), as a user's job would
+    # on its cluster; its start-up is not timed (nor is scikit-learn's load of the data)
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           memory_limit="6GiB", dashboard_address=None)
+    client = Client(cluster)
     runs: dict[str, list[dict[str, Any]]] = {"cfact": [], "sklearn": []}
     for i in range(repeats):
         for name, fn in (("cfact", lambda: run_cfact(store, args.rank, d, args.max_iter,
-                                                     args.tol)),
+                                                     args.tol, args.recover, client)),
                          ("sklearn", lambda: run_sklearn(store, args.rank, args.max_iter,
                                                          args.sklearn_tol))):
             with PeakRSS() as mem:
@@ -188,6 +201,8 @@ def main() -> None:
             runs[name].append(out)
             logger.info("run %d %s: %s", i, name, {k: (round(v, 4) if isinstance(v, float) else v)
                                                    for k, v in out.items()})
+    client.close()
+    cluster.close()
     med = {k: statistics.median(r["time"] for r in v) for k, v in runs.items()}
     err = {k: statistics.median(r["error"] for r in v) for k, v in runs.items()}
     speedup = med["sklearn"] / med["cfact"]
@@ -198,8 +213,8 @@ def main() -> None:
 
     summary = dict(
         benchmark="a: compressed NMF vs sklearn NMF",
-        command="python benchmarks/bench_factorize.py" + (" --small" if args.small else ""),
-        n=n, m=m, rank=args.rank, d=d, data_bytes=n * m * 8, chunks=[n, 1000 if m >= 4000 else 500],
+        command="python " + " ".join(__import__("sys").argv),
+        n=n, m=m, rank=args.rank, d=d, density=args.density, recover=args.recover, data_bytes=n * m * 8, chunks=[n, 1000 if m >= 4000 else 500],
         codec="zarr v3 default (zstd)", cache="page cache warm for both (read once before)",
         speedup=speedup, error_ratio=err_ratio, median_time=med, median_error=err,
         peak_rss_bytes={k: max(r["peak_rss_bytes"] for r in v) for k, v in runs.items()},
@@ -209,7 +224,8 @@ def main() -> None:
         versions=dict(dask=_d.__version__, numpy=np.__version__, sklearn=sklearn.__version__),
     )
     os.makedirs(args.out, exist_ok=True)
-    fn = os.path.join(args.out, f"bench_factorize_a_{'small' if args.small else 'full'}.json")
+    fn = os.path.join(args.out, f"bench_factorize_a_{'small' if args.small else 'full'}"
+                      f"{'' if args.density == 0.02 else f'_density{args.density:g}'}.json")
     with open(fn, "w") as f:
         json.dump(summary, f, indent=2, default=float)
     logger.info("speedup (sklearn / cfact wall time): %.2fx  (target >= 10x)", speedup)
