@@ -280,9 +280,9 @@ def main() -> None:
                 print(f"\n(b) SVD rank {b['rank']} of {b['shape']} float32 ({gib(b['nbytes'])}), "
                       f"median of {args.repeats}, interleaved")
                 for name in b["times"]:
-                    print(f"  {name:50s} {median(b['times'][name]):7.2f}s  error "
-                          f"{b['errors'][name]:.5f}  peak worker RSS "
-                          f"{gib(b['peak_worker_rss'][name])}")
+                    er = f"{b['errors'][name]:.5f}" if name in b["errors"] else "   -   "
+                    print(f"  {name:50s} {median(b['times'][name]):7.2f}s  error {er}  "
+                          f"peak worker RSS {gib(b['peak_worker_rss'][name])}")
                 for name, rt in b["ratios"].items():
                     er = "" if rt["error"] is None else f"  error {rt['error']:.3f}x"
                     print(f"  ratio {name:44s} time {rt['time']:.2f}x{er}")

@@ -71,9 +71,10 @@ def _check(out: dict) -> None:
     assert match.mean_corr_W >= 0.99, figures
     assert match.mean_corr_H >= 0.99, figures
     assert out["err"] <= RATIO * out["ref"], figures
-    # the certificate's estimate tracks the true error (32 hold-out rows: relative spread of
-    # about sqrt(2 / 32) / 2 ~ 12 %; measured 1-12 % on seeds 0-4)
-    assert cert.holdout_error == pytest.approx(out["err"], rel=0.2), figures
+    # the certificate's estimate tracks the true error: with 32 Gaussian hold-out rows
+    # (est / true)² ~ χ²₃₂ / 32, so est / true has a spread of ~12 % and its 0.1 % / 99.9 %
+    # quantiles are 0.67 / 1.40 (measured on seeds 0-4: -17 % to +3 %)
+    assert cert.holdout_error == pytest.approx(out["err"], rel=0.35), figures
     assert cert.holdout_baseline <= cert.holdout_error
 
 
