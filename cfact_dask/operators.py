@@ -62,6 +62,10 @@ class SketchOperator:
         Nonzeros per column (sparse kinds; 1 for countsketch, 0 for gaussian).
     tile_size : int
         Columns generated together. Part of the spec: changing it changes ``P``.
+    generator : int
+        Version of the tile generator (part of the spec). 2: Gaussian tiles by float32
+        Box–Muller on SFC64; 1: float64 ziggurat on Philox (cfact_dask 0.1.0, assumed for specs
+        stored without this field). The sparse kinds are the same in both.
 
     Notes
     -----
@@ -76,6 +80,7 @@ class SketchOperator:
     s: int = 0
     tile_size: int = 4096
     spawn_key: tuple[int, ...] = field(default=())
+    generator: int = 2
 
     def __post_init__(self) -> None:
         if self.kind not in _KIND_CODE:
@@ -97,6 +102,11 @@ class SketchOperator:
             )
         if self.tile_size < 1:
             raise InputError(f"tile_size must be >= 1, got {self.tile_size}")
+        if self.generator not in (1, 2):
+            raise InputError(
+                f"unknown tile generator version {self.generator!r} (this cfact_dask knows 1 "
+                f"and 2); the sketch was made by a newer cfact_dask: upgrade to read it"
+            )
 
     # ------------------------------------------------------------------ basic properties
     @property
@@ -121,6 +131,8 @@ class SketchOperator:
     def from_dict(cls, d: dict[str, Any]) -> SketchOperator:
         d = dict(d)
         d["spawn_key"] = tuple(d.get("spawn_key", ()))
+        # specs written before the generator was versioned (cfact_dask 0.1.0) used version 1
+        d.setdefault("generator", 1)
         return cls(**d)
 
     def __dask_tokenize__(self) -> Any:
@@ -377,6 +389,13 @@ def _make_tile(op: SketchOperator, t: int, dtype: str) -> sp.csc_matrix | np.nda
     T = op.tile_size
     w = min(T, op.n_features - t * T)
     d = op.n_components
+    if op.kind == "gaussian" and op.generator == 1:
+        # version 1 (cfact_dask 0.1.0): float64 ziggurat draws from Philox, kept so that
+        # sketches stored by it are still read with the P they were made with
+        rng = generator(op.seed, *op.spawn_key, _KIND_CODE[op.kind], t)
+        out = (rng.standard_normal((d, w)) / math.sqrt(d)).astype(dtype)
+        out.setflags(write=False)
+        return out
     if op.kind == "gaussian":
         rng = generator(op.seed, *op.spawn_key, _KIND_CODE[op.kind], t, bit_generator="sfc64")
         # drawn in float32 whatever the requested dtype (so float32 and float64 data see the same
