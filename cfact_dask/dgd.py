@@ -531,7 +531,7 @@ class _Remote:
 
     def gather(self, futs: Any) -> Any:
         _wait_alive(self, futs)
-        return self.client.gather(futs)
+        return _gather_checked(self, futs)
 
 
 class _WorkerLost(Exception):
@@ -572,6 +572,24 @@ def _wait_alive(rt: _Remote, futs: Any, poll: float = 0.5) -> None:
             if _lost(rt):
                 raise _WorkerLost()
             f.result()
+
+
+def _gather_checked(rt: _Remote, futs: Any, poll: float = 0.5) -> Any:
+    """``client.gather(futs)`` for finished futures that cannot hang on a worker lost meanwhile.
+
+    A worker may die between its futures finishing and their results being fetched; distributed
+    then reschedules the lost keys and ``gather`` waits for their recomputation, which for a
+    workers-mode period waits for peers that have moved on (seen as a 300 s hang in CI). Fetch
+    with a bounded wait instead and turn a loss into :class:`_WorkerLost` (the run replays from
+    its last anchor).
+    """
+    client = rt.client
+    while True:
+        try:
+            return client.sync(client._gather, futs, callback_timeout=poll)
+        except TimeoutError:
+            if _lost(rt):
+                raise _WorkerLost() from None
 
 
 def _lost(rt: _Remote) -> bool:
@@ -1603,7 +1621,7 @@ class _GroupEngine(_Engine):
                 last_check = now
                 if _lost(rt):
                     raise _WorkerLost()
-        return rt.client.gather(flat)
+        return _gather_checked(rt, flat)
 
     def _absorb(self, reports: list[dict[str, Any]]) -> None:
         for rep in reports:

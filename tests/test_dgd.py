@@ -421,3 +421,33 @@ def test_cli_factor_dgd(tmp_path):
     assert r2.exit_code != 0 and "--overwrite" in r2.output
     r3 = CliRunner().invoke(factor_dgd, [str(tmp_path / "in.zarr"), "--rank", "99"])
     assert r3.exit_code != 0 and "rank=99" in r3.output
+
+
+def test_gather_of_a_result_whose_worker_died_does_not_hang():
+    """A worker dying after its task finished but before the client fetched the result makes
+    distributed reschedule the key; pinned to the dead worker it would never run again and a
+    plain ``client.gather`` would wait forever. The engine's gather turns it into a worker loss
+    (the run then replays from its anchor)."""
+    import time
+    from types import SimpleNamespace
+
+    from distributed import Client, LocalCluster
+
+    from cfact_dask.dgd import _gather_checked, _WorkerLost
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None, memory_limit="1GiB") as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        addr = sorted(client.scheduler_info()["workers"])[0]
+        fut = client.submit(np.ones, 3, workers=[addr], allow_other_workers=False, pure=False)
+        fut.result()
+        pid = client.run(os.getpid, workers=[addr])[addr]
+        rt = SimpleNamespace(client=client, node_worker=[addr], alive=lambda: list(
+            client.scheduler_info(n_workers=-1)["workers"]))
+        (got,) = _gather_checked(rt, [fut])
+        np.testing.assert_array_equal(got, np.ones(3))
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.perf_counter()
+        with pytest.raises(_WorkerLost):
+            _gather_checked(rt, [fut], poll=0.2)
+        assert time.perf_counter() - t0 < 60
