@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Hashable, Mapping
@@ -284,7 +285,10 @@ def _read_chunk(z: Any, coords: tuple[int, ...], shape: tuple[int, ...]) -> np.n
     """
     aa = z._async_array
     proto = _default_prototype()
-    spec = aa.metadata.get_chunk_spec(coords, aa.config, prototype=proto)
+    cfg = aa.config
+    if aa.metadata.zarr_format == 2:  # v2 stores its memory order in the metadata (as zarr reads)
+        cfg = dataclasses.replace(cfg, order=aa.metadata.order)
+    spec = aa.metadata.get_chunk_spec(coords, cfg, prototype=proto)
     buf = _zarr_sync((aa.store_path / aa.metadata.encode_chunk_key(coords)).get(prototype=proto))
     if buf is None:  # never written: the fill value, as zarr reads it
         return np.full(shape, z.fill_value, dtype=z.dtype)

@@ -124,13 +124,18 @@ def test_group_size_bounded_by_chunk_bytes():
 
 
 # ------------------------------------------------------------------ direct chunk reads
-@pytest.fixture(params=[3, 2], ids=["zarr-v3", "zarr-v2"])
+@pytest.fixture(params=["v3", "v2", "v2-order-F", "v3-transpose"])
 def store(request, tmp_path):
+    from zarr.codecs import BytesCodec, TransposeCodec
+
     rng = np.random.default_rng(0)
     data = rng.standard_normal((250, 130)).astype(np.float32)
     p = tmp_path / "x.zarr"
-    z = zarr.create_array(p, shape=data.shape, chunks=(100, 50), dtype="f4",
-                          zarr_format=request.param, fill_value=-7.0)
+    kw = {"v3": {}, "v2": {"zarr_format": 2}, "v2-order-F": {"zarr_format": 2, "order": "F"},
+          "v3-transpose": {"serializer": BytesCodec(),
+                           "filters": [TransposeCodec(order=(1, 0))]}}[request.param]
+    z = zarr.create_array(p, shape=data.shape, chunks=(100, 50), dtype="f4", fill_value=-7.0,
+                          **kw)
     z[:] = data
     # one chunk never written (reads as the fill value)
     z[100:200, 50:100] = -7.0
@@ -152,6 +157,12 @@ def test_direct_reads_equal_zarr_reads(store):
     assert chk._whole_chunk((slice(10, 110), slice(0, 50))) is None
     np.testing.assert_array_equal(chk[10:110, 0:50], data[10:110, 0:50])
     np.testing.assert_array_equal(inp.data.compute(), data)
+    # sketches of either axis of the (possibly F-ordered) chunks
+    for axis in (0, 1):
+        sk = cf.sketch(str(p), 20, kind="gaussian", seed=1, axis=axis)
+        P = sk.operator.to_dense()
+        ref = P @ data.astype(np.float64) if axis == 0 else data.astype(np.float64) @ P.T
+        np.testing.assert_allclose(sk.data.compute(), ref, rtol=1e-4, atol=1e-4)
     with dask.config.set({"cfact.io.direct-chunk-reads": False}):
         assert chk._whole_chunk((slice(0, 100), slice(0, 50))) is None
 
