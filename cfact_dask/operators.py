@@ -575,6 +575,13 @@ def project(
     """``x ×_axis P[:, offset:offset + x.shape[axis]]`` as a dask graph: one task per input chunk,
     then a fixed-order tree sum of the d-sized partials over the chunks along ``axis``.
 
+    When one other axis is split, the partials of consecutive chunks along it are concatenated
+    per feature row (groups of at most chunk bytes / ``split_every`` of partials, capped by
+    ``cfact.sketch.group-bytes``) before the tree sum, and the summed groups are cut back into
+    the output chunks: the scheduler then runs the chunks of a feature row back to back and they
+    reuse the cached tiles of ``P``. Elementwise the same additions in the same order, so the
+    result is bitwise that of one tree per output chunk.
+
     The graph depends only on the chunking, so the result is bitwise repeatable for a given
     chunking whatever the scheduler or number of workers.
     """
