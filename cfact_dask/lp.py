@@ -677,17 +677,8 @@ class _Solver:
                 out = self.reduce(_irls_kernel, V, p, delta)
             else:
                 out = self.reduce(_irls_subspace_kernel, Q, k, p, delta)
-            obj, d2, n2 = float(out[0]), float(out[1]), float(out[2])
-            hist.append(obj)
-            rel = math.sqrt(d2 / n2) if n2 > 0 else 0.0
-            if obj < best[0] or select == "final":
-                best = (obj, V, rel)
-            stop = self.notify(it, obj, V, t0)
-            if len(hist) > 1 and abs(hist[-2] - obj) <= tol * max(abs(hist[-2]), 1e-300):
-                converged = True
-                break
-            if stop:
-                converged = True
+            best, converged = self._record(it, out, V, t0, hist, best, select, tol)
+            if converged:
                 break
             if Q is None:
                 S = out[3:].reshape(self.D, self.D)
@@ -697,6 +688,23 @@ class _Solver:
         obj, V, rel = best
         return V, hist, rel, it, converged or max_iter == 0, None, {
             "objective": obj, "delta": delta, "update": update}
+
+    def _record(self, it: int, out: np.ndarray, V: np.ndarray, t0: float, hist: list[float],
+                best: tuple[float, np.ndarray, float], select: str, tol: float
+                ) -> tuple[tuple[float, np.ndarray, float], bool]:
+        """Book-keeping of one IRLS iteration from its reduced ``out = (objective, residual²,
+        norm², ...)``: history, best iterate (or the last, ``select="final"``), progress
+        callback; returns ``(best, stop)`` where ``stop`` is convergence (relative change of
+        the objective ≤ ``tol``) or the callback asking to stop."""
+        obj, r2, n2 = float(out[0]), float(out[1]), float(out[2])
+        hist.append(obj)
+        rel = math.sqrt(r2 / n2) if n2 > 0 else 0.0
+        if obj < best[0] or select == "final":
+            best = (obj, V, rel)
+        stop = self.notify(it, obj, V, t0)
+        if len(hist) > 1 and abs(hist[-2] - obj) <= tol * max(abs(hist[-2]), 1e-300):
+            return best, True
+        return best, bool(stop)
 
     # ------------------------------------------------------------------ IRLS (entrywise)
     def entrywise(self, max_iter: int, tol: float, rel_delta: float, init: Any, select: str):
@@ -716,17 +724,8 @@ class _Solver:
         for it in range(1, max_iter + 1):
             t0 = time.perf_counter()
             out = self.reduce(_entrywise_kernel, V, p, delta, n_inner)
-            obj, r2, n2 = float(out[0]), float(out[1]), float(out[2])
-            hist.append(obj)
-            rel = math.sqrt(r2 / n2) if n2 > 0 else 0.0
-            if obj < best[0] or select == "final":
-                best = (obj, V, rel)
-            stop = self.notify(it, obj, V, t0)
-            if len(hist) > 1 and abs(hist[-2] - obj) <= tol * max(abs(hist[-2]), 1e-300):
-                converged = True
-                break
-            if stop:
-                converged = True
+            best, converged = self._record(it, out, V, t0, hist, best, select, tol)
+            if converged:
                 break
             N = out[3 : 3 + D * k * k].reshape(D, k, k)
             b = out[3 + D * k * k :].reshape(D, k)
