@@ -24,7 +24,7 @@ def _run_nmf(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
         data, rank, solver=opts["solver"], init=opts["init"], n_init=opts["n_init"],
         max_iter=opts["max_iter"], tol=opts["tol"], semi=semi, negative=opts["negative"],
         random_state=opts["seed"], checkpoint=opts["checkpoint"], verbose=not opts["quiet"],
-        client=client,
+        randomized=opts.get("randomized", False), client=client,
     )
 
 
@@ -148,6 +148,9 @@ def _load(store: str, group: str | None, variable: str | None, feature_axis: int
 @click.option("--init", type=click.Choice(["nndsvda", "nndsvd", "random"]), default="nndsvda",
               show_default=True)
 @click.option("--n-init", default=1, show_default=True, type=int)
+@click.option("--randomized", is_flag=True,
+              help="nmf: randomized HALS, iterating on a rank-(r + 10) QB approximation of the "
+                   "data (3 passes, then no reads per iteration).")
 @click.option("--max-iter", default=None, type=int,
               help="Iterations at most (nmf: 500, dgd-local: 3000).")
 @click.option("--tol", default=None, type=float, help="Tolerance (nmf: 1e-6, dgd-local: 1e-10).")
@@ -169,7 +172,7 @@ def _load(store: str, group: str | None, variable: str | None, feature_axis: int
 @click.option("--quiet", "-q", is_flag=True, help="No per-iteration progress lines.")
 def factor(store: str, method: str, rank: int, out: str, out_group: str, group: str | None,
            variable: str | None, feature_axis: int, solver: str, init: str, n_init: int,
-           max_iter: int | None, tol: float | None, nodes: int, topology: str, semi: str, negative: str, seed: int,
+           randomized: bool, max_iter: int | None, tol: float | None, nodes: int, topology: str, semi: str, negative: str, seed: int,
            checkpoint_store: str | None, checkpoint_every: int, scheduler: str | None,
            scheduler_file: str | None, overwrite: bool, quiet: bool) -> None:
     """Factorize SKETCH_STORE (a sketch written by `cfact sketch`, or a raw matrix) and write the
@@ -183,7 +186,7 @@ def factor(store: str, method: str, rank: int, out: str, out_group: str, group: 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         data = _load(store, group, variable, feature_axis)
-        opts = dict(solver=solver, init=init, n_init=n_init,
+        opts = dict(solver=solver, init=init, n_init=n_init, randomized=randomized,
                     max_iter=500 if max_iter is None else max_iter,
                     tol=1e-6 if tol is None else tol, max_iter_given=max_iter is not None,
                     tol_given=tol is not None, nodes=nodes, topology=topology, semi=semi, negative=negative, seed=seed, quiet=quiet,

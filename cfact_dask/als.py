@@ -61,8 +61,10 @@ __all__ = [
     "ALSOutcome",
     "ALSSpec",
     "Backend",
+    "LowRank",
     "als_step",
     "objective",
+    "qb_decomposition",
     "random_factor",
     "randomized_svd",
     "run_als",
@@ -213,8 +215,9 @@ def als_step(X: Array, W: Array, H: Array, spec: ALSSpec, WtW: Array | None = No
 
     Parameters
     ----------
-    X : (p, m) array
-        The data, numpy or dask (any chunking).
+    X : (p, m) array or LowRank
+        The data, numpy or dask (any chunking), or its :class:`LowRank` QB approximation
+        (randomized HALS: the iteration then works on ``Q B``).
     W : (p, r) array
         Chunked along p like ``X``'s rows (dask) or numpy.
     H : (r, m) array
@@ -232,10 +235,11 @@ def als_step(X: Array, W: Array, H: Array, spec: ALSSpec, WtW: Array | None = No
     """
     if WtW is None:
         WtW = W.T @ W
-    WtX = W.T @ X
+    # X as its QB approximation: the products through the l-dimensional range, never p × m
+    WtX = (W.T @ X.Q) @ X.B if isinstance(X, LowRank) else W.T @ X
     H = _map_update(H, WtX, WtW, spec, "H")
     HHt = H @ H.T
-    XHt = X @ H.T
+    XHt = X.Q @ (X.B @ H.T) if isinstance(X, LowRank) else X @ H.T
     W = _map_update(W.T, XHt.T, HHt, spec, "W").T
     WtW = W.T @ W
     cross = (W * XHt).sum()
@@ -358,30 +362,78 @@ def random_factor(seed: int, key: tuple[int, ...], r: int, length: int,
     )
 
 
-# ---------------------------------------------------------------------- randomized SVD
-def randomized_svd(X: Array, k: int, seed: int, backend: Backend, oversample: int = 10
-                   ) -> tuple[Array, np.ndarray, Array]:
-    """Rank-``k`` randomized SVD ``X ≈ U diag(s) Vt`` with one power step (3 passes over X).
+# ---------------------------------------------------------------------- randomized SVD / QB
+@dataclass(frozen=True)
+class LowRank:
+    """A data matrix held as its randomized QB approximation ``X ≈ Q B``.
 
-    Only ``k × k`` / ``l × l`` matrices reach the client; ``U`` (p × k) stays chunked along p and
-    ``Vt`` (k × m) chunked along m.
+    ``Q`` (p × l) has orthonormal columns and is chunked along ``p`` like ``X``'s rows; ``B`` =
+    ``Qᵀ X`` (l × m) is chunked along ``m`` like ``X``'s columns (numpy for in-memory data).
+    :func:`als_step` takes it in place of ``X``: ``Wᵀ X ≈ (Wᵀ Q) B`` and ``X Hᵀ ≈ Q (B Hᵀ)``,
+    so an iteration costs ``O((p + m) l r)`` and reads nothing of ``X``.
     """
+
+    Q: Array
+    B: Array
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.Q.shape[0]), int(self.B.shape[1]))
+
+    @property
+    def rank(self) -> int:
+        return int(self.B.shape[0])
+
+
+def qb_decomposition(X: Array, ll: int, seed: int, backend: Backend, power_iter: int = 1
+                     ) -> LowRank:
+    """Randomized range finder (Halko, Martinsson & Tropp 2011): ``X ≈ Q Qᵀ X = Q B``.
+
+    ``Z = G X`` for an ``ll × p`` Gaussian ``G`` (chunking-invariant tiles keyed by ``seed``),
+    then ``power_iter`` times ``Q = orth(X Zᵀ)``, ``Z = Qᵀ X``: ``1 + 2·power_iter`` passes over
+    ``X``; each power step squares the decay of the spectrum the range sees. ``Q`` stays
+    chunked along ``p`` (a tall-skinny QR when ``X`` has several row chunks), ``B`` along ``m``;
+    both are persisted. No ``m``-sized object reaches the client.
+    """
+    if power_iter < 1:
+        raise ValueError(f"power_iter must be >= 1, got {power_iter}")
     p, m = X.shape
     lazy = isinstance(X, da.Array)
-    ll = min(k + oversample, p, m)
+    ll = min(int(ll), p, m)
     G = random_factor(seed, (_PURPOSE["range"],), ll, p, X.chunks[0] if lazy else None,
-                      absval=False)  # l × p
-    Z = G @ X  # l × m
-    (Z,) = backend.persist(Z)
-    B = X @ Z.T  # p × l  = X Xᵀ Gᵀ
-    if lazy:
-        B = B.rechunk({1: -1})
-        Q, _ = da.linalg.qr(B)
-    else:
-        Q, _ = np.linalg.qr(B)
-    Cq = Q.T @ X  # l × m
+                      absval=False)  # ll × p
+    Z = G @ X  # ll × m
+    Q: Array = None
+    for _ in range(power_iter):
+        (Z,) = backend.persist(Z)
+        Y = X @ Z.T  # p × ll
+        if lazy:
+            Y = Y.rechunk({1: -1})
+            Q, _ = da.linalg.qr(Y)
+        else:
+            Q, _ = np.linalg.qr(Y)
+        # Q before Qᵀ X: in one graph dask would keep every chunk of X read for X Zᵀ in memory
+        # until the QR is done (the whole matrix; spilled, when it is bigger than the cluster)
+        (Q,) = backend.persist(Q)
+        Z = Q.T @ X  # ll × m
+    Q, Z = backend.persist(Q, Z)
+    return LowRank(Q, Z)
+
+
+def randomized_svd(X: Array, k: int, seed: int, backend: Backend, oversample: int = 10,
+                   lowrank: LowRank | None = None) -> tuple[Array, np.ndarray, Array]:
+    """Rank-``k`` randomized SVD ``X ≈ U diag(s) Vt`` with one power step (3 passes over X).
+
+    ``lowrank``: a :func:`qb_decomposition` of ``X`` already at hand (of rank ≥ ``k``); then no
+    pass is made (with ``ll = k + oversample``, ``power_iter=1`` and the same ``seed`` it is the
+    very QB this function would compute). Only ``ll × ll`` matrices reach the client; ``U``
+    (p × k) stays chunked along p and ``Vt`` (k × m) chunked along m.
+    """
+    p, m = X.shape
+    if lowrank is None:
+        lowrank = qb_decomposition(X, min(k + oversample, p, m), seed, backend, power_iter=1)
+    Q, Cq = lowrank.Q, lowrank.B
     M = Cq @ Cq.T
-    Q, Cq, M = backend.persist(Q, Cq, M)
     (M,) = backend.compute(M)
     evals, evecs = np.linalg.eigh(np.asarray(M))
     order = np.argsort(evals)[::-1][:k]

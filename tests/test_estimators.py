@@ -52,7 +52,8 @@ def test_forwards_every_parameter(monkeypatch, rng):
     monkeypatch.setattr(pipeline, "factorize_recover", fake_pipeline)
     client = object()
     values = dict(n_components=3, sketch_dim=7, sketch_kind="gaussian", recover_method="omp",
-                  solver="anls", init="random", n_init=2, max_iter=11, tol=0.5, l1_ratio=0.25,
+                  solver="anls", init="random", n_init=2, max_iter=11, tol=0.5,
+                  randomized={"power_iter": 2}, l1_ratio=0.25,
                   alpha_W=0.1, alpha_H=0.2, semi=True, negative="clip", random_state=5,
                   verbose=True, client=client)
     assert set(values) == set(inspect.signature(CompressedNMF).parameters)
@@ -67,7 +68,8 @@ def test_forwards_every_parameter(monkeypatch, rng):
     assert kw["sketch"] == dict(n_components=7, kind="gaussian", seed=5)
     assert kw["recover"] == dict(method="omp")
     factor = kw["factor"]
-    for k in ("solver", "init", "n_init", "max_iter", "tol", "l1_ratio", "negative", "verbose"):
+    for k in ("solver", "init", "n_init", "max_iter", "tol", "randomized", "l1_ratio",
+              "negative", "verbose"):
         assert factor[k] == values[k], k
     assert factor["random_state"] == 5 and factor["method"] == "semi-nmf"  # semi=True
     # scikit-learn's alpha_W penalises the samples side = the core's H, alpha_H the components
@@ -79,8 +81,8 @@ def test_forwards_every_parameter(monkeypatch, rng):
     est = CompressedNMF(**dict(values, sketch_dim=None)).fit(X)
     kw = seen["nmf"]
     assert kw["rank"] == 3
-    for k in ("solver", "init", "n_init", "max_iter", "tol", "l1_ratio", "semi", "negative",
-              "verbose"):
+    for k in ("solver", "init", "n_init", "max_iter", "tol", "randomized", "l1_ratio", "semi",
+              "negative", "verbose"):
         assert kw[k] == values[k], k
     assert kw["client"] is client and kw["random_state"] == 5
     assert kw["alpha_H"] == 0.1 and kw["alpha_W"] == 0.2
