@@ -173,3 +173,78 @@ def test_bad_input(rng):
         svd(np.ones((4, 5, 6)), rank=1)
     with pytest.raises(InputError, match="passes"):
         svd(np.ones((40, 50)), rank=2, passes=3)
+
+
+# ---------------------------------------------------------------------- the single pass's finish
+@pytest.mark.parametrize("decades,tsqr", [(0, False), (4, False), (8, True)])
+def test_ill_conditioned_range_is_still_orthonormal(rng, monkeypatch, decades, tsqr):
+    """Singular values over 0, 4 and 8 decades. 4: the Gram of the range sketch has condition
+    ~1e8, its first basis is orthonormal only to ~1e-8 and the second round restores it.
+    8: beyond what the Gram resolves (~1e16), the tall-skinny QR takes over. Accurate in
+    all three."""
+    import importlib
+
+    svd_mod = importlib.import_module("cfact_dask.svd")
+
+    calls = []
+    orth = svd_mod._orth
+    monkeypatch.setattr(svd_mod, "_orth", lambda Y: calls.append(1) or orth(Y))
+    n, m, r = 400, 120, 13  # rank 13 = k for rank 6: the range sketch is exact and full-rank
+    u, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    v, _ = np.linalg.qr(rng.standard_normal((m, r)))
+    sv = np.logspace(0, -decades, r)
+    A = (u * sv) @ v.T
+    res = svd(da.from_array(A, chunks=(100, 60)), rank=6, passes=1, random_state=0,
+              progress=False)
+    U, s, Vt = _dense(res)
+    assert bool(calls) == tsqr
+    np.testing.assert_allclose(U.T @ U, np.eye(6), atol=1e-10)
+    np.testing.assert_allclose(Vt @ Vt.T, np.eye(6), atol=1e-10)
+    np.testing.assert_allclose(s, sv[:6], rtol=1e-6)
+
+
+def test_data_of_lower_rank_than_asked(rng):
+    """Exactly rank 3, rank 5 asked: the range sketch is rank-deficient (the TSQR fallback);
+    the factors are still orthonormal and the reconstruction exact."""
+    A = rng.standard_normal((200, 3)) @ rng.standard_normal((3, 90))
+    res = svd(da.from_array(A, chunks=(50, 45)), rank=5, passes=1, random_state=0,
+              progress=False)
+    U, s, Vt = _dense(res)
+    assert U.shape == (200, 5) and Vt.shape == (5, 90)
+    np.testing.assert_allclose(U.T @ U, np.eye(5), atol=1e-8)
+    np.testing.assert_allclose((U * s) @ Vt, A, atol=1e-9 * np.abs(A).max())
+    assert s[3:].max() <= 1e-9 * s[0]
+
+
+def test_countsketch_co_range_default_is_as_accurate(rng):
+    """The default (CountSketch Ψ with l = 8k + 1) against the all-Gaussian setting of the
+    theory (l = 4k + 1), over seeds, on a noisy matrix with a slowly decaying spectrum."""
+    n, m, r = 600, 300, 5
+    A = _lowrank(rng, n, m, 20, decay=0.05, noise=0.02)
+    Ad = da.from_array(A, chunks=(150, 100))
+    errs = {"default": [], "gaussian": []}
+    for seed in range(6):
+        for name, kw in (("default", {}), ("gaussian", {"co_range_kind": "gaussian"})):
+            res = svd(Ad, rank=r, passes=1, random_state=seed, progress=False, **kw)
+            U, s, Vt = _dense(res)
+            errs[name].append(np.linalg.norm(A - (U * s) @ Vt))
+    res = svd(Ad, rank=r, passes=1, progress=False)
+    k = 2 * r + 1
+    assert res.params["co_range_kind"] == "countsketch" and res.params["k"] == k
+    assert res.params["l"] == 8 * k + 1
+    assert np.mean(errs["default"]) <= 1.02 * np.mean(errs["gaussian"])
+
+
+def test_countsketch_error_estimate_is_unbiased(rng):
+    """The squared estimate from the CountSketch test map averages to the squared error."""
+    A = _lowrank(rng, 500, 200, 10, decay=0.1, noise=0.05)
+    ratios = []
+    for seed in range(30):
+        res = svd(da.from_array(A, chunks=(125, 100)), rank=4, passes=1, n_test=16,
+                  random_state=seed, progress=False)
+        U, s, Vt = _dense(res)
+        true = np.linalg.norm(A - (U * s) @ Vt) / np.linalg.norm(A)
+        ratios.append((res.error_estimate / true) ** 2)
+    # a ratio of two estimates with 16 rows: mean within a few standard errors of 1
+    assert 0.85 < np.mean(ratios) < 1.15
+    assert np.std(ratios) < 0.6
