@@ -16,9 +16,9 @@ A = cfact_dask on a 2-worker LocalCluster (started before, not timed), the publi
 ``factorize_recover(store, r, sketch=d, factor=dict(randomized=True), recover=...)``: one pass
 computing the expander sketch and its Gaussian hold-out sketch, randomized accelerated HALS of the
 sketch (iterations on its rank-(r + 10) QB approximation; ``cfact_exact`` is the same pipeline
-with exact iterations, also timed), then sparse recovery of W (``--recover auto``: nonnegative LASSO, λ from the
-hold-out, with the exact-pass fallback). Its error is measured against the noisy data,
-blockwise (not timed).
+with exact iterations, also timed), then sparse recovery of W (``--recover auto``: nonnegative
+LASSO, λ from the hold-out, with the exact-pass fallback). Its error is measured against the
+noisy data, blockwise (not timed).
 B = ``sklearn.decomposition.NMF(init="nndsvda", solver="cd")`` on the matrix loaded in memory
 (the load is timed separately and not counted).
 
@@ -230,7 +230,8 @@ def main() -> None:
     summary = dict(
         benchmark="a: compressed NMF vs sklearn NMF",
         command="python " + " ".join(__import__("sys").argv),
-        n=n, m=m, rank=args.rank, d=d, density=args.density, recover=args.recover, data_bytes=n * m * 8, chunks=[n, 1000 if m >= 4000 else 500],
+        n=n, m=m, rank=args.rank, d=d, density=args.density, recover=args.recover,
+        data_bytes=n * m * 8, chunks=[n, 1000 if m >= 4000 else 500],
         codec="zarr v3 default (zstd)", cache="page cache warm for both (read once before)",
         speedup=speedup, error_ratio=err_ratio, exact_hals=exact, median_time=med,
         median_error=err,

@@ -172,7 +172,8 @@ def _load(store: str, group: str | None, variable: str | None, feature_axis: int
 @click.option("--quiet", "-q", is_flag=True, help="No per-iteration progress lines.")
 def factor(store: str, method: str, rank: int, out: str, out_group: str, group: str | None,
            variable: str | None, feature_axis: int, solver: str, init: str, n_init: int,
-           randomized: bool, max_iter: int | None, tol: float | None, nodes: int, topology: str, semi: str, negative: str, seed: int,
+           randomized: bool, max_iter: int | None, tol: float | None, nodes: int, topology: str,
+           semi: str, negative: str, seed: int,
            checkpoint_store: str | None, checkpoint_every: int, scheduler: str | None,
            scheduler_file: str | None, overwrite: bool, quiet: bool) -> None:
     """Factorize SKETCH_STORE (a sketch written by `cfact sketch`, or a raw matrix) and write the
@@ -189,7 +190,8 @@ def factor(store: str, method: str, rank: int, out: str, out_group: str, group: 
         opts = dict(solver=solver, init=init, n_init=n_init, randomized=randomized,
                     max_iter=500 if max_iter is None else max_iter,
                     tol=1e-6 if tol is None else tol, max_iter_given=max_iter is not None,
-                    tol_given=tol is not None, nodes=nodes, topology=topology, semi=semi, negative=negative, seed=seed, quiet=quiet,
+                    tol_given=tol is not None, nodes=nodes, topology=topology, semi=semi,
+                    negative=negative, seed=seed, quiet=quiet,
                     checkpoint=(dict(store=checkpoint_store, every=checkpoint_every)
                                 if checkpoint_store else None))
         given = connect(scheduler=scheduler, scheduler_file=scheduler_file)

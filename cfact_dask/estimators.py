@@ -219,7 +219,8 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         a_W, a_H = self._core_alphas()
         common = dict(
             solver=self.solver, init=self.init, n_init=self.n_init, max_iter=self.max_iter,
-            tol=self.tol, randomized=self.randomized, l1_ratio=self.l1_ratio, alpha_W=a_W, alpha_H=a_H, semi=self.semi,
+            tol=self.tol, randomized=self.randomized, l1_ratio=self.l1_ratio, alpha_W=a_W,
+            alpha_H=a_H, semi=self.semi,
             negative=self.negative, random_state=seed, verbose=self.verbose, client=self.client,
         )
         if isinstance(self.init, tuple):

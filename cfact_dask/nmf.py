@@ -446,7 +446,9 @@ def nmf(
         lowest final error is kept.
     max_iter, tol : int, float
         Stop when ``(e_{t-1} − e_t) / e_1 < tol`` for the relative error ``e`` (``tol=0``: run
-        ``max_iter`` iterations; the default 1e-6 is stricter than scikit-learn's 1e-4 because this criterion is on the error itself: at 1e-4 compressed NMF stops before the factors settle). A :class:`~cfact_dask.errors.ConvergenceWarning` is emitted when
+        ``max_iter`` iterations; the default 1e-6 is stricter than scikit-learn's 1e-4 because
+        this criterion is on the error itself: at 1e-4 compressed NMF stops before the factors
+        settle). A :class:`~cfact_dask.errors.ConvergenceWarning` is emitted when
         ``max_iter`` is reached first.
     l1_ratio, alpha_W, alpha_H : float
         Elastic-net penalties as in scikit-learn:
