@@ -124,7 +124,7 @@ def run_cfact(path: str, r: int, d: int, max_iter: int, tol: float, method: str,
     rep = res.report["recover"] or {}
     return dict(time=t_total, seconds={k: float(v) for k, v in res.report["seconds"].items()},
                 n_iter=int(res.factors.n_iter_), sketch_error=res.factors.reconstruction_err_,
-                qb_error=res.factors.qb_err_,
+                qb_error=res.factors.qb_err_, history=list(res.factors.history),
                 error=float(np.sqrt(e2 / x2)), recover=rep.get("method"),
                 certificate_ok=rep.get("ok"),
                 estimated_error=rep.get("estimated_relative_error"))
@@ -255,6 +255,49 @@ def main() -> None:
     logger.info("peak RSS: %s", {k: f"{v / 2**20:.0f} MiB"
                                  for k, v in summary["peak_rss_bytes"].items()})
     logger.info("wrote %s", fn)
+    png = fn[: -len(".json")] + ".png"
+    plot(runs, summary, png)
+    logger.info("wrote %s", png)
+
+
+def plot(runs: dict[str, list[dict[str, Any]]], summary: dict[str, Any], path: str) -> None:
+    """Left: the NMF's error on the sketch per iteration, exact vs randomized HALS (first run),
+    with the QB approximation's own error. Right: median wall time per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cfact_dask.plots import plot_convergence
+
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.2))
+    hist = {}
+    if "cfact_exact" in runs:
+        hist["exact HALS on the sketch"] = runs["cfact_exact"][0]["history"]
+    hist["randomized HALS (QB of rank r + 10)"] = runs["cfact"][0]["history"]
+    plot_convergence(hist, ylabel="relative error on the sketch", ax=ax0,
+                     title=f"NMF of the {summary['d']} x {summary['m']} sketch")
+    qb = runs["cfact"][0].get("qb_error")
+    if qb:
+        ax0.axhline(qb, ls="--", c="gray", lw=1, label="QB approximation alone")
+        ax0.legend(fontsize="small")
+    names = [k for k in ("cfact", "cfact_exact") if k in runs]
+    stages = ("sketch", "factor", "recover")
+    bottom = np.zeros(len(names) + 1)
+    for st in stages:
+        vals = [statistics.median(r["seconds"][st] for r in runs[k]) for k in names] + [0.0]
+        ax1.bar(range(len(names) + 1), vals, bottom=bottom, label=st)
+        bottom += vals
+    ax1.bar([len(names)], [summary["median_time"]["sklearn"]], color="gray",
+            label="scikit-learn NMF")
+    ax1.set_xticks(range(len(names) + 1),
+                   ["cfact (randomized)", "cfact (exact HALS)"][: len(names)] + ["scikit-learn"])
+    ax1.set_ylabel("median wall time (s)")
+    ax1.set_title(f"{summary['speedup']:.1f}x faster at {summary['error_ratio']:.3f}x the error")
+    ax1.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
