@@ -403,7 +403,7 @@ def qb_decomposition(X: Array, ll: int, seed: int, backend: Backend, power_iter:
     G = random_factor(seed, (_PURPOSE["range"],), ll, p, X.chunks[0] if lazy else None,
                       absval=False)  # ll × p
     Z = G @ X  # ll × m
-    Q: Array = None
+    Q: Array = None  # set by the first power step (power_iter >= 1)
     for _ in range(power_iter):
         (Z,) = backend.persist(Z)
         Y = X @ Z.T  # p × ll
@@ -416,7 +416,7 @@ def qb_decomposition(X: Array, ll: int, seed: int, backend: Backend, power_iter:
         # until the QR is done (the whole matrix; spilled, when it is bigger than the cluster)
         (Q,) = backend.persist(Q)
         Z = Q.T @ X  # ll × m
-    Q, Z = backend.persist(Q, Z)
+    (Z,) = backend.persist(Z)
     return LowRank(Q, Z)
 
 

@@ -504,8 +504,9 @@ def nmf(
         the QB's own error. Accurate when the data are low-rank plus noise, the NMF setting:
         measured on the 2 000 × 8 000 expander sketch of the 1.28 GB benchmark, the same error
         to 4 digits (0.044220 vs 0.044214) in 8× less time in-process (0.6 s vs 5.0 s, one
-        thread), 3.6× for the whole NMF stage of the pipeline (0.85 s vs 3.1 s). On data without a spectral gap beyond the rank, raise
-        ``oversample`` / ``power_iter``, and compare ``qb_err_`` with ``reconstruction_err_``.
+        thread), 3.6× for the whole NMF stage of the pipeline (0.85 s vs 3.1 s). On data
+        without a spectral gap beyond the rank, raise ``oversample`` / ``power_iter``, and
+        compare ``qb_err_`` with ``reconstruction_err_``.
     persist_data : bool, optional
         Keep ``X`` in (cluster) memory across iterations. Default: when ``X`` is at most
         ``cfact.als.persist-max-bytes``; otherwise every iteration reads each chunk once.

@@ -356,9 +356,7 @@ def _finish(
     s = np.asarray(sb_np[order])
     u_r = np.asarray(ub_np[:, order])
     if Qmap is not None:
-        N = Qmap @ u_r
-        U = Q.map_blocks(lambda y, N=N: (y.astype(np.float64) @ N).astype(y.dtype),
-                         dtype=Q.dtype, chunks=(Q.chunks[0], (rank,)))
+        U = _times(Q, Qmap @ u_r).astype(Q.dtype)
     else:
         U = Q.map_blocks(np.dot, u_r, dtype=Q.dtype, chunks=(Q.chunks[0], (rank,)))
     # formed once: the sign statistics, the error estimate and the result all read it
@@ -432,10 +430,9 @@ def _single_pass(
         Q = _persist(_orth(Y), client=client)[0]
         PsiQ = np.asarray(compute(project(Q, psi, axis=0, check_finite=False), client=client,
                                   progress=False)[0], dtype=np.float64)
-    kq = k
     # X = (Ψ Q)⁺ W: least squares with the small l × k matrix, applied blockwise along m
     pinv = np.linalg.pinv(PsiQ).astype(W.dtype)
-    Xs = W.map_blocks(lambda w, p=pinv: p @ w, dtype=W.dtype, chunks=((kq,), W.chunks[1]))
+    Xs = W.map_blocks(lambda w, p=pinv: p @ w, dtype=W.dtype, chunks=((k,), W.chunks[1]))
     params = dict(rank=rank, k=k, l=lco, kind=kind, co_range_kind=co_kind, seed=seed,
                   n_test=n_test, passes=1)
     return _finish(Q, Xs, rank, 1, theta, TA, params, client, Qmap=Qmap, TQ=TQ)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +41,38 @@ def tree_hash(path: str | os.PathLike) -> str:
             with open(p, "rb") as fh:
                 h.update(fh.read())
     return h.hexdigest()
+
+
+class CountingArray:
+    """Array-like whose reads are counted per slice (what a store would see); wrap it with
+    ``da.from_array(CountingArray(a), chunks=..., asarray=False)``."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a, self.shape, self.dtype, self.ndim = a, a.shape, a.dtype, a.ndim
+        self.reads: dict[tuple, int] = {}
+        self.lock = threading.Lock()
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        out = self.a[idx]
+        if out.size:
+            key = tuple((s.start, s.stop) for s in idx)
+            with self.lock:
+                self.reads[key] = self.reads.get(key, 0) + 1
+        return out
+
+
+class Crash(Exception):
+    """Raised by :func:`crash_at` to interrupt a run."""
+
+
+def crash_at(iteration: int) -> Any:
+    """An iteration callback that interrupts the run (raises :class:`Crash`) at ``iteration``."""
+
+    def callback(state: dict[str, Any]) -> None:
+        if state["iteration"] == iteration:
+            raise Crash
+
+    return callback
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from conftest import Crash, crash_at
 from sklearn.decomposition import NMF
 
 import cfact_dask as cf
@@ -257,16 +258,9 @@ def test_checkpoint_resume_equals_uninterrupted(rng, tmp_path, lazy):
     with pytest.warns(ConvergenceWarning):
         ref = nmf(X, 4, **kw)
 
-    class Crash(Exception):
-        pass
-
-    def crash(state):
-        if state["iteration"] == 8:
-            raise Crash
-
     store = tmp_path / "ckpt.zarr"
     with pytest.raises(Crash):
-        nmf(X, 4, checkpoint=dict(store=store, every=3), callback=crash, **kw)
+        nmf(X, 4, checkpoint=dict(store=store, every=3), callback=crash_at(8), **kw)
     seen = []
     with pytest.warns(ConvergenceWarning):
         res = nmf(X, 4, checkpoint=dict(store=store, every=3),

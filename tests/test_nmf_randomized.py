@@ -6,13 +6,13 @@ array for the passes over the data, the exact-iteration code path for the chunke
 
 from __future__ import annotations
 
-import threading
 import warnings
 
 import dask
 import dask.array as da
 import numpy as np
 import pytest
+from conftest import CountingArray, Crash, crash_at
 from sklearn.decomposition import NMF
 
 import cfact_dask as cf
@@ -31,23 +31,6 @@ def _paper_data(rng, n=600, m=400, r=5, k=40, noise=0.1):
     M = W @ H
     E = rng.standard_normal(M.shape)
     return M + E * (noise * np.linalg.norm(M) / np.linalg.norm(E))
-
-
-class _CountingArray:
-    """Array-like whose reads are counted per slice (what a store would see)."""
-
-    def __init__(self, a):
-        self.a, self.shape, self.dtype, self.ndim = a, a.shape, a.dtype, a.ndim
-        self.reads: dict[tuple, int] = {}
-        self.lock = threading.Lock()
-
-    def __getitem__(self, idx):
-        out = self.a[idx]
-        if out.size:
-            key = tuple((s.start, s.stop) for s in idx)
-            with self.lock:
-                self.reads[key] = self.reads.get(key, 0) + 1
-        return out
 
 
 # ---------------------------------------------------------------------- the QB decomposition
@@ -144,7 +127,7 @@ def test_iterations_read_nothing(rng):
     X = _paper_data(rng, n=200, m=160).clip(0)
     counts = {}
     for randomized in (True, False):
-        src = _CountingArray(X)
+        src = CountingArray(X)
         Xd = da.from_array(src, chunks=(100, 40), asarray=False)
         with dask.config.set({"cfact.als.local-max-bytes": 0, "scheduler": "threads"}), \
                 warnings.catch_warnings():
@@ -188,16 +171,9 @@ def test_checkpoint_resume_equals_uninterrupted(rng, tmp_path):
     with pytest.warns(ConvergenceWarning):
         ref = nmf(X, 4, **kw)
 
-    class Crash(Exception):
-        pass
-
-    def crash(state):
-        if state["iteration"] == 8:
-            raise Crash
-
     store = tmp_path / "ckpt.zarr"
     with pytest.raises(Crash):
-        nmf(X, 4, checkpoint=dict(store=store, every=3), callback=crash, **kw)
+        nmf(X, 4, checkpoint=dict(store=store, every=3), callback=crash_at(8), **kw)
     with pytest.warns(ConvergenceWarning):
         res = nmf(X, 4, checkpoint=dict(store=store, every=3), **kw)
     np.testing.assert_array_equal(np.asarray(res.W), np.asarray(ref.W))

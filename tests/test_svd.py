@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-
 import dask
 import dask.array as da
 import numpy as np
 import pytest
+from conftest import CountingArray
 
 from cfact_dask.errors import InputError, NonFiniteError, RankError
 from cfact_dask.sketch import sketch
@@ -86,30 +85,10 @@ def test_single_pass_within_tropp_bound():
     assert np.median(ratios) < 0.36
 
 
-class _CountingArray:
-    """Array-like whose reads are counted per slice (what a store would see)."""
-
-    def __init__(self, a):
-        self.a = a
-        self.shape = a.shape
-        self.dtype = a.dtype
-        self.ndim = a.ndim
-        self.reads: dict[tuple, int] = {}
-        self.lock = threading.Lock()
-
-    def __getitem__(self, idx):
-        out = self.a[idx]
-        if out.size:
-            key = tuple((s.start, s.stop) for s in idx)
-            with self.lock:
-                self.reads[key] = self.reads.get(key, 0) + 1
-        return out
-
-
 @pytest.mark.parametrize("n_test", [0, 16])
 def test_single_pass_reads_each_chunk_once(rng, n_test):
     A = _lowrank(rng, 200, 150, 6)
-    src = _CountingArray(A)
+    src = CountingArray(A)
     X = da.from_array(src, chunks=(50, 40), asarray=False)
     with dask.config.set(scheduler="threads"):
         res = svd(X, rank=4, passes=1, n_test=n_test, random_state=0, progress=False)
@@ -120,7 +99,7 @@ def test_single_pass_reads_each_chunk_once(rng, n_test):
 
 def test_two_passes_read_twice(rng):
     A = _lowrank(rng, 100, 80, 6)
-    src = _CountingArray(A)
+    src = CountingArray(A)
     X = da.from_array(src, chunks=(50, 40), asarray=False)
     with dask.config.set(scheduler="threads"):
         svd(X, rank=3, passes=2, random_state=0, progress=False)
