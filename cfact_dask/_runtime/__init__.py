@@ -1,0 +1,1 @@
+"""How work runs, shared by every stage (see docs/ARCHITECTURE.md and shared LAYOUT.md)."""
