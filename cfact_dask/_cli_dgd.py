@@ -120,6 +120,11 @@ def factor_dgd(input: str, method: str, rank: int, n_nodes: int, topology: str, 
         lg.setLevel(logging.INFO)
     try:
         X = open_array(input, feature_axis=feature_axis, variable=variable)
+        if output:  # checked before any compute (cfact_dask._runtime.outputs)
+            from ._runtime.outputs import prepare_group
+
+            prepare_group(output, "dgd", overwrite=overwrite, inputs=[X],
+                          what="DGD+LOCAL output", flag="--overwrite")
         topo: Any = topology
         if topology.endswith(".npy"):
             topo = np.load(topology)
