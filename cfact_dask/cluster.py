@@ -24,7 +24,8 @@ import dask.config
 from . import config
 from .errors import ConfigError
 
-__all__ = ["client_context", "compute", "connect", "detach", "is_embedded", "show_progress"]
+__all__ = ["client_context", "compute", "connect", "detach", "is_embedded", "show_progress",
+           "use_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,23 @@ def connect(
     return None
 
 
+@contextlib.contextmanager
+def use_client(client: Any) -> Iterator[Any]:
+    """Make ``client`` the scheduler of ``dask.compute`` / ``persist`` in this thread.
+
+    The client is never put into ``dask.config``: a nanny copies the global config into the worker
+    process it restarts, and a live Client cannot be pickled ("Failed to restart worker ...
+    cannot pickle '_asyncio.Future'"), so killed workers were never restarted. distributed's own
+    context (``Client.as_current``) marks the client current for this thread; the config's
+    ``scheduler`` is cleared so that dask asks for that current client.
+    """
+    if client is None:
+        yield None
+        return
+    with client.as_current(), dask.config.set(scheduler=None):
+        yield client
+
+
 def _current_client() -> Any:
     try:
         from distributed import default_client
@@ -65,25 +83,33 @@ def _current_client() -> Any:
 
 
 @contextlib.contextmanager
-def client_context(client: Any = None, *, nbytes: int | None = None) -> Iterator[Any]:
+def client_context(client: Any = None, *, nbytes: int | None = None,
+                   stage: str = "the computation") -> Iterator[Any]:
     """Yield the client to compute with, or None for dask's local scheduler.
 
     A client created here (from an address, or the embedded LocalCluster) is closed on exit.
+    While the block runs, a cluster without any worker for ``cfact.cluster.no-workers-timeout``
+    ends it with :class:`~cfact_dask.errors.NoWorkersError` naming ``stage``.
     """
+    from ._runtime.workers import watch_workers
+
     if client is not None:
         if isinstance(client, str):
             c = connect(client)
             _EMBEDDED.add(c)  # ours to close, like an embedded cluster
             try:
-                yield c
+                with watch_workers(c, stage):
+                    yield c
             finally:
                 c.close()
         else:
-            yield client
+            with watch_workers(client, stage):
+                yield client
         return
     current = _current_client()
     if current is not None:
-        yield current
+        with watch_workers(current, stage):
+            yield current
         return
     policy = str(config.get("cluster.embedded", "auto"))
     if policy not in ("auto", "always", "never"):
@@ -109,7 +135,7 @@ def client_context(client: Any = None, *, nbytes: int | None = None) -> Iterator
     _EMBEDDED.add(c)
     logger.info("started an embedded LocalCluster; dashboard at %s", c.dashboard_link)
     try:
-        with dask.config.set(scheduler=c):
+        with use_client(c), watch_workers(c, stage):
             yield c
     finally:
         c.close()

@@ -19,6 +19,7 @@ __all__ = [
     "DivergenceError",
     "InputError",
     "NegativeDataError",
+    "NoWorkersError",
     "NonFiniteError",
     "OutputError",
     "RankError",
@@ -88,3 +89,7 @@ class ConvergenceWarning(CfactWarning):
 
 class RecoveryWarning(CfactWarning):
     """A sparse recovery's certificate says the recovered factors are unreliable."""
+
+
+class NoWorkersError(CfactError, RuntimeError):
+    """The cluster lost every worker for longer than ``cfact.cluster.no-workers-timeout``."""

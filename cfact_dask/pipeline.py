@@ -38,7 +38,8 @@ import numpy as np
 from ._jsonattrs import to_json
 from ._random import normalize_seed
 from ._version import __version__
-from .cluster import client_context
+from ._runtime import workers as _workers
+from .cluster import client_context, use_client
 from .errors import (
     CfactError,
     ConfigError,
@@ -246,7 +247,8 @@ def _stage(rs: _RunStore, stage: str) -> Iterator[None]:
     """Turn an OSError while a stage runs (disk full, permissions, a vanished mount) into one that
     names the stage and the store and says that the completed stages are kept."""
     try:
-        yield
+        with _workers.stage(f"stage {stage!r} of the run"):
+            yield
     except CfactError:
         raise  # already clear (StoreNotFoundError / StoreExistsError are OSErrors too)
     except OSError as e:
@@ -536,8 +538,8 @@ def factorize_recover(
         fp = fingerprint(inp)
     rs = _RunStore(out, params, resume, overwrite, inputs=(inp,), fingerprint=fp)
     timings: dict[str, float] = {}
-    with client_context(client, nbytes=inp.nbytes) as c, \
-            (dask.config.set(scheduler=c) if c is not None else contextlib.nullcontext()):
+    with client_context(client, nbytes=inp.nbytes, stage="factorize_recover") as c, \
+            use_client(c):
         # every write below (sketch, factors, recovered W) computes on the run's client, also
         # when it was given as client= without being the default client: graphs that hold its
         # persisted futures cannot run on a local scheduler ("Missing dependency")

@@ -1,0 +1,173 @@
+"""Which workers a cluster has, asked of the scheduler, and a guard for runs that lose them all.
+
+``Client.scheduler_info()`` returns the client's cached copy of the scheduler's identity, which
+the client's own periodic update overwrites with a copy that lists no workers; read right after
+the refresh it can therefore show an empty cluster that is alive. :func:`live_workers` asks the
+scheduler itself and uses the answer it got, so it never sees that cache.
+
+:func:`watch_workers` guards a computation against a cluster that lost every worker for good
+(workers started without a nanny, or nannies that cannot restart them): after
+``cfact.cluster.no-workers-timeout`` with no worker, the futures the guarded block created are
+cancelled and the block ends with :class:`~cfact_dask.errors.NoWorkersError` naming the stage,
+instead of waiting forever. Workers that a nanny restarts within the grace period are waited for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from dask.utils import parse_timedelta
+
+from .. import config
+from ..errors import ConfigError, NoWorkersError
+
+__all__ = ["live_workers", "n_workers", "no_workers_timeout", "stage", "watch_workers"]
+
+logger = logging.getLogger(__name__)
+
+
+def live_workers(client: Any) -> dict[str, dict[str, Any]]:
+    """The scheduler's workers now (address -> identity), from a fresh request to the scheduler."""
+    info = client.sync(client.scheduler.identity, n_workers=-1)
+    return dict(info.get("workers") or {})
+
+
+def n_workers(client: Any) -> int:
+    """How many workers the scheduler has now (a fresh request, no per-worker details)."""
+    info = client.sync(client.scheduler.identity, n_workers=0)
+    return int(info["n_workers"])
+
+
+def no_workers_timeout() -> float | None:
+    """``cfact.cluster.no-workers-timeout`` in seconds (None: wait for workers forever)."""
+    value = config.get("cluster.no-workers-timeout", "60s")
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    try:
+        seconds = parse_timedelta(value, default="s")
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"cfact.cluster.no-workers-timeout must be a duration such as '60s' or null (wait "
+            f"forever), got {value!r}"
+        ) from e
+    if seconds is None or seconds <= 0:
+        raise ConfigError(
+            f"cfact.cluster.no-workers-timeout must be a positive duration or null, got {value!r}"
+        )
+    return float(seconds)
+
+
+class _Watch:
+    """One polling thread per (client, thread of the guarded call); nested guards relabel it."""
+
+    def __init__(self, client: Any, timeout: float, stage: str) -> None:
+        self.client, self.timeout, self.stage = client, timeout, stage
+        self.before = set(client.futures)  # the caller's own futures are never cancelled
+        self.expired_stage: str | None = None
+        self.gone_since: float | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="cfact-watch-workers", daemon=True)
+
+    def _run(self) -> None:
+        interval = min(1.0, self.timeout / 5)
+        while not self.stop.wait(interval):
+            try:
+                n = n_workers(self.client)
+            except Exception:  # noqa: BLE001 - a closing client / scheduler: not ours to judge
+                logger.debug("worker count unavailable", exc_info=True)
+                continue
+            now = time.monotonic()
+            if n > 0:
+                if self.gone_since is not None:
+                    logger.info("workers are back (%d) after %.1f s without any", n,
+                                now - self.gone_since)
+                self.gone_since = None
+                continue
+            if self.gone_since is None:
+                self.gone_since = now
+                logger.warning("the cluster has no workers; waiting up to %.0f s for them "
+                               "(cfact.cluster.no-workers-timeout)", self.timeout)
+            if now - self.gone_since >= self.timeout:
+                if self.expired_stage is None:
+                    self.expired_stage = self.stage
+                    logger.error("no worker for %.0f s during %s; stopping", self.timeout,
+                                 self.stage)
+                # keep cancelling: a computation started after expiry would wait forever too
+                mine = [k for k in list(self.client.futures) if k not in self.before]
+                if mine:
+                    from distributed import Future
+
+                    with contextlib.suppress(Exception):
+                        self.client.cancel([Future(k, self.client) for k in mine], force=True,
+                                           reason="cfact: no workers")
+
+    def error(self) -> NoWorkersError:
+        address = getattr(getattr(self.client, "scheduler", None), "address", "?")
+        return NoWorkersError(
+            f"the cluster at {address} had no worker for {self.timeout:g} s during "
+            f"{self.expired_stage}, so the computation was stopped instead of waiting forever. "
+            f"Its workers died and were not restarted: workers started with a nanny (the "
+            f"default of `dask worker`, not --no-nanny) are restarted automatically; check the "
+            f"workers' logs (killed by the OS or for exceeding their memory limit? then give "
+            f"them more memory, see `cfact plan`), start new workers for this scheduler, or set "
+            f"cfact.cluster.no-workers-timeout (now {self.timeout:g} s) higher to wait longer. "
+            f"A run with an output store continues with resume=True (CLI: --resume)."
+        )
+
+
+_ACTIVE: dict[tuple[int, int], _Watch] = {}
+_ACTIVE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def watch_workers(client: Any, stage: str) -> Iterator[None]:
+    """Stop the block with :class:`NoWorkersError` once ``client``'s cluster has had no worker for
+    ``cfact.cluster.no-workers-timeout``; ``stage`` names what ran (in the error)."""
+    timeout = no_workers_timeout()
+    if client is None or timeout is None or not hasattr(client, "scheduler"):
+        yield
+        return
+    key = (id(client), threading.get_ident())
+    with _ACTIVE_LOCK:
+        outer = _ACTIVE.get(key)
+    if outer is not None:  # nested (an entry point called by a stage): the outer guard watches
+        yield
+        return
+    watch = _Watch(client, timeout, stage)
+    with _ACTIVE_LOCK:
+        _ACTIVE[key] = watch
+    watch.thread.start()
+    try:
+        yield
+    except NoWorkersError:
+        raise
+    except Exception as e:
+        if watch.expired_stage is not None:
+            raise watch.error() from e
+        raise
+    finally:
+        watch.stop.set()
+        with _ACTIVE_LOCK:
+            _ACTIVE.pop(key, None)
+        watch.thread.join(5)
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Name the stage running in this thread in the error of any :func:`watch_workers` guard."""
+    me = threading.get_ident()
+    with _ACTIVE_LOCK:
+        watches = [w for (_, tid), w in _ACTIVE.items() if tid == me]
+    labels = [w.stage for w in watches]
+    for w in watches:
+        w.stage = name
+    try:
+        yield
+    finally:
+        for w, label in zip(watches, labels, strict=True):
+            w.stage = label
