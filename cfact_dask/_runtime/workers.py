@@ -50,7 +50,7 @@ def no_workers_timeout() -> float | None:
         return None
     try:
         seconds = parse_timedelta(value, default="s")
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, KeyError) as e:
         raise ConfigError(
             f"cfact.cluster.no-workers-timeout must be a duration such as '60s' or null (wait "
             f"forever), got {value!r}"
