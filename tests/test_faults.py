@@ -184,3 +184,153 @@ def test_no_workers_timeout_setting_is_checked():
         with dask.config.set({"cfact.cluster.no-workers-timeout": bad}), \
                 pytest.raises(cf.ConfigError, match="no-workers-timeout"):
             no_workers_timeout()
+
+
+# ------------------------------------------------------------------------ cfact run (the CLI)
+def _job(src, out):
+    return {"cfact": {
+        "input": {"path": src, "variable": "M"},
+        "sketch": {"n_components": 60, "kind": "expander", "seed": 0},
+        "factor": {"method": "nmf", "rank": 3, "max_iter": 300, "tol": 0.0,
+                   "checkpoint_every": 5},
+        "recover": {"method": "lstsq-data"},
+        "output": {"path": out, "reconstruct": True},
+    }}
+
+
+def _checkpoint(out: str) -> int:
+    try:
+        g = zarr.open_group(out, path="checkpoint", mode="r")
+        return int((dict(g.attrs).get("cfact") or {}).get("latest") or 0)
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+
+
+def _cli_run(tmp_path, store, name, env, *args, kill=None):
+    """``python -m cfact_dask.cli run``; ``kill(out)`` runs in this process while it works."""
+    job = tmp_path / f"{name}.yaml"
+    job.write_text(yaml.safe_dump(_job(store, f"{name}.zarr")))
+    p = subprocess.Popen([sys.executable, "-m", "cfact_dask.cli", "run", str(job), "--quiet",
+                          *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, cwd=tmp_path)
+    try:
+        if kill is not None:
+            kill(str(tmp_path / f"{name}.zarr"), p)
+        out, err = p.communicate(timeout=400)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return p.returncode, err, str(tmp_path / f"{name}.zarr")
+
+
+def _wait_checkpoint(out, at, p, timeout=200):
+    t0 = time.time()
+    while _checkpoint(out) < at:
+        assert p.poll() is None, "the run ended before the workers could be killed"
+        assert time.time() - t0 < timeout, "no progress"
+        time.sleep(0.02)
+
+
+def _assert_same_run(got: str, ref: str):
+    a, b = (NMFResult.from_zarr(x, "factors", lazy=False) for x in (got, ref))
+    assert a.n_iter_ == b.n_iter_ == 300
+    # the iterations ran on the cluster, where sums are not bitwise repeatable even without
+    # faults (differences of 1e-15); the sketch is bitwise
+    np.testing.assert_allclose(a.W, b.W, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(a.H, b.H, rtol=1e-10, atol=1e-13)
+    np.testing.assert_array_equal(zarr.open_array(got, path="sketch/sketch")[...],
+                                  zarr.open_array(ref, path="sketch/sketch")[...])
+    np.testing.assert_allclose(zarr.open_array(got, path="recovered/W")[...],
+                               zarr.open_array(ref, path="recovered/W")[...], rtol=1e-8,
+                               atol=1e-11)
+    assert zarr.open_group(got, mode="r").attrs["cfact"]["complete"]
+
+
+SLOW_ITER = {**ENV, "DASK_CFACT__ALS__LOCAL_MAX_BYTES": "0"}  # iterations on the cluster
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_cli_run_on_external_cluster_survives_killed_workers(store, tmp_path):
+    with subprocess_cluster(tmp_path, 2, env=SLOW_ITER) as (sched_file, client, _):
+        rc, err, ref = _cli_run(tmp_path, store, "ref", SLOW_ITER, "--scheduler-file",
+                                sched_file)
+        assert rc == 0, err[-3000:]
+        killed: list[int] = []
+
+        def kill(out, p):
+            _wait_checkpoint(out, 20, p)
+            first = _restarted_pids(client, 2, [])
+            killed.append(first[0])
+            _kill(killed)  # one worker
+            _wait_checkpoint(out, 60, p)
+            every = _restarted_pids(client, 2, killed)
+            killed.extend(every)
+            _kill(every)  # then every worker
+
+        rc, err, got = _cli_run(tmp_path, store, "run", SLOW_ITER, "--scheduler-file",
+                                sched_file, kill=kill)
+        assert len(killed) == 3
+        assert rc == 0, err[-3000:]
+        _restarted_pids(client, 2, killed)  # the nannies restarted them
+    _assert_same_run(got, ref)
+
+
+def _worker_children(pid: int) -> list[int]:
+    """The worker processes an embedded LocalCluster spawned below the process ``pid``."""
+    psutil = pytest.importorskip("psutil")
+    out = []
+    for c in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cmd = " ".join(c.cmdline())
+            if "spawn_main" in cmd or "forkserver" in cmd:
+                if "resource_tracker" not in cmd:
+                    out.append(c.pid)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_cli_run_on_embedded_cluster_survives_killed_workers(store, tmp_path):
+    env = {**SLOW_ITER, "DASK_CFACT__CLUSTER__EMBEDDED": "always"}
+    rc, err, ref = _cli_run(tmp_path, store, "ref", env)
+    assert rc == 0, err[-3000:]
+    killed: list[int] = []
+
+    def kill(out, p):
+        _wait_checkpoint(out, 20, p)
+        first = _worker_children(p.pid)
+        assert len(first) == 2, first
+        killed.append(first[0])
+        _kill(killed)  # one worker
+        _wait_checkpoint(out, 60, p)
+        t0 = time.time()
+        while len(every := [w for w in _worker_children(p.pid) if w not in killed]) < 2:
+            assert time.time() - t0 < 60, "the killed worker was not restarted"
+            time.sleep(0.2)
+        killed.extend(every)
+        _kill(every)  # then every worker
+
+    rc, err, got = _cli_run(tmp_path, store, "run", env, kill=kill)
+    assert len(killed) == 3
+    assert rc == 0, err[-3000:]
+    _assert_same_run(got, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cli_run_without_nannies_stops_with_a_clear_error(store, tmp_path):
+    env = {**SLOW_ITER, "DASK_CFACT__CLUSTER__NO_WORKERS_TIMEOUT": "3s"}
+    with subprocess_cluster(tmp_path, 2, nanny=False, env=env) as (sched_file, _, workers):
+        def kill(out, p):
+            _wait_checkpoint(out, 20, p)
+            for w in workers:
+                w.kill()
+
+        rc, err, out = _cli_run(tmp_path, store, "run", env, "--scheduler-file", sched_file,
+                                kill=kill)
+    assert rc != 0
+    assert "NoWorkersError" in err and "stage 'factor'" in err and "Traceback" not in err
+    assert "--resume" in err
+    meta = zarr.open_group(out, mode="r").attrs["cfact"]
+    assert not meta["complete"] and meta["stages"] == ["sketch"]
