@@ -68,6 +68,7 @@ import dask.array as da
 import numpy as np
 
 from ._random import SeedLike, generator, normalize_seed
+from ._runtime.workers import live_workers
 from .checkpoint import Checkpoint, as_checkpoint
 from .cluster import client_context
 from .errors import (
@@ -76,6 +77,7 @@ from .errors import (
     DivergenceError,
     InputError,
     RankError,
+    WorkerLostError,
 )
 from .io import InputArray, open_array
 from .sketch import Sketch
@@ -324,6 +326,32 @@ def _node_cost_with(Y_j: np.ndarray, U: np.ndarray, state: tuple[np.ndarray, Any
     return V_j, float(np.vdot(R, R))
 
 
+#: worker losses in a row survived while restoring one anchor before the run gives up
+_MAX_LOSSES = 10
+
+
+def _restore(engine: Any) -> int:
+    """Move the nodes of lost workers and re-seat the last anchor; return its iteration."""
+    for _ in range(_MAX_LOSSES):
+        try:
+            engine.restore_after_loss()
+            return int(engine.anchor_t)
+        except _WorkerLost:  # another worker lost while restoring: look again
+            continue
+    raise _lost_error(engine, f"the replay from iteration {engine.anchor_t}")
+
+
+def _lost_error(engine_or_rt: Any, what: str) -> WorkerLostError:
+    rt = getattr(engine_or_rt, "rt", engine_or_rt)
+    return WorkerLostError(
+        f"DGD+LOCAL lost the workers holding its nodes during {what} ({_MAX_LOSSES} losses in "
+        f"a row, or before the first restore point existed); live workers now: "
+        f"{', '.join(rt.alive()) or 'none'}. Check the workers' logs (killed for memory? give "
+        f"them more), make sure they are restarted (run them with a nanny), and rerun; with "
+        f"checkpoint= the run continues from its last checkpoint."
+    )
+
+
 def _note_worker_loss(engine: Any) -> Any:
     """Count and log a worker loss of a distributed engine; return its runtime."""
     rt = engine.rt
@@ -484,7 +512,9 @@ class _Remote:
         self.Y = [self._load(j) for j in range(len(sources))]
 
     def alive(self) -> list[str]:
-        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        # asked of the scheduler: Client.scheduler_info() returns a cache that the client's
+        # periodic update overwrites with a copy listing no workers (a live cluster seen empty)
+        return sorted(live_workers(self.client))
 
     def assign(self) -> None:
         workers = self.alive()
@@ -592,9 +622,13 @@ def _gather_checked(rt: _Remote, futs: Any, poll: float = 0.5) -> Any:
                 raise _WorkerLost() from None
 
 
-def _lost(rt: _Remote) -> bool:
-    alive = set(rt.alive())
-    return not set(rt.node_worker) <= alive
+def _lost(rt: _Remote, confirm_after: float = 0.2) -> bool:
+    """True when a worker holding a node has left the scheduler, seen twice ``confirm_after``
+    seconds apart (a loss replays the run from its last anchor: never on a single look)."""
+    if set(rt.node_worker) <= set(rt.alive()):
+        return False
+    time.sleep(confirm_after)
+    return not set(rt.node_worker) <= set(rt.alive())
 
 
 # ======================================================================= workers mode (worker side)
@@ -1059,13 +1093,23 @@ def dgd_local(
             rt: _Local | _Remote = _Local(local_blocks)
         else:
             rt = _Remote(c, sources, dt, uuid.uuid4().hex[:10])
-        return _run_dgd_local(
-            rt, topo, n=n, rank=rank, col_ranges=col_ranges, step=step,
-            step_schedule=step_schedule, step_decay=step_decay, max_iter=max_iter, tol=tol,
-            init_scale=init_scale, polish=polish, report_every=report_every,
-            anchor_every=anchor_every, checkpoint=checkpoint, callback=callback, seed=seed,
-            dtype=dt, source=source, data_token=_data_token(Y, sources), mode=mode,
-        )
+        for _ in range(_MAX_LOSSES):
+            try:
+                return _run_dgd_local(
+                    rt, topo, n=n, rank=rank, col_ranges=col_ranges, step=step,
+                    step_schedule=step_schedule, step_decay=step_decay, max_iter=max_iter,
+                    tol=tol, init_scale=init_scale, polish=polish, report_every=report_every,
+                    anchor_every=anchor_every, checkpoint=checkpoint, callback=callback,
+                    seed=seed, dtype=dt, source=source, data_token=_data_token(Y, sources),
+                    mode=mode,
+                )
+            except _WorkerLost:
+                # lost before the first restore point (setup, first state): nothing to keep, so
+                # move the nodes to live workers and start again (the numbers are the same)
+                logger.warning("dgd-local: a worker holding nodes was lost before the first "
+                               "restore point; starting again on the live workers")
+                rt.reload()
+        raise _lost_error(rt, "the setup (before the first restore point)")
 
 
 def _data_token(Y: Any, sources: list[Any]) -> str:
@@ -1244,8 +1288,7 @@ def _drive(engine: _Engine, rt: _Local | _Remote, topo: Topology, ckpt: Checkpoi
             else:
                 batch_costs, cost_t, cons_t = engine.run(t, t_end, t_next)
         except _WorkerLost:
-            engine.restore_after_loss()
-            t = engine.anchor_t
+            t = _restore(engine)
             del cost_hist[t:]
             keep = [k for k, i in enumerate(hist_iters) if i <= t]
             cons_hist = [cons_hist[k] for k in keep]
@@ -1275,7 +1318,16 @@ def _drive(engine: _Engine, rt: _Local | _Remote, topo: Topology, ckpt: Checkpoi
         if callback is not None and callback(DGDState(t, cost_t, cons_t, last_mu, elapsed)):
             stop = True
         if is_anchor(t) or stop:
-            engine.anchor(t)
+            try:
+                engine.anchor(t)
+            except _WorkerLost:  # replay from the previous anchor, like a loss in the period
+                t = _restore(engine)
+                del cost_hist[t:]
+                keep = [k for k, i in enumerate(hist_iters) if i <= t]
+                cons_hist = [cons_hist[k] for k in keep]
+                hist_iters = [hist_iters[k] for k in keep]
+                stop = converged = False
+                continue
             if ckpt is not None and (ckpt.should_save(t) or stop or t == max_iter):
                 U_nodes, V_blocks = engine.anchor_arrays()
                 ckpt.save(t, {"U_nodes": np.stack(U_nodes), "V": np.vstack(V_blocks)},
@@ -1292,7 +1344,14 @@ def _drive(engine: _Engine, rt: _Local | _Remote, topo: Topology, ckpt: Checkpoi
             f"step (now {mu:.3g}) if the cost is still falling steadily",
             ConvergenceWarning, stacklevel=4,
         )
-    U_nodes, V_blocks, Ubar, objective = engine.finish(polish)
+    for _ in range(_MAX_LOSSES):
+        try:
+            U_nodes, V_blocks, Ubar, objective = engine.finish(polish)
+            break
+        except _WorkerLost:  # the anchor is the final state: move the nodes and finish again
+            _restore(engine)
+    else:
+        raise _lost_error(engine, "the final refit")
     if isinstance(engine, _GroupEngine):
         # what really crosses: each boundary copy once per neighbouring worker
         cross = engine.cross_nodes * n * rank * dtype.itemsize
@@ -1461,14 +1520,16 @@ class _Engine:
     # -- anchors (restore points)
     def anchor(self, t: int) -> None:
         rt = self.rt
-        self.anchor_t = t
         if isinstance(rt, _Local):
             self.anchor_states = [(s[0], s[1][0]) for s in self.states]
+            self.anchor_t = t
             return
         self.cancel()
+        # a worker lost while pulling leaves the previous anchor (state and iteration) in place
         self.anchor_states = rt.gather([
             rt.submit(_node_state_arrays, self.states[j], j=j, name="dgd-pull")
             for j in range(self.J)])
+        self.anchor_t = t
         # re-seat the states from the copies: cuts the lineage of the past iterations
         self.init(self.anchor_states)
 
@@ -1699,9 +1760,9 @@ class _GroupEngine(_Engine):
 
     # -- anchors
     def anchor(self, t: int) -> None:
-        self.anchor_t = t
         if self.report_t == t and all(v is not None for v in self.V_cur):
             self.anchor_states = list(zip(self.U_cur, self.V_cur, strict=True))
+            self.anchor_t = t
             return
         self.cancel()
         assert self.current is not None
@@ -1712,6 +1773,7 @@ class _GroupEngine(_Engine):
             for j, a in zip(self.plans[w].nodes, arrs, strict=True):
                 out[j] = a
         self.anchor_states = out
+        self.anchor_t = t
 
     def restore_after_loss(self) -> None:
         rt = _note_worker_loss(self)

@@ -27,6 +27,7 @@ __all__ = [
     "ResumeError",
     "StoreExistsError",
     "StoreNotFoundError",
+    "WorkerLostError",
 ]
 
 
@@ -93,3 +94,7 @@ class RecoveryWarning(CfactWarning):
 
 class NoWorkersError(CfactError, RuntimeError):
     """The cluster lost every worker for longer than ``cfact.cluster.no-workers-timeout``."""
+
+
+class WorkerLostError(CfactError, RuntimeError):
+    """Workers holding a distributed solver's state were lost and the run could not replay."""

@@ -10,6 +10,7 @@ Every cluster here is real: ``LocalCluster(processes=True)`` or ``python -m dask
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ import zarr
 from conftest import process_cluster
 
 import cfact_dask as cf
+from cfact_dask.dgd import dgd_local
 from cfact_dask.datasets import planted_nmf_zarr
 from cfact_dask.errors import NoWorkersError
 from cfact_dask.nmf import NMFResult
@@ -334,3 +336,114 @@ def test_cli_run_without_nannies_stops_with_a_clear_error(store, tmp_path):
     assert "--resume" in err
     meta = zarr.open_group(out, mode="r").attrs["cfact"]
     assert not meta["complete"] and meta["stages"] == ["sketch"]
+
+
+# ------------------------------------------------------------------------ DGD+LOCAL liveness
+def test_dgd_liveness_soak_never_sees_live_workers_dead(cluster_client):
+    """Thousands of liveness checks on a live cluster while other threads keep refreshing the
+    client's cached scheduler info (the race that once showed 0 workers): none reports a loss."""
+    import threading
+
+    dgd = importlib.import_module("cfact_dask.dgd")  # cfact_dask.dgd is also a function
+
+    rng = np.random.default_rng(0)
+    rt = dgd._Remote(cluster_client, [rng.random((5, 4)) for _ in range(4)], np.dtype("f8"),
+                     "soak")
+    assert len(set(rt.node_worker)) == 2
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            cluster_client.scheduler_info()
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        lost = sum(dgd._lost(rt) for _ in range(3000))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert lost == 0
+
+
+def test_dgd_loss_needs_a_confirmed_second_look(cluster_client, monkeypatch):
+    dgd = importlib.import_module("cfact_dask.dgd")  # cfact_dask.dgd is also a function
+
+    rng = np.random.default_rng(0)
+    rt = dgd._Remote(cluster_client, [rng.random((5, 4)) for _ in range(4)], np.dtype("f8"),
+                     "confirm")
+    real = dgd.live_workers
+    calls = [0]
+
+    def flaky(client):  # every 7th answer lists no worker
+        calls[0] += 1
+        return {} if calls[0] % 7 == 0 else real(client)
+
+    monkeypatch.setattr(dgd, "live_workers", flaky)
+    assert not any(dgd._lost(rt, confirm_after=0.0) for _ in range(2000))
+    assert calls[0] > 2000  # the empty answers were seen and looked at again
+    gone = rt.node_worker[0]
+
+    def one_gone(client):  # a worker that really left stays gone on the second look
+        return {w: v for w, v in real(client).items() if w != gone}
+
+    monkeypatch.setattr(dgd, "live_workers", one_gone)
+    assert dgd._lost(rt, confirm_after=0.0)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["workers", "tasks"])
+def test_dgd_worker_loss_at_any_point_is_replayed_and_never_leaks(cluster_client, monkeypatch,
+                                                                    mode):
+    """A worker loss detected at any fetch of the run (setup, first state, periods, anchors,
+    final refit) is replayed from the last anchor, or before the first anchor started again:
+    bitwise the in-process run, and the internal _WorkerLost never escapes."""
+    dgd = importlib.import_module("cfact_dask.dgd")  # cfact_dask.dgd is also a function
+    from cfact_dask.errors import WorkerLostError
+
+    rng = np.random.default_rng(3)
+    Y = rng.random((30, 4)) @ rng.random((4, 80))
+    kw = dict(n_nodes=4, topology="ring", weights="metropolis", max_iter=60, tol=0.0,
+              report_every=10, anchor_every=20, random_state=1)
+    ref = dgd_local(Y, 4, client=None, **kw)
+    real = dgd._gather_checked
+    calls = [0]
+
+    def counting(rt, futs, *a, **k):
+        calls[0] += 1
+        return real(rt, futs, *a, **k)
+
+    monkeypatch.setattr(dgd, "_gather_checked", counting)
+    dgd_local(Y, 4, client=cluster_client, mode=mode, **kw)
+    n = calls[0]
+    assert n >= 4
+    outcomes = {}
+    for k in sorted({1, 3, n // 2, n}):
+        seen = [0]
+
+        def lose_once(rt, futs, *a, _k=k, _seen=seen, **kw_):
+            _seen[0] += 1
+            if _seen[0] == _k:
+                raise dgd._WorkerLost()
+            return real(rt, futs, *a, **kw_)
+
+        monkeypatch.setattr(dgd, "_gather_checked", lose_once)
+        try:
+            res = dgd_local(Y, 4, client=cluster_client, mode=mode, **kw)
+        except WorkerLostError as e:
+            assert "DGD+LOCAL lost the workers" in str(e)
+            outcomes[k] = "error: " + str(e)[:300]
+            continue
+        assert res.n_restarts <= 1  # 0: lost before the first anchor, and started again
+        _assert_dgd_bitwise(res, ref)
+        outcomes[k] = "replayed"
+    assert all(v == "replayed" for v in outcomes.values()), outcomes
+
+
+def _assert_dgd_bitwise(remote, local):
+    np.testing.assert_array_equal(remote.cost_history, local.cost_history)
+    np.testing.assert_array_equal(remote.U, local.U)
+    np.testing.assert_array_equal(remote.V, local.V)
+    assert remote.objective == local.objective and remote.n_iter == local.n_iter
