@@ -23,6 +23,7 @@ __all__ = ["factor_dgd", "write_result"]
 
 def write_result(res: Any, store: str, group: str = "dgd", *, overwrite: bool = False) -> str:
     """Write a :class:`~cfact_dask.dgd.DGDResult` to ``store/group`` (marked complete last)."""
+    from ._runtime.codecs import array_kwargs
     from ._runtime.outputs import GroupWriter, prepare_group
 
     target = prepare_group(store, group, overwrite=overwrite, what="DGD+LOCAL output",
@@ -36,7 +37,8 @@ def write_result(res: Any, store: str, group: str = "dgd", *, overwrite: bool = 
         }
         for k, v in arrays.items():
             v = np.asarray(v)
-            a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape)
+            a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape,
+                               **array_kwargs())
             a[...] = v
         return w.finish({
             "type": "dgd-result", "method": res.method, "n_iter": res.n_iter,

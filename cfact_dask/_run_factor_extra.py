@@ -14,6 +14,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from ._runtime.codecs import array_kwargs
 from .errors import ConfigError
 
 __all__ = ["METHODS", "run_factor"]
@@ -94,10 +95,12 @@ def _write(store: str, group: str, arrays: dict[str, Any], attrs: dict[str, Any]
         for name, v in arrays.items():
             if isinstance(v, da.Array):
                 v = v.rechunk(tuple(max(c) for c in v.chunks))
-                v.to_zarr(target.store, component=f"{w.write_group}/{name}", overwrite=True)
+                v.to_zarr(target.store, component=f"{w.write_group}/{name}", overwrite=True,
+                          **array_kwargs())
             else:
                 v = np.asarray(v)
-                a = g.create_array(name, shape=v.shape, dtype=v.dtype, chunks=v.shape or None)
+                a = g.create_array(name, shape=v.shape, dtype=v.dtype, chunks=v.shape or None,
+                                   **array_kwargs())
                 a[...] = v
         meta = json.loads(json.dumps(attrs, default=lambda o: o.tolist() if hasattr(o, "tolist")
                                      else repr(o)))

@@ -54,6 +54,7 @@ import dask.array as da
 import numpy as np
 
 from ._random import generator
+from ._runtime.codecs import array_kwargs
 from .checkpoint import Checkpoint
 from .errors import ConvergenceWarning, DivergenceError
 
@@ -490,10 +491,11 @@ def _save_factors(ckpt: Checkpoint, it: int, W: Array, H: Array) -> None:
             c = max(arr.chunks[axis])
             arr = arr.rechunk({axis: c, 1 - axis: -1})
             da.to_zarr(arr, ckpt.store, component=f"{path}/{name}", overwrite=True,
-                       zarr_format=3)
+                       zarr_format=3, **array_kwargs())
         else:
             a = np.asarray(arr)
-            z = root.create_array(f"{path}/{name}", shape=a.shape, dtype=a.dtype, chunks=a.shape)
+            z = root.create_array(f"{path}/{name}", shape=a.shape, dtype=a.dtype, chunks=a.shape,
+                                  **array_kwargs())
             z[...] = a
 
 

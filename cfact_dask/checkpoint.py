@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._jsonattrs import to_json
+from ._runtime.codecs import array_kwargs
 from .errors import ConfigError, ResumeError
 
 __all__ = ["Checkpoint", "CheckpointState", "as_checkpoint"]
@@ -124,7 +125,7 @@ class Checkpoint:
                 v = v.compute()
             v = np.asarray(v)
             a = sub.create_array(k, shape=v.shape, dtype=v.dtype,
-                                 chunks=v.shape if v.ndim else None)
+                                 chunks=v.shape if v.ndim else None, **array_kwargs())
             a[...] = v
         meta = dict(g.attrs).get("cfact") or {}
         previous = meta.get("latest")

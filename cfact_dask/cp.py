@@ -37,6 +37,7 @@ import numpy as np
 
 from ._jsonattrs import to_json
 from ._random import SeedLike, generator, normalize_seed
+from ._runtime.codecs import array_kwargs
 from .checkpoint import as_checkpoint
 from .cluster import client_context
 from .errors import (
@@ -139,7 +140,8 @@ class CPResult:
                                                    enumerate(self.factors)}}
             for k, v in arrays.items():
                 v = np.asarray(v)
-                a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape)
+                a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape,
+                                   **array_kwargs())
                 a[...] = v
             return w.finish({
                 "type": "cp",

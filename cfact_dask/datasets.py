@@ -28,6 +28,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ._random import SeedLike, generator, normalize_seed
+from ._runtime.codecs import array_kwargs
 from .errors import InputError, RankError
 
 __all__ = ["planted_cp", "planted_cp_zarr", "planted_nmf", "planted_nmf_zarr"]
@@ -283,6 +284,7 @@ def _write_group(
             chunks=chunks,
             dimension_names=dims,
             fill_value=0,
+            **array_kwargs(),
         )
         if isinstance(data, da.Array):
             lazy.append(da.store(data, arr, lock=False, compute=False))

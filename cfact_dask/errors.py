@@ -18,6 +18,7 @@ __all__ = [
     "ConvergenceWarning",
     "DivergenceError",
     "InputError",
+    "MissingChunksWarning",
     "NegativeDataError",
     "NoWorkersError",
     "NonFiniteError",
@@ -98,3 +99,8 @@ class NoWorkersError(CfactError, RuntimeError):
 
 class WorkerLostError(CfactError, RuntimeError):
     """Workers holding a distributed solver's state were lost and the run could not replay."""
+
+
+class MissingChunksWarning(CfactWarning):
+    """Chunks of an input store are missing and read as the fill value
+    (``cfact.io.missing-chunks: warn``)."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import logging
 import math
 import os
+import warnings
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +17,7 @@ import numpy as np
 
 from . import config
 from ._runtime.outputs import check_allowed, input_location, store_path
-from .errors import ChunkError, InputError, StoreNotFoundError
+from .errors import ChunkError, InputError, MissingChunksWarning, StoreNotFoundError
 
 __all__ = ["InputArray", "open_array"]
 
@@ -191,6 +194,55 @@ def _describe_zarr(z: Any) -> str:
     return f"Zarr array {loc}{'/' + path if path else ''}"
 
 
+logger = logging.getLogger(__name__)
+
+def _scalar(x: Any) -> Any:
+    return x.item() if hasattr(x, "item") else x
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}/{key}" if path else key
+
+
+def missing_chunks_policy() -> str:
+    """``cfact.io.missing-chunks``: what a chunk missing from an input store reads as."""
+    from .errors import ConfigError
+
+    policy = str(config.get("io.missing-chunks", "error")).lower()
+    if policy not in ("error", "warn", "fill"):
+        raise ConfigError(
+            f"cfact.io.missing-chunks must be 'error', 'warn' or 'fill', got {policy!r}"
+        )
+    return policy
+
+
+def _warn_missing_chunks(z: Any, source: str) -> None:
+    """Under ``missing-chunks: warn``: one line per opened input naming how many chunks of the
+    grid have no object in the store (listed once, here on the client)."""
+    grid = tuple(getattr(z, "shards", None) or z.chunks)
+    counts = [-(-n // g) for n, g in zip(z.shape, grid, strict=True)]
+    total = math.prod(counts)
+    path = getattr(z, "path", "")
+    prefix = f"{path}/" if path else ""
+
+    async def listing() -> set[str]:
+        return {k async for k in z.store.list_prefix(prefix)}
+
+    try:
+        present = _zarr_sync(listing())
+    except Exception:  # noqa: BLE001 - a store that cannot list: the reads still log
+        logger.debug("cannot list %s", source, exc_info=True)
+        return
+    missing = [c for c in itertools.product(*map(range, counts))
+               if prefix + z.metadata.encode_chunk_key(c) not in present]
+    if missing:
+        warnings.warn(
+            f"{len(missing)} of {total} chunks of {source} are missing from the store (first: "
+            f"{missing[0]}) and read as the fill value {_scalar(z.fill_value)!r} "
+            f"(cfact.io.missing-chunks: warn)", MissingChunksWarning, stacklevel=4,
+        )
+
+
 class _CheckedZarr:
     """A Zarr array whose reads raise :class:`ChunkError` naming the store, chunk and fix.
 
@@ -216,12 +268,80 @@ class _CheckedZarr:
         try:
             whole = self._whole_chunk(key)
             if whole is not None:
-                return _read_chunk(self.z, *whole)
-            return self.z[key]
-        except MemoryError:
+                out = _read_chunk(self.z, *whole)
+                if out is None:  # no object for this chunk in the store
+                    self._on_missing(whole[0], key)
+                    out = np.full(whole[1], self.z.fill_value, dtype=self.z.dtype)
+                return out
+            out = self.z[key]
+            self._check_fill_regions(key, out)
+            return out
+        except (MemoryError, ChunkError):
             raise
         except Exception as e:  # noqa: BLE001 - codecs and stores raise many types
             raise ChunkError(self._message(key, e)) from e
+
+    # -- chunks that are not in the store (zarr reads them as the fill value, silently)
+    def _chunk_file(self, coords: tuple[int, ...]) -> str:
+        root = getattr(self.z.store, "root", None)
+        base = str(root) if root is not None else str(self.z.store)
+        path = getattr(self.z, "path", "")
+        return f"{base}/{path + '/' if path else ''}{self.z.metadata.encode_chunk_key(coords)}"
+
+    def _on_missing(self, coords: tuple[int, ...], key: Any) -> None:
+        """A chunk (or shard) of the grid has no object in the store: an error naming it, or
+        (``cfact.io.missing-chunks``: warn / fill) read as the fill value. A directory where the
+        chunk file should be is always an error."""
+        where = self._chunk_file(coords)
+        root = getattr(self.z.store, "root", None)
+        if root is not None and os.path.isdir(where):
+            raise ChunkError(
+                f"chunk {coords} of {self.source} is a directory ({where}), not a chunk file; "
+                f"the store is damaged: restore it from a backup or write it again"
+            )
+        policy = missing_chunks_policy()
+        if policy == "fill":
+            return
+        if policy == "warn":  # the one line per run is MissingChunksWarning, at open
+            logger.debug("chunk %s of %s is missing (%s); read as the fill value", coords,
+                         self.source, where)
+            return
+        raise ChunkError(
+            f"chunk {coords} of {self.source} is missing: no chunk file {where}, although the "
+            f"array's metadata (shape {self.shape}, chunks {tuple(self.z.chunks)}) says it "
+            f"exists; zarr would read it as the fill value {_scalar(self.z.fill_value)!r}, which "
+            f"would "
+            f"silently change the result. Restore the chunk (or the store) from a backup; if "
+            f"the store leaves chunks equal to the fill value unwritten on purpose (zarr's "
+            f"write_empty_chunks=False), set cfact.io.missing-chunks to 'fill' (or 'warn'), "
+            f"e.g. DASK_CFACT__IO__MISSING_CHUNKS=fill"
+        )
+
+    def _check_fill_regions(self, key: Any, out: Any) -> None:
+        """After a read through zarr: every chunk (shard) region of the block that holds only
+        the fill value is looked up in the store (a missing one is what reads like that)."""
+        if not isinstance(key, tuple) or len(key) != self.ndim or not isinstance(out, np.ndarray):
+            return
+        if any(not isinstance(k, slice) or k.step not in (None, 1) for k in key):
+            return
+        fill = self.z.fill_value
+        starts = [k.indices(n)[0] for k, n in zip(key, self.shape, strict=True)]
+        stops = [k.indices(n)[1] for k, n in zip(key, self.shape, strict=True)]
+        ranges = [range(a // g, -(-b // g)) for a, b, g in zip(starts, stops, self.grid,
+                                                             strict=True)]
+        for coords in itertools.product(*ranges):
+            region = tuple(slice(max(c * g, a) - a, min((c + 1) * g, b) - a)
+                           for c, g, a, b in zip(coords, self.grid, starts, stops, strict=True))
+            block = out[region]
+            if block.size == 0:
+                continue
+            same = np.isnan(block) if isinstance(fill, float) and np.isnan(fill) else block == fill
+            if not np.all(same):
+                continue
+            exists = _zarr_sync(self.z.store.exists(
+                _join(getattr(self.z, "path", ""), self.z.metadata.encode_chunk_key(coords))))
+            if not exists:
+                self._on_missing(tuple(coords), key)
 
     def _whole_chunk(self, key: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
         """The chunk coordinates and the block's shape when ``key`` selects exactly one whole
@@ -281,14 +401,15 @@ except ImportError:  # pragma: no cover - other zarr versions
     _DIRECT_OK = False
 
 
-def _read_chunk(z: Any, coords: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+def _read_chunk(z: Any, coords: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray | None:
     """Read one whole chunk: fetch its bytes and decode them, without zarr's output copy.
 
     ``z[key]`` allocates the output, then decodes into a temporary and copies it over: three
     chunk-sized buffers at once and a memcpy. Decoding the stored bytes directly peaks at the
     compressed plus the decoded chunk and is about twice as fast on a warm page cache (see the
     README's sketch benchmark). The result may be read-only; dask chunks are never written to.
-    Edge chunks are stored full-size and cut to the array's bounds here.
+    Edge chunks are stored full-size and cut to the array's bounds here. None when the store
+    has no object for the chunk.
     """
     aa = z._async_array
     proto = _default_prototype()
@@ -297,8 +418,8 @@ def _read_chunk(z: Any, coords: tuple[int, ...], shape: tuple[int, ...]) -> np.n
         cfg = dataclasses.replace(cfg, order=aa.metadata.order)
     spec = aa.metadata.get_chunk_spec(coords, cfg, prototype=proto)
     buf = _zarr_sync((aa.store_path / aa.metadata.encode_chunk_key(coords)).get(prototype=proto))
-    if buf is None:  # never written: the fill value, as zarr reads it
-        return np.full(shape, z.fill_value, dtype=z.dtype)
+    if buf is None:  # no chunk object: the caller decides (zarr would read the fill value)
+        return None
     (arr,) = _zarr_sync(aa.codec_pipeline.decode([(buf, spec)]))
     out = arr.as_numpy_array()
     if out.shape != shape:
@@ -306,11 +427,31 @@ def _read_chunk(z: Any, coords: tuple[int, ...], shape: tuple[int, ...]) -> np.n
     return out
 
 
+def checked_dask(z: Any, source: str) -> da.Array:
+    """A zarr array as a dask array (on its chunk grid) whose reads raise :class:`ChunkError`
+    naming the chunk: a checksum mismatch, a missing chunk, a corrupt chunk file. For reading
+    back what cfact wrote (sketches, factors), like inputs."""
+    from dask.base import tokenize
+
+    grid = getattr(z, "shards", None) or z.chunks
+    return da.from_array(
+        _CheckedZarr(z, source), chunks=grid, name="checked-zarr-" + tokenize(z, grid),
+        lock=False, fancy=False, meta=np.empty((0,) * len(z.shape), dtype=z.dtype),
+    )
+
+
+def checked_numpy(z: Any, source: str) -> np.ndarray:
+    """:func:`checked_dask`, read into memory in this process."""
+    return np.asarray(checked_dask(z, source).compute(scheduler="sync"))
+
+
 def _from_zarr_array(z: Any, source: str) -> InputArray:
     from dask.base import tokenize
 
     # native grid: shards when the array is sharded (lock-free, one object read per task)
     grid = getattr(z, "shards", None) or z.chunks
+    if missing_chunks_policy() == "warn":
+        _warn_missing_chunks(z, source)
     checked = _CheckedZarr(z, source)
     data = da.from_array(
         checked, chunks=grid, name="from-zarr-" + tokenize(z, grid), lock=False, fancy=False,

@@ -32,6 +32,7 @@ import numpy as np
 from . import config
 from ._jsonattrs import to_json
 from ._random import SeedLike, normalize_seed
+from ._runtime.codecs import array_kwargs
 from .als import (
     ALSOutcome,
     ALSSpec,
@@ -53,7 +54,7 @@ from .errors import (
     RankError,
     StoreNotFoundError,
 )
-from .io import InputArray, open_array
+from .io import InputArray, checked_dask, checked_numpy, open_array
 
 __all__ = ["NMFResult", "nmf"]
 
@@ -143,11 +144,12 @@ class NMFResult:
                     axis = 0 if name == "W" else 1
                     arr = arr.rechunk({axis: max(arr.chunks[axis]), 1 - axis: -1})
                     da.to_zarr(arr, target.store, component=f"{w.write_group}/{name}",
-                               overwrite=True, dimension_names=_DIMS[name], zarr_format=3)
+                               overwrite=True, dimension_names=_DIMS[name], zarr_format=3,
+                               **array_kwargs())
                 else:
                     a = np.asarray(arr)
                     z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape,
-                                       dimension_names=_DIMS[name])
+                                       dimension_names=_DIMS[name], **array_kwargs())
                     z[...] = a
             return w.finish({
                 "type": "factors",
@@ -187,8 +189,9 @@ class NMFResult:
                 f"{meta.get('type')!r}, complete={meta.get('complete')!r}); write it again"
             )
         check_upstream(store, group, meta)
-        W = np.asarray(g["W"][...])
-        H = da.from_zarr(g["H"]) if lazy else np.asarray(g["H"][...])
+        # read through the checked reader: a corrupt chunk is a ChunkError naming it
+        W = checked_numpy(g["W"], f"{store}/{group}/W")
+        H = (checked_dask if lazy else checked_numpy)(g["H"], f"{store}/{group}/H")
         return cls(W=W, H=H, n_iter_=int(meta["n_iter"]), history=tuple(meta["history"]),
                    reconstruction_err_=float(meta["reconstruction_err"]),
                    converged=bool(meta["converged"]), is_sketch=bool(meta["is_sketch"]),

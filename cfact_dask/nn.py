@@ -36,6 +36,7 @@ import numpy as np
 
 from ._jsonattrs import to_json
 from ._random import SeedLike
+from ._runtime.codecs import array_kwargs
 from .cluster import client_context, compute
 from .errors import ConfigError, InputError, StoreNotFoundError
 
@@ -482,11 +483,12 @@ def save_factors(factors: Any, store: str | os.PathLike, *, overwrite: bool = Fa
             if np.any(np.cumsum(arr.chunks[0])[:-1] % c0):
                 arr = arr.rechunk({0: c0})  # lock-free writes need chunk-aligned blocks
             z = g.create_array(name, shape=arr.shape, dtype=arr.dtype,
-                               chunks=(c0,) + arr.shape[1:])
+                               chunks=(c0,) + arr.shape[1:], **array_kwargs())
             lazy.append((arr, z))
         else:
             a = np.asarray(arr)
-            z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape or None)
+            z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape or None,
+                               **array_kwargs())
             z[...] = a
 
     if isinstance(f, LowRankFactors):

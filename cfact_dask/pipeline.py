@@ -37,8 +37,9 @@ import numpy as np
 
 from ._jsonattrs import to_json
 from ._random import normalize_seed
-from ._version import __version__
 from ._runtime import workers as _workers
+from ._runtime.codecs import array_kwargs
+from ._version import __version__
 from .cluster import client_context, use_client
 from .errors import (
     CfactError,
@@ -420,7 +421,7 @@ def _save_recovery(path: str, rec: Any, *, overwrite: bool = False,
     with GroupWriter(target) as w:
         w.create("recovered")
         da.to_zarr(W, target.store, component=f"{w.write_group}/W", overwrite=True,
-                   zarr_format=3, dimension_names=("feature", "component"))
+                   zarr_format=3, dimension_names=("feature", "component"), **array_kwargs())
         return w.finish(_json({
             "type": "recovered", "method": rec.method, "certificate": rec.certificate.to_dict(),
             "n_iter": int(rec.n_iter_),

@@ -29,6 +29,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from ._runtime.codecs import xarray_encoding
 from .cluster import client_context, compute
 from .errors import InputError, StoreExistsError, StoreNotFoundError
 
@@ -322,6 +323,8 @@ def reconstruct(
             compute=False,
             consolidated=False,
             zarr_format=3,
+            encoding=xarray_encoding(ds),
+            write_empty_chunks=True,
         )
         todo: list[Any] = [delayed_write]
         if stats_arr is not None:

@@ -18,10 +18,11 @@ import dask.array as da
 import numpy as np
 
 from ._random import SeedLike
+from ._runtime.codecs import xarray_encoding
 from ._version import __version__ as _version
 from .cluster import client_context, compute
 from .errors import InputError, RankError, StoreNotFoundError
-from .io import InputArray, open_array
+from .io import InputArray, checked_dask, open_array
 from .operators import Kind, SketchOperator, make_operator, project
 
 __all__ = ["Sketch", "sketch"]
@@ -231,7 +232,8 @@ class Sketch:
             ds.attrs = w.incomplete_attrs("sketch")
             with client_context(client, nbytes=self.data.nbytes) as c:
                 delayed = ds.to_zarr(target.store, group=w.write_group, mode="w", compute=False,
-                                     consolidated=False, zarr_format=3)
+                                     consolidated=False, zarr_format=3,
+                                     encoding=xarray_encoding(ds), write_empty_chunks=True)
                 compute(delayed, client=c, progress=progress, desc=f"writing sketch to {store}")
             return w.finish(self._attrs(), upstream=upstream)
 
@@ -239,6 +241,7 @@ class Sketch:
     def from_zarr(cls, store: str | os.PathLike, group: str = "sketch") -> Sketch:
         """Open a sketch written by :meth:`to_zarr` (lazy; chunks as stored)."""
         import xarray as xr
+        import zarr
 
         from ._runtime.outputs import resolve, store_path
 
@@ -248,8 +251,11 @@ class Sketch:
         xa = ds["sketch"]
         coords = {str(k): np.asarray(v.values) for k, v in xa.coords.items() if v.ndim == 1}
         dims = tuple(meta["dims"])
+        # the data through the checked reader: a corrupt chunk is a ChunkError naming it
+        data = checked_dask(zarr.open_array(store, path=f"{group}/sketch", mode="r"),
+                            f"the sketch {store}/{group}")
         return cls(
-            data=xa.data,
+            data=data,
             operator=SketchOperator.from_dict(meta["operator"]),
             axis=int(meta["axis"]),
             feature_ranges=tuple(tuple(r) for r in meta["feature_ranges"]),

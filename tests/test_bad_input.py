@@ -139,8 +139,10 @@ def one_inf(tmp_path):
 def meta_shape_larger_nan_fill(tmp_path):
     src = _store(tmp_path, fill=float("nan"))
     _edit_meta(src, shape=[N + 20, M])
-    # which missing chunk is met first depends on the scheduler: any chunk of rows 40:60
-    return _pipeline(src), [src, re.compile(r"chunk \([45], \d\)"), "NaN"]
+    # which missing chunk is met first depends on the scheduler: any chunk of rows 40:60; they
+    # are missing from the store (not NaN data), which cfact.io.missing-chunks: error says
+    return _pipeline(src), [src, re.compile(r"chunk \([45], \d\)"), "is missing",
+                            "missing-chunks"]
 
 
 def meta_chunk_shape_lies(tmp_path):
@@ -204,6 +206,8 @@ def negative_data_nmf(tmp_path):
 
 def all_zero_nmf(tmp_path):
     src = _store(tmp_path, np.zeros((N, M)))
+    # zarr writes no chunk equal to the fill value: a complete all-zero store has them all
+    zarr.open_array(src, mode="r+", config={"write_empty_chunks": True})[...] = 0.0
     return (lambda out: cf.nmf(src, 2, max_iter=5)), [src, "all zeros"]
 
 
@@ -345,7 +349,7 @@ CASES = [
     (empty_chunk_file, ChunkError),
     (chunk_of_nan, NonFiniteError),
     (one_inf, NonFiniteError),
-    (meta_shape_larger_nan_fill, NonFiniteError),
+    (meta_shape_larger_nan_fill, ChunkError),
     (meta_chunk_shape_lies, ChunkError),
     (meta_dtype_lies, ChunkError),
     (string_dtype, InputError),

@@ -26,8 +26,8 @@ import zarr
 from conftest import process_cluster
 
 import cfact_dask as cf
-from cfact_dask.dgd import dgd_local
 from cfact_dask.datasets import planted_nmf_zarr
+from cfact_dask.dgd import dgd_local
 from cfact_dask.errors import NoWorkersError
 from cfact_dask.nmf import NMFResult
 
@@ -447,3 +447,152 @@ def _assert_dgd_bitwise(remote, local):
     np.testing.assert_array_equal(remote.U, local.U)
     np.testing.assert_array_equal(remote.V, local.V)
     assert remote.objective == local.objective and remote.n_iter == local.n_iter
+
+
+# ------------------------------------------------------------------------ corruption
+def _input_store(path, data, chunks=(20, 20), **kw):
+    z = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype, **kw)
+    z[...] = data
+    return str(path)
+
+
+def _flip_byte(path):
+    b = bytearray(open(path, "rb").read())
+    b[len(b) // 2] ^= 0x10
+    with open(path, "wb") as fh:
+        fh.write(bytes(b))
+
+
+@pytest.fixture
+def damaged(tmp_path):
+    """A 60 x 40 input with chunk (1, 1) deleted (chunk files c/<i>/<j>)."""
+    rng = np.random.default_rng(0)
+    src = _input_store(tmp_path / "in.zarr", rng.random((60, 40)) + 0.5)
+    os.remove(os.path.join(src, "c", "1", "1"))
+    return src
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_missing_input_chunk_is_an_error_naming_it(damaged, direct):
+    with dask.config.set({"cfact.io.direct-chunk-reads": direct}), \
+            pytest.raises(cf.errors.ChunkError) as e:
+        cf.sketch(cf.open_array(damaged), 10, seed=0).compute(progress=False)
+    msg = str(e.value)
+    assert "chunk (1, 1)" in msg and "is missing" in msg
+    assert os.path.join(damaged, "c", "1", "1").replace(os.sep, "/") in msg.replace(os.sep, "/")
+    assert "cfact.io.missing-chunks" in msg  # the fix for stores that rely on fill values
+
+
+def test_missing_input_chunk_stops_the_pipeline(damaged, tmp_path):
+    with pytest.raises(cf.errors.ChunkError, match=r"chunk \(1, 1\) .* is missing"):
+        cf.factorize_recover(damaged, 2, sketch=dict(n_components=10), factor=dict(max_iter=5),
+                             out=str(tmp_path / "run.zarr"), progress=False)
+
+
+def test_missing_chunks_policy_warn_and_fill(damaged):
+    from cfact_dask.errors import MissingChunksWarning
+
+    whole = zarr.open_array(damaged)[...]  # zarr reads the missing chunk as 0
+    with dask.config.set({"cfact.io.missing-chunks": "warn"}):
+        with pytest.warns(MissingChunksWarning, match=r"1 of 6 chunks .* missing") as rec:
+            X = cf.open_array(damaged)
+        assert len(rec) == 1  # one line per run, not one per chunk read
+        np.testing.assert_array_equal(X.data.compute(scheduler="sync"), whole)
+    with dask.config.set({"cfact.io.missing-chunks": "fill"}), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(cf.open_array(damaged).data.compute(scheduler="sync"),
+                                      whole)
+    with dask.config.set({"cfact.io.missing-chunks": "sometimes"}), \
+            pytest.raises(cf.ConfigError, match="missing-chunks"):
+        cf.open_array(damaged)
+
+
+@pytest.mark.parametrize("policy", ["error", "warn", "fill"])
+def test_chunk_replaced_by_a_directory_is_always_an_error(damaged, policy):
+    os.mkdir(os.path.join(damaged, "c", "1", "1"))
+    with dask.config.set({"cfact.io.missing-chunks": policy}), warnings.catch_warnings():
+        warnings.simplefilter("ignore", cf.errors.CfactWarning)
+        with pytest.raises(cf.errors.ChunkError, match=r"chunk \(1, 1\) .* is a directory"):
+            cf.open_array(damaged).data.compute(scheduler="sync")
+
+
+def test_flipped_byte_in_a_checksummed_input_is_a_chunk_error(tmp_path):
+    """A foreign store written with a checksum codec: corruption fails to decode."""
+    from cfact_dask._runtime.codecs import compressors
+
+    rng = np.random.default_rng(1)
+    src = _input_store(tmp_path / "in.zarr", rng.random((40, 40)), compressors=compressors())
+    _flip_byte(os.path.join(src, "c", "1", "0"))
+    with pytest.raises(cf.errors.ChunkError, match=r"chunk \(1, 0\).*c/1/0.*checksum"):
+        cf.open_array(src).data.compute(scheduler="sync")
+
+
+@pytest.fixture(scope="module")
+def run_store(store, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("out") / "run.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", cf.ConvergenceWarning)
+        warnings.simplefilter("ignore", cf.RecoveryWarning)
+        cf.factorize_recover(cf.open_array(store, variable="M"), 3, sketch=dict(n_components=60),
+                             factor=dict(max_iter=20, checkpoint_every=10),
+                             recover="lstsq-data", out=out, reconstruct=True, progress=False)
+    return out
+
+
+def _arrays(path):
+    out = {}
+
+    def walk(g, prefix):
+        for name, a in g.arrays():
+            out[prefix + name] = a
+        for name, sub in g.groups():
+            walk(sub, prefix + name + "/")
+
+    walk(zarr.open_group(path, mode="r"), "")
+    return out
+
+
+def test_every_store_cfact_writes_is_checksummed(store, run_store, tmp_path):
+    from zarr.codecs import Crc32cCodec
+
+    from cfact_dask.nn import save_factors
+
+    arrays = {**{f"input/{k}": v for k, v in _arrays(store).items()},  # planted data set
+              **{f"run/{k}": v for k, v in _arrays(run_store).items()}}
+    A = np.random.default_rng(0).random((60, 8))
+    with pytest.warns(cf.ConvergenceWarning):
+        f = cf.lp_lowrank(A, rank=2, p=1.0, max_iter=3)
+    save_factors(f, str(tmp_path / "f.zarr"))
+    arrays.update({f"nn/{k}": v for k, v in _arrays(str(tmp_path / "f.zarr")).items()})
+    groups = {k.split("/")[1] for k in arrays if k.startswith("run/")}
+    assert {"sketch", "holdout", "factors", "recovered", "reconstruction"} <= groups
+    plain = [k for k, a in arrays.items()
+             if not any(isinstance(c, Crc32cCodec) for c in a.compressors)]
+    assert not plain, f"written without a checksum: {plain}"
+
+
+@pytest.mark.parametrize("what", ["sketch", "factors", "recovered", "reconstruction"])
+def test_flipped_byte_in_a_cfact_output_is_detected_on_read(run_store, tmp_path, what):
+    import shutil
+
+    from cfact_dask.reconstruct import open_reconstruction
+
+    out = str(tmp_path / "copy.zarr")
+    shutil.copytree(run_store, out)
+    path = {"sketch": "sketch/sketch", "factors": "factors/H", "recovered": "recovered/W",
+            "reconstruction": "reconstruction/reconstruction"}[what]
+    chunk = os.path.join(out, *path.split("/"), "c", "0", "0")
+    _flip_byte(chunk)
+    read = {
+        "sketch": lambda: np.asarray(cf.Sketch.from_zarr(out, "sketch").data),
+        "factors": lambda: NMFResult.from_zarr(out, "factors", lazy=False),
+        "recovered": lambda: cf.open_array(out + "/recovered", variable="W").data.compute(),
+        "reconstruction": lambda: np.asarray(open_reconstruction(out, "reconstruction").values),
+    }[what]
+    with pytest.raises((cf.errors.ChunkError, ValueError)) as e:
+        read()
+    msg = str(e.value)
+    assert "checksum" in msg.lower()
+    if what != "reconstruction":  # read by cfact's checked reader: the chunk is named
+        assert isinstance(e.value, cf.errors.ChunkError)
+        assert "chunk (0, 0)" in msg and "/".join([path, "c", "0", "0"]) in msg
