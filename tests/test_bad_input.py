@@ -207,7 +207,9 @@ def negative_data_nmf(tmp_path):
 def all_zero_nmf(tmp_path):
     src = _store(tmp_path, np.zeros((N, M)))
     # zarr writes no chunk equal to the fill value: a complete all-zero store has them all
-    zarr.open_array(src, mode="r+", config={"write_empty_chunks": True})[...] = 0.0
+    z = zarr.create_array(src, shape=(N, M), chunks=(C, C), dtype="f8", fill_value=0.0,
+                          config={"write_empty_chunks": True}, overwrite=True)
+    z[...] = 0.0
     return (lambda out: cf.nmf(src, 2, max_iter=5)), [src, "all zeros"]
 
 
@@ -415,12 +417,16 @@ def test_table_has_at_least_twenty_cases():
 
 
 def test_missing_chunks_with_zero_fill_read_as_zeros(tmp_path):
-    """The documented decision: a shape lie over a 0-filled store reads the gap as zeros."""
+    """The documented decision: a shape lie over a 0-filled store is an error naming a missing
+    chunk by default; with cfact.io.missing-chunks=fill the gap reads as zeros."""
     src = _store(tmp_path)
     _edit_meta(src, shape=[N + 20, M])
     X = cf.open_array(src)
     assert X.shape == (N + 20, M)
-    np.testing.assert_array_equal(X.data[N:].compute(), 0.0)
+    with pytest.raises(ChunkError, match=r"chunk \([45], \d\) .* is missing"):
+        X.data[N:].compute()
+    with dask.config.set({"cfact.io.missing-chunks": "fill"}):
+        np.testing.assert_array_equal(cf.open_array(src).data[N:].compute(), 0.0)
 
 
 @pytest.mark.timeout(120)
