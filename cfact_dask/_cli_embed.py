@@ -10,13 +10,14 @@ References
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
 
 import click
 import numpy as np
+
+from ._cli_session import Session, session_options, with_session
 
 __all__ = ["compress_embedding"]
 
@@ -57,15 +58,12 @@ def _open_input(path: str, variable: str | None) -> Any:
 @click.option("--max-iter", type=int, default=None, help="Iterations (passes over INPUT).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out store.")
-@click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
-@click.option("--scheduler-file", default=None, help="Scheduler file of a running cluster.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="Only print the summary.")
+@session_options
+@with_session
 def compress_embedding(
-    input_path: str, rate: float, method: str, out: str, variable: str | None,
-    n_subspaces: int, p: float, lp_method: str, n_init: int, max_iter: int | None, seed: int,
-    overwrite: bool, scheduler: str | None, scheduler_file: str | None, as_json: bool,
-    quiet: bool,
+    session: Session, input_path: str, rate: float, method: str, out: str,
+    variable: str | None, n_subspaces: int, p: float, lp_method: str, n_init: int,
+    max_iter: int | None, seed: int, overwrite: bool,
 ) -> None:
     """Compress the n × D embedding INPUT (Zarr or .npy) by --rate and write the factors to --out.
 
@@ -73,30 +71,17 @@ def compress_embedding(
     Example:
       cfact compress-embedding emb.zarr --rate 0.4 --method messi --out emb_messi.zarr
     """
-    import dask
-
     from . import nn
-    from .cluster import connect
-    from .errors import CfactError
 
     if os.path.exists(out) and not overwrite:
         raise click.UsageError(f"{out!r} already exists; pass --overwrite or choose another --out")
-    client = None
-    try:
-        client = connect(scheduler=scheduler, scheduler_file=scheduler_file)
-        with dask.config.set({"cfact.progress": not quiet}):
-            data = _open_input(input_path, variable)
-            f = nn.compress_embedding(
-                data, rate, method, n_subspaces=n_subspaces, p=p,  # type: ignore[arg-type]
-                lp_method=lp_method,  # type: ignore[arg-type]
-                n_init=n_init, max_iter=max_iter, random_state=seed, client=client,
-            )
-            nn.save_factors(f, out, overwrite=overwrite, client=client)
-    except (CfactError, ImportError) as e:
-        raise click.ClickException(str(e)) from e
-    finally:
-        if client is not None:
-            client.close()
+    data = _open_input(input_path, variable)
+    f = nn.compress_embedding(
+        data, rate, method, n_subspaces=n_subspaces, p=p,  # type: ignore[arg-type]
+        lp_method=lp_method,  # type: ignore[arg-type]
+        n_init=n_init, max_iter=max_iter, random_state=seed, client=session.client,
+    )
+    nn.save_factors(f, out, overwrite=overwrite, client=session.client)
     n, D = f.shape
     summary: dict[str, Any] = {
         "input": input_path, "out": out, "method": method, "shape": [n, D],
@@ -104,14 +89,12 @@ def compress_embedding(
         "rate": round(float(f.rate), 6), "target_rate": rate,
         "relative_error": f.info.get("relative_error"), "budget": f.info.get("budget"),
     }
-    if as_json:
-        click.echo(json.dumps(summary))
-        return
     b = summary["budget"] or {}
     shape = (f"rank {b.get('rank')}" if method != "messi"
              else f"k={b.get('n_subspaces')}, j={b.get('dim')}")
-    click.echo(
+    err = summary["relative_error"]
+    session.report(summary, (
         f"{method}: {n} x {D} -> {shape}; {summary['n_params']} of {summary['dense_params']} "
         f"parameters ({summary['rate']:.1%} reduction, target {rate:.0%}); relative error "
-        f"{summary['relative_error']:.4f}; factors in {out}"
-    )
+        f"{'n/a' if err is None else f'{err:.4f}'}; factors in {out}"
+    ))

@@ -360,7 +360,7 @@ def projective_clustering(
                 bases[r] = _refit(S, counts, ccost, dims, bases[r], r)
                 still.append(r)
             costs = [hist[r][-1] for r in restarts if hist[r]]
-            logger.info("projective_clustering pass %d: costs %s (%.2fs)", it,
+            logger.debug("projective_clustering pass %d: costs %s (%.2fs)", it,
                         [f"{v:.6g}" for v in costs], time.perf_counter() - t0)
             stop = bool(callback({"iteration": it, "costs": costs,
                                   "seconds": time.perf_counter() - t0})) if callback else False

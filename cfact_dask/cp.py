@@ -554,7 +554,7 @@ def cp(
                     f"a smaller rank or nonnegative=True"
                 )
             errors.append(err)
-            logger.info("cp iteration %d: relative error %.6g (%.1fs)", it, err,
+            logger.debug("cp iteration %d: relative error %.6g (%.1fs)", it, err,
                         time.perf_counter() - t0)
             if nonnegative:
                 factors = _balance(factors)

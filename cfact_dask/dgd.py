@@ -1266,7 +1266,7 @@ def _drive(engine: _Engine, rt: _Local | _Remote, topo: Topology, ckpt: Checkpoi
             )
         elapsed = time.perf_counter() - start
         if t % report_every == 0 or t == max_iter:
-            logger.info("dgd-local iter %d  cost %.6e  consensus %.6e  step %.3g  (%.2fs)",
+            logger.debug("dgd-local iter %d  cost %.6e  consensus %.6e  step %.3g  (%.2fs)",
                         t, cost_t, cons_t, last_mu, elapsed)
         if tol > 0 and (L <= tol * norm_Y2 or abs(prev_L - L) <= tol * prev_L):
             converged = True

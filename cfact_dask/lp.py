@@ -628,7 +628,7 @@ class _Solver:
 
     def notify(self, it: int, obj: float, basis: np.ndarray, t0: float) -> bool:
         dt = time.perf_counter() - t0
-        logger.info("lp_lowrank pass %d: objective %.6g (%.2fs)", it, obj, dt)
+        logger.debug("lp_lowrank pass %d: objective %.6g (%.2fs)", it, obj, dt)
         if self.callback is None:
             return False
         return bool(self.callback({"iteration": it, "objective": obj, "basis": basis,

@@ -343,13 +343,13 @@ def _persist(arrays: list[Any], client: Any, progress: bool | None) -> list[Any]
         if show:
             from .cluster import show_progress
 
-            show_progress(out, client)
+            show_progress(out, client, "sketching (one pass over the input)")
         client.gather(client.compute([a.sum() for a in out]))  # wait; surface task errors
         return list(out)
     if show:
-        from dask.diagnostics import ProgressBar
+        from .cluster import local_progress
 
-        with ProgressBar(minimum=1.0):
+        with local_progress("sketching (one pass over the input)"):
             return list(dask.persist(*arrays))
     return list(dask.persist(*arrays))
 

@@ -338,7 +338,8 @@ def reconstruct(
                 write_store if group is None else os.path.join(write_store, write_group)
             )
         raise
-    logger.info("reconstruction written to %s (relative error %s)", final, out.relative_error)
+    logger.debug("reconstruction written to %s (relative error %s)", final,
+                 "n/a" if out.relative_error is None else f"{out.relative_error:.4g}")
     return out
 
 

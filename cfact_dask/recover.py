@@ -1137,7 +1137,9 @@ def _lasso(
         lam0 = sigma * math.sqrt(2 * math.log(max(op.n_features, 2))) * _column_norm(op)
         lam0 = np.clip(lam0, _ALPHA_MIN * lmax, lam1)
         info["lam_noise"] = lam0.tolist()
-        logger.info("recover: noise level per column %s -> lambda %s", sigma, lam0)
+        # a summary, not the arrays: r values each (all of them are in info["lam_noise"])
+        logger.debug("recover: noise level per column %s -> lambda %s", _span(sigma),
+                     _span(lam0))
         if holdout is None or stopped:
             _, xs, Px, conv = solve(lam0, xs_d, tol_in)
             lam_vec = lam0
@@ -1157,7 +1159,7 @@ def _lasso(
                 xr, Pxr, sz = finish(xr, Pxr)
                 est = _holdout_estimate(blocks, xr, QM, Qop, Hh)
                 path.append({"multiple": float(mult), "holdout_error": est})
-                logger.info("recover: lambda x %g -> held-out error %.4f", mult, est)
+                logger.debug("recover: lambda x %g -> held-out error %.4f", mult, est)
                 if best is None or est < best[0]:
                     best = (est, mult, lam_m, xr, Pxr, sz, conv_m)
                 if stopped:
@@ -1784,6 +1786,16 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _span(x: Any) -> str:
+    """An array for a log line: its range and size, never its values one by one."""
+    a = np.asarray(x, dtype=float).ravel()
+    if a.size == 0:
+        return "[]"
+    if a.size == 1:
+        return f"{a[0]:.3g}"
+    return f"{a.min():.3g}..{a.max():.3g} ({a.size} columns)"
+
+
 def _certificate(
     W: da.Array,
     Wt: np.ndarray | None,
@@ -1857,7 +1869,8 @@ def _certificate(
                 logger.info("recover: %s", notes[-1])
     if holdout is None and exact is None:
         logger.info(
-            "recover: no held-out sketch given; the certificate has only the fit residual %s", fit
+            "recover: no held-out sketch given; the certificate has only the fit residual %s",
+            _fmt(fit),
         )
     return Certificate(
         fit_residual=fit,

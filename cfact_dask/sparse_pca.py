@@ -387,7 +387,7 @@ def sparse_pca(
             if not np.isfinite(cost):
                 raise NonFiniteError(f"sparse_pca objective became {cost} at iteration {it}")
             errors.append(float(cost))
-            logger.info("sparse_pca iteration %d: objective %.6g (%.1fs)", it, cost,
+            logger.debug("sparse_pca iteration %d: objective %.6g (%.1fs)", it, cost,
                         time.perf_counter() - t0)
             stop = False
             if callback is not None:
