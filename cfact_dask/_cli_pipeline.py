@@ -221,14 +221,27 @@ def recover_cmd(session: Session, store: str, method: str, data: str | None,
                   lam=lam, holdout=holdout,
                   client=session.client)
     _save_recovery(store, rec)
-    cert = rec.certificate.to_dict()
-    est = rec.certificate.estimated_error
+    cert = rec.certificate
     session.report({"command": "recover", "store": store, "method": method,
-                    "certificate": cert},
-                   f"recovered W {rec.W.shape} with {method} -> {store}/recovered; fit residual "
-                   f"{cert['fit_residual']}, estimated relative error "
-                   f"{'n/a' if est is None else f'{est:.4f}'}"
-                   f"{'' if rec.certificate.ok else ' [certificate: NOT OK]'}")
+                    "certificate": cert.to_dict()},
+                   f"recovered W {rec.W.shape} with {method} -> {store}/recovered; "
+                   + _certificate_text(cert))
+
+
+def _certificate_text(cert: Any) -> str:
+    """The certificate's figures, each named for what it is; absent ones are left out."""
+    parts = []
+    if cert.exact_error is not None:
+        parts.append(f"relative error {cert.exact_error:.4f} (exact, from the data)")
+    elif cert.holdout_error is not None:
+        parts.append(f"estimated relative error {cert.holdout_error:.4f} (held-out sketch)")
+    else:
+        parts.append("no error estimate (no hold-out sketch in the store: rerun `cfact sketch`)")
+    if cert.holdout_baseline is not None:
+        parts.append(f"best reachable with this H {cert.holdout_baseline:.4f}")
+    if cert.fit_residual is not None:
+        parts.append(f"sketch fit residual {cert.fit_residual:.4f}")
+    return ", ".join(parts) + ("" if cert.ok else " [certificate: NOT OK]")
 
 
 @click.command("reconstruct")

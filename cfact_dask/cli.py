@@ -39,35 +39,46 @@ def cli() -> None:
 @click.option("--s", "s", type=click.IntRange(min=1), default=None,
               help="Nonzeros per column (sparse kinds).")
 @click.option("--no-check-finite", is_flag=True, help="Do not stop at NaN / Inf.")
+@click.option("--holdout", type=click.IntRange(min=0), default=32, show_default=True,
+              help="Rows of the independent hold-out sketch taken in the same pass (group "
+                   "'holdout'); `cfact recover` certifies its result on it. 0: none.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing sketch group.")
 @cluster_options
 @with_session
 def sketch_cmd(session: Session, input_path: str, output: str, n_components: int, kind: str,
                seed: int, axis: str, variable: str | None, group: str, s: int | None,
-               no_check_finite: bool, overwrite: bool) -> None:
+               holdout: int, no_check_finite: bool, overwrite: bool) -> None:
     """Sketch the feature axis of INPUT_PATH (a Zarr store) into OUTPUT, in one pass."""
     import time
 
+    from .cluster import client_context
     from .io import open_array
-    from .sketch import sketch
+    from .pipeline import sketch_with_holdout
 
     ax: int | str = int(axis) if axis.lstrip("-").isdigit() else axis
     t0 = time.perf_counter()
     inp = open_array(input_path, feature_axis=ax, variable=variable)
-    sk = sketch(inp, n_components, kind=kind, seed=seed, s=s,
-                check_finite=False if no_check_finite else None)
-    where = sk.to_zarr(output, group=group, overwrite=overwrite, client=session.client,
-                       progress=not session.quiet)
+    hold_group = "holdout" if group == "sketch" else f"{group}_holdout"
+    with client_context(session.client, nbytes=int(inp.nbytes)) as c:
+        sk, hold = sketch_with_holdout(
+            inp, n_components, kind=kind, seed=seed, s=s, holdout=holdout,
+            check_finite=False if no_check_finite else None, client=c,
+            progress=not session.quiet)
+        where = sk.to_zarr(output, group=group, overwrite=overwrite, client=c, progress=False)
+        if hold is not None:
+            hold.to_zarr(output, group=hold_group, overwrite=overwrite, client=c, progress=False)
     dt = time.perf_counter() - t0
     payload = {
         "command": "sketch", "input": input_path, "output": where,
         "input_shape": list(inp.shape), "sketch_shape": list(sk.shape),
+        "holdout_shape": list(hold.shape) if hold is not None else None,
         "compression": inp.n_features / n_components, "operator": sk.operator.to_dict(),
         "seconds": dt,
     }
     session.report(payload, f"wrote sketch {sk.shape} ({kind}, d={n_components}, "
-                            f"{inp.n_features / n_components:.1f}x compression) to {where} "
-                            f"in {dt:.1f} s")
+                            f"{inp.n_features / n_components:.1f}x compression)"
+                            + (f" and hold-out sketch {hold.shape}" if hold is not None else "")
+                            + f" to {where} in {dt:.1f} s")
 
 
 @cli.command("inspect")

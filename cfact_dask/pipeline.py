@@ -228,19 +228,23 @@ def _holdout_operator(n: int, d_h: int, seed: int) -> Any:
                          seed=np.random.SeedSequence(seed, spawn_key=(_HOLDOUT_KEY,)))
 
 
-def _sketch_stage(inp: InputArray, opts: dict[str, Any], rs: _RunStore, client: Any,
-                  progress: bool | None) -> tuple[Sketch, Sketch | None]:
-    if rs.done("sketch"):
-        main = Sketch.from_zarr(rs.path, "sketch")
-        hold = Sketch.from_zarr(rs.path, "holdout") if opts["holdout"] else None
-        return main, hold
+def sketch_with_holdout(
+    inp: InputArray, n_components: int, *, kind: str = "expander", seed: Any = 0,
+    s: int | None = None, check_finite: bool | None = None, holdout: int = 32,
+    client: Any = None, progress: bool | None = None,
+) -> tuple[Sketch, Sketch | None]:
+    """The sketch and its hold-out sketch, computed in one pass and persisted.
+
+    The hold-out sketch has ``holdout`` rows of an independent Gaussian operator (seeded from
+    ``seed``); recovery measures its certificate on it. ``holdout=0`` takes none.
+    """
     n = inp.n_features
-    main = sketch(inp, opts["n_components"], kind=opts["kind"], seed=opts["seed"], s=opts["s"],
-                  check_finite=opts["check_finite"])
+    main = sketch(inp, n_components, kind=kind, seed=seed, s=s,  # type: ignore[arg-type]
+                  check_finite=check_finite)
     hold = None
-    d_h = min(int(opts["holdout"]), n - 1)
+    d_h = min(int(holdout), n - 1)
     if d_h > 0:
-        hold = sketch_with(inp, _holdout_operator(n, d_h, normalize_seed(opts["seed"])),
+        hold = sketch_with(inp, _holdout_operator(n, d_h, normalize_seed(seed)),
                            check_finite=False)
     # one pass: both sketches are persisted together, so they share the chunk-read tasks of the
     # input graph; they stay on the workers (d x m is small but m may be large)
@@ -251,6 +255,19 @@ def _sketch_stage(inp: InputArray, opts: dict[str, Any], rs: _RunStore, client: 
     main = replace(main, data=persisted[0])
     if hold is not None:
         hold = replace(hold, data=persisted[1])
+    return main, hold
+
+
+def _sketch_stage(inp: InputArray, opts: dict[str, Any], rs: _RunStore, client: Any,
+                  progress: bool | None) -> tuple[Sketch, Sketch | None]:
+    if rs.done("sketch"):
+        main = Sketch.from_zarr(rs.path, "sketch")
+        hold = Sketch.from_zarr(rs.path, "holdout") if opts["holdout"] else None
+        return main, hold
+    main, hold = sketch_with_holdout(
+        inp, opts["n_components"], kind=opts["kind"], seed=opts["seed"], s=opts["s"],
+        check_finite=opts["check_finite"], holdout=int(opts["holdout"] or 0), client=client,
+        progress=progress)
     if rs.path is not None:
         main.to_zarr(rs.path, "sketch", overwrite=True, client=client, progress=False)
         if hold is not None:
@@ -328,10 +345,25 @@ def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
                       nonnegative=nonneg)
     else:
         rec = recover(res, op, method, **common)
+        est = rec.certificate.estimated_error
+        if _above(rec, opts):
+            # the same threshold recover: auto falls back on, so the two never disagree
+            logger.warning(
+                "sparse recovery (%s): estimated relative error %s is above recover.warn_above "
+                "= %g (recover: auto would fall back to lstsq-data, one extra pass)",
+                method, _fmt(est), float(opts["warn_above"]),
+            )
     if rs.path is not None:
         _save_recovery(rs.path, rec)
         rs.commit("recover", {"method": rec.method, **rec.certificate.to_dict()})
     return rec
+
+
+def _above(rec: Any, opts: Mapping[str, Any]) -> bool:
+    """A sparse recovery whose estimated error is above ``recover.warn_above``."""
+    est = rec.certificate.estimated_error
+    return (rec.method != "lstsq-data" and est is not None
+            and est > float(opts["warn_above"]))
 
 
 def _persist(arrays: list[Any], client: Any, progress: bool | None) -> list[Any]:
@@ -508,7 +540,10 @@ def factorize_recover(
         "recover": None if rec is None else {
             "method": rec.method, "fit_residual": cert.fit_residual,
             "estimated_relative_error": cert.estimated_error,
-            "holdout_baseline": cert.holdout_baseline, "ok": cert.ok,
+            "holdout_baseline": cert.holdout_baseline,
+            # the certificate's verdict and the job's threshold (what recover: auto acts on)
+            "ok": bool(cert.ok and not _above(rec, r_opts)), "certificate_ok": cert.ok,
+            "warn_above": float(r_opts["warn_above"]),
             "messages": list(cert.messages), "notes": list(getattr(cert, "notes", ()) or ()),
             "lam_multiple": (rec.params or {}).get("lam_multiple"),
         },
