@@ -530,6 +530,10 @@ def cp(
             factors = _init_factors(be, shape, int(rank), init, seed, nonnegative, norm_x)
             errors = []
             start = 0
+        # the factors are small: iterate them in float64 whatever the data's dtype. With float32
+        # factors the MTTKRP accumulates in float32 and the error from the expansion
+        # ‖T‖² − 2⟨T, T̂⟩ + ‖T̂‖² cancels to noise (a reported 0 for a true 1e-3)
+        factors = [np.asarray(f, dtype=np.float64) for f in factors]
         N = len(shape)
         it = start
         converged = False

@@ -219,8 +219,10 @@ def _prepare(X: Any, feature_axis: int | str | None) -> _Prepared:
 
     if isinstance(X, Sketch):
         if X.data.ndim != 2:
+            hint = ("a tensor: use cf.cp" if X.data.ndim > 2 else
+                    "a vector: sketch a features × samples matrix, e.g. x.reshape(-1, 1)")
             raise InputError(
-                f"nmf needs a matrix; this sketch has shape {X.shape} (a tensor): use cf.cp"
+                f"nmf needs a matrix; this sketch has shape {X.shape} ({hint})"
             )
         return _Prepared(X.matrix, "the sketch", X.axis == 1, True, X.operator)
     if isinstance(X, np.ndarray) or (

@@ -425,6 +425,14 @@ def sketch(
     (100, 50)
     """
     inp = X if isinstance(X, InputArray) else open_array(X)
+    if len(inp.shape) < 2:
+        # refused before any read: nothing downstream (factorization, recovery) takes a vector
+        raise InputError(
+            f"{inp.source} has shape {tuple(inp.shape)}: a sketch compresses the feature axis of "
+            f"a features × samples matrix (or of a tensor). For one sample, pass it as a column "
+            f"(x.reshape(-1, 1)); to sketch a vector with an existing operator, use "
+            f"operator.matvec(x)"
+        )
     inp = inp.with_feature_axis(axis)
     ax = inp.feature_axis
     n = int(n_features) if n_features is not None else inp.shape[ax] + feature_offset

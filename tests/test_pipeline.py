@@ -234,6 +234,11 @@ def test_plan_predicts_and_warns(planted_store, tmp_path):
     job = _job(planted_store, str(tmp_path / "o.zarr"))
     p = cf.plan(job, n_workers=2, threads_per_worker=1, memory_limit=2**30)
     assert p.total_passes == 2  # the sketch, and the reconstruction's comparison pass
+    # recover: auto reads the data once more when it falls back to lstsq-data
+    assert p.max_passes == 3 and "+ 1 if recover: auto falls back" in str(p)
+    exact = cf.plan(_job(planted_store, str(tmp_path / "o.zarr"),
+                         recover={"method": "nnlasso"}), n_workers=2)
+    assert exact.max_passes == exact.total_passes == 2
     assert p.bytes_read == 2 * 600 * 300 * 4
     assert p.outputs["reconstruction"] == 600 * 300 * 4
     assert not p.warnings
