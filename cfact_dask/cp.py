@@ -37,6 +37,7 @@ import numpy as np
 
 from ._jsonattrs import to_json
 from ._random import SeedLike, generator, normalize_seed
+from ._runtime.display import SKIP, summary_html, summary_repr
 from .checkpoint import as_checkpoint
 from .cluster import client_context
 from .errors import (
@@ -94,6 +95,22 @@ class CPResult:
     params: dict[str, Any] = field(default_factory=dict)
 
     # TensorLy-style unpacking: ``weights, factors = result``
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        on = f" (of the tensor compressed in mode {self.mode})" if self.mode is not None else ""
+        return "cfact CPResult", [
+            ("rank", self.rank),
+            ("factors", ", ".join(" × ".join(map(str, f.shape)) for f in self.factors)),
+            ("weights", f"{self.weights.size} values, {self.weights[0]:.4g} … "
+                        f"{self.weights[-1]:.4g}" if self.weights.size else "none"),
+            ("iterations", self.n_iter),
+            (f"relative error{on}", self.reconstruction_err_),
+            ("sketch operator", self.operator.kind if self.operator is not None else SKIP),
+        ]
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
+
     def __iter__(self):
         return iter((self.weights, self.factors))
 

@@ -32,6 +32,7 @@ import numpy as np
 from . import config
 from ._jsonattrs import to_json
 from ._random import SeedLike, normalize_seed
+from ._runtime.display import SKIP, summary_html, summary_repr
 from .als import (
     ALSOutcome,
     ALSSpec,
@@ -109,6 +110,23 @@ class NMFResult:
     operator: Mapping[str, Any] | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     qb_err_: float | None = None
+
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        on = " of the sketch" if self.is_sketch else ""
+        return "cfact NMFResult", [
+            ("W", self.W), ("H", self.H), ("rank", self.rank),
+            ("kind", "semi-NMF (W signed)" if self.semi else "NMF"),
+            ("solver", self.params.get("solver", SKIP) if self.params else SKIP),
+            ("iterations", self.n_iter_), ("converged", self.converged),
+            (f"relative error{on}", float(self.reconstruction_err_)),
+            ("QB approximation error", self.qb_err_ if self.qb_err_ is not None else SKIP),
+            ("sketch operator", (self.operator or {}).get("kind", SKIP)
+             if self.is_sketch else SKIP),
+        ]
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
 
     @property
     def rank(self) -> int:

@@ -38,6 +38,7 @@ import numpy as np
 
 from ._jsonattrs import to_json
 from ._random import normalize_seed
+from ._runtime.display import SKIP, fmt_value, summary_html, summary_repr
 from ._version import __version__
 from .cluster import client_context
 from .errors import (
@@ -93,6 +94,41 @@ class RunResult:
     reconstruction: Any = None
     report: dict[str, Any] = field(default_factory=dict)
     out: str | None = None
+
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        r = self.report or {}
+        sk, fac, rec = r.get("sketch") or {}, r.get("factor") or {}, r.get("recover") or {}
+        recon = r.get("reconstruction") or {}
+        rows: list[tuple[str, Any]] = [
+            ("input", f"{r.get('input', SKIP)}, shape {fmt_value(tuple(r.get('shape', ())))}"
+             if r else SKIP),
+            ("W", self.W), ("H", self.H),
+            ("sketch", f"{sk.get('kind')}, d = {sk.get('n_components')} "
+                       f"({sk.get('compression', float('nan')):.1f}x compression)" if sk
+             else self.sketch.shape),
+            ("factor", f"{fac.get('method')}, rank {r.get('rank')}, {fac.get('n_iter')} "
+                       f"iterations" if fac else SKIP),
+            ("relative error of the sketch", fac.get("sketch_relative_error", SKIP)),
+        ]
+        if rec:
+            exact = rec.get("method") == "lstsq-data"
+            rows += [
+                ("recovery", f"{rec.get('method')}: "
+                             f"{'ok' if rec.get('ok', True) else 'NOT OK'}"),
+                ("relative error (exact)" if exact else "estimated relative error (held-out)",
+                 rec.get("estimated_relative_error")),
+            ]
+        if recon:
+            rows.append(("reconstruction relative error", recon.get("relative_error")))
+        secs = r.get("seconds") or {}
+        if secs:
+            rows.append(("seconds", ", ".join(f"{k} {v:.1f}" for k, v in secs.items())))
+        rows.append(("store", self.out if self.out else SKIP))
+        return "cfact RunResult", rows
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
 
 
 def _merge(defaults: Mapping[str, Any], given: Any, name: str) -> dict[str, Any]:

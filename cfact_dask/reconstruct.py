@@ -29,6 +29,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from ._runtime.display import SKIP, fmt_value, summary_html, summary_repr
 from .cluster import client_context, compute
 from .errors import InputError, StoreExistsError, StoreNotFoundError
 
@@ -67,6 +68,23 @@ class ReconstructionStats:
     chunk_max_abs_error: np.ndarray | None = None
     max_abs_error: float | None = None
     worst_chunk: tuple[int, ...] | None = None
+
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        return "cfact ReconstructionStats", [
+            ("path", self.path), ("shape", tuple(self.shape)), ("chunks", tuple(self.chunks)),
+            ("relative error", self.relative_error),
+            ("max |error|", self.max_abs_error),
+            ("worst chunk", fmt_value(tuple(self.worst_chunk)) if self.worst_chunk is not None
+             else SKIP),
+            ("worst chunk relative error",
+             float(np.nanmax(self.chunk_relative_error))
+             if self.chunk_relative_error is not None and np.size(self.chunk_relative_error)
+             else SKIP),
+        ]
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -74,6 +74,7 @@ import scipy.sparse as sp
 from dask import delayed
 
 from . import config
+from ._runtime.display import SKIP, summary_html, summary_repr
 from .cluster import client_context, detach
 from .errors import ConvergenceWarning, InputError, RecoveryWarning
 from .operators import SketchOperator
@@ -163,6 +164,27 @@ class Certificate:
     messages: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        rows: list[tuple[str, Any]] = [
+            ("verdict", "ok" if self.ok else "NOT OK"),
+            ("relative error (exact)", self.exact_error if self.exact_error is not None
+             else SKIP),
+            ("estimated relative error (held-out)", self.holdout_error),
+            ("best reachable with this H", self.holdout_baseline),
+            ("sketch fit residual", self.fit_residual if self.fit_residual is not None
+             else SKIP),
+            ("measurements d / features n", f"{self.n_measurements} / {self.n_features}"),
+        ]
+        if self.effective_support is not None and np.size(self.effective_support):
+            rows.append(("largest effective support", int(np.max(self.effective_support))))
+        for i, m in enumerate(self.messages[:2]):
+            rows.append((f"problem {i + 1}", m))
+        return "cfact Certificate", rows
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
+
     def __post_init__(self) -> None:  # lists from a JSON round trip
         object.__setattr__(self, "messages", tuple(self.messages))
         object.__setattr__(self, "notes", tuple(self.notes))
@@ -211,6 +233,25 @@ class Recovery:
     n_iter_: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        c = self.certificate
+        lam = None if self.lam is None else np.asarray(self.lam, dtype=float)
+        return "cfact Recovery", [
+            ("W", self.W), ("method", self.method), ("iterations", self.n_iter_),
+            ("certificate", "ok" if c.ok else "NOT OK"),
+            ("relative error (exact)" if c.exact_error is not None
+             else "estimated relative error (held-out)", c.estimated_error),
+            ("best reachable with this H", c.holdout_baseline),
+            ("sketch fit residual", c.fit_residual if c.fit_residual is not None else SKIP),
+            ("lambda", SKIP if lam is None or lam.size == 0 else
+             f"{lam.min():.3g}..{lam.max():.3g} over {lam.size} columns"),
+            ("problem", c.messages[0] if c.messages else SKIP),
+        ]
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
 
     @property
     def shape(self) -> tuple[int, int]:

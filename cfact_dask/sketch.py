@@ -18,6 +18,7 @@ import dask.array as da
 import numpy as np
 
 from ._random import SeedLike
+from ._runtime.display import SKIP, summary_html, summary_repr
 from ._version import __version__ as _version
 from .cluster import client_context, compute
 from .errors import InputError, RankError, StoreExistsError, StoreNotFoundError
@@ -59,6 +60,26 @@ class Sketch:
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ views
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        op = self.operator
+        rows = [
+            ("shape", tuple(self.shape)),
+            ("data", self.data),
+            ("operator", f"{op.kind}, d = {op.n_components} of n = {op.n_features} features "
+                         f"({op.n_features / max(op.n_components, 1):.1f}x compression)"),
+            ("seed", op.seed),
+            ("feature axis", f"{self.axis}" + (f" ({self.feature_dim})" if self.feature_dim
+                                               else "")),
+            ("dims", self.dims if self.dims else SKIP),
+            ("coords", ", ".join(self.coords) if self.coords else SKIP),
+            ("complete", self.complete),
+        ]
+        return "cfact Sketch", rows
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
+
     @property
     def shape(self) -> tuple[int, ...]:
         return self.data.shape
