@@ -20,6 +20,7 @@ __all__ = [
     "InputError",
     "NegativeDataError",
     "NonFiniteError",
+    "OutputError",
     "RankError",
     "RecoveryWarning",
     "ResumeError",
@@ -59,6 +60,11 @@ class StoreNotFoundError(CfactError, FileNotFoundError):
 
 class StoreExistsError(CfactError, FileExistsError):
     """An output store exists and ``overwrite`` was not given."""
+
+
+class OutputError(CfactError, ValueError):
+    """An output location is unsafe: it overlaps an input, holds data cfact did not write, or a
+    piece read back does not belong with the others. Nothing was changed."""
 
 
 class ConfigError(CfactError, ValueError):

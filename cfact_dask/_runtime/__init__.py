@@ -1,1 +1,1 @@
-"""How work runs and shows, shared by every stage (see ``LAYOUT.md``; filled in step by step)."""
+"""How work runs and shows, shared by every stage (see docs/ARCHITECTURE.md and shared LAYOUT.md)."""
