@@ -34,9 +34,14 @@ def write_result(res: Any, store: str, group: str = "dgd", *, overwrite: bool = 
             "cost_history": res.cost_history, "consensus_history": res.consensus_history,
             "history_iters": res.history_iters,
         }
+        # Y ≈ U Vᵀ: U features × component, V samples × component, one U copy per node
+        dims = {"U": ["feature", "component"], "V": ["sample", "component"],
+                "U_nodes": ["node", "feature", "component"], "cost_history": ["record"],
+                "consensus_history": ["record"], "history_iters": ["record"]}
         for k, v in arrays.items():
             v = np.asarray(v)
-            a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape)
+            a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape,
+                               dimension_names=dims[k])
             a[...] = v
         return w.finish({
             "type": "dgd-result", "method": res.method, "n_iter": res.n_iter,

@@ -226,6 +226,7 @@ def factor(session: Session, store: str, method: str, rank: int, out: str, out_g
     import time
 
     from .cluster import client_context
+    from .nmf import NMFResult
 
     t0 = time.perf_counter()
     data = _load(store, group, variable, feature_axis)
@@ -239,7 +240,12 @@ def factor(session: Session, store: str, method: str, rank: int, out: str, out_g
     nbytes = int(getattr(data, "data", data).nbytes)
     with client_context(session.client, nbytes=nbytes) as c:
         res = METHODS[method](data, rank, opts, c)
-        path = res.to_zarr(out, group=out_group, overwrite=overwrite)
+        if isinstance(res, NMFResult):
+            # H keeps the sample labels the sketch (or the labelled input) carries
+            path = res.to_zarr(out, group=out_group, overwrite=overwrite,
+                               labels=_labels(data, store, group))
+        else:
+            path = res.to_zarr(out, group=out_group, overwrite=overwrite)
     label, err = _error_label(res, data)
     n_iter = getattr(res, "n_iter_", None)
     payload = {"command": "factor", "method": method, "rank": rank, "output": path,
@@ -247,6 +253,15 @@ def factor(session: Session, store: str, method: str, rank: int, out: str, out_g
                "seconds": time.perf_counter() - t0}
     iters = "" if n_iter is None else f"{n_iter} iterations, "
     session.report(payload, f"{method}: rank {rank}, {iters}{label} {_fmt_err(err)} -> {path}")
+
+
+def _labels(data: Any, store: str, group: str | None) -> Any:
+    """The input's labels: stored with a sketch group, or those of a labelled raw input."""
+    from ._runtime.labels import Labels, labels_of_store
+
+    if _is_sketch(data):
+        return labels_of_store(store, group or "sketch")
+    return Labels.from_input(data)
 
 
 def _error_label(res: Any, data: Any = None) -> tuple[str, Any]:

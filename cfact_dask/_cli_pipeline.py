@@ -204,6 +204,7 @@ def recover_cmd(session: Session, store: str, method: str, data: str | None,
 
     from .errors import InputError
     from .nmf import NMFResult
+    from ._runtime.labels import labels_of_store
     from .pipeline import _save_recovery
     from .recover import recover
     from .sketch import Sketch
@@ -220,7 +221,7 @@ def recover_cmd(session: Session, store: str, method: str, data: str | None,
     rec = recover(res, sk.operator, method, data=data, sparsity=sparsity,
                   lam=lam, holdout=holdout,
                   client=session.client)
-    _save_recovery(store, rec)
+    _save_recovery(store, rec, labels=labels_of_store(store, "sketch"))
     cert = rec.certificate
     session.report({"command": "recover", "store": store, "method": method,
                     "certificate": cert.to_dict()},

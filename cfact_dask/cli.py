@@ -51,6 +51,7 @@ def sketch_cmd(session: Session, input_path: str, output: str, n_components: int
     """Sketch the feature axis of INPUT_PATH (a Zarr store) into OUTPUT, in one pass."""
     import time
 
+    from ._runtime.labels import Labels
     from .cluster import client_context
     from .io import open_array
     from .pipeline import sketch_with_holdout
@@ -64,9 +65,11 @@ def sketch_cmd(session: Session, input_path: str, output: str, n_components: int
             inp, n_components, kind=kind, seed=seed, s=s, holdout=holdout,
             check_finite=False if no_check_finite else None, client=c,
             progress=not session.quiet)
-        where = sk.to_zarr(output, group=group, overwrite=overwrite, client=c, progress=False)
+        where = sk.to_zarr(output, group=group, overwrite=overwrite, client=c, progress=False,
+                           labels=Labels.from_input(inp))
         if hold is not None:
-            hold.to_zarr(output, group=hold_group, overwrite=overwrite, client=c, progress=False)
+            hold.to_zarr(output, group=hold_group, overwrite=overwrite, client=c, progress=False,
+                         name="holdout")
     dt = time.perf_counter() - t0
     payload = {
         "command": "sketch", "input": input_path, "output": where,

@@ -156,7 +156,14 @@ class CPResult:
                                                    enumerate(self.factors)}}
             for k, v in arrays.items():
                 v = np.asarray(v)
-                a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape)
+                # mode_i × component (the compressed mode: sketch_row); xarray reads the names
+                if k == "weights":
+                    dims = ["component"]
+                else:
+                    i = int(k.split("_")[1])
+                    dims = ["sketch_row" if i == self.mode else f"mode_{i}", "component"]
+                a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape,
+                                   dimension_names=dims)
                 a[...] = v
             return w.finish({
                 "type": "cp",

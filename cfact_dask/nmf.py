@@ -65,9 +65,6 @@ _INIT_KEYS = {"W": 21, "H": 22}
 
 
 # ---------------------------------------------------------------------- result
-#: Zarr v3 dimension names of the stored factors (so that xarray.open_zarr reads them)
-_DIMS = {"W": ("feature", "component"), "H": ("component", "sample")}
-
 @dataclass(frozen=True)
 class NMFResult:
     """The result of :func:`nmf`: small factors, the iteration record and what was factorized.
@@ -144,29 +141,47 @@ class NMFResult:
         return SketchOperator.from_dict(dict(self.operator))
 
     def to_zarr(self, store: str | os.PathLike, group: str = "factors", *,
-                overwrite: bool = False, upstream: Mapping[str, str] | None = None) -> str:
+                overwrite: bool = False, upstream: Mapping[str, str] | None = None,
+                labels: Any = None) -> str:
         """Write ``W``, ``H`` and the metadata to ``store/group``; complete only when done.
 
         ``H`` is written blockwise from the workers when it is a dask array. The target is
         checked first and the group written under a temporary name, moved into place at the end
         (see :mod:`cfact_dask._runtime.outputs`); ``overwrite`` replaces only a cfact group.
+
+        The factor of a sketch is ``P W`` (``W_sketch``, dims ``sketch_row × component``), of
+        raw data ``W`` (``feature × component``); ``H`` is ``component × sample``. With
+        ``labels`` (:class:`~cfact_dask._runtime.labels.Labels` of the input) the feature and
+        sample dimensions take the input's names and coordinates.
         """
+        from ._runtime.labels import COMPONENT, SKETCH_ROW, write_coords
+        from ._runtime.labels import Labels as _Labels
         from ._runtime.outputs import GroupWriter, prepare_group
 
+        lab = (labels or _Labels()).sized(None if self.is_sketch else int(self.W.shape[0]),
+                                          int(self.H.shape[1]))
+        wname = "W_sketch" if self.is_sketch else "W"
+        dims = {wname: (SKETCH_ROW if self.is_sketch else lab.feature_dim, COMPONENT),
+                "H": (COMPONENT, lab.sample_dim)}
+        coords = dict(lab.along(lab.sample_dim))
+        if not self.is_sketch:
+            coords.update(lab.along(lab.feature_dim))
         target = prepare_group(store, group, overwrite=overwrite, what="factors output")
         with GroupWriter(target) as w:
             g = w.create("factors")
-            for name, arr in (("W", self.W), ("H", self.H)):
+            for name, arr in ((wname, self.W), ("H", self.H)):
                 if isinstance(arr, da.Array):
-                    axis = 0 if name == "W" else 1
+                    axis = 0 if name != "H" else 1
                     arr = arr.rechunk({axis: max(arr.chunks[axis]), 1 - axis: -1})
                     da.to_zarr(arr, target.store, component=f"{w.write_group}/{name}",
-                               overwrite=True, dimension_names=_DIMS[name], zarr_format=3)
+                               overwrite=True, dimension_names=dims[name], zarr_format=3)
                 else:
                     a = np.asarray(arr)
                     z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape,
-                                       dimension_names=_DIMS[name])
+                                       dimension_names=dims[name])
                     z[...] = a
+            g = w.open()
+            write_coords(g, coords, {k: g[k] for k in dims})
             return w.finish({
                 "type": "factors",
                 "method": "nmf",
@@ -205,7 +220,8 @@ class NMFResult:
                 f"{meta.get('type')!r}, complete={meta.get('complete')!r}); write it again"
             )
         check_upstream(store, group, meta)
-        W = np.asarray(g["W"][...])
+        # "W_sketch" since labelled stores (factors of a sketch), "W" before and for raw data
+        W = np.asarray(g["W_sketch" if "W_sketch" in g else "W"][...])
         H = da.from_zarr(g["H"]) if lazy else np.asarray(g["H"][...])
         return cls(W=W, H=H, n_iter_=int(meta["n_iter"]), history=tuple(meta["history"]),
                    reconstruction_err_=float(meta["reconstruction_err"]),

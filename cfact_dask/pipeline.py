@@ -38,6 +38,7 @@ import numpy as np
 from ._jsonattrs import to_json
 from ._random import normalize_seed
 from ._runtime.display import SKIP, fmt_value, summary_html, summary_repr
+from ._runtime.labels import Labels
 from ._version import __version__
 from .cluster import client_context
 from .errors import (
@@ -94,6 +95,25 @@ class RunResult:
     reconstruction: Any = None
     report: dict[str, Any] = field(default_factory=dict)
     out: str | None = None
+    labels: Labels | None = None
+
+    def to_xarray(self) -> Any:
+        """``W`` (feature × component) and ``H`` (component × sample) as one lazy
+        ``xarray.Dataset`` with the input's dimension names, coordinates and attributes."""
+        import xarray as xr
+
+        from ._runtime.labels import COMPONENT
+
+        if self.W is None:
+            raise InputError("this run recovered no W (recover='none'); nothing to label")
+        lab = (self.labels or Labels()).sized(int(self.W.shape[0]), int(self.H.shape[1]))
+        ds = xr.Dataset(
+            {"W": ((lab.feature_dim, COMPONENT), self.W),
+             "H": ((COMPONENT, lab.sample_dim), self.H)},
+            coords=lab.dataset_coords(),
+        )
+        ds.attrs = dict(lab.attrs)
+        return ds
 
     def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
         r = self.report or {}
@@ -267,6 +287,10 @@ class _RunStore:
         self.meta["report"] = _json(report)
         self.meta["complete"] = True
         zarr.open_group(self.path, mode="r+").attrs["cfact"] = self.meta
+        from ._runtime.outputs import consolidate
+
+        # the whole run is written: one consolidated listing (xr.open_zarr / open_datatree)
+        consolidate(self.path, force=True)
 
 
 def _os_error(e: OSError, message: str) -> OSError:
@@ -347,15 +371,18 @@ def _sketch_stage(inp: InputArray, opts: dict[str, Any], rs: _RunStore, client: 
         check_finite=opts["check_finite"], holdout=int(opts["holdout"] or 0), client=client,
         progress=progress)
     if rs.path is not None:
-        main.to_zarr(rs.path, "sketch", overwrite=True, client=client, progress=False)
+        labels = Labels.from_input(inp)
+        main.to_zarr(rs.path, "sketch", overwrite=True, client=client, progress=False,
+                     labels=labels)
         if hold is not None:
-            hold.to_zarr(rs.path, "holdout", overwrite=True, client=client, progress=False)
+            hold.to_zarr(rs.path, "holdout", overwrite=True, client=client, progress=False,
+                         name="holdout")
         rs.commit("sketch", {"shape": list(main.shape), "kind": opts["kind"]})
     return main, hold
 
 
 def _factor_stage(sk: Sketch, rank: int, opts: dict[str, Any], rs: _RunStore, client: Any,
-                  callback: Any) -> Any:
+                  callback: Any, labels: Labels | None = None) -> Any:
     from .nmf import NMFResult, nmf
 
     if rs.done("factor"):
@@ -381,13 +408,14 @@ def _factor_stage(sk: Sketch, rank: int, opts: dict[str, Any], rs: _RunStore, cl
     )
     if rs.path is not None:
         res.to_zarr(rs.path, "factors", overwrite=True,
-                    upstream={"sketch": rs.group_id("sketch")})
+                    upstream={"sketch": rs.group_id("sketch")}, labels=labels)
         rs.commit("factor", {"n_iter": res.n_iter_, "sketch_error": res.reconstruction_err_})
     return res
 
 
 def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
-                   opts: dict[str, Any], rs: _RunStore, client: Any) -> Any:
+                   opts: dict[str, Any], rs: _RunStore, client: Any,
+                   labels: Labels | None = None) -> Any:
     from .recover import recover
 
     if rs.done("recover"):
@@ -434,7 +462,8 @@ def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
             )
     if rs.path is not None:
         _save_recovery(rs.path, rec, overwrite=True,
-                       upstream={g: rs.group_id(g) for g in ("factors", "sketch", "holdout")})
+                       upstream={g: rs.group_id(g) for g in ("factors", "sketch", "holdout")},
+                       labels=labels)
         rs.commit("recover", {"method": rec.method, **rec.certificate.to_dict()})
     return rec
 
@@ -471,22 +500,27 @@ def _fmt(x: Any) -> str:
 
 
 def _save_recovery(path: str, rec: Any, *, overwrite: bool = False,
-                   upstream: Mapping[str, Any] | None = None, group: str = "recovered") -> str:
+                   upstream: Mapping[str, Any] | None = None, group: str = "recovered",
+                   labels: Labels | None = None) -> str:
     """Write a :class:`~cfact_dask.recover.Recovery` to ``path/group`` under the output policy
     (checked first, staged under a temporary name, complete last, downstream groups of a
-    replaced one removed)."""
+    replaced one removed). ``W`` gets the input's feature dimension and coordinates."""
     import dask.array as da
 
+    from ._runtime.labels import COMPONENT, write_coords
     from ._runtime.outputs import GroupWriter, prepare_group
 
     target = prepare_group(path, group, overwrite=overwrite, what="recovered output",
                            flag="overwrite=True (CLI: --overwrite)")
     W = rec.W
     W = W.rechunk({0: max(W.chunks[0]), 1: -1}) if isinstance(W, da.Array) else da.asarray(W)
+    lab = (labels or Labels()).sized(int(W.shape[0]), None)
     with GroupWriter(target) as w:
         w.create("recovered")
         da.to_zarr(W, target.store, component=f"{w.write_group}/W", overwrite=True,
-                   zarr_format=3, dimension_names=("feature", "component"))
+                   zarr_format=3, dimension_names=(lab.feature_dim, COMPONENT))
+        g = w.open()
+        write_coords(g, lab.along(lab.feature_dim), {"W": g["W"]})
         return w.finish(_json({
             "type": "recovered", "method": rec.method, "certificate": rec.certificate.to_dict(),
             "n_iter": int(rec.n_iter_),
@@ -604,7 +638,11 @@ def factorize_recover(
         fp = fingerprint(inp)
     rs = _RunStore(out, params, resume, overwrite, inputs=(inp,), fingerprint=fp)
     timings: dict[str, float] = {}
-    with client_context(client, nbytes=inp.nbytes) as c, \
+    from ._runtime.outputs import deferred_consolidation, unconsolidate
+
+    if rs.path is not None:
+        unconsolidate(rs.path)  # a resumed store: no listing goes stale while stages write
+    with client_context(client, nbytes=inp.nbytes) as c, deferred_consolidation(), \
             (dask.config.set(scheduler=c) if c is not None else contextlib.nullcontext()):
         # every write below (sketch, factors, recovered W) computes on the run's client, also
         # when it was given as client= without being the default client: graphs that hold its
@@ -615,11 +653,13 @@ def factorize_recover(
         timings["sketch"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         with _stage(rs, "factor"):
-            res = _factor_stage(sk, int(rank), f_opts, rs, c, callback)
+            res = _factor_stage(sk, int(rank), f_opts, rs, c, callback,
+                                labels=Labels.from_input(inp))
         timings["factor"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         with _stage(rs, "recover"):
-            rec = _recover_stage(res, sk, hold, inp, r_opts, rs, c)
+            rec = _recover_stage(res, sk, hold, inp, r_opts, rs, c,
+                                 labels=Labels.from_input(inp))
         timings["recover"] = time.perf_counter() - t0
         stats = None
         if reconstruct and rec is not None:
@@ -666,7 +706,8 @@ def factorize_recover(
     with _stage(rs, "finish"):
         rs.finish(report)
     return RunResult(W=None if rec is None else rec.W, H=res.H, sketch=sk, factors=res,
-                     recovery=rec, reconstruction=stats, report=report, out=rs.path)
+                     recovery=rec, reconstruction=stats, report=report, out=rs.path,
+                     labels=Labels.from_input(inp))
 
 
 def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bool = False,

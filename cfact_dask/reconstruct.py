@@ -300,8 +300,20 @@ def reconstruct(
         dims = tuple(inp.dims)
     else:
         dims = ("feature", "sample") if fa == 0 else ("sample", "feature")
-    coords = {k: v for k, v in inp.coords.items() if k in dims}
+    coords: dict[str, Any] = {k: v for k, v in inp.coords.items() if k in dims}
+    # non-index coordinates (``batch`` along ``cell``) and the input's attributes come along
+    coords.update({k: (d, v) for k, (d, v) in getattr(inp, "aux_coords", {}).items()
+                   if d in dims and k not in coords})
+    from ._runtime.labels import vlen_text
+
     ds = xr.Dataset({name: (dims, R)}, coords=coords)
+    ds = ds.assign_coords({k: (c.dims, vlen_text(c.values)) for k, c in ds.coords.items()
+                           if c.dtype.kind in "US"})
+    if inp.attrs:
+        from ._jsonattrs import to_json
+
+        ds[name].attrs = {k: v for k, v in to_json(dict(inp.attrs)).items()
+                          if k not in ("_ARRAY_DIMENSIONS", "coordinates")}
     ds[name].encoding = {"chunks": zchunks}
     for c in ds.coords:
         ds[c].encoding = {}
@@ -365,6 +377,9 @@ def reconstruct(
             g.attrs.put(a)
             if not remote:
                 _move_into_place(write_store, None, store, None, tgt.state != "absent")
+            from ._runtime.outputs import consolidate
+
+            consolidate(store)
     except BaseException:
         if writer is not None:
             writer.__exit__(None, None, None)

@@ -28,6 +28,7 @@ from .operators import Kind, SketchOperator, make_operator, project
 __all__ = ["Sketch", "sketch"]
 
 SKETCH_DIM = "sketch_row"
+SAMPLE = "sample"
 
 
 @dataclass(frozen=True)
@@ -223,8 +224,15 @@ class Sketch:
         client: Any = None,
         progress: bool | None = None,
         upstream: Mapping[str, str] | None = None,
+        name: str = "sketch",
+        labels: Any = None,
     ) -> str:
         """Compute the sketch and write it to ``store/group`` (xarray layout, spec in attrs).
+
+        ``name`` is the variable's name (its row dimension is ``sketch_row``, or
+        ``{name}_row`` for another name, e.g. ``holdout``, so that groups of one store align);
+        ``labels`` (:class:`~cfact_dask._runtime.labels.Labels` of the input) are written as
+        coordinates of the group, so that later stages can label their results.
 
         The output is checked before anything is computed (see :mod:`cfact_dask._runtime.outputs`:
         never into or around the input, ``overwrite`` replaces only a group cfact wrote). The group
@@ -234,6 +242,7 @@ class Sketch:
         """
         import xarray as xr
 
+        from ._runtime.labels import vlen_text
         from ._runtime.outputs import GroupWriter, prepare_group
 
         loc = (self.provenance or {}).get("location")
@@ -244,7 +253,23 @@ class Sketch:
         # Zarr needs regular chunks; the sketch is small, so this touches no input data
         data = xa.data
         data = data.rechunk(tuple(max(c) for c in data.chunks)) if not _regular(data) else data
-        ds = xr.Dataset({"sketch": (xa.dims, data)}, coords=xa.coords)
+        dims = list(xa.dims)
+        if name != "sketch":
+            dims[self.axis] = f"{name}_row"
+        ds = xr.Dataset({name: (tuple(dims), data)}, coords=xa.coords)
+        meta = self._attrs()
+        meta["dims"] = dims
+        if labels is not None and self.data.ndim == 2:
+            m = self.shape[1 - self.axis]
+            for k, (d, v) in labels.sized(None, m).coords.items():
+                if k in ds.coords or (d in ds.dims and ds.sizes[d] != len(v)):
+                    continue
+                if d != labels.feature_dim and d not in ds.dims:
+                    continue
+                ds = ds.assign_coords({k: (d, v)})
+            meta["labels"] = labels.to_meta()
+        ds = ds.assign_coords({k: (c.dims, vlen_text(c.values)) for k, c in ds.coords.items()
+                               if c.dtype.kind in "US"})
         for v in ds.variables.values():
             v.encoding = {}
         with GroupWriter(target) as w:
@@ -254,7 +279,7 @@ class Sketch:
                 delayed = ds.to_zarr(target.store, group=w.write_group, mode="w", compute=False,
                                      consolidated=False, zarr_format=3)
                 compute(delayed, client=c, progress=progress, desc=f"writing sketch to {store}")
-            return w.finish(self._attrs(), upstream=upstream)
+            return w.finish(meta, upstream=upstream)
 
     @classmethod
     def from_zarr(cls, store: str | os.PathLike, group: str = "sketch") -> Sketch:
@@ -266,8 +291,11 @@ class Sketch:
         store = store_path(store)
         meta = _read_attrs(store, group, "sketch")
         ds = xr.open_zarr(store, group=group, consolidated=False, chunks={})
-        xa = ds["sketch"]
-        coords = {str(k): np.asarray(v.values) for k, v in xa.coords.items() if v.ndim == 1}
+        # "sketch", or the one variable of a group written with another name ("holdout")
+        name = "sketch" if "sketch" in ds.data_vars else next(iter(ds.data_vars))
+        xa = ds[name]
+        coords = {str(k): np.asarray(v.values) for k, v in xa.coords.items()
+                  if v.ndim == 1 and k in xa.dims}
         dims = tuple(meta["dims"])
         return cls(
             data=xa.data,
@@ -369,7 +397,15 @@ def sketch_with(
         feature_dim = dl[ax]
         dl[ax] = SKETCH_DIM
         dims = tuple(dl)
-    coords = {k: v for k, v in inp.coords.items() if inp.dims is None or k != inp.dims[ax]}
+    elif inp.ndim == 2:
+        # an unlabelled matrix: the same names every other group of a store uses
+        dims = (SKETCH_DIM, SAMPLE) if ax == 0 else (SAMPLE, SKETCH_DIM)
+    if dims is not None and len(dims) == 2 and dims[1 - ax].startswith("dim_"):
+        dl = list(dims)
+        dl[1 - ax] = SAMPLE
+        dims = tuple(dl)
+    coords = {k: v for k, v in inp.coords.items()
+              if (inp.dims is None or k != inp.dims[ax]) and dims is not None and k in dims}
     return Sketch(
         data=data,
         operator=operator,
