@@ -202,9 +202,9 @@ def recover_cmd(session: Session, store: str, method: str, data: str | None,
     """Recover W from the sketch and factors groups of the run STORE into STORE/recovered."""
     import zarr
 
+    from ._runtime.labels import labels_of_store
     from .errors import InputError
     from .nmf import NMFResult
-    from ._runtime.labels import labels_of_store
     from .pipeline import _save_recovery
     from .recover import recover
     from .sketch import Sketch

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from cfact_dask.datasets import planted_nmf_zarr
 
 ROOT = Path(__file__).resolve().parents[1]
