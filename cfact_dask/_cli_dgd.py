@@ -36,7 +36,7 @@ def write_result(res: Any, store: str, group: str = "dgd", *, overwrite: bool = 
         }
         # Y ≈ U Vᵀ: U features × component, V samples × component, one U copy per node
         dims = {"U": ["feature", "component"], "V": ["sample", "component"],
-                "U_nodes": ["node", "feature", "component"], "cost_history": ["record"],
+                "U_nodes": ["node", "feature", "component"], "cost_history": ["iteration"],
                 "consensus_history": ["record"], "history_iters": ["record"]}
         for k, v in arrays.items():
             v = np.asarray(v)

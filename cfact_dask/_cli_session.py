@@ -177,7 +177,7 @@ def _paragraph(e: BaseException) -> str:
     from .errors import CfactError
 
     text = " ".join(str(e).split()) or "(no message)"
-    if isinstance(e, CfactError | OSError | ValueError):
+    if isinstance(e, CfactError | OSError | ValueError | Warning):
         return f"{type(e).__name__}: {text}"
     return (f"{type(e).__name__}: {text} (this looks like a bug in cfact; rerun with -v for "
             f"the traceback and report it)")

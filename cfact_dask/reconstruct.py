@@ -312,8 +312,11 @@ def reconstruct(
     if inp.attrs:
         from ._jsonattrs import to_json
 
+        # xarray's encoding keys in raw Zarr attributes (_FillValue, scale_factor, ...) belong
+        # to how the input was stored, not to the values
+        enc = {"coordinates", "missing_value", "scale_factor", "add_offset", "dtype", "cfact"}
         ds[name].attrs = {k: v for k, v in to_json(dict(inp.attrs)).items()
-                          if k not in ("_ARRAY_DIMENSIONS", "coordinates")}
+                          if not k.startswith("_") and k not in enc}
     ds[name].encoding = {"chunks": zchunks}
     for c in ds.coords:
         ds[c].encoding = {}
