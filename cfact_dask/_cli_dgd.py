@@ -10,13 +10,15 @@ References
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import click
 import numpy as np
 
 from ._cli_factor import TopologyType
 from ._cli_session import Session, session_options, with_session
+from .dgd import StepSchedule
+from .topology import WeightRule
 
 __all__ = ["factor_dgd", "write_result"]
 
@@ -74,14 +76,14 @@ def _summary(res: Any) -> dict[str, Any]:
               help="Number of nodes J (column blocks of the data).")
 @click.option("--topology", default="ring", show_default=True, type=TopologyType(),
               help="The communication graph, or a .npy J×J adjacency matrix.")
-@click.option("--weights", type=click.Choice(["max-degree", "metropolis"]), default="max-degree",
+@click.option("--weights", type=click.Choice(get_args(WeightRule)), default="max-degree",
               show_default=True, help="Mixing-weight rule.")
 @click.option("--lazy/--no-lazy", default=None, help="Use (I + W)/2 (default: only if needed).")
 @click.option("--p", "p", type=float, default=0.3, show_default=True,
               help="Erdős–Rényi edge probability.")
 @click.option("--graph-seed", type=int, default=0, show_default=True)
 @click.option("--step", default="auto", show_default=True, help="Step μ, or 'auto' (0.1/σ₁).")
-@click.option("--schedule", type=click.Choice(["constant", "inverse", "inverse-sqrt"]),
+@click.option("--schedule", type=click.Choice(get_args(StepSchedule)),
               default="constant", show_default=True, help="Step schedule.")
 @click.option("--max-iter", type=int, default=3000, show_default=True)
 @click.option("--tol", type=float, default=1e-10, show_default=True)

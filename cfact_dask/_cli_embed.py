@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, get_args
 
 import click
 import numpy as np
 
 from ._cli_session import Session, session_options, with_session
+from .lp import Method as LpMethod
+from .nn import EmbedMethod
 
 __all__ = ["compress_embedding"]
 
@@ -45,14 +47,14 @@ def _open_input(path: str, variable: str | None) -> Any:
 @click.argument("input_path", metavar="INPUT")
 @click.option("--rate", type=float, required=True,
               help="Target parameter reduction in (0, 1), e.g. 0.4 = 40 % fewer parameters.")
-@click.option("--method", type=click.Choice(["messi", "svd", "lp"]), default="messi",
+@click.option("--method", type=click.Choice(get_args(EmbedMethod)), default="messi",
               show_default=True, help="MESSI projective clustering, truncated SVD or robust ℓp.")
 @click.option("--out", "out", required=True, help="Output Zarr store for the factors.")
 @click.option("--variable", default=None, help="Array inside a Zarr group.")
 @click.option("--n-subspaces", "-k", type=int, default=5, show_default=True,
               help="k for --method messi.")
 @click.option("--p", "p", type=float, default=1.0, show_default=True, help="p for --method lp.")
-@click.option("--lp-method", type=click.Choice(["irls", "ellipsoid"]), default="irls",
+@click.option("--lp-method", type=click.Choice(get_args(LpMethod)), default="irls",
               show_default=True)
 @click.option("--n-init", type=int, default=5, show_default=True, help="MESSI restarts.")
 @click.option("--max-iter", type=int, default=None, help="Iterations (passes over INPUT).")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import click
 
 from ._cli_session import Session, session_options, with_session
+from .als import Solver
+from .nmf import Init
 
 __all__ = ["METHODS", "TopologyType", "factor", "register_method"]
 
@@ -190,9 +192,8 @@ def _fmt_err(x: Any) -> str:
 @click.option("--variable", default=None, help="Array inside a group for raw data.")
 @click.option("--feature-axis", default=0, show_default=True, type=int,
               help="Features axis of raw data (sketches know theirs).")
-@click.option("--solver", type=click.Choice(["hals", "anls"]), default="hals", show_default=True)
-@click.option("--init", type=click.Choice(["nndsvda", "nndsvd", "random"]), default="nndsvda",
-              show_default=True)
+@click.option("--solver", type=click.Choice(get_args(Solver)), default="hals", show_default=True)
+@click.option("--init", type=click.Choice(get_args(Init)), default="nndsvda", show_default=True)
 @click.option("--n-init", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--randomized", is_flag=True,
               help="nmf: randomized HALS, iterating on a rank-(r + 10) QB approximation of the "
