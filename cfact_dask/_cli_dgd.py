@@ -115,6 +115,11 @@ def factor_dgd(session: Session, input: str, method: str, rank: int, n_nodes: in
     from .io import open_array
 
     X = open_array(input, feature_axis=feature_axis, variable=variable)
+    if output:  # checked before any compute (cfact_dask._runtime.outputs)
+        from ._runtime.outputs import prepare_group
+
+        prepare_group(output, "dgd", overwrite=overwrite, inputs=[X],
+                      what="DGD+LOCAL output", flag="--overwrite")
     topo: Any = topology
     if topology.endswith(".npy"):
         topo = np.load(topology)

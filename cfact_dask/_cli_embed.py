@@ -74,16 +74,18 @@ def compress_embedding(
       cfact compress-embedding emb.zarr --rate 0.4 --method messi --out emb_messi.zarr
     """
     from . import nn
+    from ._runtime.outputs import prepare_store
 
-    if os.path.exists(out) and not overwrite:
-        raise click.UsageError(f"{out!r} already exists; pass --overwrite or choose another --out")
+    # the output is checked before any compute: exit 1 with the fix, like every command
+    prepare_store(out, overwrite=overwrite, inputs=[input_path], what="factor store",
+                  flag="--overwrite")
     data = _open_input(input_path, variable)
     f = nn.compress_embedding(
         data, rate, method, n_subspaces=n_subspaces, p=p,  # type: ignore[arg-type]
         lp_method=lp_method,  # type: ignore[arg-type]
         n_init=n_init, max_iter=max_iter, random_state=seed, client=session.client,
     )
-    nn.save_factors(f, out, overwrite=overwrite, client=session.client)
+    nn.save_factors(f, out, overwrite=overwrite, client=session.client, inputs=[input_path])
     n, D = f.shape
     summary: dict[str, Any] = {
         "input": input_path, "out": out, "method": method, "shape": [n, D],

@@ -131,6 +131,12 @@ class _MethodChoice(click.ParamType):
         return str(value)
 
 
+def _NMF_RESULT_TYPES() -> tuple[type, ...]:
+    from .nmf import NMFResult
+
+    return (NMFResult,)
+
+
 def _load(store: str, group: str | None, variable: str | None, feature_axis: int) -> Any:
     import zarr
 
@@ -238,12 +244,24 @@ def factor(session: Session, store: str, method: str, rank: int, out: str, out_g
                 negative=negative, seed=seed, quiet=not session.verbose,
                 checkpoint=(dict(store=checkpoint_store, every=checkpoint_every)
                             if checkpoint_store else None))
+    # the output is checked before the factorization runs (cfact_dask._runtime.outputs)
+    from ._runtime.outputs import prepare_group, resolve
+
+    src = data.provenance.get("read_from") if hasattr(data, "provenance") else None
+    inputs = [resolve(os.path.join(store, group)) if group else resolve(store)]
+    if src:
+        inputs = [f"{src['store']}/{src['group']}" if "://" in src["store"]
+                  else os.path.join(src["store"], src["group"])]
+    prepare_group(out, out_group, overwrite=overwrite, inputs=inputs,
+                  what="factors output", flag="--overwrite")
+    upstream = ({src["group"]: src.get("id")}
+                if src and resolve(out) == src["store"] and src.get("id") else None)
     nbytes = int(getattr(data, "data", data).nbytes)
     with client_context(session.client, nbytes=nbytes) as c:
         res = METHODS[method](data, rank, opts, c)
         if isinstance(res, NMFResult):
             # H keeps the sample labels the sketch (or the labelled input) carries
-            path = res.to_zarr(out, group=out_group, overwrite=overwrite,
+            path = res.to_zarr(out, group=out_group, overwrite=overwrite, upstream=upstream,
                                labels=_labels(data, store, group))
         else:
             path = res.to_zarr(out, group=out_group, overwrite=overwrite)

@@ -79,6 +79,9 @@ class Checkpoint:
     def _root(self, mode: str) -> Any:
         import zarr
 
+        from ._runtime.outputs import mark_root
+
+        mark_root(self.store, None)  # a store cfact creates says so (it may replace it later)
         return zarr.open_group(self.store, path=self.group, mode=mode, zarr_format=3)
 
     def load(self) -> CheckpointState | None:

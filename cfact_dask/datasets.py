@@ -268,9 +268,8 @@ def _write_group(
     only after every chunk is written."""
     import zarr
 
-    from .cluster import client_context, compute
-
     from ._runtime.outputs import INCOMPLETE_ATTR, INCOMPLETE_TEXT
+    from .cluster import client_context, compute
 
     g = zarr.open_group(path, mode="w", zarr_format=3)
     g.attrs.put({"cfact": {**attrs, "complete": False}, INCOMPLETE_ATTR: INCOMPLETE_TEXT})

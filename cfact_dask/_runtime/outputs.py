@@ -217,6 +217,24 @@ def _graph_location(x: Any) -> str | None:
     return None
 
 
+def check_not_inside_zarr(path: str, what: str) -> None:
+    """Refuse a new store inside an existing Zarr node (a user's store, an array's folder): it
+    would add entries to data cfact does not own."""
+    if is_url(path):
+        return
+    p = os.path.dirname(resolve(path))
+    while True:
+        if any(os.path.exists(os.path.join(p, m)) for m in ("zarr.json", ".zgroup", ".zarray")):
+            raise OutputError(
+                f"the {what} {path!r} would lie inside the Zarr store {p!r}; cfact never writes "
+                f"into or beside data in another store: choose a location outside it"
+            )
+        parent = os.path.dirname(p)
+        if parent == p:
+            return
+        p = parent
+
+
 def check_no_overlap(output: str, inputs: Iterable[Any], what: str = "output",
                      fix: str = "choose an output location outside the input") -> None:
     """Refuse an output that equals, contains or lies inside one of ``inputs``."""
@@ -381,6 +399,7 @@ def prepare_store(
     path = store_path(given)
     check_allowed(given, what)
     check_no_overlap(given, inputs, what)
+    check_not_inside_zarr(path, what)
     remote = is_url(path)
     exists = _exists(path, storage_options)
     if not exists:
@@ -472,6 +491,7 @@ def prepare_group(
         raise ConfigError(f"the {what} group name is empty; name a group inside {given!r}")
     check_allowed(given, what)
     check_no_overlap(join(given, group), inputs, what)
+    check_not_inside_zarr(path, what)
     remote = is_url(path)
     if not _exists(path, storage_options) or (
         not remote and os.path.isdir(path) and not os.listdir(path)
@@ -535,7 +555,7 @@ def sweep_temporaries(store: str, group: str | None = None,
 
 
 # ---------------------------------------------------------------------------- writing a group
-def _mark_root(store: str, storage_options: Mapping[str, Any] | None) -> None:
+def mark_root(store: str, storage_options: Mapping[str, Any] | None) -> None:
     """Give a store cfact creates a root that says so (so overwrite can recognise it later)."""
     import zarr
 
@@ -638,7 +658,7 @@ class GroupWriter:
         self.done = False
 
     def __enter__(self) -> GroupWriter:
-        _mark_root(self.store, self.storage_options)
+        mark_root(self.store, self.storage_options)
         if self.target.remote and self.target.state != "absent":
             self._remove(self.group)
             if self.target.state == "complete":
@@ -807,6 +827,10 @@ def check_spec_match(expected: Mapping[str, Any] | None, given: Mapping[str, Any
     """Refuse two recorded specs (operator, input) that disagree, naming the keys."""
     if not expected or not given:
         return
+    import json
+
+    expected = json.loads(json.dumps(dict(expected), default=str))
+    given = json.loads(json.dumps(dict(given), default=str))
     keys = sorted(k for k in set(expected) | set(given) if expected.get(k) != given.get(k))
     if keys:
         detail = "; ".join(f"{k}: {expected.get(k)!r} vs {given.get(k)!r}" for k in keys[:6])
