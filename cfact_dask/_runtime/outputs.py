@@ -562,14 +562,12 @@ def mark_root(store: str, storage_options: Mapping[str, Any] | None) -> None:
     from .._version import __version__
 
     kw = {"storage_options": dict(storage_options)} if storage_options and is_url(store) else {}
-    # without the consolidated metadata: while a group is written, the listing it holds would
-    # be stale (a new group invisible to every reader); writing the root's attributes from a
-    # group opened this way drops it, and finish() consolidates again
-    root = zarr.open_group(store, mode="a", zarr_format=3, use_consolidated=False, **kw)
-    attrs = dict(root.attrs)
+    # a consolidated listing is left as it is: a group is written under a temporary name that no
+    # listing needs to show, a failed write leaves the store byte for byte as it was, and
+    # finish() consolidates again once the group is in place
+    root = zarr.open_group(store, mode="a", zarr_format=3, **kw)
     if _cfact_meta(root) is None:
-        attrs["cfact"] = {"type": "store", "cfact_dask": __version__}
-    root.attrs.put(attrs)
+        root.attrs["cfact"] = {"type": "store", "cfact_dask": __version__}
 
 
 #: set while a run writes several groups of one store: they are consolidated once, at its end
@@ -595,16 +593,11 @@ def unconsolidate(store: str, storage_options: Mapping[str, Any] | None = None) 
 
     kw = {"storage_options": dict(storage_options)} if storage_options and is_url(store) else {}
     try:
+        if zarr.open_group(store, mode="r", **kw).metadata.consolidated_metadata is None:
+            return
         root = zarr.open_group(store, mode="r+", use_consolidated=False, **kw)
     except Exception:  # noqa: BLE001 - no store (yet), or not a group: nothing to drop
         return
-    if root.metadata.consolidated_metadata is None:
-        try:
-            raw = zarr.open_group(store, mode="r", **kw)
-        except Exception:  # noqa: BLE001
-            return
-        if raw.metadata.consolidated_metadata is None:
-            return
     # rewriting the attributes from a group opened without it drops the consolidated listing
     root.attrs.put(dict(root.attrs))
 
@@ -614,9 +607,10 @@ def consolidate(store: str, storage_options: Mapping[str, Any] | None = None, *,
     """Consolidate the metadata of a finished store (what ``xr.open_zarr`` reads first).
 
     Called when a group cfact writes is finished (unless inside
-    :func:`deferred_consolidation`, whose caller consolidates at its end with ``force``);
-    cfact drops the listing again before it next writes into the store, so it is never stale.
-    A failure only costs readers the listing, never the written data.
+    :func:`deferred_consolidation`, whose caller consolidates at its end with ``force``).
+    Writers that look groups up through the root while they work (a run's stages, checkpoints)
+    drop the listing first (:func:`unconsolidate`), so it is never stale for them. A failure
+    only costs readers the listing, never the written data.
     """
     import warnings
 
