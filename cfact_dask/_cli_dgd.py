@@ -10,13 +10,15 @@ References
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
-from typing import Any
+from typing import Any, get_args
 
 import click
 import numpy as np
+
+from ._cli_factor import TopologyType
+from ._cli_session import Session, session_options, with_session
+from .dgd import StepSchedule
+from .topology import WeightRule
 
 __all__ = ["factor_dgd", "write_result"]
 
@@ -35,10 +37,14 @@ def write_result(res: Any, store: str, group: str = "dgd", *, overwrite: bool = 
             "cost_history": res.cost_history, "consensus_history": res.consensus_history,
             "history_iters": res.history_iters,
         }
+        # Y ≈ U Vᵀ: U features × component, V samples × component, one U copy per node
+        dims = {"U": ["feature", "component"], "V": ["sample", "component"],
+                "U_nodes": ["node", "feature", "component"], "cost_history": ["iteration"],
+                "consensus_history": ["record"], "history_iters": ["record"]}
         for k, v in arrays.items():
             v = np.asarray(v)
             a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape,
-                               **array_kwargs())
+                               dimension_names=dims[k], **array_kwargs())
             a[...] = v
         return w.finish({
             "type": "dgd-result", "method": res.method, "n_iter": res.n_iter,
@@ -69,16 +75,16 @@ def _summary(res: Any) -> dict[str, Any]:
 @click.option("--rank", "-r", type=int, required=True, help="Rank r of the factorization.")
 @click.option("--nodes", "-J", "n_nodes", type=int, default=8, show_default=True,
               help="Number of nodes J (column blocks of the data).")
-@click.option("--topology", default="ring", show_default=True,
-              help="ring | torus2d | star | complete | erdos-renyi, or a .npy J×J matrix.")
-@click.option("--weights", type=click.Choice(["max-degree", "metropolis"]), default="max-degree",
+@click.option("--topology", default="ring", show_default=True, type=TopologyType(),
+              help="The communication graph, or a .npy J×J adjacency matrix.")
+@click.option("--weights", type=click.Choice(get_args(WeightRule)), default="max-degree",
               show_default=True, help="Mixing-weight rule.")
 @click.option("--lazy/--no-lazy", default=None, help="Use (I + W)/2 (default: only if needed).")
 @click.option("--p", "p", type=float, default=0.3, show_default=True,
               help="Erdős–Rényi edge probability.")
 @click.option("--graph-seed", type=int, default=0, show_default=True)
 @click.option("--step", default="auto", show_default=True, help="Step μ, or 'auto' (0.1/σ₁).")
-@click.option("--schedule", type=click.Choice(["constant", "inverse", "inverse-sqrt"]),
+@click.option("--schedule", type=click.Choice(get_args(StepSchedule)),
               default="constant", show_default=True, help="Step schedule.")
 @click.option("--max-iter", type=int, default=3000, show_default=True)
 @click.option("--tol", type=float, default=1e-10, show_default=True)
@@ -94,67 +100,60 @@ def _summary(res: Any) -> dict[str, Any]:
 @click.option("--variable", default=None, help="Array of a Zarr group to factorize.")
 @click.option("--feature-axis", type=int, default=0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Initialisation seed.")
-@click.option("--scheduler", default=None, help="Scheduler address (default: local/embedded).")
-@click.option("--scheduler-file", default=None, type=click.Path())
-@click.option("--quiet", "-q", is_flag=True, help="No per-iteration progress lines.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def factor_dgd(input: str, method: str, rank: int, n_nodes: int, topology: str, weights: str,
-               lazy: bool | None, p: float, graph_seed: int, step: str, schedule: str,
+@session_options
+@with_session
+def factor_dgd(session: Session, input: str, method: str, rank: int, n_nodes: int,
+               topology: str, weights: str, lazy: bool | None, p: float, graph_seed: int,
+               step: str, schedule: str,
                max_iter: int, tol: float, polish: bool, report_every: int,
                checkpoint: str | None, checkpoint_every: int, output: str | None,
-               overwrite: bool, variable: str | None, feature_axis: int, seed: int,
-               scheduler: str | None, scheduler_file: str | None, quiet: bool,
-               as_json: bool) -> None:
+               overwrite: bool, variable: str | None, feature_axis: int, seed: int) -> None:
     """Factorize the matrix in the Zarr store INPUT as U Vᵀ with DGD+LOCAL (Zhu et al. 2019).
 
     Example: cfact factor --method dgd-local --nodes 8 --topology ring --rank 10 data.zarr
     """
-    from .cluster import connect
     from .dgd import centralized, dgd, dgd_local
-    from .errors import CfactError
     from .io import open_array
 
-    if not quiet:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        lg = logging.getLogger("cfact_dask.dgd")
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
-    try:
-        X = open_array(input, feature_axis=feature_axis, variable=variable)
-        if output:  # checked before any compute (cfact_dask._runtime.outputs)
-            from ._runtime.outputs import prepare_group
+    X = open_array(input, feature_axis=feature_axis, variable=variable)
+    if output:  # checked before any compute (cfact_dask._runtime.outputs)
+        from ._runtime.outputs import prepare_group
 
-            prepare_group(output, "dgd", overwrite=overwrite, inputs=[X],
-                          what="DGD+LOCAL output", flag="--overwrite")
-        topo: Any = topology
-        if topology.endswith(".npy"):
-            topo = np.load(topology)
-        step_v: Any = step if step == "auto" else float(step)
-        client = connect(scheduler=scheduler, scheduler_file=scheduler_file)
-        if method == "dgd-local":
-            ck = dict(store=checkpoint, every=checkpoint_every) if checkpoint else None
-            res = dgd_local(X, rank, n_nodes, topo, weights=weights, lazy=lazy, p=p,
-                            graph_seed=graph_seed, step=step_v, step_schedule=schedule,  # type: ignore[arg-type]
-                            max_iter=max_iter, tol=tol, polish=polish,
-                            report_every=report_every, checkpoint=ck, client=client,
-                            random_state=seed)
-        elif method == "dgd":
-            res = dgd(X, rank, n_nodes, topo, weights=weights, lazy=bool(lazy), p=p,
-                      graph_seed=graph_seed, step=step_v, max_iter=max_iter,
-                      report_every=report_every, random_state=seed)
-        else:
-            res = centralized(X, rank, method=method.split("-")[1],  # type: ignore[arg-type]
-                              step=step_v, max_iter=max_iter, tol=tol, random_state=seed)
-        if output:
-            write_result(res, output, overwrite=overwrite)
-    except (CfactError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
+        prepare_group(output, "dgd", overwrite=overwrite, inputs=[X],
+                      what="DGD+LOCAL output", flag="--overwrite")
+    topo: Any = topology
+    if topology.endswith(".npy"):
+        topo = np.load(topology)
+    step_v: Any = step if step == "auto" else _positive_float(step, "--step")
+    client = session.client
+    if method == "dgd-local":
+        ck = dict(store=checkpoint, every=checkpoint_every) if checkpoint else None
+        res = dgd_local(X, rank, n_nodes, topo, weights=weights, lazy=lazy, p=p,
+                        graph_seed=graph_seed, step=step_v, step_schedule=schedule,  # type: ignore[arg-type]
+                        max_iter=max_iter, tol=tol, polish=polish,
+                        report_every=report_every, checkpoint=ck, client=client,
+                        random_state=seed)
+    elif method == "dgd":
+        res = dgd(X, rank, n_nodes, topo, weights=weights, lazy=bool(lazy), p=p,
+                  graph_seed=graph_seed, step=step_v, max_iter=max_iter,
+                  report_every=report_every, random_state=seed)
+    else:
+        res = centralized(X, rank, method=method.split("-")[1],  # type: ignore[arg-type]
+                          step=step_v, max_iter=max_iter, tol=tol, random_state=seed)
+    if output:
+        write_result(res, output, overwrite=overwrite)
     summary = _summary(res)
     if output:
         summary["output"] = f"{output}/dgd"
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        for k, v in summary.items():
-            click.echo(f"{k:28s} {v}")
+    session.report(summary, "\n".join(f"{k:28s} {v}" for k, v in summary.items()))
+
+
+def _positive_float(value: str, name: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number",
+                                 param_hint=name) from None
+    if not v > 0:
+        raise click.BadParameter(f"{value!r} must be > 0", param_hint=name)
+    return v

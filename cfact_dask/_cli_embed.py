@@ -10,13 +10,16 @@ References
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from typing import Any
+from typing import Any, get_args
 
 import click
 import numpy as np
+
+from ._cli_session import Session, session_options, with_session
+from .lp import Method as LpMethod
+from .nn import EmbedMethod
 
 __all__ = ["compress_embedding"]
 
@@ -44,28 +47,25 @@ def _open_input(path: str, variable: str | None) -> Any:
 @click.argument("input_path", metavar="INPUT")
 @click.option("--rate", type=float, required=True,
               help="Target parameter reduction in (0, 1), e.g. 0.4 = 40 % fewer parameters.")
-@click.option("--method", type=click.Choice(["messi", "svd", "lp"]), default="messi",
+@click.option("--method", type=click.Choice(get_args(EmbedMethod)), default="messi",
               show_default=True, help="MESSI projective clustering, truncated SVD or robust ℓp.")
 @click.option("--out", "out", required=True, help="Output Zarr store for the factors.")
 @click.option("--variable", default=None, help="Array inside a Zarr group.")
 @click.option("--n-subspaces", "-k", type=int, default=5, show_default=True,
               help="k for --method messi.")
 @click.option("--p", "p", type=float, default=1.0, show_default=True, help="p for --method lp.")
-@click.option("--lp-method", type=click.Choice(["irls", "ellipsoid"]), default="irls",
+@click.option("--lp-method", type=click.Choice(get_args(LpMethod)), default="irls",
               show_default=True)
 @click.option("--n-init", type=int, default=5, show_default=True, help="MESSI restarts.")
 @click.option("--max-iter", type=int, default=None, help="Iterations (passes over INPUT).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out store.")
-@click.option("--scheduler", default=None, help="Address of a running Dask scheduler.")
-@click.option("--scheduler-file", default=None, help="Scheduler file of a running cluster.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="Only print the summary.")
+@session_options
+@with_session
 def compress_embedding(
-    input_path: str, rate: float, method: str, out: str, variable: str | None,
-    n_subspaces: int, p: float, lp_method: str, n_init: int, max_iter: int | None, seed: int,
-    overwrite: bool, scheduler: str | None, scheduler_file: str | None, as_json: bool,
-    quiet: bool,
+    session: Session, input_path: str, rate: float, method: str, out: str,
+    variable: str | None, n_subspaces: int, p: float, lp_method: str, n_init: int,
+    max_iter: int | None, seed: int, overwrite: bool,
 ) -> None:
     """Compress the n × D embedding INPUT (Zarr or .npy) by --rate and write the factors to --out.
 
@@ -73,32 +73,19 @@ def compress_embedding(
     Example:
       cfact compress-embedding emb.zarr --rate 0.4 --method messi --out emb_messi.zarr
     """
-    import dask
-
     from . import nn
     from ._runtime.outputs import prepare_store
-    from .cluster import connect
-    from .errors import CfactError
 
-    client = None
-    try:
-        # the output is checked before any compute: exit 1 with the fix, like every command
-        prepare_store(out, overwrite=overwrite, inputs=[input_path], what="factor store",
-                      flag="--overwrite")
-        client = connect(scheduler=scheduler, scheduler_file=scheduler_file)
-        with dask.config.set({"cfact.progress": not quiet}):
-            data = _open_input(input_path, variable)
-            f = nn.compress_embedding(
-                data, rate, method, n_subspaces=n_subspaces, p=p,  # type: ignore[arg-type]
-                lp_method=lp_method,  # type: ignore[arg-type]
-                n_init=n_init, max_iter=max_iter, random_state=seed, client=client,
-            )
-            nn.save_factors(f, out, overwrite=overwrite, client=client, inputs=[input_path])
-    except (CfactError, ImportError) as e:
-        raise click.ClickException(str(e)) from e
-    finally:
-        if client is not None:
-            client.close()
+    # the output is checked before any compute: exit 1 with the fix, like every command
+    prepare_store(out, overwrite=overwrite, inputs=[input_path], what="factor store",
+                  flag="--overwrite")
+    data = _open_input(input_path, variable)
+    f = nn.compress_embedding(
+        data, rate, method, n_subspaces=n_subspaces, p=p,  # type: ignore[arg-type]
+        lp_method=lp_method,  # type: ignore[arg-type]
+        n_init=n_init, max_iter=max_iter, random_state=seed, client=session.client,
+    )
+    nn.save_factors(f, out, overwrite=overwrite, client=session.client, inputs=[input_path])
     n, D = f.shape
     summary: dict[str, Any] = {
         "input": input_path, "out": out, "method": method, "shape": [n, D],
@@ -106,14 +93,12 @@ def compress_embedding(
         "rate": round(float(f.rate), 6), "target_rate": rate,
         "relative_error": f.info.get("relative_error"), "budget": f.info.get("budget"),
     }
-    if as_json:
-        click.echo(json.dumps(summary))
-        return
     b = summary["budget"] or {}
     shape = (f"rank {b.get('rank')}" if method != "messi"
              else f"k={b.get('n_subspaces')}, j={b.get('dim')}")
-    click.echo(
+    err = summary["relative_error"]
+    session.report(summary, (
         f"{method}: {n} x {D} -> {shape}; {summary['n_params']} of {summary['dense_params']} "
         f"parameters ({summary['rate']:.1%} reduction, target {rate:.0%}); relative error "
-        f"{summary['relative_error']:.4f}; factors in {out}"
-    )
+        f"{'n/a' if err is None else f'{err:.4f}'}; factors in {out}"
+    ))

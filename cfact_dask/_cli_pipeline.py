@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -11,9 +10,27 @@ from typing import Any
 import click
 import numpy as np
 
-from .cli import Session, _json_default, cluster_options, with_session
+from ._cli_session import Session, cluster_options, with_session
+from .recover import METHODS as RECOVER_METHODS
 
-__all__ = ["demo", "plan_cmd", "reconstruct_cmd", "recover_cmd", "run"]
+__all__ = ["AutoOrPositive", "demo", "plan_cmd", "reconstruct_cmd", "recover_cmd", "run"]
+
+
+class AutoOrPositive(click.ParamType):
+    """``auto`` or a number > 0 (checked when the command line is parsed, not deep in a solve)."""
+
+    name = "auto|number"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str | float:
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
+        if not (v > 0 and np.isfinite(v)):
+            self.fail(f"{value!r} must be a finite number > 0 (or 'auto')", param, ctx)
+        return v
 
 
 def _fmt_report(report: dict[str, Any]) -> str:
@@ -141,9 +158,6 @@ def demo(session: Session, n: int, m: int, rank: int, d: int, seed: int, workdir
     t0 = time.perf_counter()
     with dask.config.set({"cfact.cluster.embedded": "always"}), \
             client_context(session.client) as c:
-        if c is not None and not session.quiet:
-            click.echo(f"Dask cluster: {c.scheduler.address}  dashboard: {c.dashboard_link}",
-                       err=True)
         planted_nmf_zarr(src, n, m, rank, density=0.05, noise=0.1, random_state=seed,
                          chunks=(max(n // 4, 1), max(m // 4, 1)), overwrite=True, client=c,
                          progress=False)
@@ -151,7 +165,8 @@ def demo(session: Session, n: int, m: int, rank: int, d: int, seed: int, workdir
         from .io import open_array
 
         res = factorize_recover(
-            open_array(src, variable="M"), rank, sketch=dict(n_components=d, kind="expander", seed=seed),
+            open_array(src, variable="M"), rank,
+            sketch=dict(n_components=d, kind="expander", seed=seed),
             factor=dict(random_state=seed), out=out, overwrite=True, reconstruct=True,
             client=c, progress=not session.quiet,
         )
@@ -177,52 +192,50 @@ def demo(session: Session, n: int, m: int, rank: int, d: int, seed: int, workdir
 
 @click.command("plan")
 @click.argument("job", type=click.Path())
-@click.option("--workers", type=int, default=None, help="Workers to plan for (default: config).")
-@click.option("--threads", type=int, default=None, help="Threads per worker.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Workers to plan for (default: the cluster's, else config).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per worker.")
 @click.option("--memory-limit", default=None, help="Memory limit per worker, e.g. 4GiB.")
-@click.option("--scheduler", default=None, help="Plan for this running cluster.")
-@click.option("--scheduler-file", default=None, type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="JSON output.")
-def plan_cmd(job: str, workers: int | None, threads: int | None, memory_limit: str | None,
-             scheduler: str | None, scheduler_file: str | None, as_json: bool) -> None:
+@cluster_options
+@with_session
+def plan_cmd(session: Session, job: str, workers: int | None, threads: int | None,
+             memory_limit: str | None) -> None:
     """Print passes, bytes read, memory per task / worker and output sizes of JOB, computing
-    nothing."""
+    nothing (with --scheduler: planned for that running cluster)."""
     from dask.utils import parse_bytes
 
-    from .cluster import connect
-    from .errors import CfactError
     from .plan import plan
 
-    client = None
     try:
-        client = connect(scheduler=scheduler, scheduler_file=scheduler_file)
-        p = plan(job, client=client, n_workers=workers, threads_per_worker=threads,
-                 memory_limit=parse_bytes(memory_limit) if memory_limit else None)
-    except CfactError as e:
-        raise click.ClickException(f"{type(e).__name__}: {e}") from e
-    finally:
-        if client is not None:
-            client.close()
-    click.echo(json.dumps(p.to_dict(), indent=2, default=_json_default) if as_json else str(p))
+        limit = parse_bytes(memory_limit) if memory_limit else None
+    except ValueError as e:
+        raise click.BadParameter(f"{memory_limit!r} is not a size such as 4GiB",
+                                 param_hint="--memory-limit") from e
+    p = plan(job, client=session.client, n_workers=workers, threads_per_worker=threads,
+             memory_limit=limit)
+    session.report(p.to_dict(), str(p))
 
 
 @click.command("recover")
 @click.argument("store", type=click.Path())
-@click.option("--method", type=click.Choice(["nnlasso", "lasso", "bp", "omp", "lstsq-data"]),
-              default="nnlasso", show_default=True)
+@click.option("--method", type=click.Choice(list(RECOVER_METHODS)), default="nnlasso",
+              show_default=True)
 @click.option("--data", default=None, help="The original data (for lstsq-data).")
-@click.option("--sparsity", type=int, default=None, help="k, nonzeros per column (omp).")
-@click.option("--lam", default="auto", show_default=True, help="LASSO penalty or 'auto'.")
+@click.option("--sparsity", type=click.IntRange(min=1), default=None,
+              help="k, nonzeros per column (omp).")
+@click.option("--lam", type=AutoOrPositive(), default="auto", show_default=True,
+              help="LASSO penalty (> 0) or 'auto'.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing recovered group (and the reconstruction computed from "
                    "it).")
 @cluster_options
 @with_session
 def recover_cmd(session: Session, store: str, method: str, data: str | None,
-                sparsity: int | None, lam: str, overwrite: bool) -> None:
+                sparsity: int | None, lam: str | float, overwrite: bool) -> None:
     """Recover W from the sketch and factors groups of the run STORE into STORE/recovered."""
     import zarr
 
+    from ._runtime.labels import labels_of_store
     from ._runtime.outputs import group_id, join, prepare_group
     from .errors import InputError
     from .nmf import NMFResult
@@ -244,18 +257,32 @@ def recover_cmd(session: Session, store: str, method: str, data: str | None,
         ho = Sketch.from_zarr(store, "holdout")
         holdout = (ho.matrix, ho.operator)
     rec = recover(res, sk.operator, method, data=data, sparsity=sparsity,
-                  lam=lam if lam == "auto" else float(lam), holdout=holdout,
+                  lam=lam, holdout=holdout,
                   client=session.client)
     _save_recovery(store, rec, overwrite=overwrite,
-                   upstream={g: group_id(store, g) for g in ("factors", "sketch", "holdout")})
-    cert = rec.certificate.to_dict()
-    est = rec.certificate.estimated_error
+                   upstream={g: group_id(store, g) for g in ("factors", "sketch", "holdout")},
+                   labels=labels_of_store(store, "sketch"))
+    cert = rec.certificate
     session.report({"command": "recover", "store": store, "method": method,
-                    "certificate": cert},
-                   f"recovered W {rec.W.shape} with {method} -> {store}/recovered; fit residual "
-                   f"{cert['fit_residual']}, estimated relative error "
-                   f"{'n/a' if est is None else f'{est:.4f}'}"
-                   f"{'' if rec.certificate.ok else ' [certificate: NOT OK]'}")
+                    "certificate": cert.to_dict()},
+                   f"recovered W {rec.W.shape} with {method} -> {store}/recovered; "
+                   + _certificate_text(cert))
+
+
+def _certificate_text(cert: Any) -> str:
+    """The certificate's figures, each named for what it is; absent ones are left out."""
+    parts = []
+    if cert.exact_error is not None:
+        parts.append(f"relative error {cert.exact_error:.4f} (exact, from the data)")
+    elif cert.holdout_error is not None:
+        parts.append(f"estimated relative error {cert.holdout_error:.4f} (held-out sketch)")
+    else:
+        parts.append("no error estimate (no hold-out sketch in the store: rerun `cfact sketch`)")
+    if cert.holdout_baseline is not None:
+        parts.append(f"best reachable with this H {cert.holdout_baseline:.4f}")
+    if cert.fit_residual is not None:
+        parts.append(f"sketch fit residual {cert.fit_residual:.4f}")
+    return ", ".join(parts) + ("" if cert.ok else " [certificate: NOT OK]")
 
 
 @click.command("reconstruct")

@@ -79,12 +79,23 @@ def run_factor(
     else:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if out is not None:
-        _write(os.fspath(out), group or m, arrays, {"type": m, **attrs}, overwrite)
+        row, col = _dims(sketch_or_input)
+        dims = {"U": (row, "component"), "s": ("component",), "Vt": ("component", col),
+                "W": (row, "component"), "H": ("component", col), "mean": (row,)}
+        _write(os.fspath(out), group or m, arrays, {"type": m, **attrs}, overwrite,
+               dims={k: dims[k] for k in arrays})
     return res
 
 
+def _dims(sketch_or_input: Any) -> tuple[str, str]:
+    """Names of the row and column dimensions of what was factorized."""
+    from .sketch import Sketch
+
+    return ("sketch_row" if isinstance(sketch_or_input, Sketch) else "feature"), "sample"
+
+
 def _write(store: str, group: str, arrays: dict[str, Any], attrs: dict[str, Any],
-           overwrite: bool) -> None:
+           overwrite: bool, dims: dict[str, tuple[str, ...]] | None = None) -> None:
     import json
 
     from ._runtime.outputs import GroupWriter, prepare_group
@@ -93,16 +104,17 @@ def _write(store: str, group: str, arrays: dict[str, Any], attrs: dict[str, Any]
     with GroupWriter(target) as w:
         g = w.create(str(attrs.get("type")))
         for name, v in arrays.items():
+            names = (dims or {}).get(name)
             if isinstance(v, da.Array):
                 v = v.rechunk(tuple(max(c) for c in v.chunks))
                 v.to_zarr(target.store, component=f"{w.write_group}/{name}", overwrite=True,
-                          **array_kwargs())
+                          zarr_format=3, dimension_names=names, **array_kwargs())
             else:
                 v = np.asarray(v)
                 a = g.create_array(name, shape=v.shape, dtype=v.dtype, chunks=v.shape or None,
-                                   **array_kwargs())
+                                   dimension_names=names, **array_kwargs())
                 a[...] = v
         meta = json.loads(json.dumps(attrs, default=lambda o: o.tolist() if hasattr(o, "tolist")
                                      else repr(o)))
         w.finish(meta)
-    logger.info("wrote %s result to %s/%s", attrs.get("type"), store, group)
+    logger.debug("wrote %s result to %s/%s", attrs.get("type"), store, group)

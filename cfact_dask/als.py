@@ -472,6 +472,10 @@ def objective(spec: ALSSpec, e2: float, WtW: np.ndarray, HHt: np.ndarray, l1: np
             + spec.l1_H * float(l1[1]) + 0.5 * spec.l2_H * float(np.trace(HHt)))
 
 
+#: checkpointed factors' dimension names (so that xarray opens a store holding them)
+_CKPT_DIMS = {"W": ("row", "component"), "H": ("component", "column")}
+
+
 def _factor_path(ckpt: Checkpoint, it: int) -> str:
     return f"{ckpt.group}-factors/iter_{it:08d}"
 
@@ -491,11 +495,11 @@ def _save_factors(ckpt: Checkpoint, it: int, W: Array, H: Array) -> None:
             c = max(arr.chunks[axis])
             arr = arr.rechunk({axis: c, 1 - axis: -1})
             da.to_zarr(arr, ckpt.store, component=f"{path}/{name}", overwrite=True,
-                       zarr_format=3, **array_kwargs())
+                       zarr_format=3, dimension_names=_CKPT_DIMS[name], **array_kwargs())
         else:
             a = np.asarray(arr)
             z = root.create_array(f"{path}/{name}", shape=a.shape, dtype=a.dtype, chunks=a.shape,
-                                  **array_kwargs())
+                                  dimension_names=_CKPT_DIMS[name], **array_kwargs())
             z[...] = a
 
 

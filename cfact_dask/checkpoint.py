@@ -61,7 +61,7 @@ class Checkpoint:
                  group: str = "checkpoint") -> None:
         if not isinstance(every, int) or every < 1:
             raise ConfigError(f"checkpoint 'every' must be an int >= 1, got {every!r}")
-        from ._runtime.outputs import prepare_group, store_path
+        from ._runtime.outputs import prepare_group, store_path, unconsolidate
 
         self.store = store_path(store)
         self.every = every
@@ -70,6 +70,9 @@ class Checkpoint:
         # the checkpoint is cfact's own group: the store must be new or cfact's (never a user's
         # folder or input store), and a group of that name must be a cfact group
         prepare_group(self.store, group, overwrite=True, what="checkpoint")
+        # checkpoints look their groups up through the root: a consolidated listing from an
+        # earlier write would hide the ones they add
+        unconsolidate(self.store)
 
     def should_save(self, iteration: int) -> bool:
         return iteration % self.every == 0
@@ -124,8 +127,11 @@ class Checkpoint:
             if isinstance(v, da.Array):
                 v = v.compute()
             v = np.asarray(v)
+            # dimension names only so that xarray opens the store as a tree (DataTree)
             a = sub.create_array(k, shape=v.shape, dtype=v.dtype,
-                                 chunks=v.shape if v.ndim else None, **array_kwargs())
+                                 chunks=v.shape if v.ndim else None,
+                                 dimension_names=[f"{k}_dim_{i}" for i in range(v.ndim)],
+                                 **array_kwargs())
             a[...] = v
         meta = dict(g.attrs).get("cfact") or {}
         previous = meta.get("latest")

@@ -2,103 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import os
-import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
 
 from . import __version__
 
-__all__ = ["cli", "main"]
+# one helper for every computing command (see _cli_session); re-exported under the old names
+from ._cli_session import Session, cluster_options, session_options, with_session
+from ._cli_session import json_default as _json_default
+from .operators import KINDS
 
-
-# ---------------------------------------------------------------------------- shared options
-def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--scheduler`` / ``--scheduler-file`` / ``--quiet`` / ``--json`` for commands that compute."""
-    f = click.option("--json", "as_json", is_flag=True,
-                     help="Print a machine-readable JSON report on stdout (implies --quiet).")(f)
-    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")(f)
-    f = click.option("--scheduler-file", type=click.Path(), default=None,
-                     help="Scheduler file of a running Dask cluster.")(f)
-    f = click.option("--scheduler", default=None,
-                     help="Address of a running Dask scheduler (tcp://host:8786, tls://...).")(f)
-    return f
-
-
-class Session:
-    """What a command needs to run: the client (if any), output mode and a report printer."""
-
-    def __init__(self, scheduler: str | None, scheduler_file: str | None, quiet: bool,
-                 as_json: bool) -> None:
-        import dask.config
-
-        from .cluster import connect
-
-        self.quiet = quiet or as_json
-        self.as_json = as_json
-        level = logging.WARNING if self.quiet else logging.INFO
-        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s",
-                            stream=sys.stderr)
-        logging.getLogger("cfact_dask").setLevel(level)
-        if self.quiet:
-            import distributed  # noqa: F401  (configures its loggers on import: do that first)
-
-            logging.getLogger("distributed").setLevel(logging.ERROR)
-        dask.config.set({"cfact.progress": not self.quiet})
-        if scheduler is None and scheduler_file is None:
-            # set by the dask-kubernetes operator for DaskJob runners, and by many batch setups
-            scheduler = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
-        self.client = connect(scheduler=scheduler, scheduler_file=scheduler_file)
-        if self.client is not None and not self.quiet:
-            click.echo(f"connected to {self.client.scheduler.address}; dashboard: "
-                       f"{self.client.dashboard_link}", err=True)
-
-    def report(self, payload: dict[str, Any], text: str) -> None:
-        if self.as_json:
-            click.echo(json.dumps(payload, indent=2, default=_json_default))
-        else:
-            click.echo(text)
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-
-
-def _json_default(o: Any) -> Any:
-    from ._jsonattrs import json_default
-
-    return json_default(o)
-
-
-def with_session(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Open a :class:`Session` from the cluster options; turn cfact errors into clean exits."""
-
-    @functools.wraps(f)
-    def wrapper(scheduler: str | None, scheduler_file: str | None, quiet: bool, as_json: bool,
-                **kwargs: Any) -> Any:
-        from .errors import CfactError
-
-        try:
-            session = Session(scheduler, scheduler_file, quiet, as_json)
-        except CfactError as e:
-            raise click.ClickException(str(e)) from e
-        try:
-            return f(session, **kwargs)
-        except CfactError as e:
-            raise click.ClickException(f"{type(e).__name__}: {e}") from e
-        except OSError as e:
-            # disk full, permissions, a vanished mount: the message already says where and what
-            # to do (see pipeline._stage); a traceback would bury it
-            raise click.ClickException(f"{type(e).__name__}: {e}") from e
-        finally:
-            session.close()
-
-    return wrapper
+__all__ = ["Session", "cli", "cluster_options", "main", "session_options", "with_session"]
 
 
 # ---------------------------------------------------------------------------- commands
@@ -111,45 +28,60 @@ def cli() -> None:
 @cli.command("sketch")
 @click.argument("input_path")
 @click.argument("output")
-@click.option("--n-components", "-d", type=int, required=True, help="Sketch size d.")
-@click.option("--kind", type=click.Choice(["expander", "sparse_sign", "countsketch", "gaussian"]),
-              default="expander", show_default=True)
+@click.option("--n-components", "-d", type=click.IntRange(min=1), required=True,
+              help="Sketch size d.")
+@click.option("--kind", type=click.Choice(list(KINDS)), default="expander", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--axis", default="0", show_default=True,
               help="Feature axis: an int, or a dim name for labelled stores.")
 @click.option("--variable", default=None, help="Variable of an xarray-layout Zarr group.")
 @click.option("--group", default="sketch", show_default=True, help="Group in OUTPUT.")
-@click.option("--s", "s", type=int, default=None, help="Nonzeros per column (sparse kinds).")
+@click.option("--s", "s", type=click.IntRange(min=1), default=None,
+              help="Nonzeros per column (sparse kinds).")
 @click.option("--no-check-finite", is_flag=True, help="Do not stop at NaN / Inf.")
+@click.option("--holdout", type=click.IntRange(min=0), default=32, show_default=True,
+              help="Rows of the independent hold-out sketch taken in the same pass (group "
+                   "'holdout'); `cfact recover` certifies its result on it. 0: none.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing sketch group.")
 @cluster_options
 @with_session
 def sketch_cmd(session: Session, input_path: str, output: str, n_components: int, kind: str,
                seed: int, axis: str, variable: str | None, group: str, s: int | None,
-               no_check_finite: bool, overwrite: bool) -> None:
+               holdout: int, no_check_finite: bool, overwrite: bool) -> None:
     """Sketch the feature axis of INPUT_PATH (a Zarr store) into OUTPUT, in one pass."""
     import time
 
+    from ._runtime.labels import Labels
+    from .cluster import client_context
     from .io import open_array
-    from .sketch import sketch
+    from .pipeline import sketch_with_holdout
 
     ax: int | str = int(axis) if axis.lstrip("-").isdigit() else axis
     t0 = time.perf_counter()
     inp = open_array(input_path, feature_axis=ax, variable=variable)
-    sk = sketch(inp, n_components, kind=kind, seed=seed, s=s,
-                check_finite=False if no_check_finite else None)
-    where = sk.to_zarr(output, group=group, overwrite=overwrite, client=session.client,
-                       progress=not session.quiet)
+    hold_group = "holdout" if group == "sketch" else f"{group}_holdout"
+    with client_context(session.client, nbytes=int(inp.nbytes)) as c:
+        sk, hold = sketch_with_holdout(
+            inp, n_components, kind=kind, seed=seed, s=s, holdout=holdout,
+            check_finite=False if no_check_finite else None, client=c,
+            progress=not session.quiet)
+        where = sk.to_zarr(output, group=group, overwrite=overwrite, client=c, progress=False,
+                           labels=Labels.from_input(inp))
+        if hold is not None:
+            hold.to_zarr(output, group=hold_group, overwrite=overwrite, client=c, progress=False,
+                         name="holdout")
     dt = time.perf_counter() - t0
     payload = {
         "command": "sketch", "input": input_path, "output": where,
         "input_shape": list(inp.shape), "sketch_shape": list(sk.shape),
+        "holdout_shape": list(hold.shape) if hold is not None else None,
         "compression": inp.n_features / n_components, "operator": sk.operator.to_dict(),
         "seconds": dt,
     }
     session.report(payload, f"wrote sketch {sk.shape} ({kind}, d={n_components}, "
-                            f"{inp.n_features / n_components:.1f}x compression) to {where} "
-                            f"in {dt:.1f} s")
+                            f"{inp.n_features / n_components:.1f}x compression)"
+                            + (f" and hold-out sketch {hold.shape}" if hold is not None else "")
+                            + f" to {where} in {dt:.1f} s")
 
 
 @cli.command("inspect")
@@ -188,33 +120,23 @@ def _shorten(v: Any, keep: int = 4) -> Any:
     return v
 
 
-def _register_optional() -> None:
-    """Commands that live next to their stage (each module owns its command)."""
-    import importlib
+def _register_commands() -> None:
+    """Commands that live next to their stage (each module owns its command).
 
-    for mod, attr in _COMMANDS:
-        try:
-            module = importlib.import_module(f"cfact_dask.{mod}")
-        except ImportError as e:  # an optional extra missing must not break the rest of the CLI
-            logging.getLogger(__name__).debug("command module %s not loaded: %s", mod, e)
-            continue
-        cmd = getattr(module, attr, None)
-        if cmd is not None:
-            cli.add_command(cmd)
+    Imported normally: a module that fails to import is a broken install and must say so,
+    not make its command silently disappear.
+    """
+    from ._cli_dgd import factor_dgd
+    from ._cli_embed import compress_embedding
+    from ._cli_factor import factor
+    from ._cli_pipeline import demo, plan_cmd, reconstruct_cmd, recover_cmd, run
+
+    for cmd in (factor, factor_dgd, compress_embedding, run, demo, plan_cmd, recover_cmd,
+                reconstruct_cmd):
+        cli.add_command(cmd)
 
 
-_COMMANDS: list[tuple[str, str]] = [
-    ("_cli_factor", "factor"),
-    ("_cli_dgd", "factor_dgd"),
-    ("_cli_embed", "compress_embedding"),
-    ("_cli_pipeline", "run"),
-    ("_cli_pipeline", "demo"),
-    ("_cli_pipeline", "plan_cmd"),
-    ("_cli_pipeline", "recover_cmd"),
-    ("_cli_pipeline", "reconstruct_cmd"),
-]
-
-_register_optional()
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,10 +22,10 @@ import dask
 import dask.config
 
 from . import config
-from .errors import ConfigError
+from .errors import ConfigError, SchedulerConnectionError
 
-__all__ = ["client_context", "compute", "connect", "detach", "is_embedded", "show_progress",
-           "use_client"]
+__all__ = ["client_context", "compute", "connect", "detach", "is_embedded", "local_progress",
+           "show_progress", "use_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +38,9 @@ def connect(
     security: Any = None,
 ) -> Any:
     """Return a ``distributed.Client`` for an address / scheduler file, or ``client`` as given."""
-    from distributed import Client
-
     if client is not None:
         if isinstance(client, str):
-            return Client(client, security=security)
+            return _client(client, None, security)
         return client
     if scheduler_file:
         if not os.path.exists(scheduler_file):
@@ -50,9 +48,9 @@ def connect(
                 f"scheduler file {scheduler_file!r} does not exist; start the scheduler with "
                 f"`dask scheduler --scheduler-file {scheduler_file}` first"
             )
-        return Client(scheduler_file=scheduler_file, security=security)
+        return _client(None, scheduler_file, security)
     if scheduler:
-        return Client(scheduler, security=security)
+        return _client(scheduler, None, security)
     return None
 
 
@@ -71,6 +69,36 @@ def use_client(client: Any) -> Iterator[Any]:
         return
     with client.as_current(), dask.config.set(scheduler=None):
         yield client
+
+
+def _client(address: str | None, scheduler_file: str | None, security: Any) -> Any:
+    """A client, or a ConnectionError that names the address and the fix within the timeout.
+
+    distributed waits ``distributed.comm.timeouts.connect`` (30 s) and then raises deep inside
+    its comm layer; ``cfact.cluster.connect-timeout`` (8 s) bounds the wait instead.
+    """
+    from distributed import Client
+
+    timeout = float(config.get("cluster.connect-timeout", 8))
+    where = address if address is not None else f"the scheduler file {scheduler_file!r}"
+    try:
+        if address is not None:
+            return Client(address, security=security, timeout=timeout)
+        return Client(scheduler_file=scheduler_file, security=security, timeout=timeout)
+    except (OSError, TimeoutError) as e:
+        raise SchedulerConnectionError(
+            f"could not connect to the Dask scheduler at {where} within {timeout:g} s "
+            f"({type(e).__name__}: {_first_line(e)}). Check that the scheduler is running "
+            f"(`python -m dask scheduler`), that the address, port and protocol (tcp:// or "
+            f"tls://) are right and reachable from here; or leave out --scheduler / "
+            f"--scheduler-file to run on an embedded local cluster. A slow network can be given "
+            f"more time with DASK_CFACT__CLUSTER__CONNECT_TIMEOUT=60."
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def _current_client() -> Any:
@@ -121,16 +149,38 @@ def client_context(client: Any = None, *, nbytes: int | None = None,
     if policy == "never" or user_scheduler is not None or (policy == "auto" and not big):
         yield None
         return
+    unguarded = _unguarded_main_script()
+    if unguarded is not None:
+        # spawned worker processes re-run the main script; without a __main__ guard each one
+        # would start this computation again and fail in a 100-line multiprocessing traceback
+        logger.warning(
+            "running on dask's threaded scheduler, not an embedded LocalCluster: %s has no "
+            "`if __name__ == \"__main__\":` guard, and worker processes re-run it. Put the "
+            "script's code under that guard to use processes (or pass client=, or set "
+            "cfact.cluster.embedded: never to silence this).", unguarded,
+        )
+        yield None
+        return
     from distributed import Client, LocalCluster
 
     mem = config.get("cluster.memory-limit", "auto")
-    cluster = LocalCluster(
-        n_workers=int(config.get("cluster.n-workers", 2)),
-        threads_per_worker=int(config.get("cluster.threads-per-worker", 1)),
-        processes=True,
-        memory_limit=mem,
-        dashboard_address=":0",
-    )
+    try:
+        cluster = LocalCluster(
+            n_workers=int(config.get("cluster.n-workers", 2)),
+            threads_per_worker=int(config.get("cluster.threads-per-worker", 1)),
+            processes=True,
+            memory_limit=mem,
+            dashboard_address=":0",
+        )
+    except Exception as e:  # noqa: BLE001 - a restricted environment: no processes, no ports
+        logger.warning(
+            "running on dask's threaded scheduler: the embedded LocalCluster could not start "
+            "(%s: %s). Pass client= / --scheduler for a cluster, or set "
+            "cfact.cluster.embedded: never to skip the attempt.", type(e).__name__,
+            _first_line(e),
+        )
+        yield None
+        return
     c = Client(cluster, set_as_default=False)
     _EMBEDDED.add(c)
     logger.info("started an embedded LocalCluster; dashboard at %s", c.dashboard_link)
@@ -142,16 +192,70 @@ def client_context(client: Any = None, *, nbytes: int | None = None,
         cluster.close()
 
 
-def show_progress(futures: Any, client: Any) -> None:
-    """A text progress bar for futures on ``client`` (blocks until they finish)."""
+def _unguarded_main_script() -> str | None:
+    """The path of a ``python script.py`` main module without a ``__main__`` guard, else None.
+
+    Interactive sessions, notebooks, ``python -m`` entry points and test runners have no such
+    file (or one with a guard) and get processes as before.
+    """
+    import re
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    spec = getattr(main, "__spec__", None)
+    if main is None or not path or spec is not None or not str(path).endswith(".py"):
+        return None
+    try:
+        with open(path, encoding="utf8", errors="replace") as fh:
+            source = fh.read()
+    except OSError:
+        return None
+    if re.search(r"""__name__\s*==\s*['"]__main__['"]""", source):
+        return None
+    return str(path)
+
+
+def _bars() -> bool:
+    """Draw progress bars only on a terminal: in a file or a pipe, ``\\r`` redraws are noise."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def show_progress(futures: Any, client: Any, desc: str = "") -> None:
+    """Progress of futures on ``client``, on stderr.
+
+    A bar when stderr is a terminal (blocks until they finish); otherwise one plain line
+    (``desc``), logged at INFO, and it returns at once (callers gather the futures anyway).
+    """
     from distributed import progress as dprogress
 
+    if not _bars():
+        if desc:
+            logger.info("%s", desc)
+        return
     try:
         # the text bar writes to stdout; keep stdout for results (--json) and draw on stderr
         with contextlib.redirect_stdout(sys.stderr):
             dprogress(futures, notebook=False, scheduler=client.scheduler.address)
     except Exception:  # noqa: BLE001 - progress display must never fail a job
         logger.debug("progress display failed", exc_info=True)
+
+
+@contextlib.contextmanager
+def local_progress(desc: str = "") -> Iterator[None]:
+    """Progress of dask's local scheduler inside the block: a bar on a terminal's stderr,
+    otherwise one plain line (``desc``) logged at INFO. Never writes to stdout."""
+    if not _bars():
+        if desc:
+            logger.info("%s", desc)
+        yield
+        return
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(minimum=1.0, out=sys.stderr):
+        yield
 
 
 def is_embedded(client: Any) -> bool:
@@ -190,13 +294,9 @@ def compute(
     if client is not None:
         futures = client.compute(list(collections))
         if progress:
-            if desc:
-                logger.info("%s", desc)
-            show_progress(futures, client)
+            show_progress(futures, client, desc)
         return client.gather(futures)
     if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(minimum=1.0, out=sys.stderr):
+        with local_progress(desc):
             return dask.compute(*collections)
     return dask.compute(*collections)

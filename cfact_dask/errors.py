@@ -26,6 +26,7 @@ __all__ = [
     "RankError",
     "RecoveryWarning",
     "ResumeError",
+    "SchedulerConnectionError",
     "StoreExistsError",
     "StoreNotFoundError",
     "WorkerLostError",
@@ -75,6 +76,10 @@ class ConfigError(CfactError, ValueError):
 
 class ResumeError(CfactError, ValueError):
     """A run cannot resume from a checkpoint (different parameters, incomplete stage)."""
+
+
+class SchedulerConnectionError(CfactError, ConnectionError):
+    """A Dask scheduler given by address or scheduler file cannot be reached."""
 
 
 class DivergenceError(CfactError, FloatingPointError):

@@ -43,6 +43,9 @@ class InputArray:
     location : str or None
         The resolved path / URL of the array in its store, when it comes from one (what the
         output-safety checks compare outputs against); None for in-memory data.
+    aux_coords : dict
+        Non-index 1-D coordinates (``batch`` along ``cell``): ``name -> (dim, values)``;
+        carried onto the results along the same dimension.
     """
 
     data: da.Array
@@ -52,6 +55,7 @@ class InputArray:
     source: str = "the input"
     attrs: Mapping[str, Any] = field(default_factory=dict)
     location: str | None = None
+    aux_coords: Mapping[str, tuple[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -82,14 +86,16 @@ class InputArray:
             return self
         ax = _resolve_axis(axis, self.ndim, self.dims, self.source)
         return InputArray(self.data, ax, self.dims, self.coords, self.source, self.attrs,
-                          self.location)
+                          self.location, self.aux_coords)
 
     def to_xarray(self) -> Any:
         """The data as an ``xarray.DataArray`` (dims and coords kept, still lazy)."""
         import xarray as xr
 
         dims = self.dims or tuple(f"dim_{i}" for i in range(self.ndim))
-        return xr.DataArray(self.data, dims=dims, coords=dict(self.coords), attrs=dict(self.attrs))
+        coords: dict[str, Any] = dict(self.coords)
+        coords.update({k: (d, v) for k, (d, v) in self.aux_coords.items() if d in dims})
+        return xr.DataArray(self.data, dims=dims, coords=coords, attrs=dict(self.attrs))
 
     def __dask_tokenize__(self) -> Any:
         from dask.base import tokenize
@@ -164,6 +170,11 @@ def _wrap_object(source: Any, chunks: Any) -> InputArray:
             for k, v in source.coords.items()
             if v.ndim == 1 and v.dims[0] == k
         }
+        aux = {
+            str(k): (str(v.dims[0]), np.asarray(v.values))
+            for k, v in source.coords.items()
+            if v.ndim == 1 and v.dims[0] != k
+        }
         return InputArray(
             data,
             0,
@@ -172,6 +183,7 @@ def _wrap_object(source: Any, chunks: Any) -> InputArray:
             f"DataArray {source.name!r}" if source.name is not None else "the DataArray",
             dict(source.attrs),
             input_location(source),
+            aux,
         )
     if isinstance(source, zarr.Array):
         return _from_zarr_array(source, _describe_zarr(source))
@@ -526,7 +538,7 @@ def _open_store(path: str, variable: str | None, storage_options: dict[str, Any]
             # same values as xarray's lazy array, but chunk reads that fail name the chunk
             data = _from_zarr_array(arr, source).data
         return InputArray(data, 0, inp.dims, inp.coords, source, inp.attrs,
-                          input_location(arr))
+                          input_location(arr), inp.aux_coords)
     return _from_zarr_array(arr, f"Zarr array {path!r}/{variable}")
 
 

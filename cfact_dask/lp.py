@@ -33,6 +33,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import config
 from ._random import SeedLike
+from ._runtime.display import summary_html, summary_repr
 from .cluster import client_context, compute
 from .errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError, RankError
 from .io import open_array
@@ -258,6 +259,21 @@ class LpLowRankResult:
     converged: bool
     ellipsoid: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        return "cfact LpLowRankResult", [
+            ("shape", self.shape), ("rank", self.rank), ("basis", self.basis),
+            ("coefficients", self.coefficients),
+            ("p", f"{self.p:g} ({'entrywise' if self.entrywise else 'row-wise'})"),
+            ("method", self.method), ("objective", self.objective),
+            ("relative error (Frobenius)", self.relative_error),
+            ("iterations / passes", f"{self.n_iter} / {self.n_passes}"),
+            ("converged", self.converged),
+        ]
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
 
     @property
     def V(self) -> np.ndarray:
@@ -628,7 +644,7 @@ class _Solver:
 
     def notify(self, it: int, obj: float, basis: np.ndarray, t0: float) -> bool:
         dt = time.perf_counter() - t0
-        logger.info("lp_lowrank pass %d: objective %.6g (%.2fs)", it, obj, dt)
+        logger.debug("lp_lowrank pass %d: objective %.6g (%.2fs)", it, obj, dt)
         if self.callback is None:
             return False
         return bool(self.callback({"iteration": it, "objective": obj, "basis": basis,

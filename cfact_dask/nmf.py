@@ -33,6 +33,7 @@ from . import config
 from ._jsonattrs import to_json
 from ._random import SeedLike, normalize_seed
 from ._runtime.codecs import array_kwargs
+from ._runtime.display import SKIP, summary_html, summary_repr
 from .als import (
     ALSOutcome,
     ALSSpec,
@@ -65,9 +66,6 @@ _INIT_KEYS = {"W": 21, "H": 22}
 
 
 # ---------------------------------------------------------------------- result
-#: Zarr v3 dimension names of the stored factors (so that xarray.open_zarr reads them)
-_DIMS = {"W": ("feature", "component"), "H": ("component", "sample")}
-
 @dataclass(frozen=True)
 class NMFResult:
     """The result of :func:`nmf`: small factors, the iteration record and what was factorized.
@@ -110,6 +108,23 @@ class NMFResult:
     params: Mapping[str, Any] = field(default_factory=dict)
     qb_err_: float | None = None
 
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        on = " of the sketch" if self.is_sketch else ""
+        return "cfact NMFResult", [
+            ("W", self.W), ("H", self.H), ("rank", self.rank),
+            ("kind", "semi-NMF (W signed)" if self.semi else "NMF"),
+            ("solver", self.params.get("solver", SKIP) if self.params else SKIP),
+            ("iterations", self.n_iter_), ("converged", self.converged),
+            (f"relative error{on}", float(self.reconstruction_err_)),
+            ("QB approximation error", self.qb_err_ if self.qb_err_ is not None else SKIP),
+            ("sketch operator", (self.operator or {}).get("kind", SKIP)
+             if self.is_sketch else SKIP),
+        ]
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
+
     @property
     def rank(self) -> int:
         return int(self.W.shape[1])
@@ -127,30 +142,48 @@ class NMFResult:
         return SketchOperator.from_dict(dict(self.operator))
 
     def to_zarr(self, store: str | os.PathLike, group: str = "factors", *,
-                overwrite: bool = False, upstream: Mapping[str, str] | None = None) -> str:
+                overwrite: bool = False, upstream: Mapping[str, str] | None = None,
+                labels: Any = None) -> str:
         """Write ``W``, ``H`` and the metadata to ``store/group``; complete only when done.
 
         ``H`` is written blockwise from the workers when it is a dask array. The target is
         checked first and the group written under a temporary name, moved into place at the end
         (see :mod:`cfact_dask._runtime.outputs`); ``overwrite`` replaces only a cfact group.
+
+        The factor of a sketch is ``P W`` (``W_sketch``, dims ``sketch_row × component``), of
+        raw data ``W`` (``feature × component``); ``H`` is ``component × sample``. With
+        ``labels`` (:class:`~cfact_dask._runtime.labels.Labels` of the input) the feature and
+        sample dimensions take the input's names and coordinates.
         """
+        from ._runtime.labels import COMPONENT, SKETCH_ROW, write_coords
+        from ._runtime.labels import Labels as _Labels
         from ._runtime.outputs import GroupWriter, prepare_group
 
+        lab = (labels or _Labels()).sized(None if self.is_sketch else int(self.W.shape[0]),
+                                          int(self.H.shape[1]))
+        wname = "W_sketch" if self.is_sketch else "W"
+        dims = {wname: (SKETCH_ROW if self.is_sketch else lab.feature_dim, COMPONENT),
+                "H": (COMPONENT, lab.sample_dim)}
+        coords = dict(lab.along(lab.sample_dim))
+        if not self.is_sketch:
+            coords.update(lab.along(lab.feature_dim))
         target = prepare_group(store, group, overwrite=overwrite, what="factors output")
         with GroupWriter(target) as w:
             g = w.create("factors")
-            for name, arr in (("W", self.W), ("H", self.H)):
+            for name, arr in ((wname, self.W), ("H", self.H)):
                 if isinstance(arr, da.Array):
-                    axis = 0 if name == "W" else 1
+                    axis = 0 if name != "H" else 1
                     arr = arr.rechunk({axis: max(arr.chunks[axis]), 1 - axis: -1})
                     da.to_zarr(arr, target.store, component=f"{w.write_group}/{name}",
-                               overwrite=True, dimension_names=_DIMS[name], zarr_format=3,
+                               overwrite=True, dimension_names=dims[name], zarr_format=3,
                                **array_kwargs())
                 else:
                     a = np.asarray(arr)
                     z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape,
-                                       dimension_names=_DIMS[name], **array_kwargs())
+                                       dimension_names=dims[name], **array_kwargs())
                     z[...] = a
+            g = w.open()
+            write_coords(g, coords, {k: g[k] for k in dims})
             return w.finish({
                 "type": "factors",
                 "method": "nmf",
@@ -189,8 +222,10 @@ class NMFResult:
                 f"{meta.get('type')!r}, complete={meta.get('complete')!r}); write it again"
             )
         check_upstream(store, group, meta)
+        # "W_sketch" since labelled stores (factors of a sketch), "W" before and for raw data;
         # read through the checked reader: a corrupt chunk is a ChunkError naming it
-        W = checked_numpy(g["W"], f"{store}/{group}/W")
+        wname = "W_sketch" if "W_sketch" in g else "W"
+        W = checked_numpy(g[wname], f"{store}/{group}/{wname}")
         H = (checked_dask if lazy else checked_numpy)(g["H"], f"{store}/{group}/H")
         return cls(W=W, H=H, n_iter_=int(meta["n_iter"]), history=tuple(meta["history"]),
                    reconstruction_err_=float(meta["reconstruction_err"]),
@@ -218,8 +253,10 @@ def _prepare(X: Any, feature_axis: int | str | None) -> _Prepared:
 
     if isinstance(X, Sketch):
         if X.data.ndim != 2:
+            hint = ("a tensor: use cf.cp" if X.data.ndim > 2 else
+                    "a vector: sketch a features × samples matrix, e.g. x.reshape(-1, 1)")
             raise InputError(
-                f"nmf needs a matrix; this sketch has shape {X.shape} (a tensor): use cf.cp"
+                f"nmf needs a matrix; this sketch has shape {X.shape} ({hint})"
             )
         return _Prepared(X.matrix, "the sketch", X.axis == 1, True, X.operator)
     if isinstance(X, np.ndarray) or (

@@ -466,7 +466,13 @@ def save_factors(factors: Any, store: str | os.PathLike, *, overwrite: bool = Fa
     """
     import zarr
 
-    from ._runtime.outputs import INCOMPLETE_ATTR, INCOMPLETE_TEXT, clear_store, prepare_store
+    from ._runtime.outputs import (
+        INCOMPLETE_ATTR,
+        INCOMPLETE_TEXT,
+        clear_store,
+        consolidate,
+        prepare_store,
+    )
 
     f = _as_factors(factors)
     target = prepare_store(store, overwrite=overwrite, inputs=inputs, what="factor store",
@@ -477,17 +483,24 @@ def save_factors(factors: Any, store: str | os.PathLike, *, overwrite: bool = Fa
     g.attrs.put({"cfact": {"type": "factors", "complete": False}, INCOMPLETE_ATTR: INCOMPLETE_TEXT})
     lazy: list[tuple[da.Array, Any]] = []
 
+    # dimension names so that xarray.open_zarr reads the store: rows of the embedding (token),
+    # its columns (embedding_dim), the rank / subspace dimension and the subspaces
+    dims = {"coefficients": ["token", "component"], "basis": ["embedding_dim", "component"],
+            "labels": ["token"], "bases": ["subspace", "component", "embedding_dim"]}
+
     def put(name: str, arr: Any) -> None:
         if isinstance(arr, da.Array):
             c0 = int(arr.chunks[0][0])
             if np.any(np.cumsum(arr.chunks[0])[:-1] % c0):
                 arr = arr.rechunk({0: c0})  # lock-free writes need chunk-aligned blocks
             z = g.create_array(name, shape=arr.shape, dtype=arr.dtype,
-                               chunks=(c0,) + arr.shape[1:], **array_kwargs())
+                               chunks=(c0,) + arr.shape[1:], dimension_names=dims[name],
+                               **array_kwargs())
             lazy.append((arr, z))
         else:
             a = np.asarray(arr)
             z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape or None,
+                               dimension_names=dims[name],
                                **array_kwargs())
             z[...] = a
 
@@ -511,6 +524,7 @@ def save_factors(factors: Any, store: str | os.PathLike, *, overwrite: bool = Fa
     meta["info"] = _jsonable(f.info)
     meta["complete"] = True
     g.attrs.put({"cfact": meta})
+    consolidate(path)
     return path
 
 

@@ -39,6 +39,8 @@ from ._jsonattrs import to_json
 from ._random import normalize_seed
 from ._runtime import workers as _workers
 from ._runtime.codecs import array_kwargs
+from ._runtime.display import SKIP, fmt_value, summary_html, summary_repr
+from ._runtime.labels import Labels
 from ._version import __version__
 from .cluster import client_context, use_client
 from .errors import (
@@ -95,6 +97,60 @@ class RunResult:
     reconstruction: Any = None
     report: dict[str, Any] = field(default_factory=dict)
     out: str | None = None
+    labels: Labels | None = None
+
+    def to_xarray(self) -> Any:
+        """``W`` (feature × component) and ``H`` (component × sample) as one lazy
+        ``xarray.Dataset`` with the input's dimension names, coordinates and attributes."""
+        import xarray as xr
+
+        from ._runtime.labels import COMPONENT
+
+        if self.W is None:
+            raise InputError("this run recovered no W (recover='none'); nothing to label")
+        lab = (self.labels or Labels()).sized(int(self.W.shape[0]), int(self.H.shape[1]))
+        ds = xr.Dataset(
+            {"W": ((lab.feature_dim, COMPONENT), self.W),
+             "H": ((COMPONENT, lab.sample_dim), self.H)},
+            coords=lab.dataset_coords(),
+        )
+        ds.attrs = dict(lab.attrs)
+        return ds
+
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        r = self.report or {}
+        sk, fac, rec = r.get("sketch") or {}, r.get("factor") or {}, r.get("recover") or {}
+        recon = r.get("reconstruction") or {}
+        rows: list[tuple[str, Any]] = [
+            ("input", f"{r.get('input', SKIP)}, shape {fmt_value(tuple(r.get('shape', ())))}"
+             if r else SKIP),
+            ("W", self.W), ("H", self.H),
+            ("sketch", f"{sk.get('kind')}, d = {sk.get('n_components')} "
+                       f"({sk.get('compression', float('nan')):.1f}x compression)" if sk
+             else self.sketch.shape),
+            ("factor", f"{fac.get('method')}, rank {r.get('rank')}, {fac.get('n_iter')} "
+                       f"iterations" if fac else SKIP),
+            ("relative error of the sketch", fac.get("sketch_relative_error", SKIP)),
+        ]
+        if rec:
+            exact = rec.get("method") == "lstsq-data"
+            rows += [
+                ("recovery", f"{rec.get('method')}: "
+                             f"{'ok' if rec.get('ok', True) else 'NOT OK'}"),
+                ("relative error (exact)" if exact else "estimated relative error (held-out)",
+                 rec.get("estimated_relative_error")),
+            ]
+        if recon:
+            rows.append(("reconstruction relative error", recon.get("relative_error")))
+        secs = r.get("seconds") or {}
+        if secs:
+            rows.append(("seconds", ", ".join(f"{k} {v:.1f}" for k, v in secs.items())))
+        rows.append(("store", self.out if self.out else SKIP))
+        return "cfact RunResult", rows
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
 
 
 def _merge(defaults: Mapping[str, Any], given: Any, name: str) -> dict[str, Any]:
@@ -233,6 +289,10 @@ class _RunStore:
         self.meta["report"] = _json(report)
         self.meta["complete"] = True
         zarr.open_group(self.path, mode="r+").attrs["cfact"] = self.meta
+        from ._runtime.outputs import consolidate
+
+        # the whole run is written: one consolidated listing (xr.open_zarr / open_datatree)
+        consolidate(self.path, force=True)
 
 
 def _os_error(e: OSError, message: str) -> OSError:
@@ -273,19 +333,23 @@ def _holdout_operator(n: int, d_h: int, seed: int) -> Any:
                          seed=np.random.SeedSequence(seed, spawn_key=(_HOLDOUT_KEY,)))
 
 
-def _sketch_stage(inp: InputArray, opts: dict[str, Any], rs: _RunStore, client: Any,
-                  progress: bool | None) -> tuple[Sketch, Sketch | None]:
-    if rs.done("sketch"):
-        main = Sketch.from_zarr(rs.path, "sketch")
-        hold = Sketch.from_zarr(rs.path, "holdout") if opts["holdout"] else None
-        return main, hold
+def sketch_with_holdout(
+    inp: InputArray, n_components: int, *, kind: str = "expander", seed: Any = 0,
+    s: int | None = None, check_finite: bool | None = None, holdout: int = 32,
+    client: Any = None, progress: bool | None = None,
+) -> tuple[Sketch, Sketch | None]:
+    """The sketch and its hold-out sketch, computed in one pass and persisted.
+
+    The hold-out sketch has ``holdout`` rows of an independent Gaussian operator (seeded from
+    ``seed``); recovery measures its certificate on it. ``holdout=0`` takes none.
+    """
     n = inp.n_features
-    main = sketch(inp, opts["n_components"], kind=opts["kind"], seed=opts["seed"], s=opts["s"],
-                  check_finite=opts["check_finite"])
+    main = sketch(inp, n_components, kind=kind, seed=seed, s=s,  # type: ignore[arg-type]
+                  check_finite=check_finite)
     hold = None
-    d_h = min(int(opts["holdout"]), n - 1)
+    d_h = min(int(holdout), n - 1)
     if d_h > 0:
-        hold = sketch_with(inp, _holdout_operator(n, d_h, normalize_seed(opts["seed"])),
+        hold = sketch_with(inp, _holdout_operator(n, d_h, normalize_seed(seed)),
                            check_finite=False)
     # one pass: both sketches are persisted together, so they share the chunk-read tasks of the
     # input graph; they stay on the workers (d x m is small but m may be large)
@@ -296,16 +360,32 @@ def _sketch_stage(inp: InputArray, opts: dict[str, Any], rs: _RunStore, client: 
     main = replace(main, data=persisted[0])
     if hold is not None:
         hold = replace(hold, data=persisted[1])
+    return main, hold
+
+
+def _sketch_stage(inp: InputArray, opts: dict[str, Any], rs: _RunStore, client: Any,
+                  progress: bool | None) -> tuple[Sketch, Sketch | None]:
+    if rs.done("sketch"):
+        main = Sketch.from_zarr(rs.path, "sketch")
+        hold = Sketch.from_zarr(rs.path, "holdout") if opts["holdout"] else None
+        return main, hold
+    main, hold = sketch_with_holdout(
+        inp, opts["n_components"], kind=opts["kind"], seed=opts["seed"], s=opts["s"],
+        check_finite=opts["check_finite"], holdout=int(opts["holdout"] or 0), client=client,
+        progress=progress)
     if rs.path is not None:
-        main.to_zarr(rs.path, "sketch", overwrite=True, client=client, progress=False)
+        labels = Labels.from_input(inp)
+        main.to_zarr(rs.path, "sketch", overwrite=True, client=client, progress=False,
+                     labels=labels)
         if hold is not None:
-            hold.to_zarr(rs.path, "holdout", overwrite=True, client=client, progress=False)
+            hold.to_zarr(rs.path, "holdout", overwrite=True, client=client, progress=False,
+                         name="holdout")
         rs.commit("sketch", {"shape": list(main.shape), "kind": opts["kind"]})
     return main, hold
 
 
 def _factor_stage(sk: Sketch, rank: int, opts: dict[str, Any], rs: _RunStore, client: Any,
-                  callback: Any) -> Any:
+                  callback: Any, labels: Labels | None = None) -> Any:
     from .nmf import NMFResult, nmf
 
     if rs.done("factor"):
@@ -331,13 +411,14 @@ def _factor_stage(sk: Sketch, rank: int, opts: dict[str, Any], rs: _RunStore, cl
     )
     if rs.path is not None:
         res.to_zarr(rs.path, "factors", overwrite=True,
-                    upstream={"sketch": rs.group_id("sketch")})
+                    upstream={"sketch": rs.group_id("sketch")}, labels=labels)
         rs.commit("factor", {"n_iter": res.n_iter_, "sketch_error": res.reconstruction_err_})
     return res
 
 
 def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
-                   opts: dict[str, Any], rs: _RunStore, client: Any) -> Any:
+                   opts: dict[str, Any], rs: _RunStore, client: Any,
+                   labels: Labels | None = None) -> Any:
     from .recover import recover
 
     if rs.done("recover"):
@@ -374,11 +455,27 @@ def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
                       nonnegative=nonneg)
     else:
         rec = recover(res, op, method, **common)
+        est = rec.certificate.estimated_error
+        if _above(rec, opts):
+            # the same threshold recover: auto falls back on, so the two never disagree
+            logger.warning(
+                "sparse recovery (%s): estimated relative error %s is above recover.warn_above "
+                "= %g (recover: auto would fall back to lstsq-data, one extra pass)",
+                method, _fmt(est), float(opts["warn_above"]),
+            )
     if rs.path is not None:
         _save_recovery(rs.path, rec, overwrite=True,
-                       upstream={g: rs.group_id(g) for g in ("factors", "sketch", "holdout")})
+                       upstream={g: rs.group_id(g) for g in ("factors", "sketch", "holdout")},
+                       labels=labels)
         rs.commit("recover", {"method": rec.method, **rec.certificate.to_dict()})
     return rec
+
+
+def _above(rec: Any, opts: Mapping[str, Any]) -> bool:
+    """A sparse recovery whose estimated error is above ``recover.warn_above``."""
+    est = rec.certificate.estimated_error
+    return (rec.method != "lstsq-data" and est is not None
+            and est > float(opts["warn_above"]))
 
 
 def _persist(arrays: list[Any], client: Any, progress: bool | None) -> list[Any]:
@@ -390,13 +487,13 @@ def _persist(arrays: list[Any], client: Any, progress: bool | None) -> list[Any]
         if show:
             from .cluster import show_progress
 
-            show_progress(out, client)
+            show_progress(out, client, "sketching (one pass over the input)")
         client.gather(client.compute([a.sum() for a in out]))  # wait; surface task errors
         return list(out)
     if show:
-        from dask.diagnostics import ProgressBar
+        from .cluster import local_progress
 
-        with ProgressBar(minimum=1.0):
+        with local_progress("sketching (one pass over the input)"):
             return list(dask.persist(*arrays))
     return list(dask.persist(*arrays))
 
@@ -406,22 +503,28 @@ def _fmt(x: Any) -> str:
 
 
 def _save_recovery(path: str, rec: Any, *, overwrite: bool = False,
-                   upstream: Mapping[str, Any] | None = None, group: str = "recovered") -> str:
+                   upstream: Mapping[str, Any] | None = None, group: str = "recovered",
+                   labels: Labels | None = None) -> str:
     """Write a :class:`~cfact_dask.recover.Recovery` to ``path/group`` under the output policy
     (checked first, staged under a temporary name, complete last, downstream groups of a
-    replaced one removed)."""
+    replaced one removed). ``W`` gets the input's feature dimension and coordinates."""
     import dask.array as da
 
+    from ._runtime.labels import COMPONENT, write_coords
     from ._runtime.outputs import GroupWriter, prepare_group
 
     target = prepare_group(path, group, overwrite=overwrite, what="recovered output",
                            flag="overwrite=True (CLI: --overwrite)")
     W = rec.W
     W = W.rechunk({0: max(W.chunks[0]), 1: -1}) if isinstance(W, da.Array) else da.asarray(W)
+    lab = (labels or Labels()).sized(int(W.shape[0]), None)
     with GroupWriter(target) as w:
         w.create("recovered")
         da.to_zarr(W, target.store, component=f"{w.write_group}/W", overwrite=True,
-                   zarr_format=3, dimension_names=("feature", "component"), **array_kwargs())
+                   zarr_format=3, dimension_names=(lab.feature_dim, COMPONENT),
+                   **array_kwargs())
+        g = w.open()
+        write_coords(g, lab.along(lab.feature_dim), {"W": g["W"]})
         return w.finish(_json({
             "type": "recovered", "method": rec.method, "certificate": rec.certificate.to_dict(),
             "n_iter": int(rec.n_iter_),
@@ -539,8 +642,12 @@ def factorize_recover(
         fp = fingerprint(inp)
     rs = _RunStore(out, params, resume, overwrite, inputs=(inp,), fingerprint=fp)
     timings: dict[str, float] = {}
+    from ._runtime.outputs import deferred_consolidation, unconsolidate
+
+    if rs.path is not None:
+        unconsolidate(rs.path)  # a resumed store: no listing goes stale while stages write
     with client_context(client, nbytes=inp.nbytes, stage="factorize_recover") as c, \
-            use_client(c):
+            deferred_consolidation(), use_client(c):
         # every write below (sketch, factors, recovered W) computes on the run's client, also
         # when it was given as client= without being the default client: graphs that hold its
         # persisted futures cannot run on a local scheduler ("Missing dependency")
@@ -550,11 +657,13 @@ def factorize_recover(
         timings["sketch"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         with _stage(rs, "factor"):
-            res = _factor_stage(sk, int(rank), f_opts, rs, c, callback)
+            res = _factor_stage(sk, int(rank), f_opts, rs, c, callback,
+                                labels=Labels.from_input(inp))
         timings["factor"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         with _stage(rs, "recover"):
-            rec = _recover_stage(res, sk, hold, inp, r_opts, rs, c)
+            rec = _recover_stage(res, sk, hold, inp, r_opts, rs, c,
+                                 labels=Labels.from_input(inp))
         timings["recover"] = time.perf_counter() - t0
         stats = None
         if reconstruct and rec is not None:
@@ -585,7 +694,10 @@ def factorize_recover(
         "recover": None if rec is None else {
             "method": rec.method, "fit_residual": cert.fit_residual,
             "estimated_relative_error": cert.estimated_error,
-            "holdout_baseline": cert.holdout_baseline, "ok": cert.ok,
+            "holdout_baseline": cert.holdout_baseline,
+            # the certificate's verdict and the job's threshold (what recover: auto acts on)
+            "ok": bool(cert.ok and not _above(rec, r_opts)), "certificate_ok": cert.ok,
+            "warn_above": float(r_opts["warn_above"]),
             "messages": list(cert.messages), "notes": list(getattr(cert, "notes", ()) or ()),
             "lam_multiple": (rec.params or {}).get("lam_multiple"),
         },
@@ -598,7 +710,8 @@ def factorize_recover(
     with _stage(rs, "finish"):
         rs.finish(report)
     return RunResult(W=None if rec is None else rec.W, H=res.H, sketch=sk, factors=res,
-                     recovery=rec, reconstruction=stats, report=report, out=rs.path)
+                     recovery=rec, reconstruction=stats, report=report, out=rs.path,
+                     labels=Labels.from_input(inp))
 
 
 def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bool = False,

@@ -44,10 +44,19 @@ class Plan:
     threads_per_worker: int
     worker_limit: int | None
     warnings: list[str] = field(default_factory=list)
+    #: passes that happen only in some runs (``recover: auto`` reads the data once more when
+    #: the sparse recovery's certificate fails), by stage
+    conditional_passes: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_passes(self) -> int:
+        """Passes every run makes."""
         return sum(self.passes.values())
+
+    @property
+    def max_passes(self) -> int:
+        """Passes in the worst case (with every conditional pass)."""
+        return self.total_passes + sum(self.conditional_passes.values())
 
     @property
     def max_worker_peak(self) -> int:
@@ -57,6 +66,7 @@ class Plan:
         return {
             "input_shape": list(self.input_shape), "input_chunks": list(self.input_chunks),
             "passes": self.passes, "total_passes": self.total_passes,
+            "conditional_passes": self.conditional_passes, "max_passes": self.max_passes,
             "bytes_read": self.bytes_read, "task_peak_bytes": self.task_peak,
             "worker_peak_bytes": self.worker_peak, "outputs_bytes": self.outputs,
             "n_workers": self.n_workers, "threads_per_worker": self.threads_per_worker,
@@ -68,7 +78,8 @@ class Plan:
             f"input {self.input_shape} in chunks of {self.input_chunks} "
             f"({_fmt(math.prod(self.input_chunks) * self.itemsize)} per chunk)",
             f"passes over the input: {self.total_passes} ("
-            + ", ".join(f"{k}: {v}" for k, v in self.passes.items() if v) + ")",
+            + ", ".join(f"{k}: {v}" for k, v in self.passes.items() if v) + ")"
+            + "".join(f", + {v} if {k}" for k, v in self.conditional_passes.items() if v),
             f"bytes read: {_fmt(self.bytes_read)}",
             f"workers: {self.n_workers} x {self.threads_per_worker} thread(s), limit "
             f"{_fmt(self.worker_limit) if self.worker_limit else 'none'}",
@@ -178,6 +189,10 @@ def plan(
     task_peak = {"sketch": sketch_task, "factor": factor_task, "recover": rec_task}
     worker_peak = {"sketch": sketch_worker, "factor": factor_worker, "recover": rec_worker}
     method = job["recover"]["method"]
+    conditional = {}
+    if method == "auto":
+        # the fallback when the sparse recovery's certificate fails: one exact pass
+        conditional["recover: auto falls back to lstsq-data"] = 1
     if method == "lstsq-data":
         passes["recover"] = 1
         task_peak["recover"] = chunk_elems * 8 * 2 + rows * r * 8
@@ -211,4 +226,5 @@ def plan(
         worker_peak={k: int(v) for k, v in worker_peak.items()},
         outputs={k: int(v) for k, v in outputs.items()},
         n_workers=nw, threads_per_worker=th, worker_limit=limit, warnings=warnings,
+        conditional_passes=conditional,
     )

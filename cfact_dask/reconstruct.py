@@ -30,6 +30,7 @@ import dask.array as da
 import numpy as np
 
 from ._runtime.codecs import xarray_encoding
+from ._runtime.display import SKIP, fmt_value, summary_html, summary_repr
 from .cluster import client_context, compute
 from .errors import InputError, StoreExistsError, StoreNotFoundError
 
@@ -68,6 +69,23 @@ class ReconstructionStats:
     chunk_max_abs_error: np.ndarray | None = None
     max_abs_error: float | None = None
     worst_chunk: tuple[int, ...] | None = None
+
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        return "cfact ReconstructionStats", [
+            ("path", self.path), ("shape", tuple(self.shape)), ("chunks", tuple(self.chunks)),
+            ("relative error", self.relative_error),
+            ("max |error|", self.max_abs_error),
+            ("worst chunk", fmt_value(tuple(self.worst_chunk)) if self.worst_chunk is not None
+             else SKIP),
+            ("worst chunk relative error",
+             float(np.nanmax(self.chunk_relative_error))
+             if self.chunk_relative_error is not None and np.size(self.chunk_relative_error)
+             else SKIP),
+        ]
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -283,8 +301,23 @@ def reconstruct(
         dims = tuple(inp.dims)
     else:
         dims = ("feature", "sample") if fa == 0 else ("sample", "feature")
-    coords = {k: v for k, v in inp.coords.items() if k in dims}
+    coords: dict[str, Any] = {k: v for k, v in inp.coords.items() if k in dims}
+    # non-index coordinates (``batch`` along ``cell``) and the input's attributes come along
+    coords.update({k: (d, v) for k, (d, v) in getattr(inp, "aux_coords", {}).items()
+                   if d in dims and k not in coords})
+    from ._runtime.labels import vlen_text
+
     ds = xr.Dataset({name: (dims, R)}, coords=coords)
+    ds = ds.assign_coords({k: (c.dims, vlen_text(c.values)) for k, c in ds.coords.items()
+                           if c.dtype.kind in "US"})
+    if inp.attrs:
+        from ._jsonattrs import to_json
+
+        # xarray's encoding keys in raw Zarr attributes (_FillValue, scale_factor, ...) belong
+        # to how the input was stored, not to the values
+        enc = {"coordinates", "missing_value", "scale_factor", "add_offset", "dtype", "cfact"}
+        ds[name].attrs = {k: v for k, v in to_json(dict(inp.attrs)).items()
+                          if not k.startswith("_") and k not in enc}
     ds[name].encoding = {"chunks": zchunks}
     for c in ds.coords:
         ds[c].encoding = {}
@@ -350,13 +383,17 @@ def reconstruct(
             g.attrs.put(a)
             if not remote:
                 _move_into_place(write_store, None, store, None, tgt.state != "absent")
+            from ._runtime.outputs import consolidate
+
+            consolidate(store)
     except BaseException:
         if writer is not None:
             writer.__exit__(None, None, None)
         elif not remote:
             _cleanup_after_failure(write_store)
         raise
-    logger.info("reconstruction written to %s (relative error %s)", final, out.relative_error)
+    logger.debug("reconstruction written to %s (relative error %s)", final,
+                 "n/a" if out.relative_error is None else f"{out.relative_error:.4g}")
     return out
 
 

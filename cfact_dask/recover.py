@@ -74,6 +74,7 @@ import scipy.sparse as sp
 from dask import delayed
 
 from . import config
+from ._runtime.display import SKIP, summary_html, summary_repr
 from .cluster import client_context, detach
 from .errors import ConvergenceWarning, InputError, RecoveryWarning
 from .operators import SketchOperator
@@ -163,6 +164,27 @@ class Certificate:
     messages: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        rows: list[tuple[str, Any]] = [
+            ("verdict", "ok" if self.ok else "NOT OK"),
+            ("relative error (exact)", self.exact_error if self.exact_error is not None
+             else SKIP),
+            ("estimated relative error (held-out)", self.holdout_error),
+            ("best reachable with this H", self.holdout_baseline),
+            ("sketch fit residual", self.fit_residual if self.fit_residual is not None
+             else SKIP),
+            ("measurements d / features n", f"{self.n_measurements} / {self.n_features}"),
+        ]
+        if self.effective_support is not None and np.size(self.effective_support):
+            rows.append(("largest effective support", int(np.max(self.effective_support))))
+        for i, m in enumerate(self.messages[:2]):
+            rows.append((f"problem {i + 1}", m))
+        return "cfact Certificate", rows
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
+
     def __post_init__(self) -> None:  # lists from a JSON round trip
         object.__setattr__(self, "messages", tuple(self.messages))
         object.__setattr__(self, "notes", tuple(self.notes))
@@ -211,6 +233,25 @@ class Recovery:
     n_iter_: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        c = self.certificate
+        lam = None if self.lam is None else np.asarray(self.lam, dtype=float)
+        return "cfact Recovery", [
+            ("W", self.W), ("method", self.method), ("iterations", self.n_iter_),
+            ("certificate", "ok" if c.ok else "NOT OK"),
+            ("relative error (exact)" if c.exact_error is not None
+             else "estimated relative error (held-out)", c.estimated_error),
+            ("best reachable with this H", c.holdout_baseline),
+            ("sketch fit residual", c.fit_residual if c.fit_residual is not None else SKIP),
+            ("lambda", SKIP if lam is None or lam.size == 0 else
+             f"{lam.min():.3g}..{lam.max():.3g} over {lam.size} columns"),
+            ("problem", c.messages[0] if c.messages else SKIP),
+        ]
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -1137,7 +1178,9 @@ def _lasso(
         lam0 = sigma * math.sqrt(2 * math.log(max(op.n_features, 2))) * _column_norm(op)
         lam0 = np.clip(lam0, _ALPHA_MIN * lmax, lam1)
         info["lam_noise"] = lam0.tolist()
-        logger.info("recover: noise level per column %s -> lambda %s", sigma, lam0)
+        # a summary, not the arrays: r values each (all of them are in info["lam_noise"])
+        logger.debug("recover: noise level per column %s -> lambda %s", _span(sigma),
+                     _span(lam0))
         if holdout is None or stopped:
             _, xs, Px, conv = solve(lam0, xs_d, tol_in)
             lam_vec = lam0
@@ -1157,7 +1200,7 @@ def _lasso(
                 xr, Pxr, sz = finish(xr, Pxr)
                 est = _holdout_estimate(blocks, xr, QM, Qop, Hh)
                 path.append({"multiple": float(mult), "holdout_error": est})
-                logger.info("recover: lambda x %g -> held-out error %.4f", mult, est)
+                logger.debug("recover: lambda x %g -> held-out error %.4f", mult, est)
                 if best is None or est < best[0]:
                     best = (est, mult, lam_m, xr, Pxr, sz, conv_m)
                 if stopped:
@@ -1794,6 +1837,16 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _span(x: Any) -> str:
+    """An array for a log line: its range and size, never its values one by one."""
+    a = np.asarray(x, dtype=float).ravel()
+    if a.size == 0:
+        return "[]"
+    if a.size == 1:
+        return f"{a[0]:.3g}"
+    return f"{a.min():.3g}..{a.max():.3g} ({a.size} columns)"
+
+
 def _certificate(
     W: da.Array,
     Wt: np.ndarray | None,
@@ -1867,7 +1920,8 @@ def _certificate(
                 logger.info("recover: %s", notes[-1])
     if holdout is None and exact is None:
         logger.info(
-            "recover: no held-out sketch given; the certificate has only the fit residual %s", fit
+            "recover: no held-out sketch given; the certificate has only the fit residual %s",
+            _fmt(fit),
         )
     return Certificate(
         fit_residual=fit,

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._random import SeedLike
 from ._runtime.codecs import xarray_encoding
+from ._runtime.display import SKIP, summary_html, summary_repr
 from ._version import __version__ as _version
 from .cluster import client_context, compute
 from .errors import InputError, RankError, StoreNotFoundError
@@ -28,6 +29,7 @@ from .operators import Kind, SketchOperator, make_operator, project
 __all__ = ["Sketch", "sketch"]
 
 SKETCH_DIM = "sketch_row"
+SAMPLE = "sample"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,26 @@ class Sketch:
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ views
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        op = self.operator
+        rows = [
+            ("shape", tuple(self.shape)),
+            ("data", self.data),
+            ("operator", f"{op.kind}, d = {op.n_components} of n = {op.n_features} features "
+                         f"({op.n_features / max(op.n_components, 1):.1f}x compression)"),
+            ("seed", op.seed),
+            ("feature axis", f"{self.axis}" + (f" ({self.feature_dim})" if self.feature_dim
+                                               else "")),
+            ("dims", self.dims if self.dims else SKIP),
+            ("coords", ", ".join(self.coords) if self.coords else SKIP),
+            ("complete", self.complete),
+        ]
+        return "cfact Sketch", rows
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
+
     @property
     def shape(self) -> tuple[int, ...]:
         return self.data.shape
@@ -203,8 +225,15 @@ class Sketch:
         client: Any = None,
         progress: bool | None = None,
         upstream: Mapping[str, str] | None = None,
+        name: str = "sketch",
+        labels: Any = None,
     ) -> str:
         """Compute the sketch and write it to ``store/group`` (xarray layout, spec in attrs).
+
+        ``name`` is the variable's name (its row dimension is ``sketch_row``, or
+        ``{name}_row`` for another name, e.g. ``holdout``, so that groups of one store align);
+        ``labels`` (:class:`~cfact_dask._runtime.labels.Labels` of the input) are written as
+        coordinates of the group, so that later stages can label their results.
 
         The output is checked before anything is computed (see :mod:`cfact_dask._runtime.outputs`:
         never into or around the input, ``overwrite`` replaces only a group cfact wrote). The group
@@ -214,6 +243,7 @@ class Sketch:
         """
         import xarray as xr
 
+        from ._runtime.labels import vlen_text
         from ._runtime.outputs import GroupWriter, prepare_group
 
         loc = (self.provenance or {}).get("location")
@@ -224,7 +254,23 @@ class Sketch:
         # Zarr needs regular chunks; the sketch is small, so this touches no input data
         data = xa.data
         data = data.rechunk(tuple(max(c) for c in data.chunks)) if not _regular(data) else data
-        ds = xr.Dataset({"sketch": (xa.dims, data)}, coords=xa.coords)
+        dims = list(xa.dims)
+        if name != "sketch":
+            dims[self.axis] = f"{name}_row"
+        ds = xr.Dataset({name: (tuple(dims), data)}, coords=xa.coords)
+        meta = self._attrs()
+        meta["dims"] = dims
+        if labels is not None and self.data.ndim == 2:
+            m = self.shape[1 - self.axis]
+            for k, (d, v) in labels.sized(None, m).coords.items():
+                if k in ds.coords or (d in ds.dims and ds.sizes[d] != len(v)):
+                    continue
+                if d != labels.feature_dim and d not in ds.dims:
+                    continue
+                ds = ds.assign_coords({k: (d, v)})
+            meta["labels"] = labels.to_meta()
+        ds = ds.assign_coords({k: (c.dims, vlen_text(c.values)) for k, c in ds.coords.items()
+                               if c.dtype.kind in "US"})
         for v in ds.variables.values():
             v.encoding = {}
         with GroupWriter(target) as w:
@@ -235,7 +281,7 @@ class Sketch:
                                      consolidated=False, zarr_format=3,
                                      encoding=xarray_encoding(ds), write_empty_chunks=True)
                 compute(delayed, client=c, progress=progress, desc=f"writing sketch to {store}")
-            return w.finish(self._attrs(), upstream=upstream)
+            return w.finish(meta, upstream=upstream)
 
     @classmethod
     def from_zarr(cls, store: str | os.PathLike, group: str = "sketch") -> Sketch:
@@ -248,8 +294,11 @@ class Sketch:
         store = store_path(store)
         meta = _read_attrs(store, group, "sketch")
         ds = xr.open_zarr(store, group=group, consolidated=False, chunks={})
-        xa = ds["sketch"]
-        coords = {str(k): np.asarray(v.values) for k, v in xa.coords.items() if v.ndim == 1}
+        # "sketch", or the one variable of a group written with another name ("holdout")
+        name = "sketch" if "sketch" in ds.data_vars else next(iter(ds.data_vars))
+        xa = ds[name]
+        coords = {str(k): np.asarray(v.values) for k, v in xa.coords.items()
+                  if v.ndim == 1 and k in xa.dims}
         dims = tuple(meta["dims"])
         # the data through the checked reader: a corrupt chunk is a ChunkError naming it
         data = checked_dask(zarr.open_array(store, path=f"{group}/sketch", mode="r"),
@@ -354,7 +403,15 @@ def sketch_with(
         feature_dim = dl[ax]
         dl[ax] = SKETCH_DIM
         dims = tuple(dl)
-    coords = {k: v for k, v in inp.coords.items() if inp.dims is None or k != inp.dims[ax]}
+    elif inp.ndim == 2:
+        # an unlabelled matrix: the same names every other group of a store uses
+        dims = (SKETCH_DIM, SAMPLE) if ax == 0 else (SAMPLE, SKETCH_DIM)
+    if dims is not None and len(dims) == 2 and dims[1 - ax].startswith("dim_"):
+        dl = list(dims)
+        dl[1 - ax] = SAMPLE
+        dims = tuple(dl)
+    coords = {k: v for k, v in inp.coords.items()
+              if (inp.dims is None or k != inp.dims[ax]) and dims is not None and k in dims}
     return Sketch(
         data=data,
         operator=operator,
@@ -423,6 +480,14 @@ def sketch(
     (100, 50)
     """
     inp = X if isinstance(X, InputArray) else open_array(X)
+    if len(inp.shape) < 2:
+        # refused before any read: nothing downstream (factorization, recovery) takes a vector
+        raise InputError(
+            f"{inp.source} has shape {tuple(inp.shape)}: a sketch compresses the feature axis of "
+            f"a features × samples matrix (or of a tensor). For one sample, pass it as a column "
+            f"(x.reshape(-1, 1)); to sketch a vector with an existing operator, use "
+            f"operator.matvec(x)"
+        )
     inp = inp.with_feature_axis(axis)
     ax = inp.feature_axis
     n = int(n_features) if n_features is not None else inp.shape[ax] + feature_offset

@@ -38,6 +38,7 @@ import dask.array as da
 import numpy as np
 
 from ._random import SeedLike, normalize_seed
+from ._runtime.display import summary_html, summary_repr
 from .cluster import client_context
 from .errors import ConvergenceWarning, InputError, NonFiniteError
 from .io import InputArray, open_array
@@ -81,6 +82,18 @@ class SparsePCAResult:
     alpha: float = 1.0
     operator: Any = None
     params: dict[str, Any] = field(default_factory=dict)
+
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        return "cfact SparsePCAResult", [
+            ("W", self.W), ("H", self.H), ("alpha", self.alpha),
+            ("iterations", self.n_iter),
+            ("objective ½‖M − WH‖² + α‖W‖₁", self.errors[-1] if self.errors else None),
+            ("on a sketch", self.operator is not None),
+        ]
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
 
     @property
     def components(self) -> Any:
@@ -387,7 +400,7 @@ def sparse_pca(
             if not np.isfinite(cost):
                 raise NonFiniteError(f"sparse_pca objective became {cost} at iteration {it}")
             errors.append(float(cost))
-            logger.info("sparse_pca iteration %d: objective %.6g (%.1fs)", it, cost,
+            logger.debug("sparse_pca iteration %d: objective %.6g (%.1fs)", it, cost,
                         time.perf_counter() - t0)
             stop = False
             if callback is not None:

@@ -33,6 +33,7 @@ import dask.array as da
 import numpy as np
 
 from ._random import SeedLike, normalize_seed
+from ._runtime.display import summary_html, summary_repr
 from .cluster import client_context, compute, detach
 from .errors import InputError, RankError
 from .io import InputArray, open_array
@@ -80,6 +81,19 @@ class SVDResult:
     passes: int
     error_estimate: float = float("nan")
     params: dict[str, Any] = field(default_factory=dict)
+
+    def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
+        s = np.asarray(self.s)
+        return "cfact SVDResult", [
+            ("U", self.U), ("s", f"{s.size} values, {s[0]:.4g} … {s[-1]:.4g}" if s.size
+                              else "none"),
+            ("Vt", self.Vt), ("passes over the input", self.passes),
+            ("estimated relative error", self.error_estimate),
+        ]
+
+    # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
+    __repr__ = summary_repr
+    _repr_html_ = summary_html
 
     @property
     def rank(self) -> int:

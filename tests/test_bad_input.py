@@ -454,3 +454,13 @@ def test_cli_bad_input_exits_nonzero_with_the_message(tmp_path):
     assert "ChunkError" in r.stderr and "chunk (1, 2)" in r.stderr
     assert "Traceback" not in r.stderr
     _assert_no_valid_output(str(tmp_path / "run.zarr"))
+
+
+def test_a_vector_is_refused_before_it_is_sketched(tmp_path):
+    """A 1-D input names the fix at once, instead of a sketch later called 'a tensor'."""
+    path = str(tmp_path / "vec.zarr")
+    z = zarr.create_array(path, shape=(1000,), chunks=(250,), dtype="f8")
+    z[:] = np.arange(1000.0)
+    for x in (np.arange(1000.0), path):
+        with pytest.raises(cf.InputError, match=r"reshape\(-1, 1\)"):
+            cf.sketch(x, 10)

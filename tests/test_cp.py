@@ -167,3 +167,19 @@ def test_bad_input(rng):
         cp(T, 2, sketch=dict(d=3))
     with pytest.raises(InputError, match="init"):
         cp(T, 2, init="nope")
+
+
+def test_reported_error_is_the_true_error_for_float32_data():
+    """The error from the expansion ‖T‖² − 2⟨T, T̂⟩ + ‖T̂‖² cancels to noise in float32."""
+    rng = np.random.default_rng(0)
+    A = [rng.random((s, 5)) for s in (60, 50, 40)]
+    T = np.einsum("ir,jr,kr->ijk", *A)
+    T = (T + 1e-3 * T.mean() * rng.standard_normal(T.shape)).astype(np.float32)
+    res = cp(T, 5, max_iter=300, tol=1e-7)
+    T64 = T.astype(np.float64)
+    true = np.linalg.norm(T64 - res.to_tensor()) / np.linalg.norm(T64)
+    assert 1e-4 < true < 1e-2
+    assert res.reconstruction_err_ == pytest.approx(true, rel=1e-3)
+    # and as good as on the same data in float64
+    res64 = cp(T64, 5, max_iter=300, tol=1e-7)
+    assert res.reconstruction_err_ == pytest.approx(res64.reconstruction_err_, rel=1e-3)

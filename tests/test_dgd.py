@@ -329,7 +329,7 @@ def test_callback_stops_and_progress_is_logged(caplog):
         calls.append(state.iteration)
         return state.iteration >= 30
 
-    with caplog.at_level(logging.INFO, logger="cfact_dask.dgd"):
+    with caplog.at_level(logging.DEBUG, logger="cfact_dask.dgd"):
         res = dgd_local(demo_data(0), 5, n_nodes=5, topology="star", max_iter=500, tol=0,
                         report_every=10, callback=cb)
     assert calls == [10, 20, 30]

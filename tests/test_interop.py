@@ -68,8 +68,11 @@ def test_reconstruction_group_opens_with_xarray(run_store):
 def test_factors_group_opens_with_xarray(run_store):
     store, run, _ = run_store
     ds = _open(store, "factors")
-    assert ds["W"].dims == ("feature", "component") and ds["H"].dims == ("component", "sample")
-    np.testing.assert_allclose(ds["W"].values, np.asarray(run.factors.W))
+    # the factor of the sketch is P W: its own name and row dimension (it does not clash with
+    # the recovered W, feature x component)
+    assert ds["W_sketch"].dims == ("sketch_row", "component")
+    assert ds["H"].dims == ("component", "sample")
+    np.testing.assert_allclose(ds["W_sketch"].values, np.asarray(run.factors.W))
     np.testing.assert_allclose(ds["H"].values, np.asarray(run.factors.H))
 
 

@@ -147,13 +147,31 @@ def test_auto_recovery_falls_back_when_data_too_dense(tmp_path):
     assert cert.exact_error < 0.3
 
 
-def test_progress_is_shown_on_a_real_cluster(cluster_client, planted_store, capsys):
-    res = cf.factorize_recover(cf.open_array(planted_store, variable="M"), 4,
-                               sketch=dict(n_components=150), recover="none",
-                               client=cluster_client, progress=True)
+def test_progress_is_shown_on_a_real_cluster(cluster_client, planted_store, capsys, caplog,
+                                             monkeypatch):
+    import logging
+
+    from cfact_dask import cluster as cl
+
+    # stderr a file or a pipe (as under pytest): one plain line per stage, no bar, no stdout
+    with caplog.at_level(logging.INFO, logger="cfact_dask"):
+        res = cf.factorize_recover(cf.open_array(planted_store, variable="M"), 4,
+                                   sketch=dict(n_components=150), recover="none",
+                                   client=cluster_client, progress=True)
     assert res.sketch.shape == (150, 300)
     captured = capsys.readouterr()
-    assert "100% Completed" in captured.out + captured.err
+    assert captured.out == "" and "Completed" not in captured.err
+    assert "sketching (one pass over the input)" in caplog.text
+    # stderr a terminal: the bar, on stderr only (the report owns stdout)
+    monkeypatch.setattr(cl, "_bars", lambda: True)
+    for client in (cluster_client, None):
+        cf.factorize_recover(cf.open_array(planted_store, variable="M"), 4,
+                             sketch=dict(n_components=150), recover="none",
+                             client=client, progress=True)
+        captured = capsys.readouterr()
+        assert "Completed" not in captured.out
+        if client is not None:  # dask's local bar shows only passes longer than 1 s
+            assert "100% Completed" in captured.err
 
 
 # ---------------------------------------------------------------------------- job files
@@ -216,6 +234,11 @@ def test_plan_predicts_and_warns(planted_store, tmp_path):
     job = _job(planted_store, str(tmp_path / "o.zarr"))
     p = cf.plan(job, n_workers=2, threads_per_worker=1, memory_limit=2**30)
     assert p.total_passes == 2  # the sketch, and the reconstruction's comparison pass
+    # recover: auto reads the data once more when it falls back to lstsq-data
+    assert p.max_passes == 3 and "+ 1 if recover: auto falls back" in str(p)
+    exact = cf.plan(_job(planted_store, str(tmp_path / "o.zarr"),
+                         recover={"method": "nnlasso"}), n_workers=2)
+    assert exact.max_passes == exact.total_passes == 2
     assert p.bytes_read == 2 * 600 * 300 * 4
     assert p.outputs["reconstruction"] == 600 * 300 * 4
     assert not p.warnings

@@ -1,1 +1,1 @@
-"""How work runs, shared by every stage (see docs/ARCHITECTURE.md and shared LAYOUT.md)."""
+"""How work runs and shows, shared by every stage (docs/ARCHITECTURE.md, shared LAYOUT.md)."""
