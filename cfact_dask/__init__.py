@@ -33,8 +33,10 @@ from .errors import (
     RankError,
     RecoveryWarning,
     ResumeError,
+    StoreAccessError,
     StoreExistsError,
     StoreNotFoundError,
+    StoreUnavailableError,
 )
 from .io import InputArray, open_array
 from .lp import LpLowRankResult, lp_lowrank, lp_objective
@@ -105,8 +107,10 @@ __all__ = [
     "RunResult",
     "Sketch",
     "SketchOperator",
+    "StoreAccessError",
     "StoreExistsError",
     "StoreNotFoundError",
+    "StoreUnavailableError",
     "Topology",
     "__version__",
     "centralized",

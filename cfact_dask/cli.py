@@ -18,8 +18,45 @@ __all__ = ["cli", "main"]
 
 
 # ---------------------------------------------------------------------------- shared options
+def storage_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--storage-option KEY=VALUE`` (repeatable): fsspec options for every remote URL."""
+    return click.option(
+        "--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+        help="fsspec option for remote stores (s3://...), e.g. endpoint_url=https://s3.example"
+             ".org or profile=lab; repeatable; values are read as YAML scalars. Credentials are "
+             "better left to the environment (AWS_ACCESS_KEY_ID ...).")(f)
+
+
+def parse_storage_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``("a=1", "b.c=x")`` -> ``{"a": 1, "b": {"c": "x"}}`` (dotted keys nest)."""
+    import yaml
+
+    from .errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--storage-option {key.strip() or item!r}: expected KEY=VALUE, e.g. "
+                f"--storage-option endpoint_url=https://s3.example.org"
+            )
+        try:
+            parsed = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            parsed = value
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = parsed
+    return out
+
+
 def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--scheduler`` / ``--scheduler-file`` / ``--quiet`` / ``--json`` for commands that compute."""
+    """``--scheduler`` / ``--scheduler-file`` / ``--quiet`` / ``--json`` /
+    ``--storage-option`` for commands that compute."""
+    f = storage_option(f)
     f = click.option("--json", "as_json", is_flag=True,
                      help="Print a machine-readable JSON report on stdout (implies --quiet).")(f)
     f = click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")(f)
@@ -34,10 +71,15 @@ class Session:
     """What a command needs to run: the client (if any), output mode and a report printer."""
 
     def __init__(self, scheduler: str | None, scheduler_file: str | None, quiet: bool,
-                 as_json: bool) -> None:
+                 as_json: bool, storage_options: dict[str, Any] | None = None) -> None:
         import dask.config
 
+        from ._runtime import storage
         from .cluster import connect
+
+        storage.set_default_options(storage_options)
+        self._storage_scope = storage.cli_scope()
+        self._storage_scope.__enter__()
 
         self.quiet = quiet or as_json
         self.as_json = as_json
@@ -67,6 +109,7 @@ class Session:
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+        self._storage_scope.__exit__(None, None, None)
 
 
 def _json_default(o: Any) -> Any:
@@ -80,21 +123,23 @@ def with_session(f: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(f)
     def wrapper(scheduler: str | None, scheduler_file: str | None, quiet: bool, as_json: bool,
-                **kwargs: Any) -> Any:
+                storage_option: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        from ._runtime.storage import redact
         from .errors import CfactError
 
         try:
-            session = Session(scheduler, scheduler_file, quiet, as_json)
+            session = Session(scheduler, scheduler_file, quiet, as_json,
+                              parse_storage_options(storage_option))
         except CfactError as e:
-            raise click.ClickException(str(e)) from e
+            raise click.ClickException(redact(str(e))) from e
         try:
             return f(session, **kwargs)
         except CfactError as e:
-            raise click.ClickException(f"{type(e).__name__}: {e}") from e
+            raise click.ClickException(redact(f"{type(e).__name__}: {e}")) from e
         except OSError as e:
             # disk full, permissions, a vanished mount: the message already says where and what
             # to do (see pipeline._stage); a traceback would bury it
-            raise click.ClickException(f"{type(e).__name__}: {e}") from e
+            raise click.ClickException(redact(f"{type(e).__name__}: {e}")) from e
         finally:
             session.close()
 
@@ -155,14 +200,19 @@ def sketch_cmd(session: Session, input_path: str, output: str, n_components: int
 @cli.command("inspect")
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-def inspect_cmd(store: str, as_json: bool) -> None:
+@storage_option
+def inspect_cmd(store: str, as_json: bool, storage_option: tuple[str, ...] = ()) -> None:
     """Print shape, chunks, dtype and cfact specs of every array and group in STORE."""
+    from ._runtime import storage
+    from .errors import CfactError
     from .inspect import describe_store
 
     try:
-        info = describe_store(store)
-    except FileNotFoundError as e:
-        raise click.ClickException(str(e)) from e
+        storage.set_default_options(parse_storage_options(storage_option))
+        with storage.cli_scope():
+            info = describe_store(store)
+    except (FileNotFoundError, CfactError) as e:
+        raise click.ClickException(storage.redact(str(e))) from e
     if as_json:
         click.echo(json.dumps(info, indent=2, default=_json_default))
         return

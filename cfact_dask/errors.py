@@ -23,8 +23,10 @@ __all__ = [
     "RankError",
     "RecoveryWarning",
     "ResumeError",
+    "StoreAccessError",
     "StoreExistsError",
     "StoreNotFoundError",
+    "StoreUnavailableError",
 ]
 
 
@@ -58,6 +60,14 @@ class StoreNotFoundError(CfactError, FileNotFoundError):
 
 class StoreExistsError(CfactError, FileExistsError):
     """An output store exists and ``overwrite`` was not given."""
+
+
+class StoreAccessError(CfactError, PermissionError):
+    """A store exists but the credentials in use may not read or write it (access denied)."""
+
+
+class StoreUnavailableError(CfactError, ConnectionError):
+    """A remote store could not be reached, even after retrying with backoff."""
 
 
 class ConfigError(CfactError, ValueError):

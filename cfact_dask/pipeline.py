@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -38,6 +37,7 @@ import numpy as np
 
 from ._jsonattrs import to_json
 from ._random import normalize_seed
+from ._runtime import storage
 from ._version import __version__
 from .cluster import client_context
 from .errors import (
@@ -47,6 +47,7 @@ from .errors import (
     RecoveryWarning,
     ResumeError,
     StoreExistsError,
+    StoreNotFoundError,
 )
 from .io import InputArray, open_array
 from .operators import make_operator
@@ -114,16 +115,19 @@ def _merge(defaults: Mapping[str, Any], given: Any, name: str) -> dict[str, Any]
 
 # ---------------------------------------------------------------------------- run store
 class _RunStore:
-    def __init__(self, path: str | None, params: dict[str, Any], resume: bool, overwrite: bool):
+    def __init__(self, path: str | None, params: dict[str, Any], resume: bool, overwrite: bool,
+                 storage_options: Mapping[str, Any] | None = None):
         self.path = None if path is None else os.fspath(path)
         self.params = params
         self.stages: list[str] = []
         self.meta: dict[str, Any] = {}
+        self.options = dict(storage_options or {})
         if self.path is None:
             return
         import zarr
 
-        exists = os.path.exists(self.path) if "://" not in self.path else False
+        # object stores: "exists" means objects under the prefix (there are no directories)
+        exists = storage.exists(self.path, self.options)
         if exists:
             try:
                 root = zarr.open_group(self.path, mode="r")
@@ -151,16 +155,23 @@ class _RunStore:
                     f"output {self.path!r} already exists; pass overwrite=True (--overwrite) to "
                     f"replace it, or resume=True (--resume) to continue an interrupted run"
                 )
-            if os.path.isdir(self.path):
-                shutil.rmtree(self.path)
-            else:
-                os.remove(self.path)
+            storage.remove(self.path, self.options)
         self.meta = {"type": "run", "params": params, "stages": [], "metrics": {},
                      "cfact_dask": __version__, "complete": False}
+        if storage.is_remote(self.path):
+            # how the store was reached (endpoint, region), never the credentials
+            self.meta["storage"] = storage.public_options(self.path, self.options)
         try:
             root = zarr.open_group(self.path, mode="w", zarr_format=3)
             root.attrs["cfact"] = self.meta
-        except OSError as e:
+        except Exception as e:
+            err = storage.storage_error(e, self.path, "creating the run store", self.options,
+                                        write=True)
+            if err is not None:
+                raise err from e
+            if not isinstance(e, OSError):
+                raise
+
             raise _os_error(
                 e, f"cannot create the run store {self.path!r}: {e.strerror or e}; choose a "
                    f"writable location for the output (output.path / out=)"
@@ -186,7 +197,9 @@ class _RunStore:
             return
         import zarr
 
-        self.meta["report"] = _json(report)
+        # the completion marker goes last: on object storage (no rename) this attribute is
+        # what makes the store complete
+        self.meta["report"] = _json(storage.scrub(report))
         self.meta["complete"] = True
         zarr.open_group(self.path, mode="r+").attrs["cfact"] = self.meta
 
@@ -207,8 +220,14 @@ def _stage(rs: _RunStore, stage: str) -> Iterator[None]:
         yield
     except CfactError:
         raise  # already clear (StoreNotFoundError / StoreExistsError are OSErrors too)
-    except OSError as e:
+    except Exception as e:
         if rs.path is None:
+            raise
+        err = storage.storage_error(e, rs.path, f"stage {stage!r} writing the run in", rs.options,
+                                    write=True)
+        if err is not None:
+            raise type(err)(f"{err}; the completed stages {rs.stages} are intact") from e
+        if not isinstance(e, OSError):
             raise
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         raise _os_error(
@@ -384,7 +403,13 @@ def _load_recovery(path: str, res: Any) -> Any:
     from .recover import Certificate, Recovery
 
     g = zarr.open_group(path, path="recovered", mode="r")
-    meta = dict(g.attrs)["cfact"]
+    meta = dict(g.attrs).get("cfact") or {}
+    if meta.get("type") != "recovered" or not meta.get("complete"):
+        raise StoreNotFoundError(
+            f"{path!r}/recovered is not a complete recovery (attribute cfact.complete="
+            f"{meta.get('complete')!r}: its write was interrupted); run the recovery again "
+            f"(`cfact run --resume`, or `cfact recover`)"
+        )
     cert_d = dict(meta["certificate"])
     for k in ("fit_residual_per_column", "support_sizes", "effective_support"):
         if cert_d.get(k) is not None:
@@ -410,6 +435,7 @@ def factorize_recover(
     callback: Any = None,
     client: Any = None,
     progress: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Factorize-Recover (Sharan et al. 2019) on chunked data, end to end.
 
@@ -438,11 +464,36 @@ def factorize_recover(
     resume, overwrite : bool
         Continue an interrupted run in ``out`` / replace an existing ``out``.
     client : distributed.Client, optional
+    storage_options : dict, optional
+        fsspec options for a remote ``out`` (``s3://bucket/run.zarr``): ``endpoint_url``,
+        ``key`` / ``secret``, ``profile``... Without them the environment is used
+        (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``...). Credentials are never recorded; the
+        store records the endpoint only. A remote input is opened with its own options by
+        :func:`open_array`.
 
     Returns
     -------
     RunResult
     """
+    if out is not None and storage.is_remote(os.fspath(out)):
+        out = os.fspath(out)
+        out_opts = storage.resolve_options(out, storage_options)
+        with storage.scope(out, out_opts):
+            return _factorize_recover(X, rank, sketch=sketch, factor=factor, recover=recover,
+                                      out=out, reconstruct=reconstruct, resume=resume,
+                                      overwrite=overwrite, feature_axis=feature_axis,
+                                      callback=callback, client=client, progress=progress,
+                                      storage_options=out_opts)
+    return _factorize_recover(X, rank, sketch=sketch, factor=factor, recover=recover, out=out,
+                              reconstruct=reconstruct, resume=resume, overwrite=overwrite,
+                              feature_axis=feature_axis, callback=callback, client=client,
+                              progress=progress, storage_options=None)
+
+
+def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: Any, out: Any,
+                       reconstruct: bool, resume: bool, overwrite: bool, feature_axis: Any,
+                       callback: Any, client: Any, progress: bool | None,
+                       storage_options: Mapping[str, Any] | None) -> RunResult:
     inp = X if isinstance(X, InputArray) else open_array(X)
     inp = inp.with_feature_axis(feature_axis)
     if inp.ndim != 2:
@@ -462,7 +513,7 @@ def factorize_recover(
         "rank": int(rank), "sketch": sk_opts, "factor": f_opts, "recover": r_opts,
         "reconstruct": bool(reconstruct),
     })
-    rs = _RunStore(out, params, resume, overwrite)
+    rs = _RunStore(out, params, resume, overwrite, storage_options)
     timings: dict[str, float] = {}
     with client_context(client, nbytes=inp.nbytes) as c, \
             (dask.config.set(scheduler=c) if c is not None else contextlib.nullcontext()):
@@ -531,7 +582,8 @@ def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bo
 
     cfg = load_job(job)
     inp = open_array(cfg["input"]["path"], feature_axis=cfg["input"]["feature_axis"],
-                     variable=cfg["input"]["variable"])
+                     variable=cfg["input"]["variable"],
+                     storage_options=cfg["input"]["storage_options"])
     factor = dict(cfg["factor"])
     rank = factor.pop("rank")
     for k in ("n_nodes", "topology"):
@@ -540,5 +592,5 @@ def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bo
         inp, rank, sketch=cfg["sketch"], factor=factor, recover=cfg["recover"],
         out=cfg["output"]["path"], reconstruct=cfg["output"]["reconstruct"],
         resume=resume, overwrite=overwrite or cfg["output"]["overwrite"], client=client,
-        progress=progress,
+        progress=progress, storage_options=cfg["output"]["storage_options"],
     )

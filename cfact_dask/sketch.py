@@ -268,7 +268,9 @@ def _covered(ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
 def _check_target(store: str, group: str, overwrite: bool) -> None:
     import zarr
 
-    if "://" in store or not os.path.exists(store):
+    from ._runtime import storage
+
+    if not storage.exists(store):  # object stores too: any object under the prefix
         return
     try:
         root = zarr.open_group(store, mode="r")

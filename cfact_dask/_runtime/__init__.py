@@ -1,0 +1,1 @@
+"""How work runs, shared by every stage (today: where stores live, ``storage``)."""
