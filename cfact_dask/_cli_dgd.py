@@ -19,6 +19,8 @@ from typing import Any
 import click
 import numpy as np
 
+from .cli import with_storage
+
 __all__ = ["factor_dgd", "write_result"]
 
 
@@ -109,6 +111,7 @@ def _summary(res: Any) -> dict[str, Any]:
 @click.option("--scheduler-file", default=None, type=click.Path())
 @click.option("--quiet", "-q", is_flag=True, help="No per-iteration progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@with_storage
 def factor_dgd(input: str, method: str, rank: int, n_nodes: int, topology: str, weights: str,
                lazy: bool | None, p: float, graph_seed: int, step: str, schedule: str,
                max_iter: int, tol: float, polish: bool, report_every: int,

@@ -18,6 +18,8 @@ from typing import Any
 import click
 import numpy as np
 
+from .cli import with_storage
+
 __all__ = ["compress_embedding"]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ def _open_input(path: str, variable: str | None) -> Any:
 @click.option("--scheduler-file", default=None, help="Scheduler file of a running cluster.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Only print the summary.")
+@with_storage
 def compress_embedding(
     input_path: str, rate: float, method: str, out: str, variable: str | None,
     n_subspaces: int, p: float, lp_method: str, n_init: int, max_iter: int | None, seed: int,

@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from .cli import with_storage
+
 __all__ = ["METHODS", "factor", "register_method"]
 
 
@@ -170,6 +172,7 @@ def _load(store: str, group: str | None, variable: str | None, feature_axis: int
 @click.option("--scheduler-file", default=None, help="Scheduler file of a running cluster.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output group.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-iteration progress lines.")
+@with_storage
 def factor(store: str, method: str, rank: int, out: str, out_group: str, group: str | None,
            variable: str | None, feature_axis: int, solver: str, init: str, n_init: int,
            randomized: bool, max_iter: int | None, tol: float | None, nodes: int, topology: str,

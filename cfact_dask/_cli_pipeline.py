@@ -11,7 +11,7 @@ from typing import Any
 import click
 import numpy as np
 
-from .cli import Session, _json_default, cluster_options, with_session
+from .cli import Session, _json_default, cluster_options, with_session, with_storage
 
 __all__ = ["demo", "plan_cmd", "reconstruct_cmd", "recover_cmd", "run"]
 
@@ -153,6 +153,7 @@ def demo(session: Session, n: int, m: int, rank: int, d: int, seed: int, workdir
 @click.option("--scheduler", default=None, help="Plan for this running cluster.")
 @click.option("--scheduler-file", default=None, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@with_storage
 def plan_cmd(job: str, workers: int | None, threads: int | None, memory_limit: str | None,
              scheduler: str | None, scheduler_file: str | None, as_json: bool) -> None:
     """Print passes, bytes read, memory per task / worker and output sizes of JOB, computing

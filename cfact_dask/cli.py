@@ -53,6 +53,25 @@ def parse_storage_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return out
 
 
+def with_storage(f: Callable[..., Any]) -> Callable[..., Any]:
+    """For commands without a :class:`Session`: apply ``--storage-option`` (and the retries
+    and the environment's endpoint) to every remote URL the command opens."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, storage_option: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        from ._runtime import storage
+        from .errors import CfactError
+
+        try:
+            storage.set_default_options(parse_storage_options(storage_option))
+        except CfactError as e:
+            raise click.ClickException(str(e)) from e
+        with storage.cli_scope():
+            return f(*args, **kwargs)
+
+    return storage_option(wrapper)
+
+
 def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--scheduler`` / ``--scheduler-file`` / ``--quiet`` / ``--json`` /
     ``--storage-option`` for commands that compute."""

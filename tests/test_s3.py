@@ -504,3 +504,19 @@ def test_server_restarted_mid_run_ends_in_one_clear_error(moto, fs, bucket, s3_i
     assert p.returncode != 0
     msg = _one_error(stderr)
     assert "StoreNotFoundError" in msg and out in msg and "does not exist" in msg
+
+
+def test_deploy_files_for_object_storage():
+    """The example s3 job validates, keeps no credential, and the Secret fills the variables the
+    deploy README tells pods to read."""
+    root = os.path.join(os.path.dirname(__file__), "..", "deploy")
+    job = validate_job(yaml.safe_load(open(os.path.join(root, "config", "job-s3.yaml"))))
+    for section in ("input", "output"):
+        assert job[section]["path"].startswith("s3://")
+        assert set(job[section]["storage_options"]) == {"endpoint_url"}
+    secret = yaml.safe_load(open(os.path.join(root, "kubernetes", "s3-credentials.yaml")))
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "cfact-s3"
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])
+    readme = open(os.path.join(root, "README.md")).read()
+    assert "name: cfact-s3" in readme and "envFrom" in readme
+    assert '".[plot,s3]"' in open(os.path.join(root, "docker", "Dockerfile")).read()
