@@ -171,7 +171,6 @@ class _RunStore:
                 raise err from e
             if not isinstance(e, OSError):
                 raise
-
             raise _os_error(
                 e, f"cannot create the run store {self.path!r}: {e.strerror or e}; choose a "
                    f"writable location for the output (output.path / out=)"
@@ -225,8 +224,18 @@ def _stage(rs: _RunStore, stage: str) -> Iterator[None]:
             raise
         err = storage.storage_error(e, rs.path, f"stage {stage!r} writing the run in", rs.options,
                                     write=True)
+        if err is None and storage.is_remote(rs.path):
+            # zarr reports a bucket that vanished (or became unreadable) as a missing key or
+            # node: ask the store itself what is wrong before showing a stack trace
+            try:
+                storage.check_bucket(rs.path, rs.options)
+            except CfactError as probe:
+                err = probe
         if err is not None:
-            raise type(err)(f"{err}; the completed stages {rs.stages} are intact") from e
+            raise type(err)(
+                f"stage {stage!r} stopped: {err}; the completed stages {rs.stages} are kept if "
+                f"the store still exists"
+            ) from e
         if not isinstance(e, OSError):
             raise
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
