@@ -300,6 +300,37 @@ def test_interrupted_remote_store_is_never_complete_and_resumes(fs, bucket, s3_i
     assert zarr.open_group(out, mode="r").attrs["cfact"]["complete"] is True
 
 
+def test_every_stage_command_on_s3(moto, fs, bucket, s3_input, monkeypatch):
+    """sketch -> factor -> recover -> reconstruct -> inspect, each a command on s3:// URLs, with
+    the endpoint from --storage-option only (not from the environment)."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    s3fs.S3FileSystem.clear_instance_cache()
+    so = ["--storage-option", f"endpoint_url={moto.endpoint}"]
+    run = f"s3://{bucket}/steps.zarr"
+    cr = CliRunner()
+    steps = [
+        ["sketch", s3_input, run, "-d", "80", "--variable", "M", "--quiet", *so],
+        ["factor", run, "--rank", "3", "--out", run, "--max-iter", "30", "--quiet", *so],
+        ["recover", run, "--method", "nnlasso", "--json", *so],
+        ["reconstruct", run, "--like", s3_input + "/M", "--json", *so],
+    ]
+    for args in steps:
+        r = cr.invoke(cli, args)
+        assert r.exit_code == 0, (args[0], r.output)
+    assert json.loads(r.output)["relative_error"] < 0.2
+    r = cr.invoke(cli, ["inspect", run, "--json", *so])
+    assert r.exit_code == 0, r.output
+    paths = {n["path"] for n in json.loads(r.output)["nodes"]}
+    assert {"sketch", "factors", "recovered", "reconstruction"} <= paths
+    # the sketch command refuses to replace the group it wrote, on object storage too
+    r = cr.invoke(cli, steps[0])
+    assert r.exit_code != 0 and "StoreExistsError" in r.output and "--overwrite" in r.output
+    # and without the endpoint nothing is reachable: the option really was what was used
+    r = cr.invoke(cli, ["inspect", run, "--storage-option", "endpoint_url=http://127.0.0.1:1",
+                        "--storage-option", "config_kwargs.retries.max_attempts=1"])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+
+
 # ------------------------------------------------------------------------------- credentials
 def test_credentials_are_never_recorded_or_logged(moto, fs, bucket, s3_input, tmp_path):
     out = f"s3://{bucket}/run.zarr"
