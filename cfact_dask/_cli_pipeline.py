@@ -238,8 +238,24 @@ def reconstruct_cmd(session: Session, store: str, like: str, out: str | None, co
     from .nmf import NMFResult
     from .reconstruct import reconstruct
 
-    W = da.from_zarr(zarr.open_group(store, path="recovered", mode="r")["W"])
+    from .errors import StoreNotFoundError
+
     res = NMFResult.from_zarr(store, "factors", lazy=True)
+    try:
+        rec = zarr.open_group(store, path="recovered", mode="r")
+    except Exception as e:  # noqa: BLE001 - zarr raises several types for a missing group
+        raise StoreNotFoundError(
+            f"{store!r} has no recovered factor (group 'recovered'); run `cfact recover "
+            f"{store}` first"
+        ) from e
+    if not (dict(rec.attrs).get("cfact") or {}).get("complete"):
+        # on object storage there is no rename: the attribute written last is the only sign
+        # that W was written whole
+        raise StoreNotFoundError(
+            f"{store!r}/recovered is not a complete recovery (its write was interrupted); run "
+            f"`cfact recover {store}` again"
+        )
+    W = da.from_zarr(rec["W"])
     target, group = (out, None) if out else (store, "reconstruction")
     stats = reconstruct(W, res.H, target, like=like, compare_to=like if compare else None,
                         group=group, overwrite=overwrite, client=session.client,

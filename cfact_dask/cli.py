@@ -63,10 +63,10 @@ def with_storage(f: Callable[..., Any]) -> Callable[..., Any]:
         from .errors import CfactError
 
         try:
-            storage.set_default_options(parse_storage_options(storage_option))
+            options = parse_storage_options(storage_option)
         except CfactError as e:
             raise click.ClickException(str(e)) from e
-        with storage.cli_scope():
+        with storage.cli_scope(options):
             return f(*args, **kwargs)
 
     return storage_option(wrapper)
@@ -96,10 +96,6 @@ class Session:
         from ._runtime import storage
         from .cluster import connect
 
-        storage.set_default_options(storage_options)
-        self._storage_scope = storage.cli_scope()
-        self._storage_scope.__enter__()
-
         self.quiet = quiet or as_json
         self.as_json = as_json
         level = logging.WARNING if self.quiet else logging.INFO
@@ -118,6 +114,9 @@ class Session:
         if self.client is not None and not self.quiet:
             click.echo(f"connected to {self.client.scheduler.address}; dashboard: "
                        f"{self.client.dashboard_link}", err=True)
+        # last, so that nothing above can fail with the scope entered (close() leaves it)
+        self._storage_scope = storage.cli_scope(storage_options)
+        self._storage_scope.__enter__()
 
     def report(self, payload: dict[str, Any], text: str) -> None:
         if self.as_json:
@@ -227,8 +226,7 @@ def inspect_cmd(store: str, as_json: bool, storage_option: tuple[str, ...] = ())
     from .inspect import describe_store
 
     try:
-        storage.set_default_options(parse_storage_options(storage_option))
-        with storage.cli_scope():
+        with storage.cli_scope(parse_storage_options(storage_option)):
             info = describe_store(store)
     except (FileNotFoundError, CfactError) as e:
         raise click.ClickException(storage.redact(str(e))) from e

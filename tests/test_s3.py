@@ -298,6 +298,12 @@ def test_interrupted_remote_store_is_never_complete_and_resumes(fs, bucket, s3_i
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert zarr.open_group(out, mode="r").attrs["cfact"]["complete"] is True
+    # `cfact reconstruct` reads recovered/W only when its group is marked complete
+    g = zarr.open_group(out, path="recovered", mode="r+")
+    g.attrs["cfact"] = {**g.attrs["cfact"], "complete": False}
+    r = CliRunner().invoke(cli, ["reconstruct", out, "--like", s3_input + "/M", "--out",
+                                 out.replace("run.zarr", "rec.zarr"), "--quiet"])
+    assert r.exit_code != 0 and "not a complete recovery" in r.output, r.output
 
 
 def test_every_stage_command_on_s3(moto, fs, bucket, s3_input, monkeypatch):
@@ -329,6 +335,8 @@ def test_every_stage_command_on_s3(moto, fs, bucket, s3_input, monkeypatch):
     r = cr.invoke(cli, ["inspect", run, "--storage-option", "endpoint_url=http://127.0.0.1:1",
                         "--storage-option", "config_kwargs.retries.max_attempts=1"])
     assert r.exit_code != 0 and "Traceback" not in r.output
+    # a command's options end with it (commands also run in-process)
+    assert storage.resolve_options("s3://b/x").get("endpoint_url") is None
 
 
 # ------------------------------------------------------------------------------- credentials
@@ -344,10 +352,10 @@ def test_credentials_are_never_recorded_or_logged(moto, fs, bucket, s3_input, tm
         [sys.executable, "-m", "cfact_dask.cli", "run", str(job), "--json", "--overwrite",
          "--storage-option", f"secret={JOB_SECRET}"],
         capture_output=True, text=True, timeout=240, env=env))
-    runs.append(subprocess.run([sys.executable, "-m", "cfact_dask.cli", "inspect", out,
-                                "--json"], capture_output=True, text=True, timeout=120, env=env))
     for r in runs:
         assert r.returncode == 0, r.stderr[-3000:]
+    inspected = CliRunner().invoke(cli, ["inspect", out, "--json"])
+    assert inspected.exit_code == 0 and '"storage"' in inspected.output
     assert "resuming" not in runs[0].stderr and "cfact_dask" in runs[0].stderr  # logs were on
     report = json.loads(runs[1].stdout)
     assert report["out"] == out
@@ -358,6 +366,7 @@ def test_credentials_are_never_recorded_or_logged(moto, fs, bucket, s3_input, tm
             assert secret.encode() not in data, p
         for r in runs:
             assert secret not in r.stdout and secret not in r.stderr
+        assert secret not in inspected.output
     # errors do not repeat them either: a denied write with the job's credentials
     moto.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps({
         "Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*",

@@ -200,16 +200,22 @@ def scope(url: str | None, options: Mapping[str, Any] | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def cli_scope() -> Iterator[None]:
-    """For a command: S3 URLs opened anywhere get the retries, the environment's endpoint and
-    the ``--storage-option`` values; other remote protocols get the ``--storage-option``
-    values."""
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(scope("s3://", resolve_options("s3://")))
-        if _DEFAULTS:
-            for proto in ("gs", "gcs", "az", "abfs", "abfss"):
-                stack.enter_context(scope(f"{proto}://", dict(_DEFAULTS)))
-        yield
+def cli_scope(options: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """For a command: ``options`` (``--storage-option``) become the defaults of every remote
+    store it opens; S3 URLs opened anywhere also get the retries and the environment's
+    endpoint. Everything is restored on exit (commands run in-process, e.g. in tests)."""
+    saved = dict(_DEFAULTS)
+    try:
+        set_default_options(options)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(scope("s3://", resolve_options("s3://")))
+            if _DEFAULTS:
+                for proto in ("gs", "gcs", "az", "abfs", "abfss"):
+                    stack.enter_context(scope(f"{proto}://", dict(_DEFAULTS)))
+            yield
+    finally:
+        _DEFAULTS.clear()
+        _DEFAULTS.update(saved)
 
 
 def _fs(url: str, options: Mapping[str, Any] | None) -> tuple[Any, str]:
