@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from typing import Any
 
@@ -26,40 +25,28 @@ __all__ = ["factor_dgd", "write_result"]
 
 def write_result(res: Any, store: str, group: str = "dgd", *, overwrite: bool = False) -> str:
     """Write a :class:`~cfact_dask.dgd.DGDResult` to ``store/group`` (marked complete last)."""
-    import zarr
+    from ._runtime.outputs import GroupWriter, prepare_group
 
-    from .errors import StoreExistsError
-
-    if os.path.exists(store):
-        try:
-            root = zarr.open_group(store, mode="r")
-            exists = group in root
-        except Exception:  # noqa: BLE001 - not a group
-            exists = True
-        if exists and not overwrite:
-            raise StoreExistsError(
-                f"{store!r} already holds {group!r}; pass --overwrite to replace it or choose "
-                f"another --output"
-            )
-    g = zarr.open_group(store, path=group, mode="w", zarr_format=3)
-    arrays = {
-        "U": res.U, "V": res.V, "U_nodes": np.stack(res.U_nodes),
-        "cost_history": res.cost_history, "consensus_history": res.consensus_history,
-        "history_iters": res.history_iters,
-    }
-    for k, v in arrays.items():
-        v = np.asarray(v)
-        a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape)
-        a[...] = v
-    g.attrs["cfact"] = {
-        "type": "dgd-result", "method": res.method, "n_iter": res.n_iter,
-        "converged": res.converged, "step": res.step, "objective": res.objective,
-        "relative_error": res.relative_error, "bytes_per_iter": res.bytes_per_iter,
-        "col_ranges": [list(r) for r in res.col_ranges], "polished": res.polished,
-        "topology": res.topology.to_dict() if res.topology is not None else None,
-        "complete": True,
-    }
-    return f"{store}/{group}"
+    target = prepare_group(store, group, overwrite=overwrite, what="DGD+LOCAL output",
+                           flag="--overwrite")
+    with GroupWriter(target) as w:
+        g = w.create("dgd-result")
+        arrays = {
+            "U": res.U, "V": res.V, "U_nodes": np.stack(res.U_nodes),
+            "cost_history": res.cost_history, "consensus_history": res.consensus_history,
+            "history_iters": res.history_iters,
+        }
+        for k, v in arrays.items():
+            v = np.asarray(v)
+            a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape)
+            a[...] = v
+        return w.finish({
+            "type": "dgd-result", "method": res.method, "n_iter": res.n_iter,
+            "converged": res.converged, "step": res.step, "objective": res.objective,
+            "relative_error": res.relative_error, "bytes_per_iter": res.bytes_per_iter,
+            "col_ranges": [list(r) for r in res.col_ranges], "polished": res.polished,
+            "topology": res.topology.to_dict() if res.topology is not None else None,
+        })
 
 
 def _summary(res: Any) -> dict[str, Any]:
@@ -136,6 +123,11 @@ def factor_dgd(input: str, method: str, rank: int, n_nodes: int, topology: str, 
         lg.setLevel(logging.INFO)
     try:
         X = open_array(input, feature_axis=feature_axis, variable=variable)
+        if output:  # checked before any compute (cfact_dask._runtime.outputs)
+            from ._runtime.outputs import prepare_group
+
+            prepare_group(output, "dgd", overwrite=overwrite, inputs=[X],
+                          what="DGD+LOCAL output", flag="--overwrite")
         topo: Any = topology
         if topology.endswith(".npy"):
             topo = np.load(topology)

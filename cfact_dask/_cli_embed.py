@@ -79,13 +79,15 @@ def compress_embedding(
     import dask
 
     from . import nn
+    from ._runtime.outputs import prepare_store
     from .cluster import connect
     from .errors import CfactError
 
-    if os.path.exists(out) and not overwrite:
-        raise click.UsageError(f"{out!r} already exists; pass --overwrite or choose another --out")
     client = None
     try:
+        # the output is checked before any compute: exit 1 with the fix, like every command
+        prepare_store(out, overwrite=overwrite, inputs=[input_path], what="factor store",
+                      flag="--overwrite")
         client = connect(scheduler=scheduler, scheduler_file=scheduler_file)
         with dask.config.set({"cfact.progress": not quiet}):
             data = _open_input(input_path, variable)
@@ -94,7 +96,7 @@ def compress_embedding(
                 lp_method=lp_method,  # type: ignore[arg-type]
                 n_init=n_init, max_iter=max_iter, random_state=seed, client=client,
             )
-            nn.save_factors(f, out, overwrite=overwrite, client=client)
+            nn.save_factors(f, out, overwrite=overwrite, client=client, inputs=[input_path])
     except (CfactError, ImportError) as e:
         raise click.ClickException(str(e)) from e
     finally:

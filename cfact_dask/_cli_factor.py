@@ -114,6 +114,12 @@ class _MethodChoice(click.ParamType):
         return str(value)
 
 
+def _NMF_RESULT_TYPES() -> tuple[type, ...]:
+    from .nmf import NMFResult
+
+    return (NMFResult,)
+
+
 def _load(store: str, group: str | None, variable: str | None, feature_axis: int) -> Any:
     import zarr
 
@@ -197,12 +203,26 @@ def factor(store: str, method: str, rank: int, out: str, out_group: str, group: 
                     negative=negative, seed=seed, quiet=quiet,
                     checkpoint=(dict(store=checkpoint_store, every=checkpoint_every)
                                 if checkpoint_store else None))
+        # the output is checked before the factorization runs (cfact_dask._runtime.outputs)
+        from ._runtime.outputs import prepare_group, resolve
+
+        src = data.provenance.get("read_from") if hasattr(data, "provenance") else None
+        inputs = [resolve(os.path.join(store, group)) if group else resolve(store)]
+        if src:
+            inputs = [f"{src['store']}/{src['group']}" if "://" in src["store"]
+                      else os.path.join(src["store"], src["group"])]
+        prepare_group(out, out_group, overwrite=overwrite, inputs=inputs,
+                      what="factors output", flag="--overwrite")
+        upstream = ({src["group"]: src.get("id")}
+                    if src and resolve(out) == src["store"] and src.get("id") else None)
         given = connect(scheduler=scheduler, scheduler_file=scheduler_file)
         with dask.config.set({"cfact.progress": not quiet}):
             nbytes = int(getattr(data, "data", data).nbytes)
             with client_context(given, nbytes=nbytes) as c:
                 res = METHODS[method](data, rank, opts, c)
-                path = res.to_zarr(out, group=out_group, overwrite=overwrite)
+                path = (res.to_zarr(out, group=out_group, overwrite=overwrite, upstream=upstream)
+                        if upstream and isinstance(res, _NMF_RESULT_TYPES()) else
+                        res.to_zarr(out, group=out_group, overwrite=overwrite))
         if given is not None:
             given.close()
     except CfactError as e:

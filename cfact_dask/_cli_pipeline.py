@@ -51,7 +51,7 @@ def _write_plots(result: Any, plots: str | None) -> list[str]:
         return []
     from . import plots as P
 
-    os.makedirs(plots, exist_ok=True)
+    os.makedirs(plots, exist_ok=True)  # checked by _check_plots before the run
     out = []
     hist = list(result.factors.history)
     path = os.path.join(plots, "convergence.png")
@@ -64,18 +64,47 @@ def _write_plots(result: Any, plots: str | None) -> list[str]:
     return out
 
 
+def _check_plots(plots: str | None, inputs: list[Any], overwrite: bool) -> None:
+    """The plots folder obeys the output policy: allowed root, never inside or around an input,
+    and no file of the user's is replaced without --overwrite."""
+    if not plots:
+        return
+    from ._runtime.outputs import check_allowed, check_no_overlap
+    from .errors import StoreExistsError
+
+    check_allowed(plots, "plots folder")
+    check_no_overlap(plots, inputs, "plots folder", fix="choose a --plots folder elsewhere")
+    if os.path.exists(plots) and not os.path.isdir(plots):
+        raise StoreExistsError(f"--plots {plots!r} is a file, not a folder; choose a folder")
+    for name in ("convergence.png", "factors.png"):
+        f = os.path.join(plots, name)
+        if os.path.exists(f) and not overwrite:
+            raise StoreExistsError(
+                f"the plots folder {plots!r} already holds {name!r}; pass --overwrite to replace "
+                f"it, or choose another --plots folder"
+            )
+
+
 @click.command("run")
 @click.argument("job", type=click.Path())
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last stage.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
+@click.option("--force-resume", is_flag=True,
+              help="Resume even though the input's content changed since the run started.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing output store (only one cfact wrote).")
 @click.option("--plots", default=None, type=click.Path(), help="Write PNG plots to this folder.")
 @cluster_options
 @with_session
-def run(session: Session, job: str, resume: bool, overwrite: bool, plots: str | None) -> None:
+def run(session: Session, job: str, resume: bool, force_resume: bool, overwrite: bool,
+        plots: str | None) -> None:
     """Run the whole pipeline described by the YAML job file JOB."""
+    from .job import load_job
     from .pipeline import run_job
 
-    res = run_job(job, client=session.client, resume=resume, overwrite=overwrite,
+    cfg = load_job(job)
+    _check_plots(plots, [cfg["input"]["path"], cfg["output"]["path"]], overwrite)
+    res = run_job(cfg, client=session.client,
+                  resume="force" if force_resume else resume, overwrite=overwrite,
                   progress=not session.quiet)
     files = _write_plots(res, plots)
     payload = dict(res.report)
@@ -108,6 +137,7 @@ def demo(session: Session, n: int, m: int, rank: int, d: int, seed: int, workdir
     os.makedirs(workdir, exist_ok=True)
     src = os.path.join(workdir, "input.zarr")
     out = os.path.join(workdir, "run.zarr")
+    _check_plots(plots, [src, out], True)
     t0 = time.perf_counter()
     with dask.config.set({"cfact.cluster.embedded": "always"}), \
             client_context(session.client) as c:
@@ -184,13 +214,17 @@ def plan_cmd(job: str, workers: int | None, threads: int | None, memory_limit: s
 @click.option("--data", default=None, help="The original data (for lstsq-data).")
 @click.option("--sparsity", type=int, default=None, help="k, nonzeros per column (omp).")
 @click.option("--lam", default="auto", show_default=True, help="LASSO penalty or 'auto'.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing recovered group (and the reconstruction computed from "
+                   "it).")
 @cluster_options
 @with_session
 def recover_cmd(session: Session, store: str, method: str, data: str | None,
-                sparsity: int | None, lam: str) -> None:
+                sparsity: int | None, lam: str, overwrite: bool) -> None:
     """Recover W from the sketch and factors groups of the run STORE into STORE/recovered."""
     import zarr
 
+    from ._runtime.outputs import group_id, join, prepare_group
     from .errors import InputError
     from .nmf import NMFResult
     from .pipeline import _save_recovery
@@ -200,16 +234,21 @@ def recover_cmd(session: Session, store: str, method: str, data: str | None,
     sk = Sketch.from_zarr(store, "sketch")
     res = NMFResult.from_zarr(store, "factors", lazy=False)
     root = zarr.open_group(store, mode="r")
-    holdout = None
-    if "holdout" in root:
-        ho = Sketch.from_zarr(store, "holdout")
-        holdout = (ho.matrix, ho.operator)
+    has_holdout = "holdout" in root
     if method == "lstsq-data" and data is None:
         raise InputError("--method lstsq-data needs --data (the original data store)")
+    reads = [join(store, g) for g in ("sketch", "factors", "holdout")] + ([data] if data else [])
+    prepare_group(store, "recovered", overwrite=overwrite, inputs=reads,
+                  what="recovered output", flag="--overwrite")  # before any compute
+    holdout = None
+    if has_holdout:
+        ho = Sketch.from_zarr(store, "holdout")
+        holdout = (ho.matrix, ho.operator)
     rec = recover(res, sk.operator, method, data=data, sparsity=sparsity,
                   lam=lam if lam == "auto" else float(lam), holdout=holdout,
                   client=session.client)
-    _save_recovery(store, rec)
+    _save_recovery(store, rec, overwrite=overwrite,
+                   upstream={g: group_id(store, g) for g in ("factors", "sketch", "holdout")})
     cert = rec.certificate.to_dict()
     est = rec.certificate.estimated_error
     session.report({"command": "recover", "store": store, "method": method,
@@ -232,34 +271,19 @@ def recover_cmd(session: Session, store: str, method: str, data: str | None,
 def reconstruct_cmd(session: Session, store: str, like: str, out: str | None, compare: bool,
                     overwrite: bool) -> None:
     """Write W H (from STORE/recovered and STORE/factors) on the input's chunk grid."""
-    import dask.array as da
-    import zarr
-
+    from ._runtime.outputs import group_id
     from .nmf import NMFResult
+    from .pipeline import _load_recovery
     from .reconstruct import reconstruct
 
-    from .errors import StoreNotFoundError
-
     res = NMFResult.from_zarr(store, "factors", lazy=True)
-    try:
-        rec = zarr.open_group(store, path="recovered", mode="r")
-    except Exception as e:  # noqa: BLE001 - zarr raises several types for a missing group
-        raise StoreNotFoundError(
-            f"{store!r} has no recovered factor (group 'recovered'); run `cfact recover "
-            f"{store}` first"
-        ) from e
-    if not (dict(rec.attrs).get("cfact") or {}).get("complete"):
-        # on object storage there is no rename: the attribute written last is the only sign
-        # that W was written whole
-        raise StoreNotFoundError(
-            f"{store!r}/recovered is not a complete recovery (its write was interrupted); run "
-            f"`cfact recover {store}` again"
-        )
-    W = da.from_zarr(rec["W"])
+    rec = _load_recovery(store, None)  # refuses an incomplete or stale (older factors) group
     target, group = (out, None) if out else (store, "reconstruction")
-    stats = reconstruct(W, res.H, target, like=like, compare_to=like if compare else None,
-                        group=group, overwrite=overwrite, client=session.client,
-                        progress=not session.quiet)
+    upstream = None if out else {g: group_id(store, g) for g in ("recovered", "factors")}
+    stats = reconstruct(rec.W, res.H, target, like=like,
+                        compare_to=like if compare else None, group=group, overwrite=overwrite,
+                        client=session.client, progress=not session.quiet, upstream=upstream)
+
     session.report({"command": "reconstruct", **stats.to_dict()},
                    f"wrote W H {tuple(stats.shape)} to {stats.path}"
                    + (f"; relative error {stats.relative_error:.4f}"

@@ -14,7 +14,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .errors import ConfigError, StoreExistsError
+from .errors import ConfigError
 
 __all__ = ["METHODS", "run_factor"]
 
@@ -86,26 +86,20 @@ def _write(store: str, group: str, arrays: dict[str, Any], attrs: dict[str, Any]
            overwrite: bool) -> None:
     import json
 
-    import zarr
+    from ._runtime.outputs import GroupWriter, prepare_group
 
-    root = zarr.open_group(store, mode="a", zarr_format=3)
-    if group in root:
-        if not overwrite:
-            raise StoreExistsError(
-                f"{store!r} already holds a group {group!r}; pass overwrite=True (CLI: "
-                f"--overwrite) or choose another output"
-            )
-        del root[group]
-    g = root.create_group(group)
-    for name, v in arrays.items():
-        if isinstance(v, da.Array):
-            v = v.rechunk(tuple(max(c) for c in v.chunks))
-            v.to_zarr(store, component=f"{group}/{name}", overwrite=True)
-        else:
-            v = np.asarray(v)
-            a = g.create_array(name, shape=v.shape, dtype=v.dtype, chunks=v.shape or None)
-            a[...] = v
-    meta = json.loads(json.dumps(attrs, default=lambda o: o.tolist() if hasattr(o, "tolist")
-                                 else repr(o)))
-    g.attrs["cfact"] = {**meta, "complete": True}
+    target = prepare_group(store, group, overwrite=overwrite, what=f"{attrs.get('type')} output")
+    with GroupWriter(target) as w:
+        g = w.create(str(attrs.get("type")))
+        for name, v in arrays.items():
+            if isinstance(v, da.Array):
+                v = v.rechunk(tuple(max(c) for c in v.chunks))
+                v.to_zarr(target.store, component=f"{w.write_group}/{name}", overwrite=True)
+            else:
+                v = np.asarray(v)
+                a = g.create_array(name, shape=v.shape, dtype=v.dtype, chunks=v.shape or None)
+                a[...] = v
+        meta = json.loads(json.dumps(attrs, default=lambda o: o.tolist() if hasattr(o, "tolist")
+                                     else repr(o)))
+        w.finish(meta)
     logger.info("wrote %s result to %s/%s", attrs.get("type"), store, group)

@@ -60,10 +60,15 @@ class Checkpoint:
                  group: str = "checkpoint") -> None:
         if not isinstance(every, int) or every < 1:
             raise ConfigError(f"checkpoint 'every' must be an int >= 1, got {every!r}")
-        self.store = os.fspath(store)
+        from ._runtime.outputs import prepare_group, store_path
+
+        self.store = store_path(store)
         self.every = every
         self.group = group
         self.params = _jsonable(params or {})
+        # the checkpoint is cfact's own group: the store must be new or cfact's (never a user's
+        # folder or input store), and a group of that name must be a cfact group
+        prepare_group(self.store, group, overwrite=True, what="checkpoint")
 
     def should_save(self, iteration: int) -> bool:
         return iteration % self.every == 0
@@ -71,6 +76,9 @@ class Checkpoint:
     def _root(self, mode: str) -> Any:
         import zarr
 
+        from ._runtime.outputs import mark_root
+
+        mark_root(self.store, None)  # a store cfact creates says so (it may replace it later)
         return zarr.open_group(self.store, path=self.group, mode=mode, zarr_format=3)
 
     def load(self) -> CheckpointState | None:

@@ -45,7 +45,6 @@ from .errors import (
     InputError,
     NonFiniteError,
     RankError,
-    StoreExistsError,
 )
 from .io import InputArray, open_array
 from .operators import SketchOperator
@@ -128,37 +127,29 @@ class CPResult:
         return np.einsum(spec, *self.factors, self.weights)
 
     def to_zarr(self, store: str | os.PathLike, group: str = "cp", *,
-                overwrite: bool = False) -> str:
-        """Write weights, factors and history to ``store/group``; marked complete last."""
-        import zarr
+                overwrite: bool = False, upstream: Any = None) -> str:
+        """Write weights, factors and history to ``store/group``; checked first, written under
+        a temporary name and moved into place complete (see :mod:`cfact_dask._runtime.outputs`)."""
+        from ._runtime.outputs import GroupWriter, prepare_group
 
-        store = os.fspath(store)
-        root = zarr.open_group(store, mode="a", zarr_format=3)
-        if group in root:
-            if not overwrite:
-                raise StoreExistsError(
-                    f"{store!r} already holds a group {group!r}; pass overwrite=True or choose "
-                    f"another group"
-                )
-            del root[group]
-        g = root.create_group(group)
-        arrays = {"weights": self.weights, **{f"factor_{i}": f for i, f in
-                                               enumerate(self.factors)}}
-        for k, v in arrays.items():
-            v = np.asarray(v)
-            a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape)
-            a[...] = v
-        g.attrs["cfact"] = {
-            "type": "cp",
-            "n_factors": len(self.factors),
-            "errors": [float(e) for e in self.errors],
-            "n_iter": int(self.n_iter),
-            "mode": self.mode,
-            "operator": self.operator.to_dict() if self.operator is not None else None,
-            "params": _jsonable(self.params),
-            "complete": True,
-        }
-        return f"{store}/{group}"
+        target = prepare_group(store, group, overwrite=overwrite, what="CP output")
+        with GroupWriter(target) as w:
+            g = w.create("cp")
+            arrays = {"weights": self.weights, **{f"factor_{i}": f for i, f in
+                                                   enumerate(self.factors)}}
+            for k, v in arrays.items():
+                v = np.asarray(v)
+                a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape)
+                a[...] = v
+            return w.finish({
+                "type": "cp",
+                "n_factors": len(self.factors),
+                "errors": [float(e) for e in self.errors],
+                "n_iter": int(self.n_iter),
+                "mode": self.mode,
+                "operator": self.operator.to_dict() if self.operator is not None else None,
+                "params": _jsonable(self.params),
+            }, upstream=upstream)
 
     @classmethod
     def from_zarr(cls, store: str | os.PathLike, group: str = "cp") -> CPResult:

@@ -19,7 +19,6 @@ import itertools
 import logging
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +28,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ._random import SeedLike, generator, normalize_seed
-from .errors import InputError, RankError, StoreExistsError
+from .errors import InputError, RankError
 
 __all__ = ["planted_cp", "planted_cp_zarr", "planted_nmf", "planted_nmf_zarr"]
 
@@ -252,18 +251,10 @@ def _planted_nmf_dask(
 
 
 def _prepare_store(path: str, overwrite: bool) -> None:
-    if "://" in path:
-        return
-    if os.path.exists(path):
-        if not overwrite:
-            raise StoreExistsError(
-                f"{path!r} already exists; pass overwrite=True to replace it, or choose another "
-                f"path"
-            )
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+    """Check the output (only a store cfact wrote is ever replaced) and clear it if allowed."""
+    from ._runtime.outputs import clear_store, prepare_store
+
+    clear_store(prepare_store(path, overwrite=overwrite, what="dataset store"))
 
 
 def _write_group(
@@ -277,10 +268,11 @@ def _write_group(
     only after every chunk is written."""
     import zarr
 
+    from ._runtime.outputs import INCOMPLETE_ATTR, INCOMPLETE_TEXT
     from .cluster import client_context, compute
 
     g = zarr.open_group(path, mode="w", zarr_format=3)
-    g.attrs["cfact"] = {**attrs, "complete": False}
+    g.attrs.put({"cfact": {**attrs, "complete": False}, INCOMPLETE_ATTR: INCOMPLETE_TEXT})
     lazy = []
     nbytes = 0
     for name, (dims, data, chunks) in arrays.items():
@@ -300,7 +292,7 @@ def _write_group(
     if lazy:
         with client_context(client, nbytes=nbytes) as c:
             compute(*lazy, client=c, progress=progress, desc=f"writing {path}")
-    g.attrs["cfact"] = {**attrs, "complete": True}
+    g.attrs.put({"cfact": {**attrs, "complete": True}})
 
 
 def _zarr_chunks(chunks: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:

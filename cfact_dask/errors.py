@@ -20,6 +20,7 @@ __all__ = [
     "InputError",
     "NegativeDataError",
     "NonFiniteError",
+    "OutputError",
     "RankError",
     "RecoveryWarning",
     "ResumeError",
@@ -68,6 +69,11 @@ class StoreAccessError(CfactError, PermissionError):
 
 class StoreUnavailableError(CfactError, ConnectionError):
     """A remote store could not be reached, even after retrying with backoff."""
+
+
+class OutputError(CfactError, ValueError):
+    """An output location is unsafe: it overlaps an input, holds data cfact did not write, or a
+    piece read back does not belong with the others. Nothing was changed."""
 
 
 class ConfigError(CfactError, ValueError):

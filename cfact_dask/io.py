@@ -13,6 +13,7 @@ import dask.array as da
 import numpy as np
 
 from . import config
+from ._runtime.outputs import check_allowed, input_location, store_path
 from .errors import CfactError, ChunkError, InputError, StoreNotFoundError
 
 __all__ = ["InputArray", "open_array"]
@@ -36,6 +37,9 @@ class InputArray:
         Where the data came from, used in error messages.
     attrs : dict
         Attributes of the source array.
+    location : str or None
+        The resolved path / URL of the array in its store, when it comes from one (what the
+        output-safety checks compare outputs against); None for in-memory data.
     """
 
     data: da.Array
@@ -44,6 +48,7 @@ class InputArray:
     coords: Mapping[str, np.ndarray] = field(default_factory=dict)
     source: str = "the input"
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    location: str | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -73,7 +78,8 @@ class InputArray:
         if axis is None:
             return self
         ax = _resolve_axis(axis, self.ndim, self.dims, self.source)
-        return InputArray(self.data, ax, self.dims, self.coords, self.source, self.attrs)
+        return InputArray(self.data, ax, self.dims, self.coords, self.source, self.attrs,
+                          self.location)
 
     def to_xarray(self) -> Any:
         """The data as an ``xarray.DataArray`` (dims and coords kept, still lazy)."""
@@ -167,11 +173,12 @@ def _wrap_object(source: Any, chunks: Any) -> InputArray:
             coords,
             f"DataArray {source.name!r}" if source.name is not None else "the DataArray",
             dict(source.attrs),
+            input_location(source),
         )
     if isinstance(source, zarr.Array):
         return _from_zarr_array(source, _describe_zarr(source))
     if isinstance(source, da.Array):
-        return InputArray(source, 0, None, {}, "the dask array")
+        return InputArray(source, 0, None, {}, "the dask array", {}, input_location(source))
     if isinstance(source, (np.ndarray, list, tuple)) or hasattr(source, "__array__"):
         arr = np.asarray(source)
         return InputArray(da.from_array(arr, chunks=chunks or -1), 0, None, {}, "the numpy array")
@@ -322,7 +329,7 @@ def _from_zarr_array(z: Any, source: str) -> InputArray:
         dims = tuple(str(n) for n in names)
     elif "_ARRAY_DIMENSIONS" in z.attrs:
         dims = tuple(z.attrs["_ARRAY_DIMENSIONS"])
-    return InputArray(data, 0, dims, {}, source, dict(z.attrs))
+    return InputArray(data, 0, dims, {}, source, dict(z.attrs), input_location(z))
 
 
 def _open_store(path: str, variable: str | None, storage_options: dict[str, Any] | None) -> InputArray:
@@ -330,6 +337,8 @@ def _open_store(path: str, variable: str | None, storage_options: dict[str, Any]
 
     from ._runtime import storage
 
+    check_allowed(path, "input")
+    path = store_path(path)  # file:// URLs as local paths: one spelling, the local checks apply
     is_url = "://" in path
     if is_url:
         storage_options = storage.resolve_options(path, storage_options)
@@ -388,7 +397,8 @@ def _open_store(path: str, variable: str | None, storage_options: dict[str, Any]
         if _undecoded(xa, arr):
             # same values as xarray's lazy array, but chunk reads that fail name the chunk
             data = _from_zarr_array(arr, source).data
-        return InputArray(data, 0, inp.dims, inp.coords, source, inp.attrs)
+        return InputArray(data, 0, inp.dims, inp.coords, source, inp.attrs,
+                          input_location(arr))
     return _from_zarr_array(arr, f"Zarr array {path!r}/{variable}")
 
 

@@ -51,7 +51,6 @@ from .errors import (
     NegativeDataError,
     NonFiniteError,
     RankError,
-    StoreExistsError,
     StoreNotFoundError,
 )
 from .io import InputArray, open_array
@@ -127,58 +126,54 @@ class NMFResult:
         return SketchOperator.from_dict(dict(self.operator))
 
     def to_zarr(self, store: str | os.PathLike, group: str = "factors", *,
-                overwrite: bool = False) -> str:
+                overwrite: bool = False, upstream: Mapping[str, str] | None = None) -> str:
         """Write ``W``, ``H`` and the metadata to ``store/group``; complete only when done.
 
-        ``H`` is written blockwise from the workers when it is a dask array.
+        ``H`` is written blockwise from the workers when it is a dask array. The target is
+        checked first and the group written under a temporary name, moved into place at the end
+        (see :mod:`cfact_dask._runtime.outputs`); ``overwrite`` replaces only a cfact group.
         """
-        import zarr
+        from ._runtime.outputs import GroupWriter, prepare_group
 
-        store = os.fspath(store)
-        root = zarr.open_group(store, mode="a", zarr_format=3)
-        if group in root:
-            if not overwrite:
-                raise StoreExistsError(
-                    f"{store!r} already holds a group {group!r}; pass overwrite=True (CLI: "
-                    f"--overwrite) or choose another group"
-                )
-            del root[group]
-        g = root.create_group(group)
-        g.attrs["cfact"] = {"type": "factors", "complete": False}
-        for name, arr in (("W", self.W), ("H", self.H)):
-            if isinstance(arr, da.Array):
-                axis = 0 if name == "W" else 1
-                arr = arr.rechunk({axis: max(arr.chunks[axis]), 1 - axis: -1})
-                da.to_zarr(arr, store, component=f"{group}/{name}", overwrite=True,
-                           dimension_names=_DIMS[name],
-                           zarr_format=3)
-            else:
-                a = np.asarray(arr)
-                z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape,
-                                   dimension_names=_DIMS[name])
-                z[...] = a
-        g.attrs["cfact"] = {
-            "type": "factors",
-            "method": "nmf",
-            "n_iter": int(self.n_iter_),
-            "history": [float(x) for x in self.history],
-            "reconstruction_err": float(self.reconstruction_err_),
-            "converged": bool(self.converged),
-            "is_sketch": bool(self.is_sketch),
-            "operator": dict(self.operator) if self.operator is not None else None,
-            "params": _jsonable(self.params),
-            "qb_err": None if self.qb_err_ is None else float(self.qb_err_),
-            "complete": True,
-        }
-        return f"{store}/{group}"
+        target = prepare_group(store, group, overwrite=overwrite, what="factors output")
+        with GroupWriter(target) as w:
+            g = w.create("factors")
+            for name, arr in (("W", self.W), ("H", self.H)):
+                if isinstance(arr, da.Array):
+                    axis = 0 if name == "W" else 1
+                    arr = arr.rechunk({axis: max(arr.chunks[axis]), 1 - axis: -1})
+                    da.to_zarr(arr, target.store, component=f"{w.write_group}/{name}",
+                               overwrite=True, dimension_names=_DIMS[name], zarr_format=3)
+                else:
+                    a = np.asarray(arr)
+                    z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape,
+                                       dimension_names=_DIMS[name])
+                    z[...] = a
+            return w.finish({
+                "type": "factors",
+                "method": "nmf",
+                "n_iter": int(self.n_iter_),
+                "history": [float(x) for x in self.history],
+                "reconstruction_err": float(self.reconstruction_err_),
+                "converged": bool(self.converged),
+                "is_sketch": bool(self.is_sketch),
+                "operator": dict(self.operator) if self.operator is not None else None,
+                "params": _jsonable(self.params),
+                "qb_err": None if self.qb_err_ is None else float(self.qb_err_),
+            }, upstream=upstream)
 
     @classmethod
     def from_zarr(cls, store: str | os.PathLike, group: str = "factors", *,
                   lazy: bool = True) -> NMFResult:
-        """Open a result written by :meth:`to_zarr` (``H`` lazy unless ``lazy=False``)."""
+        """Open a result written by :meth:`to_zarr` (``H`` lazy unless ``lazy=False``).
+
+        Refuses a group that is incomplete, or stale (computed from an earlier version of a
+        group it records as its upstream)."""
         import zarr
 
-        store = os.fspath(store)
+        from ._runtime.outputs import check_upstream, store_path
+
+        store = store_path(store)
         if "://" not in store and not os.path.exists(store):
             raise StoreNotFoundError(f"no Zarr store at {store!r}")
         try:
@@ -191,6 +186,7 @@ class NMFResult:
                 f"{store!r}/{group} is not a complete cfact factors group (attribute cfact.type="
                 f"{meta.get('type')!r}, complete={meta.get('complete')!r}); write it again"
             )
+        check_upstream(store, group, meta)
         W = np.asarray(g["W"][...])
         H = da.from_zarr(g["H"]) if lazy else np.asarray(g["H"][...])
         return cls(W=W, H=H, n_iter_=int(meta["n_iter"]), history=tuple(meta["history"]),

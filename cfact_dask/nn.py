@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,7 +37,7 @@ import numpy as np
 from ._jsonattrs import to_json
 from ._random import SeedLike
 from .cluster import client_context, compute
-from .errors import ConfigError, InputError, StoreExistsError, StoreNotFoundError
+from .errors import ConfigError, InputError, StoreNotFoundError
 
 __all__ = [
     "EmbeddingLayers",
@@ -455,25 +454,26 @@ def compress_embedding(
 
 # ====================================================================== Zarr round trip
 def save_factors(factors: Any, store: str | os.PathLike, *, overwrite: bool = False,
-                 client: Any = None) -> str:
+                 client: Any = None, inputs: Any = ()) -> str:
     """Write factors to a Zarr group, streaming lazy coefficients chunk by chunk.
 
     Layout: ``coefficients`` (n × r or n × j), ``basis`` (D × r) or ``labels`` (n,) and ``bases``
     (k × j × D); ``attrs["cfact"]`` (type, method, dims, budget, ``complete``) is written last, so
-    an interrupted write is never read back as factors.
+    an interrupted write is never read back as factors (and is replaced by the next write).
+    The output is checked first (:mod:`cfact_dask._runtime.outputs`): never the input (``inputs``)
+    or around it, and ``overwrite`` replaces only a store cfact wrote.
     """
     import zarr
 
+    from ._runtime.outputs import INCOMPLETE_ATTR, INCOMPLETE_TEXT, clear_store, prepare_store
+
     f = _as_factors(factors)
-    path = os.fspath(store)
-    if os.path.exists(path):
-        if not overwrite:
-            raise StoreExistsError(
-                f"{path!r} already exists; pass overwrite=True (CLI: --overwrite) or choose "
-                f"another output"
-            )
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    target = prepare_store(store, overwrite=overwrite, inputs=inputs, what="factor store",
+                           flag="overwrite=True (CLI: --overwrite)")
+    path = target.store
+    clear_store(target)
     g = zarr.open_group(path, mode="w", zarr_format=3)
+    g.attrs.put({"cfact": {"type": "factors", "complete": False}, INCOMPLETE_ATTR: INCOMPLETE_TEXT})
     lazy: list[tuple[da.Array, Any]] = []
 
     def put(name: str, arr: Any) -> None:
@@ -508,7 +508,7 @@ def save_factors(factors: Any, store: str | os.PathLike, *, overwrite: bool = Fa
     meta["rate"] = float(f.rate)
     meta["info"] = _jsonable(f.info)
     meta["complete"] = True
-    g.attrs["cfact"] = meta
+    g.attrs.put({"cfact": meta})
     return path
 
 

@@ -115,9 +115,22 @@ def _merge(defaults: Mapping[str, Any], given: Any, name: str) -> dict[str, Any]
 
 # ---------------------------------------------------------------------------- run store
 class _RunStore:
-    def __init__(self, path: str | None, params: dict[str, Any], resume: bool, overwrite: bool,
+    """The run's Zarr store: checked by the output-safety policy before any compute.
+
+    A finished run store is replaced only with ``overwrite``; one left incomplete by an
+    interrupted run is replaced by a plain rerun, or continued with ``resume`` (refused when the
+    parameters or the input's content changed, unless ``resume="force"``).
+    """
+
+    def __init__(self, path: str | None, params: dict[str, Any], resume: bool | str,
+                 overwrite: bool, inputs: tuple[Any, ...] = (),
+                 fingerprint: dict[str, Any] | None = None,
                  storage_options: Mapping[str, Any] | None = None):
-        self.path = None if path is None else os.fspath(path)
+        from ._runtime.fingerprint import compare
+        from ._runtime.outputs import clear_store, prepare_store, store_path, sweep_temporaries
+
+        self.path = None if path is None else store_path(path)
+        self.options = dict(storage_options or {})
         self.params = params
         self.stages: list[str] = []
         self.meta: dict[str, Any] = {}
@@ -126,15 +139,30 @@ class _RunStore:
             return
         import zarr
 
-        # object stores: "exists" means objects under the prefix (there are no directories)
-        exists = storage.exists(self.path, self.options)
-        if exists:
-            try:
-                root = zarr.open_group(self.path, mode="r")
-                meta = dict(root.attrs).get("cfact") or {}
-            except Exception:  # noqa: BLE001
-                meta = {}
-            if resume and meta.get("type") == "run":
+        if resume not in (True, False, "force"):
+            raise ConfigError(f"resume must be True, False or 'force', got {resume!r}")
+        target = prepare_store(path, overwrite=overwrite, inputs=inputs, what="run store",
+                               flag="overwrite=True (--overwrite)", allow_complete=bool(resume),
+                               storage_options=self.options)
+        meta = target.meta
+        if (not resume and not overwrite and target.state == "incomplete"
+                and meta.get("type") == "run" and meta.get("params") == params
+                and compare(meta.get("input_fingerprint"), fingerprint) is None):
+            # a plain rerun of an interrupted run with the same parameters and unchanged input:
+            # continue it (its completed stages are exactly what this run would compute)
+            logger.warning("continuing the interrupted run in %s from its completed stages %s "
+                           "(pass overwrite=True / --overwrite to start afresh)",
+                           self.path, meta.get("stages", []))
+            resume = True
+        if resume and target.state != "absent":
+            if meta.get("type") != "run":
+                if not overwrite:
+                    raise StoreExistsError(
+                        f"{self.path!r} is a cfact {meta.get('type')!r} store, not a run store, so "
+                        f"there is nothing to resume; choose another output, or pass "
+                        f"overwrite=True (--overwrite) to replace it"
+                    )
+            else:
                 if meta.get("params") != params:
                     saved = meta.get("params", {})
                     diff = sorted(k for k in set(saved) | set(params)
@@ -146,24 +174,44 @@ class _RunStore:
                         f"({detail}); rerun with the original parameters, or pass overwrite "
                         f"(--overwrite) to start afresh"
                     )
+                changed = compare(meta.get("input_fingerprint"), fingerprint)
+                if changed and resume != "force":
+                    raise ResumeError(
+                        f"cannot resume {self.path!r}: the input changed since the run started "
+                        f"({changed}); its completed stages were computed from the old data. "
+                        f"Start afresh with overwrite (--overwrite), or, if the change is known "
+                        f"to be harmless, force the resume with resume='force' (--force-resume)"
+                    )
+                if changed:
+                    logger.warning("resuming %s over a changed input (%s), as forced",
+                                   self.path, changed)
+                sweep_temporaries(self.path)
                 self.stages = list(meta.get("stages", []))
                 self.meta = meta
+                if fingerprint is not None and changed:
+                    self.meta["input_fingerprint"] = fingerprint
                 logger.info("resuming %s after stages %s", self.path, self.stages or "none")
                 return
-            if not overwrite:
-                raise StoreExistsError(
-                    f"output {self.path!r} already exists; pass overwrite=True (--overwrite) to "
-                    f"replace it, or resume=True (--resume) to continue an interrupted run"
-                )
-            storage.remove(self.path, self.options)
+        if target.state == "incomplete" and not overwrite:
+            logger.warning("replacing the incomplete run store %s left by an interrupted run "
+                           "with other parameters or input", self.path)
+        try:
+            clear_store(target, self.options)
+        except Exception as e:
+            err = storage.storage_error(e, self.path, "replacing the run store", self.options,
+                                        write=True)
+            if err is None:
+                raise
+            raise err from e
         self.meta = {"type": "run", "params": params, "stages": [], "metrics": {},
-                     "cfact_dask": __version__, "complete": False}
+                     "cfact_dask": __version__, "complete": False,
+                     "input_fingerprint": fingerprint}
         if storage.is_remote(self.path):
             # how the store was reached (endpoint, region), never the credentials
             self.meta["storage"] = storage.public_options(self.path, self.options)
         try:
             root = zarr.open_group(self.path, mode="w", zarr_format=3)
-            root.attrs["cfact"] = self.meta
+            root.attrs["cfact"] = _json(self.meta)
         except Exception as e:
             err = storage.storage_error(e, self.path, "creating the run store", self.options,
                                         write=True)
@@ -175,6 +223,11 @@ class _RunStore:
                 e, f"cannot create the run store {self.path!r}: {e.strerror or e}; choose a "
                    f"writable location for the output (output.path / out=)"
             ) from e
+
+    def group_id(self, group: str) -> str | None:
+        from ._runtime.outputs import group_id
+
+        return None if self.path is None else group_id(self.path, group)
 
     def done(self, stage: str) -> bool:
         return stage in self.stages
@@ -313,7 +366,8 @@ def _factor_stage(sk: Sketch, rank: int, opts: dict[str, Any], rs: _RunStore, cl
         checkpoint=ckpt, callback=callback, client=client, **extra,
     )
     if rs.path is not None:
-        res.to_zarr(rs.path, "factors", overwrite=True)
+        res.to_zarr(rs.path, "factors", overwrite=True,
+                    upstream={"sketch": rs.group_id("sketch")})
         rs.commit("factor", {"n_iter": res.n_iter_, "sketch_error": res.reconstruction_err_})
     return res
 
@@ -357,7 +411,8 @@ def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
     else:
         rec = recover(res, op, method, **common)
     if rs.path is not None:
-        _save_recovery(rs.path, rec)
+        _save_recovery(rs.path, rec, overwrite=True,
+                       upstream={g: rs.group_id(g) for g in ("factors", "sketch", "holdout")})
         rs.commit("recover", {"method": rec.method, **rec.certificate.to_dict()})
     return rec
 
@@ -386,46 +441,56 @@ def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.3g}"
 
 
-def _save_recovery(path: str, rec: Any) -> None:
+def _save_recovery(path: str, rec: Any, *, overwrite: bool = False,
+                   upstream: Mapping[str, Any] | None = None, group: str = "recovered") -> str:
+    """Write a :class:`~cfact_dask.recover.Recovery` to ``path/group`` under the output policy
+    (checked first, staged under a temporary name, complete last, downstream groups of a
+    replaced one removed)."""
     import dask.array as da
-    import zarr
 
+    from ._runtime.outputs import GroupWriter, prepare_group
+
+    target = prepare_group(path, group, overwrite=overwrite, what="recovered output",
+                           flag="overwrite=True (CLI: --overwrite)")
     W = rec.W
     W = W.rechunk({0: max(W.chunks[0]), 1: -1}) if isinstance(W, da.Array) else da.asarray(W)
-    root = zarr.open_group(path, mode="a")
-    if "recovered" in root:
-        del root["recovered"]
-    g = root.create_group("recovered")
-    g.attrs["cfact"] = {"type": "recovered", "complete": False}
-    da.to_zarr(W, path, component="recovered/W", overwrite=True, zarr_format=3,
-               dimension_names=("feature", "component"))
-    g.attrs["cfact"] = _json({
-        "type": "recovered", "method": rec.method, "certificate": rec.certificate.to_dict(),
-        "n_iter": int(rec.n_iter_), "complete": True,
-    })
+    with GroupWriter(target) as w:
+        w.create("recovered")
+        da.to_zarr(W, target.store, component=f"{w.write_group}/W", overwrite=True,
+                   zarr_format=3, dimension_names=("feature", "component"))
+        return w.finish(_json({
+            "type": "recovered", "method": rec.method, "certificate": rec.certificate.to_dict(),
+            "n_iter": int(rec.n_iter_),
+        }), upstream=upstream)
 
 
-def _load_recovery(path: str, res: Any) -> Any:
+def _load_recovery(path: str, res: Any, group: str = "recovered") -> Any:
     import dask.array as da
     import zarr
 
+    from ._runtime.outputs import check_upstream, store_path
     from .recover import Certificate, Recovery
 
-    g = zarr.open_group(path, path="recovered", mode="r")
+    path = store_path(path)
+    try:
+        g = zarr.open_group(path, path=group, mode="r")
+    except Exception as e:  # noqa: BLE001 - zarr raises several types for a missing group
+        raise StoreNotFoundError(f"{path!r} has no group {group!r} ({e}); run recover first") from e
     meta = dict(g.attrs).get("cfact") or {}
     if meta.get("type") != "recovered" or not meta.get("complete"):
         raise StoreNotFoundError(
-            f"{path!r}/recovered is not a complete recovery (attribute cfact.complete="
-            f"{meta.get('complete')!r}: its write was interrupted); run the recovery again "
-            f"(`cfact run --resume`, or `cfact recover`)"
+            f"{path!r}/{group} is not a complete recovered group (cfact.type="
+            f"{meta.get('type')!r}, complete={meta.get('complete')!r}); run recover again"
         )
+    check_upstream(path, group, meta)
     cert_d = dict(meta["certificate"])
     for k in ("fit_residual_per_column", "support_sizes", "effective_support"):
         if cert_d.get(k) is not None:
             cert_d[k] = np.asarray(cert_d[k])
     cert_d["messages"] = tuple(cert_d.get("messages", ()))
-    return Recovery(W=da.from_zarr(g["W"]), H=np.asarray(res.H), method=meta["method"],
-                    certificate=Certificate(**cert_d), n_iter_=int(meta.get("n_iter", 0)))
+    return Recovery(W=da.from_zarr(g["W"]), H=None if res is None else np.asarray(res.H),
+                    method=meta["method"], certificate=Certificate(**cert_d),
+                    n_iter_=int(meta.get("n_iter", 0)))
 
 
 # ---------------------------------------------------------------------------- entry points
@@ -470,8 +535,15 @@ def factorize_recover(
         Zarr store for every stage (resumable). Without it nothing is written.
     reconstruct : bool
         Also write ``W H`` to ``out/reconstruction`` with error statistics against ``X``.
-    resume, overwrite : bool
-        Continue an interrupted run in ``out`` / replace an existing ``out``.
+    resume : bool or "force"
+        Continue an interrupted run in ``out`` from its last completed stage. Refused when the
+        parameters differ, or when the input's content changed since the run started (its
+        fingerprint: chunk listing, sizes, stamps, sampled bytes); ``"force"`` resumes anyway.
+    overwrite : bool
+        Replace an existing finished run store in ``out``. Only a store cfact wrote is ever
+        replaced; an output that is, contains or lies inside the input, or a path holding
+        anything else, is refused before any compute (:class:`~cfact_dask.errors.OutputError`).
+        A run store left incomplete by an interrupted run is replaced without it.
     client : distributed.Client, optional
     storage_options : dict, optional
         fsspec options for a remote ``out`` (``s3://bucket/run.zarr``): ``endpoint_url``,
@@ -522,7 +594,13 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
         "rank": int(rank), "sketch": sk_opts, "factor": f_opts, "recover": r_opts,
         "reconstruct": bool(reconstruct),
     })
-    rs = _RunStore(out, params, resume, overwrite, storage_options)
+    fp = None
+    if out is not None:
+        from ._runtime.fingerprint import fingerprint
+
+        fp = fingerprint(inp)
+    rs = _RunStore(out, params, resume, overwrite, inputs=(inp,), fingerprint=fp,
+                   storage_options=storage_options)
     timings: dict[str, float] = {}
     with client_context(client, nbytes=inp.nbytes) as c, \
             (dask.config.set(scheduler=c) if c is not None else contextlib.nullcontext()):
@@ -555,7 +633,9 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
                 with _stage(rs, "reconstruct"):
                     stats = _reconstruct(rec.W, res.H, target, like=inp, compare_to=inp,
                                          group="reconstruction", overwrite=True, client=c,
-                                         progress=progress)
+                                         progress=progress,
+                                         upstream={g: rs.group_id(g)
+                                                   for g in ("recovered", "factors")})
                     rs.commit("reconstruct", stats.to_dict())
             timings["reconstruct"] = time.perf_counter() - t0
     cert = rec.certificate if rec is not None else None

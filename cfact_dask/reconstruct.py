@@ -133,20 +133,6 @@ def is_complete(store: str | os.PathLike, group: str | None = None) -> bool:
     return meta.get("type") == "reconstruction" and bool(meta.get("complete"))
 
 
-def _target_exists(store: str, group: str | None) -> bool:
-    import zarr
-
-    if "://" in store:
-        try:
-            root = zarr.open_group(store, mode="r")
-        except Exception:  # noqa: BLE001
-            return False
-        return group is None or group in root
-    if not os.path.exists(store):
-        return False
-    return group is None or os.path.exists(os.path.join(store, group))
-
-
 def reconstruct(
     W: Any,
     H: Any,
@@ -160,6 +146,7 @@ def reconstruct(
     dtype: Any = None,
     client: Any = None,
     progress: bool | None = None,
+    upstream: Any = None,
 ) -> ReconstructionStats:
     """Write ``W H`` into a Zarr store on ``like``'s chunk grid, with error statistics.
 
@@ -178,7 +165,11 @@ def reconstruct(
         Reference data (usually the input itself): relative Frobenius error and per-chunk
         statistics are computed in the same pass as the write.
     overwrite : bool
-        Replace an existing target (otherwise :class:`~cfact_dask.errors.StoreExistsError`).
+        Replace an existing target that cfact wrote (otherwise
+        :class:`~cfact_dask.errors.StoreExistsError`). The target is checked before any compute:
+        one that is, contains or lies inside ``like`` / ``compare_to`` / the factors' stores, or
+        that holds anything cfact did not write, is refused
+        (:class:`~cfact_dask.errors.OutputError`).
     group : str, optional
         Write into this group of ``target`` (other groups are left alone).
     name : str
@@ -218,12 +209,20 @@ def reconstruct(
     if dtype is None:
         dtype = inp.dtype if inp.dtype.kind == "f" else np.dtype(np.float64)
     dtype = np.dtype(dtype)
-    if _target_exists(store, group) and not overwrite:
-        where = store if group is None else f"{store!r} group {group!r}"
-        raise StoreExistsError(
-            f"{where} already exists; pass overwrite=True (CLI: --overwrite) to replace it, or "
-            f"choose another target"
-        )
+    from ._runtime.outputs import prepare_group, prepare_store
+
+    ins = [inp, W, H] + ([compare_to] if compare_to is not None else [])
+    if group is None:
+        tgt = prepare_store(store, overwrite=overwrite, inputs=ins, what="reconstruction output")
+    else:
+        tgt = prepare_group(store, group, overwrite=overwrite, inputs=ins,
+                            what="reconstruction output")
+    store = tgt.store
+    if group is None and not tgt.remote:
+        parent = os.path.dirname(os.path.abspath(store)) or "."
+        for e in os.scandir(parent):  # temporaries of an interrupted write of this target
+            if e.name.startswith(os.path.basename(store) + _TMP_TAG) and e.is_dir():
+                _cleanup(e.path)
 
     # the output grid: the input's chunks, made Zarr-compatible (regular) without moving data
     grid = inp.chunks
@@ -289,16 +288,20 @@ def reconstruct(
     for c in ds.coords:
         ds[c].encoding = {}
 
-    remote = "://" in store
+    from ._runtime.outputs import INCOMPLETE_ATTR, INCOMPLETE_TEXT, GroupWriter
+
+    remote = tgt.remote
     final = store if group is None else f"{store}/{group}"
-    if remote:
-        write_store, write_group = store, group
-    elif group is None:
+    writer = GroupWriter(tgt) if group is not None else None
+    if writer is not None:
+        writer.__enter__()
+        write_store, write_group = store, writer.write_group
+    elif remote:
+        write_store, write_group = store, None
+    else:
         parent = os.path.dirname(os.path.abspath(store)) or "."
         write_store = os.path.join(parent, os.path.basename(store) + _TMP_TAG + uuid.uuid4().hex)
         write_group = None
-    else:
-        write_store, write_group = store, f"{group}{_TMP_TAG}{uuid.uuid4().hex}"
     attrs = {
         "type": "reconstruction",
         "complete": False,
@@ -306,8 +309,12 @@ def reconstruct(
         "feature_axis": fa,
         "rank": int(Wd.shape[1]),
     }
-    ds.attrs = {"cfact": attrs}
+    ds.attrs = {"cfact": attrs, INCOMPLETE_ATTR: INCOMPLETE_TEXT}
     try:
+        if remote and group is None and tgt.state != "absent":
+            from ._runtime.outputs import clear_store
+
+            clear_store(tgt)
         delayed_write = ds.to_zarr(
             write_store,
             group=write_group,
@@ -328,15 +335,23 @@ def reconstruct(
         done = {**attrs, "complete": True}
         if out.relative_error is not None:
             done.update(relative_error=out.relative_error, max_abs_error=out.max_abs_error)
-        g = zarr.open_group(write_store, path=write_group or "", mode="r+")
-        g.attrs["cfact"] = done
-        if not remote:
-            _move_into_place(write_store, write_group, store, group, overwrite)
+        if writer is not None:
+            writer.finish(done, upstream=upstream)
+        else:
+            import uuid as _uuid
+
+            g = zarr.open_group(write_store, mode="r+")
+            a = dict(g.attrs)
+            a.pop(INCOMPLETE_ATTR, None)
+            a["cfact"] = {**done, "id": _uuid.uuid4().hex}
+            g.attrs.put(a)
+            if not remote:
+                _move_into_place(write_store, None, store, None, tgt.state != "absent")
     except BaseException:
-        if not remote:
-            _cleanup_after_failure(
-                write_store if group is None else os.path.join(write_store, write_group)
-            )
+        if writer is not None:
+            writer.__exit__(None, None, None)
+        elif not remote:
+            _cleanup_after_failure(write_store)
         raise
     logger.info("reconstruction written to %s (relative error %s)", final, out.relative_error)
     return out
@@ -375,6 +390,8 @@ def _move_into_place(
     src = write_store if group is None else os.path.join(write_store, write_group or "")
     dst = store if group is None else os.path.join(store, group)
     trash = None
+    if os.path.isdir(dst) and not os.listdir(dst):
+        os.rmdir(dst)  # an empty folder the user made for the output
     if os.path.exists(dst):
         if not overwrite:  # appeared while we were writing
             raise StoreExistsError(f"{dst!r} appeared during the write; it was left untouched")

@@ -63,7 +63,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -1610,6 +1610,16 @@ def recover(
     if operator is not None and not isinstance(operator, SketchOperator):
         raise InputError(
             f"operator must be a SketchOperator (sketch.operator), got {type(operator).__name__}"
+        )
+    spec = getattr(result_or_Wtilde, "operator", None)
+    if operator is not None and isinstance(spec, Mapping) and spec:
+        from ._runtime.outputs import check_spec_match
+
+        check_spec_match(
+            dict(spec), operator.to_dict(),
+            "the factorization result (the sketch operator it records) and operator=",
+            "pass the operator of the sketch the factorization was computed from "
+            "(sketch.operator, or Sketch.from_zarr(store, 'sketch').operator)",
         )
     if method != "lstsq-data":
         if operator is None or Wt is None:

@@ -20,7 +20,7 @@ import numpy as np
 from ._random import SeedLike
 from ._version import __version__ as _version
 from .cluster import client_context, compute
-from .errors import InputError, RankError, StoreExistsError, StoreNotFoundError
+from .errors import InputError, RankError, StoreNotFoundError
 from .io import InputArray, open_array
 from .operators import Kind, SketchOperator, make_operator, project
 
@@ -201,17 +201,23 @@ class Sketch:
         overwrite: bool = False,
         client: Any = None,
         progress: bool | None = None,
+        upstream: Mapping[str, str] | None = None,
     ) -> str:
         """Compute the sketch and write it to ``store/group`` (xarray layout, spec in attrs).
 
-        The group is marked complete (attribute ``cfact.complete``) only after every chunk is
-        written, so an interrupted write is never taken for a sketch.
+        The output is checked before anything is computed (see :mod:`cfact_dask._runtime.outputs`:
+        never into or around the input, ``overwrite`` replaces only a group cfact wrote). The group
+        is written under a temporary name and moved into place when every chunk is written (on
+        object storage: marked incomplete until then), so an interrupted write is never taken
+        for a sketch and never blocks a rerun.
         """
         import xarray as xr
-        import zarr
 
-        store = os.fspath(store)
-        _check_target(store, group, overwrite)
+        from ._runtime.outputs import GroupWriter, prepare_group
+
+        loc = (self.provenance or {}).get("location")
+        target = prepare_group(store, group, overwrite=overwrite, inputs=[loc] if loc else [],
+                               what="sketch output")
         xa = self.to_xarray()
         xa.attrs = {}
         # Zarr needs regular chunks; the sketch is small, so this touches no input data
@@ -220,20 +226,23 @@ class Sketch:
         ds = xr.Dataset({"sketch": (xa.dims, data)}, coords=xa.coords)
         for v in ds.variables.values():
             v.encoding = {}
-        with client_context(client, nbytes=self.data.nbytes) as c:
-            delayed = ds.to_zarr(store, group=group, mode="w", compute=False, consolidated=False,
-                                 zarr_format=3)
-            compute(delayed, client=c, progress=progress, desc=f"writing sketch to {store}")
-        g = zarr.open_group(store, path=group, mode="r+")
-        g.attrs.update({"cfact": {**self._attrs(), "complete": True}})
-        return f"{store}/{group}"
+        with GroupWriter(target) as w:
+            # the group says it is incomplete from its first byte until finish()
+            ds.attrs = w.incomplete_attrs("sketch")
+            with client_context(client, nbytes=self.data.nbytes) as c:
+                delayed = ds.to_zarr(target.store, group=w.write_group, mode="w", compute=False,
+                                     consolidated=False, zarr_format=3)
+                compute(delayed, client=c, progress=progress, desc=f"writing sketch to {store}")
+            return w.finish(self._attrs(), upstream=upstream)
 
     @classmethod
     def from_zarr(cls, store: str | os.PathLike, group: str = "sketch") -> Sketch:
         """Open a sketch written by :meth:`to_zarr` (lazy; chunks as stored)."""
         import xarray as xr
 
-        store = os.fspath(store)
+        from ._runtime.outputs import resolve, store_path
+
+        store = store_path(store)
         meta = _read_attrs(store, group, "sketch")
         ds = xr.open_zarr(store, group=group, consolidated=False, chunks={})
         xa = ds["sketch"]
@@ -247,7 +256,9 @@ class Sketch:
             dims=dims,
             coords=coords,
             feature_dim=meta.get("feature_dim"),
-            provenance=meta.get("provenance", {}),
+            provenance={**meta.get("provenance", {}),
+                        "read_from": {"store": resolve(store), "group": group,
+                                      "id": meta.get("id")}},
         )
 
 
@@ -263,28 +274,6 @@ def _covered(ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
         else:
             out.append((a, b))
     return out
-
-
-def _check_target(store: str, group: str, overwrite: bool) -> None:
-    import zarr
-
-    from ._runtime import storage
-
-    if not storage.exists(store):  # object stores too: any object under the prefix
-        return
-    try:
-        root = zarr.open_group(store, mode="r")
-    except Exception:  # noqa: BLE001
-        if overwrite:
-            return
-        raise StoreExistsError(
-            f"{store!r} exists and is not a Zarr group; choose another path or pass overwrite=True"
-        ) from None
-    if group in root and not overwrite:
-        raise StoreExistsError(
-            f"{store!r} already holds a group {group!r}; pass overwrite=True (CLI: --overwrite) "
-            f"to replace it, or choose another group"
-        )
 
 
 def _read_attrs(store: str, group: str, kind: str) -> dict[str, Any]:
@@ -309,11 +298,12 @@ def _read_attrs(store: str, group: str, kind: str) -> dict[str, Any]:
     return meta
 
 
-def _provenance(op: SketchOperator, source: str) -> dict[str, Any]:
+def _provenance(op: SketchOperator, source: str, location: str | None = None) -> dict[str, Any]:
     import dask
     import zarr
 
     return {
+        "location": location,
         "cfact_dask": _version,
         "dask": dask.__version__,
         "zarr": zarr.__version__,
@@ -367,7 +357,7 @@ def sketch_with(
         dims=dims,
         coords=coords,
         feature_dim=feature_dim,
-        provenance=_provenance(operator, inp.source),
+        provenance=_provenance(operator, inp.source, inp.location),
     )
 
 

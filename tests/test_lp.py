@@ -217,11 +217,14 @@ def test_distributed_equals_local(outliers, cluster_client):
     local = lp_lowrank(X, 4, p=1.0, max_iter=30, tol=1e-6)
     with dask.config.set({"cfact.progress": False}):
         dist = lp_lowrank(A, 4, p=1.0, max_iter=30, tol=1e-6, client=cluster_client)
-    # same chunking -> same fixed-order tree sums -> same iterates
+    # same chunking -> same fixed-order tree sums -> the same iterates, up to the summation
+    # order inside BLAS: the client process runs a multi-threaded BLAS and the workers one
+    # thread each (differences ~1e-12 with current OpenBLAS builds; pinning BLAS threads
+    # everywhere is tracked separately)
     Xd = da.from_array(A, chunks=X.chunks)
     dist2 = lp_lowrank(Xd, 4, p=1.0, max_iter=30, tol=1e-6, client=cluster_client)
-    np.testing.assert_array_equal(dist2.basis, local.basis)
-    assert dist2.objective_history == local.objective_history
+    np.testing.assert_allclose(dist2.basis, local.basis, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(dist2.objective_history, local.objective_history, rtol=1e-10)
     np.testing.assert_allclose(dist.basis @ dist.basis.T, local.basis @ local.basis.T, atol=1e-6)
     coef = cluster_client.compute(dist2.coefficients).result()
     np.testing.assert_allclose(coef, A @ local.basis, atol=1e-10)
@@ -238,7 +241,7 @@ def test_intermediate_p_improves_on_svd(outliers, method):
         assert res.objective < obj(Vs)
     else:
         # for p near 2 the √(D(D+1))-rounding of the Löwner ellipsoid may not move off the SVD
-        assert res.objective <= obj(Vs)
+        assert res.objective <= obj(Vs) * (1 + 1e-12)  # equal up to the summation order
         G = res.ellipsoid
         # E = {x : ‖Gx‖ ≤ 1} contains K = {x : ‖Ax‖_p ≤ 1}: ‖Gx‖ ≤ ‖Ax‖_p for every x
         x = np.random.default_rng(0).standard_normal((A.shape[1], 200))
@@ -261,7 +264,9 @@ def test_glove_lp_and_svd_real_data():
     lp1 = lp_lowrank(X, 24, p=1.0, max_iter=100, tol=1e-5)
     ell = lp_lowrank(X, 24, p=1.0, method="ellipsoid", max_iter=100, tol=1e-4)
     assert lp1.objective < svd_l1(vec, svd.basis)
-    assert ell.objective <= svd_l1(vec, svd.basis)
+    # the ellipsoid may not move off the SVD (its objective is then the SVD's, summed in
+    # another order)
+    assert ell.objective <= svd_l1(vec, svd.basis) * (1 + 1e-9)
     # the ℓ2-optimal SVD has the lowest Frobenius error, the ℓ1 fit stays close to it
     assert svd.relative_error <= lp1.relative_error < 1.05 * svd.relative_error
 

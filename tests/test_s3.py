@@ -281,7 +281,7 @@ def test_interrupted_remote_store_is_never_complete_and_resumes(fs, bucket, s3_i
         "type": "recovered", "complete": False}
     from cfact_dask.pipeline import _load_recovery
 
-    with pytest.raises(StoreNotFoundError, match="not a complete recovery"):
+    with pytest.raises(StoreNotFoundError, match="not a complete recovered"):
         _load_recovery(out, None)
     del zarr.open_group(out, mode="a")["recovered"]
     del zarr.open_group(out, mode="a")["sketch2"]
@@ -303,7 +303,7 @@ def test_interrupted_remote_store_is_never_complete_and_resumes(fs, bucket, s3_i
     g.attrs["cfact"] = {**g.attrs["cfact"], "complete": False}
     r = CliRunner().invoke(cli, ["reconstruct", out, "--like", s3_input + "/M", "--out",
                                  out.replace("run.zarr", "rec.zarr"), "--quiet"])
-    assert r.exit_code != 0 and "not a complete recovery" in r.output, r.output
+    assert r.exit_code != 0 and "not a complete recovered" in r.output, r.output
 
 
 def test_every_stage_command_on_s3(moto, fs, bucket, s3_input, monkeypatch):

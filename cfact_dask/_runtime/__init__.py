@@ -1,1 +1,1 @@
-"""How work runs, shared by every stage (today: where stores live, ``storage``)."""
+"""How work runs, shared by every stage (see docs/ARCHITECTURE.md and shared LAYOUT.md)."""
