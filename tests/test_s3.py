@@ -477,9 +477,15 @@ def test_cli_run_killed_mid_factorization_resumes_on_s3(fs, bucket, s3_input, tm
     assert 20 <= killed_at < 200
     meta = zarr.open_group(out, mode="r").attrs["cfact"]
     assert not meta["complete"] and meta["stages"] == ["sketch"]
-    r = subprocess.run([sys.executable, "-m", "cfact_dask.cli", "run", str(job)],
+    # a resume with changed parameters is refused and changes no object
+    before = _objects(fs, out)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(_slow_job(s3_input, out, factor={"max_iter": 200,
+                                                                       "rank": 4})))
+    r = subprocess.run([sys.executable, "-m", "cfact_dask.cli", "run", str(changed), "--resume"],
                        capture_output=True, text=True, timeout=120, env=_slow_env())
-    assert r.returncode != 0 and "--resume" in r.stderr
+    assert r.returncode != 0 and "ResumeError" in r.stderr and "rank" in r.stderr
+    assert _objects(fs, out) == before
     r = subprocess.run([sys.executable, "-m", "cfact_dask.cli", "run", str(job), "--resume"],
                        capture_output=True, text=True, timeout=300, env=_slow_env())
     assert r.returncode == 0, r.stderr[-3000:]
