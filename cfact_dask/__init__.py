@@ -34,8 +34,10 @@ from .errors import (
     RankError,
     RecoveryWarning,
     ResumeError,
+    StoreAccessError,
     StoreExistsError,
     StoreNotFoundError,
+    StoreUnavailableError,
 )
 from .io import InputArray, open_array
 from .lp import LpLowRankResult, lp_lowrank, lp_objective
@@ -107,8 +109,10 @@ __all__ = [
     "RunResult",
     "Sketch",
     "SketchOperator",
+    "StoreAccessError",
     "StoreExistsError",
     "StoreNotFoundError",
+    "StoreUnavailableError",
     "Topology",
     "__version__",
     "centralized",

@@ -28,13 +28,70 @@ from typing import Any
 
 import click
 
-__all__ = ["Session", "cluster_options", "json_default", "session_options", "with_session"]
+__all__ = ["Session", "cluster_options", "json_default", "parse_storage_options",
+           "session_options", "storage_option", "with_session", "with_storage"]
 
 _LIBRARY_LOGGER = "cfact_dask"
 
 
+def storage_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--storage-option KEY=VALUE`` (repeatable): fsspec options for every remote URL."""
+    return click.option(
+        "--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+        help="fsspec option for remote stores (s3://...), e.g. endpoint_url=https://s3.example"
+             ".org or profile=lab; repeatable; values are read as YAML scalars. Credentials are "
+             "better left to the environment (AWS_ACCESS_KEY_ID ...).")(f)
+
+
+def parse_storage_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``("a=1", "b.c=x")`` -> ``{"a": 1, "b": {"c": "x"}}`` (dotted keys nest)."""
+    import yaml
+
+    from .errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--storage-option {key.strip() or item!r}: expected KEY=VALUE, e.g. "
+                f"--storage-option endpoint_url=https://s3.example.org"
+            )
+        try:
+            parsed = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            parsed = value
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = parsed
+    return out
+
+
+def with_storage(f: Callable[..., Any]) -> Callable[..., Any]:
+    """For commands without a :class:`Session`: apply ``--storage-option`` (and the retries
+    and the environment's endpoint) to every remote URL the command opens."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, storage_option: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        from ._runtime import storage
+        from .errors import CfactError
+
+        try:
+            options = parse_storage_options(storage_option)
+        except CfactError as e:
+            raise click.ClickException(str(e)) from e
+        with storage.cli_scope(options):
+            return f(*args, **kwargs)
+
+    return storage_option(wrapper)
+
+
 def session_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--scheduler`` / ``--scheduler-file`` / ``--json`` / ``--quiet`` / ``-v`` for a command."""
+    """``--scheduler`` / ``--scheduler-file`` / ``--json`` / ``--quiet`` / ``-v`` /
+    ``--storage-option`` for a command."""
+    f = storage_option(f)
     f = click.option("--verbose", "-v", is_flag=True,
                      help="Per-iteration lines, the cluster's own logs and tracebacks.")(f)
     f = click.option("--json", "as_json", is_flag=True,
@@ -80,7 +137,8 @@ class Session:
     """
 
     def __init__(self, scheduler: str | None, scheduler_file: str | None, quiet: bool,
-                 as_json: bool, verbose: bool = False) -> None:
+                 as_json: bool, verbose: bool = False,
+                 storage_options: dict[str, Any] | None = None) -> None:
         import dask.config
 
         self.as_json = as_json
@@ -104,6 +162,13 @@ class Session:
         if self.client is not None and not self.quiet:
             click.echo(f"connected to {self.client.scheduler.address}; dashboard: "
                        f"{self.client.dashboard_link}", err=True)
+        # --storage-option (and the environment's endpoint, retries) for every remote URL the
+        # command opens; left by close()
+        from ._runtime import storage
+
+        scope = storage.cli_scope(storage_options)
+        scope.__enter__()
+        self._restore.append(lambda: scope.__exit__(None, None, None))
 
     # ------------------------------------------------------------------ terminal
     def _quiet_logs(self) -> None:
@@ -174,9 +239,10 @@ def json_default(o: Any) -> Any:
 
 
 def _paragraph(e: BaseException) -> str:
+    from ._runtime.storage import redact
     from .errors import CfactError
 
-    text = " ".join(str(e).split()) or "(no message)"
+    text = redact(" ".join(str(e).split())) or "(no message)"  # never a credential
     if isinstance(e, CfactError | OSError | ValueError | Warning):
         return f"{type(e).__name__}: {text}"
     return (f"{type(e).__name__}: {text} (this looks like a bug in cfact; rerun with -v for "
@@ -192,12 +258,13 @@ def with_session(f: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(f)
     def wrapper(scheduler: str | None, scheduler_file: str | None, quiet: bool, as_json: bool,
-                verbose: bool, **kwargs: Any) -> Any:
+                verbose: bool, storage_option: tuple[str, ...] = (), **kwargs: Any) -> Any:
         from .errors import CfactError
 
         session = None
         try:
-            session = Session(scheduler, scheduler_file, quiet, as_json, verbose)
+            session = Session(scheduler, scheduler_file, quiet, as_json, verbose,
+                              parse_storage_options(storage_option))
             return f(session, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise

@@ -11,11 +11,20 @@ import click
 from . import __version__
 
 # one helper for every computing command (see _cli_session); re-exported under the old names
-from ._cli_session import Session, cluster_options, session_options, with_session
+from ._cli_session import (
+    Session,
+    cluster_options,
+    parse_storage_options,
+    session_options,
+    storage_option,
+    with_session,
+    with_storage,
+)
 from ._cli_session import json_default as _json_default
 from .operators import KINDS
 
-__all__ = ["Session", "cli", "cluster_options", "main", "session_options", "with_session"]
+__all__ = ["Session", "cli", "cluster_options", "main", "parse_storage_options",
+           "session_options", "storage_option", "with_session", "with_storage"]
 
 
 # ---------------------------------------------------------------------------- commands
@@ -87,14 +96,18 @@ def sketch_cmd(session: Session, input_path: str, output: str, n_components: int
 @cli.command("inspect")
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-def inspect_cmd(store: str, as_json: bool) -> None:
+@storage_option
+def inspect_cmd(store: str, as_json: bool, storage_option: tuple[str, ...] = ()) -> None:
     """Print shape, chunks, dtype and cfact specs of every array and group in STORE."""
+    from ._runtime import storage
+    from .errors import CfactError
     from .inspect import describe_store
 
     try:
-        info = describe_store(store)
-    except FileNotFoundError as e:
-        raise click.ClickException(str(e)) from e
+        with storage.cli_scope(parse_storage_options(storage_option)):
+            info = describe_store(store)
+    except (FileNotFoundError, CfactError) as e:
+        raise click.ClickException(storage.redact(str(e))) from e
     if as_json:
         click.echo(json.dumps(info, indent=2, default=_json_default))
         return

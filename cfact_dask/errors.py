@@ -27,8 +27,10 @@ __all__ = [
     "RecoveryWarning",
     "ResumeError",
     "SchedulerConnectionError",
+    "StoreAccessError",
     "StoreExistsError",
     "StoreNotFoundError",
+    "StoreUnavailableError",
     "WorkerLostError",
 ]
 
@@ -63,6 +65,14 @@ class StoreNotFoundError(CfactError, FileNotFoundError):
 
 class StoreExistsError(CfactError, FileExistsError):
     """An output store exists and ``overwrite`` was not given."""
+
+
+class StoreAccessError(CfactError, PermissionError):
+    """A store exists but the credentials in use may not read or write it (access denied)."""
+
+
+class StoreUnavailableError(CfactError, ConnectionError):
+    """A remote store could not be reached, even after retrying with backoff."""
 
 
 class OutputError(CfactError, ValueError):

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import config
 from ._runtime.outputs import check_allowed, input_location, store_path
-from .errors import ChunkError, InputError, MissingChunksWarning, StoreNotFoundError
+from .errors import CfactError, ChunkError, InputError, MissingChunksWarning, StoreNotFoundError
 
 __all__ = ["InputArray", "open_array"]
 
@@ -129,7 +129,12 @@ def open_array(
     chunks : optional
         Only for numpy input: the chunking to wrap it with. Chunked inputs keep their own.
     storage_options : dict, optional
-        Passed to fsspec for remote URLs.
+        For remote URLs (``s3://bucket/data.zarr``, ``gs://...``): fsspec options such as
+        ``endpoint_url``, ``key`` / ``secret``, ``profile``, ``client_kwargs={"region_name":
+        ...}``. Without them the environment is used (``AWS_ENDPOINT_URL``,
+        ``AWS_ACCESS_KEY_ID`` ...). S3 requests are retried with backoff
+        (``cfact.storage.retries``). Whole chunks are fetched and decoded directly on remote
+        stores too, one request per chunk, issued concurrently by the tasks.
     check_dtype : bool
         Refuse non-numeric and complex dtypes (default True).
 
@@ -398,7 +403,9 @@ class _CheckedZarr:
         else:
             fix = ("the chunk file is corrupt or truncated, or the metadata (zarr.json) does not "
                    "match the data: restore the store from a backup or write it again")
-        return (
+        from ._runtime.storage import redact
+
+        return redact(
             f"could not read chunk {idx} (index [{', '.join(spans)}]) of {self.source}"
             f"{where}: {type(e).__name__}: {e}; {fix}"
         )
@@ -481,9 +488,13 @@ def _from_zarr_array(z: Any, source: str) -> InputArray:
 def _open_store(path: str, variable: str | None, storage_options: dict[str, Any] | None) -> InputArray:
     import zarr
 
+    from ._runtime import storage
+
     check_allowed(path, "input")
     path = store_path(path)  # file:// URLs as local paths: one spelling, the local checks apply
     is_url = "://" in path
+    if is_url:
+        storage_options = storage.resolve_options(path, storage_options)
     if not is_url and not os.path.exists(path):
         raise StoreNotFoundError(
             f"no Zarr store at {path!r}; check the path (relative paths are taken from "
@@ -500,8 +511,10 @@ def _open_store(path: str, variable: str | None, storage_options: dict[str, Any]
                 f"{path!r} exists but is not a readable Zarr store (no zarr.json / .zarray / "
                 f".zgroup metadata); point to a Zarr array, or a group with variable=..."
             ) from e
-        raise StoreNotFoundError(f"no Zarr store at {path!r}: {e}") from e
+        raise _remote_open_error(path, storage_options, e) from e
     except Exception as e:  # noqa: BLE001 - zarr raises many types for unreadable metadata
+        if is_url:
+            raise _remote_open_error(path, storage_options, e) from e
         raise StoreNotFoundError(
             f"{path!r} is not a readable Zarr store ({type(e).__name__}: {e}); point to a Zarr "
             f"array, or a group with variable=..."
@@ -540,6 +553,28 @@ def _open_store(path: str, variable: str | None, storage_options: dict[str, Any]
         return InputArray(data, 0, inp.dims, inp.coords, source, inp.attrs,
                           input_location(arr), inp.aux_coords)
     return _from_zarr_array(arr, f"Zarr array {path!r}/{variable}")
+
+
+def _remote_open_error(url: str, options: dict[str, Any] | None, e: Exception) -> Exception:
+    """Why a remote store could not be opened: a missing bucket, denied access, an endpoint
+    that does not answer, or no Zarr metadata under an existing prefix."""
+    from ._runtime import storage
+
+    err = storage.storage_error(e, url, "opening the input", options)
+    if err is None:
+        # zarr reports a missing bucket or a denied listing as "no node found": ask the store
+        try:
+            storage.check_bucket(url, options)
+            found = storage.exists(url, options)
+        except CfactError as probe:
+            return probe
+        what = "holds objects but no readable Zarr metadata" if found else "has no objects"
+        err = StoreNotFoundError(
+            f"no Zarr store at {url!r}: the location {what} ({type(e).__name__}: "
+            f"{storage.redact(str(e))}); check the URL (a Zarr array, or a group with "
+            f"variable=...) and the endpoint (storage_options endpoint_url / AWS_ENDPOINT_URL)"
+        )
+    return err
 
 
 def _undecoded(xa: Any, arr: Any) -> bool:

@@ -9,6 +9,11 @@ A job file::
       recover: {method: auto}
       output:  {path: run.zarr, reconstruct: false, overwrite: false}
 
+``input`` and ``output`` take ``storage_options`` for remote URLs (``s3://bucket/data.zarr``): the
+fsspec options of that store, e.g. ``{endpoint_url: "https://s3.example.org", profile: lab}``.
+Credentials may go there but are better left to the environment (``AWS_ACCESS_KEY_ID`` ...);
+either way they are never recorded in the run store, reports or logs.
+
 Unknown keys, wrong types and missing required keys are :class:`ConfigError` naming the key and
 the fix. When ``cfact.run.allowed-root`` is set (dask config or ``DASK_CFACT__RUN__ALLOWED_ROOT``),
 input and output paths must lie inside it.
@@ -36,6 +41,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "path": ((str,), _REQ),
         "feature_axis": ((int, str), 0),
         "variable": ((str, type(None)), None),
+        "storage_options": ((dict, type(None)), None),
     },
     "sketch": {
         "n_components": ((int,), _REQ),
@@ -67,6 +73,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "path": ((str,), _REQ),
         "reconstruct": ((bool,), False),
         "overwrite": ((bool,), False),
+        "storage_options": ((dict, type(None)), None),
     },
 }
 
@@ -132,6 +139,22 @@ def validate_job(
             else:
                 sec[key] = copy.deepcopy(default)
         out[section] = sec
+    for section in ("input", "output"):
+        so = out[section]["storage_options"]
+        if so is not None:
+            bad_keys = [k for k in so if not isinstance(k, str)]
+            if bad_keys:
+                raise ConfigError(
+                    f"{source}: 'cfact.{section}.storage_options' keys must be option names "
+                    f"(strings), got {bad_keys!r}"
+                )
+            if "://" not in out[section]["path"]:
+                raise ConfigError(
+                    f"{source}: 'cfact.{section}.storage_options' is given but "
+                    f"'cfact.{section}.path' = {out[section]['path']!r} is a local path; "
+                    f"storage options apply to URLs such as s3://bucket/data.zarr: drop them or "
+                    f"use a URL"
+                )
     for section, key in (("sketch", "n_components"), ("factor", "rank")):
         if out[section][key] < 1:
             raise ConfigError(f"{source}: 'cfact.{section}.{key}' must be >= 1, got {out[section][key]}")

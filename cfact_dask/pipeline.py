@@ -37,6 +37,7 @@ import numpy as np
 
 from ._jsonattrs import to_json
 from ._random import normalize_seed
+from ._runtime import storage
 from ._runtime import workers as _workers
 from ._runtime.codecs import array_kwargs
 from ._runtime.display import SKIP, fmt_value, summary_html, summary_repr
@@ -181,14 +182,17 @@ class _RunStore:
 
     def __init__(self, path: str | None, params: dict[str, Any], resume: bool | str,
                  overwrite: bool, inputs: tuple[Any, ...] = (),
-                 fingerprint: dict[str, Any] | None = None):
+                 fingerprint: dict[str, Any] | None = None,
+                 storage_options: Mapping[str, Any] | None = None):
         from ._runtime.fingerprint import compare
         from ._runtime.outputs import clear_store, prepare_store, store_path, sweep_temporaries
 
         self.path = None if path is None else store_path(path)
+        self.options = dict(storage_options or {})
         self.params = params
         self.stages: list[str] = []
         self.meta: dict[str, Any] = {}
+        self.options = dict(storage_options or {})
         if self.path is None:
             return
         import zarr
@@ -196,7 +200,8 @@ class _RunStore:
         if resume not in (True, False, "force"):
             raise ConfigError(f"resume must be True, False or 'force', got {resume!r}")
         target = prepare_store(path, overwrite=overwrite, inputs=inputs, what="run store",
-                               flag="overwrite=True (--overwrite)", allow_complete=bool(resume))
+                               flag="overwrite=True (--overwrite)", allow_complete=bool(resume),
+                               storage_options=self.options)
         meta = target.meta
         if (not resume and not overwrite and target.state == "incomplete"
                 and meta.get("type") == "run" and meta.get("params") == params
@@ -248,14 +253,30 @@ class _RunStore:
         if target.state == "incomplete" and not overwrite:
             logger.warning("replacing the incomplete run store %s left by an interrupted run "
                            "with other parameters or input", self.path)
-        clear_store(target)
+        try:
+            clear_store(target, self.options)
+        except Exception as e:
+            err = storage.storage_error(e, self.path, "replacing the run store", self.options,
+                                        write=True)
+            if err is None:
+                raise
+            raise err from e
         self.meta = {"type": "run", "params": params, "stages": [], "metrics": {},
                      "cfact_dask": __version__, "complete": False,
                      "input_fingerprint": fingerprint}
+        if storage.is_remote(self.path):
+            # how the store was reached (endpoint, region), never the credentials
+            self.meta["storage"] = storage.public_options(self.path, self.options)
         try:
             root = zarr.open_group(self.path, mode="w", zarr_format=3)
             root.attrs["cfact"] = _json(self.meta)
-        except OSError as e:
+        except Exception as e:
+            err = storage.storage_error(e, self.path, "creating the run store", self.options,
+                                        write=True)
+            if err is not None:
+                raise err from e
+            if not isinstance(e, OSError):
+                raise
             raise _os_error(
                 e, f"cannot create the run store {self.path!r}: {e.strerror or e}; choose a "
                    f"writable location for the output (output.path / out=)"
@@ -286,7 +307,9 @@ class _RunStore:
             return
         import zarr
 
-        self.meta["report"] = _json(report)
+        # the completion marker goes last: on object storage (no rename) this attribute is
+        # what makes the store complete
+        self.meta["report"] = _json(storage.scrub(report))
         self.meta["complete"] = True
         zarr.open_group(self.path, mode="r+").attrs["cfact"] = self.meta
         from ._runtime.outputs import consolidate
@@ -312,8 +335,24 @@ def _stage(rs: _RunStore, stage: str) -> Iterator[None]:
             yield
     except CfactError:
         raise  # already clear (StoreNotFoundError / StoreExistsError are OSErrors too)
-    except OSError as e:
+    except Exception as e:
         if rs.path is None:
+            raise
+        err = storage.storage_error(e, rs.path, f"stage {stage!r} writing the run in", rs.options,
+                                    write=True)
+        if err is None and storage.is_remote(rs.path):
+            # zarr reports a bucket that vanished (or became unreadable) as a missing key or
+            # node: ask the store itself what is wrong before showing a stack trace
+            try:
+                storage.check_bucket(rs.path, rs.options)
+            except CfactError as probe:
+                err = probe
+        if err is not None:
+            raise type(err)(
+                f"stage {stage!r} stopped: {err}; the completed stages {rs.stages} are kept if "
+                f"the store still exists"
+            ) from e
+        if not isinstance(e, OSError):
             raise
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         raise _os_error(
@@ -576,6 +615,7 @@ def factorize_recover(
     callback: Any = None,
     client: Any = None,
     progress: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Factorize-Recover (Sharan et al. 2019) on chunked data, end to end.
 
@@ -611,11 +651,36 @@ def factorize_recover(
         anything else, is refused before any compute (:class:`~cfact_dask.errors.OutputError`).
         A run store left incomplete by an interrupted run is replaced without it.
     client : distributed.Client, optional
+    storage_options : dict, optional
+        fsspec options for a remote ``out`` (``s3://bucket/run.zarr``): ``endpoint_url``,
+        ``key`` / ``secret``, ``profile``... Without them the environment is used
+        (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``...). Credentials are never recorded; the
+        store records the endpoint only. A remote input is opened with its own options by
+        :func:`open_array`.
 
     Returns
     -------
     RunResult
     """
+    if out is not None and storage.is_remote(os.fspath(out)):
+        out = os.fspath(out)
+        out_opts = storage.resolve_options(out, storage_options)
+        with storage.scope(out, out_opts):
+            return _factorize_recover(X, rank, sketch=sketch, factor=factor, recover=recover,
+                                      out=out, reconstruct=reconstruct, resume=resume,
+                                      overwrite=overwrite, feature_axis=feature_axis,
+                                      callback=callback, client=client, progress=progress,
+                                      storage_options=out_opts)
+    return _factorize_recover(X, rank, sketch=sketch, factor=factor, recover=recover, out=out,
+                              reconstruct=reconstruct, resume=resume, overwrite=overwrite,
+                              feature_axis=feature_axis, callback=callback, client=client,
+                              progress=progress, storage_options=None)
+
+
+def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: Any, out: Any,
+                       reconstruct: bool, resume: bool, overwrite: bool, feature_axis: Any,
+                       callback: Any, client: Any, progress: bool | None,
+                       storage_options: Mapping[str, Any] | None) -> RunResult:
     inp = X if isinstance(X, InputArray) else open_array(X)
     inp = inp.with_feature_axis(feature_axis)
     if inp.ndim != 2:
@@ -640,7 +705,8 @@ def factorize_recover(
         from ._runtime.fingerprint import fingerprint
 
         fp = fingerprint(inp)
-    rs = _RunStore(out, params, resume, overwrite, inputs=(inp,), fingerprint=fp)
+    rs = _RunStore(out, params, resume, overwrite, inputs=(inp,), fingerprint=fp,
+                   storage_options=storage_options)
     timings: dict[str, float] = {}
     from ._runtime.outputs import deferred_consolidation, unconsolidate
 
@@ -721,7 +787,8 @@ def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bo
 
     cfg = load_job(job)
     inp = open_array(cfg["input"]["path"], feature_axis=cfg["input"]["feature_axis"],
-                     variable=cfg["input"]["variable"])
+                     variable=cfg["input"]["variable"],
+                     storage_options=cfg["input"]["storage_options"])
     factor = dict(cfg["factor"])
     rank = factor.pop("rank")
     for k in ("n_nodes", "topology"):
@@ -730,5 +797,5 @@ def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bo
         inp, rank, sketch=cfg["sketch"], factor=factor, recover=cfg["recover"],
         out=cfg["output"]["path"], reconstruct=cfg["output"]["reconstruct"],
         resume=resume, overwrite=overwrite or cfg["output"]["overwrite"], client=client,
-        progress=progress,
+        progress=progress, storage_options=cfg["output"]["storage_options"],
     )

@@ -143,7 +143,8 @@ def plan(
     """
     job = load_job(job)
     inp = open_array(job["input"]["path"], feature_axis=job["input"]["feature_axis"],
-                     variable=job["input"]["variable"])
+                     variable=job["input"]["variable"],
+                     storage_options=job["input"]["storage_options"])
     ax = inp.feature_axis
     shape = inp.shape
     n = shape[ax]
