@@ -301,7 +301,7 @@ class Sketch:
                   if v.ndim == 1 and k in xa.dims}
         dims = tuple(meta["dims"])
         # the data through the checked reader: a corrupt chunk is a ChunkError naming it
-        data = checked_dask(zarr.open_array(store, path=f"{group}/sketch", mode="r"),
+        data = checked_dask(zarr.open_array(store, path=f"{group}/{name}", mode="r"),
                             f"the sketch {store}/{group}")
         return cls(
             data=data,
