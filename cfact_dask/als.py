@@ -57,6 +57,7 @@ from ._random import generator
 from ._runtime.codecs import array_kwargs
 from .checkpoint import Checkpoint
 from .errors import ConvergenceWarning, DivergenceError
+from .io import checked_dask, checked_numpy
 
 __all__ = [
     "ALSOutcome",
@@ -511,10 +512,11 @@ def _load_factors(ckpt: Checkpoint, it: int, like_W: Array, like_H: Array) -> tu
     out = []
     for name, like in (("W", like_W), ("H", like_H)):
         z = root[f"{path}/{name}"]
-        if isinstance(like, da.Array):
-            out.append(da.from_zarr(z, chunks=like.chunks))
+        src = f"checkpoint {ckpt.store}/{path}/{name}"
+        if isinstance(like, da.Array):  # checked reads: a corrupt chunk is a ChunkError naming it
+            out.append(checked_dask(z, src).rechunk(like.chunks))
         else:
-            out.append(np.asarray(z[...]))
+            out.append(checked_numpy(z, src))
     return out[0], out[1]
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from ._jsonattrs import to_json
 from ._runtime.codecs import array_kwargs
 from .errors import ConfigError, ResumeError
+from .io import checked_numpy
 
 __all__ = ["Checkpoint", "CheckpointState", "as_checkpoint"]
 
@@ -109,7 +110,9 @@ class Checkpoint:
             )
         it = int(meta["latest"])
         sub = g[f"iter_{it:08d}"]
-        arrays = {k: np.asarray(v[...]) for k, v in sub.arrays()}
+        # through the checked reader: a corrupt or missing chunk is a ChunkError naming it
+        arrays = {k: checked_numpy(v, f"checkpoint {self.store}/{self.group}/iter_{it:08d}/{k}")
+                  if v.ndim else np.asarray(v[...]) for k, v in sub.arrays()}
         hist = {k: list(v) for k, v in meta.get("history", {}).items()}
         logger.info("resuming from checkpoint %s/%s at iteration %d", self.store, self.group, it)
         return CheckpointState(it, arrays, hist)

@@ -53,7 +53,7 @@ from .errors import (
     StoreExistsError,
     StoreNotFoundError,
 )
-from .io import InputArray, open_array
+from .io import InputArray, checked_dask, open_array
 from .operators import make_operator
 from .sketch import Sketch, sketch, sketch_with
 
@@ -571,7 +571,6 @@ def _save_recovery(path: str, rec: Any, *, overwrite: bool = False,
 
 
 def _load_recovery(path: str, res: Any, group: str = "recovered") -> Any:
-    import dask.array as da
     import zarr
 
     from ._runtime.outputs import check_upstream, store_path
@@ -594,7 +593,8 @@ def _load_recovery(path: str, res: Any, group: str = "recovered") -> Any:
         if cert_d.get(k) is not None:
             cert_d[k] = np.asarray(cert_d[k])
     cert_d["messages"] = tuple(cert_d.get("messages", ()))
-    return Recovery(W=da.from_zarr(g["W"]), H=None if res is None else np.asarray(res.H),
+    W = checked_dask(g["W"], f"{path}/{group}/W")  # a corrupt chunk is a ChunkError naming it
+    return Recovery(W=W, H=None if res is None else np.asarray(res.H),
                     method=meta["method"], certificate=Certificate(**cert_d),
                     n_iter_=int(meta.get("n_iter", 0)))
 

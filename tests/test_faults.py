@@ -596,3 +596,33 @@ def test_flipped_byte_in_a_cfact_output_is_detected_on_read(run_store, tmp_path,
     if what != "reconstruction":  # read by cfact's checked reader: the chunk is named
         assert isinstance(e.value, cf.errors.ChunkError)
         assert "chunk (0, 0)" in msg and "/".join([path, "c", "0", "0"]) in msg
+
+
+# ------------------------------------------------------------------------ workers that keep dying
+def _dies_on_a_worker(block):
+    """Kills the worker process running it (what an out-of-memory kill looks like)."""
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:  # not on a worker
+        return block
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.timeout(180)
+def test_a_task_whose_workers_keep_dying_stops_the_run_with_advice(store, tmp_path):
+    import cloudpickle
+    import dask.array as da
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    X = cf.open_array(store, variable="M").data
+    deadly = X.map_blocks(_dies_on_a_worker, dtype=X.dtype, meta=np.empty((0, 0), X.dtype))
+    deadly = da.concatenate([X[:20], deadly[20:40], X[40:]])  # one row block kills
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = process_cluster(2, memory_limit="1GiB")
+        with cluster as client, pytest.raises(cf.errors.WorkerLostError) as e:
+            _run(deadly, client)
+    msg = str(e.value)
+    assert "stage 'sketch' of the run" in msg and "died while running" in msg
+    assert "memory" in msg and "cfact plan" in msg

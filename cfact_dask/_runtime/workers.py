@@ -10,6 +10,8 @@ scheduler itself and uses the answer it got, so it never sees that cache.
 ``cfact.cluster.no-workers-timeout`` with no worker, the futures the guarded block created are
 cancelled and the block ends with :class:`~cfact_dask.errors.NoWorkersError` naming the stage,
 instead of waiting forever. Workers that a nanny restarts within the grace period are waited for.
+A task whose workers keep dying (distributed's ``KilledWorker``, typically memory kills) ends the
+block with :class:`~cfact_dask.errors.WorkerLostError` naming the stage and the memory advice.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 from dask.utils import parse_timedelta
 
 from .. import config
-from ..errors import ConfigError, NoWorkersError
+from ..errors import ConfigError, NoWorkersError, WorkerLostError
 
 __all__ = ["live_workers", "n_workers", "no_workers_timeout", "stage", "watch_workers"]
 
@@ -69,6 +71,7 @@ class _Watch:
         self.client, self.timeout, self.stage = client, timeout, stage
         self.before = set(client.futures)  # the caller's own futures are never cancelled
         self.expired_stage: str | None = None
+        self.failed_stage: str | None = None
         self.gone_since: float | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="cfact-watch-workers", daemon=True)
@@ -120,6 +123,29 @@ class _Watch:
         )
 
 
+def _is_killed_worker(e: BaseException) -> bool:
+    try:
+        from distributed.scheduler import KilledWorker
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return False
+    return isinstance(e, KilledWorker)
+
+
+def _killed_error(e: Any, stage: str) -> WorkerLostError:
+    """distributed's KilledWorker (a task whose workers kept dying) as one clear paragraph."""
+    last = getattr(getattr(e, "last_worker", None), "address", "?")
+    tries = int(getattr(e, "allowed_failures", 0)) + 1
+    return WorkerLostError(
+        f"every worker that ran task {getattr(e, 'task', '?')!r} of {stage} died while running "
+        f"it ({tries} workers, the last {last}), so the run stopped instead of trying again. The "
+        f"usual cause is a worker exceeding its memory limit (its nanny kills it at 95 %): give "
+        f"the workers more memory or use smaller input chunks; `cfact plan JOB` (cf.plan) "
+        f"prints the memory each worker needs for the job. If the workers' logs show another "
+        f"cause, fix that; a run with an output store continues with resume=True (CLI: "
+        f"--resume)."
+    )
+
+
 _ACTIVE: dict[tuple[int, int], _Watch] = {}
 _ACTIVE_LOCK = threading.Lock()
 
@@ -149,6 +175,8 @@ def watch_workers(client: Any, stage: str) -> Iterator[None]:
     except Exception as e:
         if watch.expired_stage is not None:
             raise watch.error() from e
+        if _is_killed_worker(e):
+            raise _killed_error(e, watch.failed_stage or watch.stage) from e
         raise
     finally:
         watch.stop.set()
@@ -168,6 +196,10 @@ def stage(name: str) -> Iterator[None]:
         w.stage = name
     try:
         yield
+    except BaseException:
+        for w in watches:  # the innermost stage an error came out of names it
+            w.failed_stage = w.failed_stage or name
+        raise
     finally:
         for w, label in zip(watches, labels, strict=True):
             w.stage = label
