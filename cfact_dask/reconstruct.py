@@ -322,7 +322,7 @@ def reconstruct(
     for c in ds.coords:
         ds[c].encoding = {}
 
-    from ._runtime.outputs import INCOMPLETE_ATTR, INCOMPLETE_TEXT, GroupWriter
+    from ._runtime.outputs import INCOMPLETE_ATTR, INCOMPLETE_TEXT, GroupWriter, remove_late
 
     remote = tgt.remote
     final = store if group is None else f"{store}/{group}"
@@ -390,7 +390,7 @@ def reconstruct(
         if writer is not None:
             writer.__exit__(None, None, None)
         elif not remote:
-            _cleanup_after_failure(write_store)
+            remove_late(write_store, settle=1.0)
         raise
     logger.debug("reconstruction written to %s (relative error %s)", final,
                  "n/a" if out.relative_error is None else f"{out.relative_error:.4g}")
@@ -399,28 +399,6 @@ def reconstruct(
 
 def _cleanup(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _cleanup_after_failure(path: str, settle: float = 1.0) -> None:
-    """Remove a failed write's temporary path, also what tasks still in flight write late.
-
-    When one task fails, the scheduler reports it at once while other threads / workers may
-    still finish their current chunk write, recreating files under the temporary path; keep
-    removing until the path has stayed absent for ``settle`` seconds.
-    """
-    import time
-
-    deadline = time.monotonic() + 30
-    quiet_since = None
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            _cleanup(path)
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= settle:
-            return
-        time.sleep(0.05)
 
 
 def _move_into_place(

@@ -140,8 +140,11 @@ def _w_cli_embed(out, src, ow):
                  "-q"] + (["--overwrite"] if ow else []))
 
 
-def _w_cli_reconstruct(out, src, ow, _run={}):
-    return _cli(["reconstruct", _run["store"], "--like", src, "--out", out, "-q"]
+_RECON_RUN: dict[str, str] = {}
+
+
+def _w_cli_reconstruct(out, src, ow):
+    return _cli(["reconstruct", _RECON_RUN["store"], "--like", src, "--out", out, "-q"]
                 + (["--overwrite"] if ow else []))
 
 
@@ -188,7 +191,7 @@ def test_every_writer_refuses_unsafe_outputs(tmp_path, writer, url, overwrite):
         store = str(tmp_path / "runs" / "r.zarr")
         os.makedirs(os.path.dirname(store))
         _w_run(store, src, False)
-        _w_cli_reconstruct.__defaults__[0]["store"] = store
+        _RECON_RUN["store"] = store
     fn = WRITERS[writer]
     for case, where in CASES.items():
         target = where(tmp_path)

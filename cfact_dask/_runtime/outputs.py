@@ -731,11 +731,16 @@ class GroupWriter:
     def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
         if self.done or self.target.remote:
             return  # a remote group stays marked incomplete: the rerun replaces it
-        _remove_late(os.path.join(self.store, self.write_group))
+        remove_late(os.path.join(self.store, self.write_group))
 
 
-def _remove_late(path: str, settle: float = 0.5, limit: float = 30.0) -> None:
-    """Remove a failed write's temporary path, also what tasks still in flight write late."""
+def remove_late(path: str, settle: float = 0.5, limit: float = 30.0) -> None:
+    """Remove a failed write's temporary path, also what tasks still in flight write late.
+
+    When one task fails, the scheduler reports it at once while other threads / workers may
+    still finish their current chunk write, recreating files under the temporary path; keep
+    removing until the path has stayed absent for ``settle`` seconds.
+    """
     import time
 
     deadline = time.monotonic() + limit
@@ -749,13 +754,6 @@ def _remove_late(path: str, settle: float = 0.5, limit: float = 30.0) -> None:
         elif time.monotonic() - quiet_since >= settle:
             return
         time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def writing_group(target: Target, storage_options: Mapping[str, Any] | None = None
-                  ) -> Iterator[GroupWriter]:
-    with GroupWriter(target, storage_options) as w:
-        yield w
 
 
 def _jsonable(x: Any) -> Any:
