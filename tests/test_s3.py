@@ -255,6 +255,22 @@ def test_open_array_remote_reads_whole_chunks_directly(s3_input, local_input):
                                   .compute(progress=False))
 
 
+def test_plan_counts_the_http_body_and_client_on_object_storage(s3_input, local_input,
+                                                                tmp_path):
+    """The planner adds, for a remote input, one chunk per task (the response body held while it
+    is decoded) and the S3 client's buffers per worker (both measured by bench_s3.py)."""
+    from cfact_dask.plan import _REMOTE_CLIENT_BYTES
+
+    kw = dict(n_workers=2, threads_per_worker=1)
+    remote = cf.plan(_job(s3_input, f"{s3_input}.run"), **kw)
+    local = cf.plan(_job(local_input, str(tmp_path / "run.zarr")), **kw)
+    chunk = 60 * 50 * 4  # the inputs' chunks: (60, 50) float32
+    assert remote.task_peak["sketch"] == local.task_peak["sketch"] + chunk
+    assert remote.worker_peak["sketch"] == \
+        local.worker_peak["sketch"] + chunk + _REMOTE_CLIENT_BYTES
+    assert remote.bytes_read == local.bytes_read
+
+
 def test_interrupted_remote_store_is_never_complete_and_resumes(fs, bucket, s3_input,
                                                                 local_input, tmp_path):
     out = f"s3://{bucket}/run.zarr"
