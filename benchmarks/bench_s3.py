@@ -16,6 +16,7 @@ Usage::
 
     python benchmarks/bench_s3.py                       # 100 000 x 1 000 float32 (400 MB)
     python benchmarks/bench_s3.py --n 20000 --repeats 1  # quick
+    python benchmarks/bench_s3.py --recover none          # the README figures (no recovery)
 """
 
 from __future__ import annotations
