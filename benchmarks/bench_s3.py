@@ -16,6 +16,7 @@ Usage::
 
     python benchmarks/bench_s3.py                       # 100 000 x 1 000 float32 (400 MB)
     python benchmarks/bench_s3.py --n 20000 --repeats 1  # quick
+    python benchmarks/bench_s3.py --recover none          # the README figures (no recovery)
 """
 
 from __future__ import annotations
@@ -60,6 +61,43 @@ def start_moto(log: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("moto server did not start")
 
 
+def pipeline_memory(args: argparse.Namespace, src: str, out: str) -> dict:
+    """Run the pipeline on fresh workers; their peak RSS above the warmed-up idle vs the plan."""
+    import psutil
+    from distributed import Client, LocalCluster
+
+    recover = {"method": args.recover}
+    if args.recover != "none":
+        recover["max_iter"] = args.recover_max_iter
+    job = {"cfact": {
+        "input": {"path": src},
+        "sketch": {"n_components": args.d, "kind": "sparse_sign"},
+        "factor": {"rank": args.rank, "max_iter": 100},
+        "recover": recover,
+        "output": {"path": out, "overwrite": True},
+    }}
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                      memory_limit=args.memory_limit, dashboard_address=None) as fresh, \
+            Client(fresh) as fc:
+        fc.run(lambda: __import__("cfact_dask") and None)
+        # warm-up through cfact's own opening (the same S3 options, so the same S3 client per
+        # worker as the pipeline: a botocore client costs ~20 MB once per process)
+        cf.open_array(src).data[: args.chunk_rows, : args.chunk_cols].sum().compute()
+        idle = max(psutil.Process(pid).memory_info().rss for pid in fc.run(os.getpid).values())
+        p = cf.plan(job, client=fc)
+        sampler = WorkerPeakRSS(fc)
+        t0 = time.perf_counter()
+        with sampler, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = cf.run_job(job, client=fc, progress=False)
+        seconds = time.perf_counter() - t0
+    above = sampler.max_bytes - idle
+    return {"seconds": seconds, "stage_seconds": res.report["seconds"],
+            "peak_worker_rss": sampler.max_bytes, "idle_worker_rss": idle, "above_idle": above,
+            "planned_worker_peak": p.max_worker_peak, "planned_by_stage": p.worker_peak,
+            "ratio": above / p.max_worker_peak}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
@@ -71,10 +109,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--memory-limit", default="3GiB")
+    ap.add_argument("--recover", default="nnlasso",
+                    help="recovery method of the pipeline run ('none': sketch and factor only)")
     ap.add_argument("--recover-max-iter", type=int, default=100)
     args = ap.parse_args()
 
-    import psutil
     from distributed import Client, LocalCluster
 
     tmp = tempfile.mkdtemp(prefix="bench_s3_")
@@ -129,36 +168,19 @@ def main() -> None:
         client.close()
         cluster.close()
 
-        # the pipeline on fresh workers: peak RSS above their warmed-up idle vs the plan
-        job = {"cfact": {
-            "input": {"path": url},
-            "sketch": {"n_components": args.d, "kind": "sparse_sign"},
-            "factor": {"rank": args.rank, "max_iter": 100},
-            "recover": {"method": "nnlasso", "max_iter": args.recover_max_iter},
-            "output": {"path": "s3://bench/run.zarr", "overwrite": True},
-        }}
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                          memory_limit=args.memory_limit, dashboard_address=None) as fresh, \
-                Client(fresh) as fc:
-            fc.run(lambda: __import__("cfact_dask") and None)
-            # warm-up through cfact's own opening (the same S3 options, so the same S3 client
-            # per worker as the pipeline: a botocore client costs ~20 MB once per process)
-            cf.open_array(url).data[: args.chunk_rows, : args.chunk_cols].sum().compute()
-            idle = max(psutil.Process(pid).memory_info().rss
-                       for pid in fc.run(os.getpid).values())
-            p = cf.plan(job, client=fc)
-            sampler = WorkerPeakRSS(fc)
-            t0 = time.perf_counter()
-            with sampler, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                res = cf.run_job(job, client=fc, progress=False)
-            pipe_s = time.perf_counter() - t0
-        above = sampler.max_bytes - idle
-        planned = p.max_worker_peak
-        print(f"\npipeline on s3:// in {pipe_s:.1f} s (stages {res.report['seconds']}); "
-              f"peak worker RSS {gib(sampler.max_bytes)}, {gib(above)} above the idle "
-              f"{gib(idle)}; planned per worker {gib(planned)} ({p.worker_peak}); measured / "
-              f"planned {above / planned:.2f}")
+        # the pipeline on fresh workers: peak RSS above their warmed-up idle vs the plan, on
+        # the S3 store and on the same store on local disk (what S3 adds)
+        pipelines = {}
+        for where, src, out in (("s3", url, "s3://bench/run.zarr"),
+                                ("local", local, os.path.join(tmp, "run.zarr"))):
+            pipelines[where] = pipeline_memory(args, src, out)
+            r = pipelines[where]
+            print(f"\npipeline on {where} in {r['seconds']:.1f} s (stages "
+                  f"{ {k: round(v, 1) for k, v in r['stage_seconds'].items()} }); peak worker "
+                  f"RSS {gib(r['peak_worker_rss'])}, {gib(r['above_idle'])} above the idle "
+                  f"{gib(r['idle_worker_rss'])}; planned per worker "
+                  f"{gib(r['planned_worker_peak'])} ({r['planned_by_stage']}); measured / "
+                  f"planned {r['ratio']:.2f}")
         path = write_results("bench_s3", {
             "command": "python " + " ".join(sys.argv),
             "machine": machine(),
@@ -170,10 +192,8 @@ def main() -> None:
                      "workers are fresh, warmed up by one chunk read through cf.open_array, and "
                      "their peak RSS is taken above that"),
             "rows": rows,
-            "pipeline": {"seconds": pipe_s, "stage_seconds": res.report["seconds"],
-                         "peak_worker_rss": sampler.max_bytes, "idle_worker_rss": idle,
-                         "above_idle": above, "planned_worker_peak": planned,
-                         "planned_by_stage": p.worker_peak, "ratio": above / planned},
+            "recover": args.recover,
+            "pipelines": pipelines,
         })
         print(f"results: {path}")
     finally:

@@ -19,6 +19,10 @@ from .job import load_job
 
 __all__ = ["Plan", "plan"]
 
+#: what an S3 client's connection pool and buffers add to a worker reading object storage
+#: (measured: benchmarks/bench_s3.py, botocore / aiohttp on Linux)
+_REMOTE_CLIENT_BYTES = 16 * 2**20
+
 
 def _fmt(b: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -171,12 +175,19 @@ def plan(
     p_hold = dh * tile * out_isz
     partial = (d + dh) * m_chunk * out_isz
     sketch_task = chunk_elems * inp.dtype.itemsize * 2 + p_cols + p_hold + partial * 2
+    # object storage: the HTTP response body of a chunk is held whole while it is decoded (one
+    # more chunk-sized buffer per task), and each worker's S3 client keeps connection buffers;
+    # measured with benchmarks/bench_s3.py (+1.3 to 2 chunks above a local store's peak)
+    remote = "://" in job["input"]["path"] and not job["input"]["path"].startswith("file://")
+    remote_task = chunk_elems * inp.dtype.itemsize if remote else 0
+    remote_worker = _REMOTE_CLIENT_BYTES if remote else 0
+    sketch_task += remote_task
     # the tile cache is capped at a fraction of a chunk while sketching (operators._cache_limit)
     frac = float(config.get("sketch.tile-cache-chunk-fraction", 0.6))
     cache = min(cache, max(int(frac * chunk_elems * inp.dtype.itemsize), 8 * 2**20))
     sketch_worker = th * sketch_task + min(cache, (n * s * 12 if kind != "gaussian" else
                                                    d * n * out_isz) + dh * n * out_isz) \
-        + split * partial
+        + split * partial + remote_worker
     # --- factorization on the sketch: persisted sketch + H, spread over workers
     sk_bytes = d * m * out_isz
     h_bytes = r * m * 8
@@ -196,14 +207,15 @@ def plan(
         conditional["recover: auto falls back to lstsq-data"] = 1
     if method == "lstsq-data":
         passes["recover"] = 1
-        task_peak["recover"] = chunk_elems * 8 * 2 + rows * r * 8
-        worker_peak["recover"] = th * task_peak["recover"]
+        task_peak["recover"] = chunk_elems * 8 * 2 + rows * r * 8 + remote_task
+        worker_peak["recover"] = th * task_peak["recover"] + remote_worker
     outputs = {"sketch": sk_bytes + dh * m * out_isz, "factors": d * r * 8 + h_bytes,
                "recovered W": w_bytes}
     if job["output"]["reconstruct"]:
         passes["reconstruct"] = 1
-        task_peak["reconstruct"] = chunk_elems * (out_isz + inp.dtype.itemsize + 8) + rows * r * 8
-        worker_peak["reconstruct"] = th * task_peak["reconstruct"]
+        task_peak["reconstruct"] = (chunk_elems * (out_isz + inp.dtype.itemsize + 8)
+                                    + rows * r * 8 + remote_task)
+        worker_peak["reconstruct"] = th * task_peak["reconstruct"] + remote_worker
         outputs["reconstruction"] = n * m * out_isz
     warnings = []
     if limit:

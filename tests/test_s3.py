@@ -255,6 +255,22 @@ def test_open_array_remote_reads_whole_chunks_directly(s3_input, local_input):
                                   .compute(progress=False))
 
 
+def test_plan_counts_the_http_body_and_client_on_object_storage(s3_input, local_input,
+                                                                tmp_path):
+    """The planner adds, for a remote input, one chunk per task (the response body held while it
+    is decoded) and the S3 client's buffers per worker (both measured by bench_s3.py)."""
+    from cfact_dask.plan import _REMOTE_CLIENT_BYTES
+
+    kw = dict(n_workers=2, threads_per_worker=1)
+    remote = cf.plan(_job(s3_input, f"{s3_input}.run"), **kw)
+    local = cf.plan(_job(local_input, str(tmp_path / "run.zarr")), **kw)
+    chunk = 60 * 50 * 4  # the inputs' chunks: (60, 50) float32
+    assert remote.task_peak["sketch"] == local.task_peak["sketch"] + chunk
+    assert remote.worker_peak["sketch"] == \
+        local.worker_peak["sketch"] + chunk + _REMOTE_CLIENT_BYTES
+    assert remote.bytes_read == local.bytes_read
+
+
 def test_interrupted_remote_store_is_never_complete_and_resumes(fs, bucket, s3_input,
                                                                 local_input, tmp_path):
     out = f"s3://{bucket}/run.zarr"
@@ -443,6 +459,22 @@ def _latest_checkpoint(out: str) -> int:
         return 0
 
 
+def _served(log_path: str, upto: int | None = None) -> list[tuple[int, str]]:
+    """(second of the day, "METHOD path") of each request moto logged (in the first ``upto``
+    bytes of its log)."""
+    import re
+
+    out = []
+    with open(log_path, errors="replace") as f:
+        text = f.read() if upto is None else f.read(upto)
+        for line in text.splitlines():
+            m = re.search(r'\[[^\]]* (\d+):(\d+):(\d+)\] "(\w+) (\S+)', line)
+            if m:
+                h, mi, se = (int(x) for x in m.groups()[:3])
+                out.append((h * 3600 + mi * 60 + se, f"{m.group(4)} {m.group(5)}"))
+    return out
+
+
 def _slow_job(src, out, **over):
     # as tests/test_reliability.py: nnlasso (lstsq-data's result depends in the last bits on
     # whether H comes from memory or from the store, which a resumed run reads)
@@ -517,6 +549,7 @@ def test_server_paused_mid_run_is_survived_by_retries(moto, fs, bucket, s3_input
     while _latest_checkpoint(out) < 10 and p.poll() is None and time.time() - t0 < 200:
         time.sleep(0.05)
     assert p.poll() is None, "the run finished before the outage"
+    log_from = os.path.getsize(moto.log_path)
     moto.pause()
     try:
         time.sleep(6)
@@ -525,6 +558,14 @@ def test_server_paused_mid_run_is_survived_by_retries(moto, fs, bucket, s3_input
     stdout, stderr = p.communicate(timeout=400)
     assert p.returncode == 0, stderr[-3000:]
     assert json.loads(stdout)["out"] == out
+    # the server's own log shows the retries: the request in flight when it froze timed out
+    # and was sent again, so right after the silence it is served more than once
+    served = _served(moto.log_path)
+    start = max(len(_served(moto.log_path, log_from)) - 1, 1)  # from the last one before
+    gap = max(range(start, len(served)), key=lambda i: served[i][0] - served[i - 1][0])
+    assert served[gap][0] - served[gap - 1][0] >= 4, "no outage seen in the server log"
+    first = served[gap][1]
+    assert sum(1 for t, req in served[gap:gap + 20] if req == first) >= 2, served[gap:gap + 20]
     r = subprocess.run([sys.executable, "-m", "cfact_dask.cli", "run", str(ref_job), "--json"],
                        capture_output=True, text=True, timeout=300, env=_slow_env())
     assert r.returncode == 0, r.stderr[-3000:]

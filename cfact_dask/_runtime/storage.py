@@ -60,8 +60,11 @@ CREDENTIAL_KEYS = frozenset({
     "credential", "credentials", "connection_string", "authorization", "refresh_token",
 })
 #: environment variables whose values are credentials (redacted from messages)
-_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
-               "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS")
+#: (not AWS_ACCESS_KEY_ID: an identifier, not a secret, and often a common word with test servers)
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_KEY",
+               "AZURE_STORAGE_SAS_TOKEN")
+#: shorter values are not redacted from messages (they would mangle ordinary words)
+_MIN_SECRET = 8
 _S3 = ("s3", "s3a")
 #: options given on the command line (``--storage-option``), under any given per store
 _DEFAULTS: dict[str, Any] = {}
@@ -122,7 +125,8 @@ def resolve_options(url: str, given: Mapping[str, Any] | None = None) -> dict[st
 def _remember(opts: Any) -> None:
     if isinstance(opts, Mapping):
         for k, v in opts.items():
-            if str(k).lower() in CREDENTIAL_KEYS and isinstance(v, str) and len(v) >= 4:
+            if (str(k).lower() in CREDENTIAL_KEYS and isinstance(v, str)
+                    and len(v) >= _MIN_SECRET):
                 _SECRETS.add(v)
             else:
                 _remember(v)
@@ -153,7 +157,8 @@ def _strip_userinfo(url: str) -> str:
 def redact(text: str) -> str:
     """``text`` with every known credential value replaced by ``***``."""
     secrets = set(_SECRETS)
-    secrets.update(v for v in (os.environ.get(k) for k in _SECRET_ENV) if v and len(v) >= 4)
+    secrets.update(v for v in (os.environ.get(k) for k in _SECRET_ENV)
+                   if v and len(v) >= _MIN_SECRET)
     for s in sorted(secrets, key=len, reverse=True):
         text = text.replace(s, "***")
     return text
