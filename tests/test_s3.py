@@ -29,7 +29,7 @@ import yaml
 import zarr
 from click.testing import CliRunner
 from conftest import Crash, crash_at, process_cluster
-from s3server import ACCESS_KEY, SECRET_KEY, MotoServer, free_port
+from s3server import ACCESS_KEY, SECRET_KEY, FaultProxy, MotoServer, free_port
 
 import cfact_dask as cf
 from cfact_dask._runtime import storage
@@ -448,6 +448,37 @@ def test_unreachable_endpoint_is_retried_then_one_clear_error(tmp_path, s3_input
         with pytest.raises(StoreUnavailableError, match="did not answer") as e:
             cf.open_array(s3_input, variable="M", storage_options=dead)
     assert dead["endpoint_url"] in str(e.value) and "2 attempts" in str(e.value)
+
+
+def test_throttling_5xx_and_resets_are_retried_and_chunk_reads_overlap(moto, fs, bucket,
+                                                                        s3_input, local_input):
+    """The failures object stores really send, from a proxy in front of the real server: the
+    first GET of every object is throttled (503 SlowDown), the first PUT of every object gets a
+    500 InternalError or a reset connection. Every one is retried with backoff, the results are
+    bitwise those of the local store, and the chunk GETs of one sketch pass overlap in time."""
+    import dask
+
+    Y = cf.open_array(local_input, variable="M")
+    ref = cf.sketch(Y, 40, kind="sparse_sign", seed=1)
+    with FaultProxy(moto.endpoint, {"GET": 503}, delay=0.05) as proxy, \
+            dask.config.set(scheduler="threads", num_workers=4):
+        opts = {"endpoint_url": proxy.endpoint}
+        X = cf.open_array(s3_input, variable="M", storage_options=opts)
+        sk = cf.sketch(X, 40, kind="sparse_sign", seed=1)
+        np.testing.assert_array_equal(sk.compute(progress=False), ref.compute(progress=False))
+    n_chunks = 16  # 240 x 200 in 60 x 50 chunks: every one was throttled once, then served
+    assert proxy.injected.get("503", 0) >= n_chunks
+    assert proxy.max_inflight >= 2, "the chunk requests of one pass did not overlap"
+    for fault in (500, "reset"):
+        out = f"s3://{bucket}/retried-{fault}.zarr"
+        with FaultProxy(moto.endpoint, {"PUT": fault}) as proxy:
+            opts = {"endpoint_url": proxy.endpoint}
+            with storage.cli_scope(opts):  # what a command does with --storage-option
+                X = cf.open_array(s3_input, variable="M", storage_options=opts)
+                cf.sketch(X, 40, kind="sparse_sign", seed=1).to_zarr(out, progress=False)
+        assert proxy.injected.get(str(fault), 0) >= 3  # metadata and chunk objects
+        got = cf.Sketch.from_zarr(out)  # read straight from the server: complete and equal
+        np.testing.assert_array_equal(got.data.compute(), ref.compute(progress=False))
 
 
 # ------------------------------------------------------------------ kill, outage, restart (slow)
