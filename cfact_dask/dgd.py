@@ -53,6 +53,7 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import pickle
@@ -70,6 +71,7 @@ import numpy as np
 from ._random import SeedLike, generator, normalize_seed
 from .checkpoint import Checkpoint, as_checkpoint
 from .cluster import client_context
+from ._runtime.blas import blas_threads, blas_threads_now
 from .errors import (
     ConfigError,
     ConvergenceWarning,
@@ -92,11 +94,16 @@ _STREAM_U = 11
 _STREAM_V = 12
 _STREAM_POWER = 13
 _STREAM_GD = 14
+_STREAM_U_SHARED = 15
 #: a cost this many times above max(initial cost, ||Y||²) counts as divergence
 _EXPLODE = 1e4
 _POWER_ITERS = 20
 #: smallest eigenvalue of W allowed: at -1 the mixing keeps an undamped oscillation
 _MIN_EIG = -1.0 + 1e-6
+#: solver="als": default consensus weight ρ, and the relative proximal terms of its solves
+_ALS_RHO = 4.0
+_ALS_PROX = 1e-10
+_TINY = 1e-300
 
 
 # ================================================================================== result types
@@ -113,7 +120,7 @@ class DGDState:
     consensus_error : float
         ``Σ_j ‖U^j − Ū‖²`` (0 for centralised solvers).
     step : float
-        The step μ used by the last iteration.
+        The step μ used by the last iteration (the consensus weight ρ_t for ``solver="als"``).
     elapsed : float
         Seconds since the iterations started.
     """
@@ -150,7 +157,7 @@ class DGDResult:
     converged : bool
         ``tol`` was met (False when stopped by ``max_iter`` or the callback).
     step : float
-        The base step μ.
+        The base step μ (0 for ``solver="als"``, which takes no step).
     objective : float
         ``Σ_j ‖U V_jᵀ − Y_j‖²`` with the returned consensus ``U`` (after polish if any).
     norm_Y2 : float
@@ -169,6 +176,13 @@ class DGDResult:
         Times the run was restored from an anchor after a worker died.
     workers : tuple of str
         The worker each node ran on at the end (empty in-process).
+    solver : str
+        ``"gradient"`` (the paper's iteration) or ``"als"`` (see :func:`dgd_local`).
+    consensus_weight : float
+        The consensus weight ρ of ``solver="als"`` (0 for the gradient solver).
+    blas_threads : int or None
+        The BLAS threads in force while the node kernels ran (the largest over the workers in
+        ``mode="workers"``; None when not recorded), see ``cfact.blas`` in ``cfact.yaml``.
 
     References
     ----------
@@ -195,6 +209,9 @@ class DGDResult:
     polished: bool = False
     n_restarts: int = 0
     workers: tuple[str, ...] = field(default_factory=tuple)
+    solver: str = "gradient"
+    consensus_weight: float = 0.0
+    blas_threads: int | None = None
 
     @property
     def V(self) -> np.ndarray:
@@ -235,9 +252,14 @@ class DGDResult:
 
 
 def _node_init(Y_j: np.ndarray, rank: int, seed: int, j: int, scale: float,
-               dtype: np.dtype) -> tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]:
+               dtype: np.dtype, shared_U: bool = False
+               ) -> tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]:
+    """Node ``j``'s start: ``U^j`` from its own stream (the paper's independent starts) or,
+    with ``shared_U``, from one stream every node generates alike (consensus from the start,
+    without a message)."""
     n, m_j = Y_j.shape
-    U = generator(seed, _STREAM_U, j).standard_normal((n, rank)).astype(dtype, copy=False)
+    gen_U = generator(seed, _STREAM_U_SHARED) if shared_U else generator(seed, _STREAM_U, j)
+    U = gen_U.standard_normal((n, rank)).astype(dtype, copy=False)
     V = generator(seed, _STREAM_V, j).standard_normal((m_j, rank)).astype(dtype, copy=False)
     if scale != 1.0:
         U *= scale
@@ -277,8 +299,78 @@ def _node_step(Y_j: np.ndarray, prev: tuple[np.ndarray, tuple[np.ndarray, tuple[
     return U_new, (V_new, new_costs)
 
 
+def _node_step_als(Y_j: np.ndarray, prev: tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]],
+                   neigh_U: Sequence[np.ndarray], order: Sequence[int], weights: Sequence[float],
+                   rho: float, j: int, t: int, reset: bool
+                   ) -> tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]:
+    """One ``solver="als"`` iteration of node ``j``: exact local solves, scale-free consensus.
+
+    With ``R = U^j V_jᵀ − Y_j`` (the cost recorded for this iteration)::
+
+        V_j ← argmin_V ‖U^j Vᵀ − Y_j‖²                       (r × r solve; purely local)
+        U^j ← argmin_U ‖U V_jᵀ − Y_j‖² + ρ ‖(U − Σ_i w_ji U^i) M_j^{1/2}‖²,  M_j = V_jᵀV_j
+
+    i.e. ``U^j ← (LS_j + ρ·mix_j)/(1 + ρ)`` with ``LS_j`` the local least-squares ``U``: a
+    convex combination that does not depend on the scale or conditioning of ``Y_j`` (the
+    penalty is measured in the metric ``V_jᵀV_j`` of the local fit). Both updates are written
+    as corrections driven by ``R``, so their rounding error shrinks with the residual and the
+    exact-consensus fixed point is reached to float rounding (not to ``eps·cond²``). Tiny
+    proximal terms (``1e-10·tr/r``) keep the solves defined when ``m_j < r``; they vanish at
+    the fixed point.
+    """
+    U_j, (V_j, costs) = prev
+    r = U_j.shape[1]
+    R = U_j @ V_j.T
+    R -= Y_j
+    cost = float(np.vdot(R, R))
+    if not math.isfinite(cost):
+        raise DivergenceError(
+            f"DGD+LOCAL (solver='als') broke down at iteration {t} on node {j}: the local cost "
+            f"is {cost}; the data or the initialisation holds NaN/Inf or overflows the dtype"
+        )
+    eye = np.eye(r, dtype=U_j.dtype)
+    G = U_j.T @ U_j
+    G += (_ALS_PROX * float(np.trace(G)) / r + _TINY) * eye
+    dV = -_spd_solve(G, U_j.T @ R).T                    # V_j + dV = argmin (+ prox)
+    V_new = V_j + dV
+    RV = R @ V_new
+    RV += U_j @ (dV.T @ V_new)                          # (U V_newᵀ − Y) V_new without n×m work
+    K = V_new.T @ V_new
+    M = K + (_ALS_PROX * float(np.trace(K)) / r + _TINY) * eye
+    mix = np.zeros_like(U_j)
+    for k, w in zip(order, weights, strict=True):
+        mix += w * (U_j if k < 0 else neigh_U[k])
+    rhs = rho * ((mix - U_j) @ M)
+    rhs -= RV
+    U_new = U_j + _spd_solve(K + rho * M, rhs.T).T
+    new_costs = (cost,) if reset else (*costs, cost)
+    return U_new, (V_new, new_costs)
+
+
+def _spd_solve(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``A⁻¹ B`` for a small symmetric positive (semi)definite ``A`` (Cholesky, else lstsq)."""
+    try:
+        c = np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(A, B, rcond=None)[0]
+    y = np.linalg.solve(c, B)
+    return np.linalg.solve(c.T, y)
+
+
+_STEPS: dict[str, Callable[..., Any]] = {}
+
+
 def _node_U(state: tuple[np.ndarray, Any]) -> np.ndarray:
     return state[0]
+
+
+_STEPS.update(gradient=_node_step, als=_node_step_als)
+
+
+def _node_step_task(solver: str, *args: Any) -> Any:
+    """``mode="tasks"``: one node step as a dask task, BLAS limited to the task's cores."""
+    with blas_threads():
+        return _STEPS[solver](*args)
 
 
 def _node_check(Y_j: np.ndarray, state: tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]
@@ -638,6 +730,7 @@ class _Plan:
     send: tuple[tuple[str, tuple[int, ...]], ...]  # (peer address, own nodes it needs)
     recv: tuple[int, ...]                        # nodes of other workers this worker needs
     timeout: float = _EXCHANGE_TIMEOUT
+    solver: str = "gradient"                     # the node kernel: a key of _STEPS
 
 
 class _Box:
@@ -781,7 +874,7 @@ def _group_init(tag: str, t: int, plan: _Plan, rank: int, seed: int, scale: floa
                 dtype: np.dtype, arrays: list[tuple[np.ndarray, np.ndarray]] | None,
                 *Ys: np.ndarray) -> dict[str, Any]:
     if arrays is None:
-        states = [_node_init(Ys[k], rank, seed, j, scale, dtype)
+        states = [_node_init(Ys[k], rank, seed, j, scale, dtype, plan.solver == "als")
                   for k, j in enumerate(plan.nodes)]
     else:
         states = [_node_from_arrays(*a) for a in arrays]
@@ -808,7 +901,10 @@ def _group_segment(tag: str, t0: int, t1: int, mus: Sequence[float], plan: _Plan
             raise RuntimeError(f"DGD+LOCAL run {tag}: period {t0}..{t1} is already running here")
         _RUNNING.add(me)
     try:
-        return _group_iterate(worker, tag, t0, t1, mus, plan, Ys)
+        with blas_threads():  # the cores this task owns (cores // worker threads)
+            rep = _group_iterate(worker, tag, t0, t1, mus, plan, Ys)
+            rep["blas_threads"] = blas_threads_now()
+        return rep
     finally:
         with _WLOCK:
             _RUNNING.discard(me)
@@ -818,6 +914,7 @@ def _group_iterate(worker: Any, tag: str, t0: int, t1: int, mus: Sequence[float]
                    Ys: Sequence[np.ndarray]) -> dict[str, Any]:
     states = _group_snapshot(tag, t0, plan.timeout)
     box = _box(tag, worker.address) if plan.recv else None
+    step = _STEPS[plan.solver]
     pos = {j: k for k, j in enumerate(plan.nodes)}
     for t in range(t0, t1):
         for addr, nodes in plan.send:
@@ -827,7 +924,7 @@ def _group_iterate(worker: Any, tag: str, t0: int, t1: int, mus: Sequence[float]
         Us = [s[0] for s in states]
         mu_t = mus[t - t0]
         states = [
-            _node_step(Ys[k], states[k],
+            step(Ys[k], states[k],
                        [Us[pos[i]] if i in pos else remote[i] for i in plan.nbrs[k]],
                        plan.orders[k], plan.wts[k], mu_t, j, t, t == t0)
             for k, j in enumerate(plan.nodes)]
@@ -871,6 +968,8 @@ def dgd_local(
     mode: Literal["workers", "tasks"] = "workers",
     random_state: SeedLike = 0,
     dtype: Any = np.float64,
+    solver: Literal["auto", "als", "gradient"] = "auto",
+    consensus_weight: float = _ALS_RHO,
 ) -> DGDResult:
     """Decentralised low-rank factorization ``Y ≈ U Vᵀ`` by DGD+LOCAL (exact consensus).
 
@@ -1037,6 +1136,7 @@ def dgd_local(
         _schedule_factor(step_schedule, step_decay, 0)
     if mode not in ("workers", "tasks"):
         raise ConfigError(f"mode must be 'workers' or 'tasks', got {mode!r}")
+    solver_, rho = _resolve_solver(solver, step, consensus_weight)
     topo = make_topology(topology, J, weights=weights, lazy=bool(lazy), p=p, seed=graph_seed)
     lam_min = float(topo.eigenvalues[0])
     if lazy is None and J > 1 and lam_min <= _MIN_EIG:
@@ -1059,13 +1159,36 @@ def dgd_local(
             rt: _Local | _Remote = _Local(local_blocks)
         else:
             rt = _Remote(c, sources, dt, uuid.uuid4().hex[:10])
-        return _run_dgd_local(
+        # in-process: the node kernels are skinny GEMMs; BLAS threads on top of them only fight
+        # (cfact.blas.solver-threads, see _runtime/blas.py). Worker tasks limit their own.
+        with blas_threads() if c is None else contextlib.nullcontext():
+            return _run_dgd_local(
             rt, topo, n=n, rank=rank, col_ranges=col_ranges, step=step,
             step_schedule=step_schedule, step_decay=step_decay, max_iter=max_iter, tol=tol,
             init_scale=init_scale, polish=polish, report_every=report_every,
             anchor_every=anchor_every, checkpoint=checkpoint, callback=callback, seed=seed,
             dtype=dt, source=source, data_token=_data_token(Y, sources), mode=mode,
+            solver=solver_, consensus_weight=rho,
+            )
+
+
+def _resolve_solver(solver: Any, step: Any, consensus_weight: Any) -> tuple[str, float]:
+    """``"auto"`` is ``"als"`` unless a numeric ``step`` asks for the paper's gradient steps."""
+    if solver not in ("auto", "als", "gradient"):
+        raise ConfigError(f"solver must be 'auto', 'als' or 'gradient', got {solver!r}")
+    if solver == "auto":
+        solver = "als" if isinstance(step, str) and step == "auto" else "gradient"
+    if solver == "als" and not (isinstance(step, str) and step == "auto"):
+        raise ConfigError(
+            f"step={step!r} is the step of solver='gradient'; solver='als' takes no step (its "
+            f"updates are exact local solves): drop step, or pass solver='gradient'"
         )
+    if isinstance(consensus_weight, bool) or not isinstance(
+            consensus_weight, (int, float, np.floating)) or not (
+            math.isfinite(consensus_weight) and consensus_weight > 0):
+        raise ConfigError(
+            f"consensus_weight must be a positive float, got {consensus_weight!r}")
+    return str(solver), float(consensus_weight)
 
 
 def _data_token(Y: Any, sources: list[Any]) -> str:
@@ -1099,15 +1222,20 @@ def _run_dgd_local(rt: _Local | _Remote, topo: Topology, *, n: int, rank: int,
                    report_every: int, anchor_every: int, checkpoint: Any,
                    callback: Callable[[DGDState], bool | None] | None, seed: int,
                    dtype: np.dtype, source: str, data_token: str,
-                   mode: str = "workers") -> DGDResult:
+                   mode: str = "workers", solver: str = "gradient",
+                   consensus_weight: float = _ALS_RHO) -> DGDResult:
     J = topo.n_nodes
     m = col_ranges[-1][1]
     sq = rt.map_nodes(_sq_norm)
     norm_Y2 = float(sum(sq))
     if not math.isfinite(norm_Y2):
         raise InputError(f"{source} holds NaN or Inf; clean the data before factorizing it")
-    # ---- step size
-    if isinstance(step, str):
+    # ---- step size (the consensus weight rho for solver="als": no power iteration needed)
+    if solver == "als":
+        if norm_Y2 <= 0:
+            raise InputError(f"{source} is all zeros; there is nothing to factorize")
+        mu = consensus_weight
+    elif isinstance(step, str):
         if step != "auto":
             raise ConfigError(f"step must be a positive float or 'auto', got {step!r}")
         sigma1 = _power_sigma1(rt, n, seed, dtype)
@@ -1158,6 +1286,8 @@ def _run_dgd_local(rt: _Local | _Remote, topo: Topology, *, n: int, rank: int,
         "step_decay": step_decay, "init_scale": scale, "seed": seed, "dtype": str(dtype),
         "shape": [n, m], "col_ranges": [list(r) for r in col_ranges], "data": data_token,
     }
+    if solver != "gradient":  # checkpoints of gradient runs stay resumable as before
+        params["solver"] = solver
     ckpt: Checkpoint | None = as_checkpoint(checkpoint, params)
     loaded = ckpt.load() if ckpt is not None else None
     cost_hist: list[float] = []
@@ -1182,7 +1312,7 @@ def _run_dgd_local(rt: _Local | _Remote, topo: Topology, *, n: int, rank: int,
 
     engine_cls = _GroupEngine if isinstance(rt, _Remote) and mode == "workers" else _Engine
     engine = engine_cls(rt, topo, orders, wts, nbrs, rank, seed, scale, dtype, mu,
-                        step_schedule, step_decay)
+                        step_schedule, step_decay, solver=solver)
     try:
         return _drive(engine, rt, topo, ckpt, loaded, init_args, t0, cost_hist, cons_hist,
                       hist_iters, n=n, rank=rank, col_ranges=col_ranges, mu=mu,
@@ -1255,7 +1385,7 @@ def _drive(engine: _Engine, rt: _Local | _Remote, topo: Topology, ckpt: Checkpoi
         t = t_end
         hist_iters.append(t)
         cons_hist.append(cons_t)
-        last_mu = mu * _schedule_factor(step_schedule, step_decay, t - 1)
+        last_mu = engine.param(t - 1)
         L = cost_t + cons_t
         if not (math.isfinite(L)) or cost_t > explode_at:
             engine.cancel()
@@ -1288,8 +1418,9 @@ def _drive(engine: _Engine, rt: _Local | _Remote, topo: Topology, ckpt: Checkpoi
     if not converged and tol > 0 and n_iter >= max_iter and not stop:
         warnings.warn(
             f"DGD+LOCAL stopped at max_iter={max_iter} before reaching tol={tol:g} (last cost "
-            f"{final_cost:.3g}, consensus error {cons_hist[-1]:.3g}); raise max_iter, or raise the "
-            f"step (now {mu:.3g}) if the cost is still falling steadily",
+            f"{final_cost:.3g}, consensus error {cons_hist[-1]:.3g}); raise max_iter"
+            + (f", or raise the step (now {mu:.3g}) if the cost is still falling steadily"
+               if engine.solver == "gradient" else ""),
             ConvergenceWarning, stacklevel=4,
         )
     U_nodes, V_blocks, Ubar, objective = engine.finish(polish)
@@ -1301,9 +1432,12 @@ def _drive(engine: _Engine, rt: _Local | _Remote, topo: Topology, ckpt: Checkpoi
         cost_history=np.asarray(cost_hist, dtype=np.float64),
         consensus_history=np.asarray(cons_hist, dtype=np.float64),
         history_iters=np.asarray(hist_iters, dtype=np.int64), n_iter=n_iter,
-        converged=converged, step=mu, objective=objective, norm_Y2=norm_Y2,
+        converged=converged, step=mu if engine.solver == "gradient" else 0.0,
+        objective=objective, norm_Y2=norm_Y2,
         bytes_per_iter=bytes_per_iter, bytes_cross_worker_per_iter=cross, method="dgd-local",
         topology=topo, polished=polish, n_restarts=engine.n_restarts, workers=rt.workers,
+        solver=engine.solver, consensus_weight=mu if engine.solver == "als" else 0.0,
+        blas_threads=engine.blas_seen,
     )
 
 
@@ -1322,19 +1456,29 @@ class _Engine:
 
     def __init__(self, rt: _Local | _Remote, topo: Topology, orders: list[tuple[int, ...]],
                  wts: list[tuple[float, ...]], nbrs: list[tuple[int, ...]], rank: int, seed: int,
-                 scale: float, dtype: np.dtype, mu: float, schedule: Any, decay: float) -> None:
+                 scale: float, dtype: np.dtype, mu: float, schedule: Any, decay: float,
+                 solver: str = "gradient") -> None:
         self.rt = rt
         self.J = topo.n_nodes
         self.orders, self.wts, self.nbrs = orders, wts, nbrs
         self.rank, self.seed, self.scale, self.dtype = rank, seed, scale, dtype
         self.mu, self.schedule, self.decay = mu, schedule, decay
+        self.solver = solver
+        self.step_fn = _STEPS[solver]
         self.states: list[Any] = []
         self.Us: list[Any] = []
         self.anchor_t = 0
         self.anchor_states: list[tuple[np.ndarray, np.ndarray]] = []
         self.last_cost = math.nan
+        self.blas_seen: int | None = None
         self.n_restarts = 0
         self.pending: _Batch | None = None
+
+    def param(self, t: int) -> float:
+        """The step ``μ_t`` (``"gradient"``) or the consensus weight ``ρ_t`` (``"als"``; a
+        decaying step schedule makes it grow, which shrinks the disagreement the same way)."""
+        f = _schedule_factor(self.schedule, self.decay, t)
+        return self.mu * f if self.solver == "gradient" else self.mu / f
 
     # -- state creation
     def init(self, arrays: list[tuple[np.ndarray, np.ndarray]] | None, t: int = 0) -> None:
@@ -1342,13 +1486,15 @@ class _Engine:
         if isinstance(rt, _Local):
             if arrays is None:
                 self.states = [_node_init(rt.Y[j], self.rank, self.seed, j, self.scale,
-                                          self.dtype) for j in range(self.J)]
+                                          self.dtype, self.solver == "als")
+                               for j in range(self.J)]
             else:
                 self.states = [_node_from_arrays(*arrays[j]) for j in range(self.J)]
             return
         if arrays is None:
             self.states = [rt.submit(_node_init, rt.Y[j], self.rank, self.seed, j,
-                                     self.scale, self.dtype, j=j, name="dgd-init")
+                                     self.scale, self.dtype, self.solver == "als", j=j,
+                                     name="dgd-init")
                            for j in range(self.J)]
         else:
             # straight to the node's worker (not through the scheduler); no lineage behind it
@@ -1376,11 +1522,11 @@ class _Engine:
         cur_s: list[Any] = list(states)
         cur_u: list[Any] = list(Us)
         for t in range(t0, t1):
-            mu_t = self.mu * _schedule_factor(self.schedule, self.decay, t)
+            mu_t = self.param(t)
             new_s, new_u = [], []
             for j in range(J):
                 ks, ku = f"dgd-step-{tag}-{t}-{j}", f"dgd-U-{tag}-{t}-{j}"
-                dsk[ks] = (_node_step, rt.Y[j], cur_s[j], [cur_u[i] for i in self.nbrs[j]],
+                dsk[ks] = (_node_step_task, self.solver, rt.Y[j], cur_s[j], [cur_u[i] for i in self.nbrs[j]],
                            self.orders[j], self.wts[j], mu_t, j, t, t == t0)
                 dsk[ku] = (_node_U, ks)
                 where[ks] = where[ku] = [rt.node_worker[j]]
@@ -1437,11 +1583,13 @@ class _Engine:
         """
         rt = self.rt
         if isinstance(rt, _Local):
+            if self.blas_seen is None:
+                self.blas_seen = blas_threads_now()
             for t in range(t0, t1):
-                mu_t = self.mu * _schedule_factor(self.schedule, self.decay, t)
+                mu_t = self.param(t)
                 Us = [s[0] for s in self.states]
                 self.states = [
-                    _node_step(rt.Y[j], self.states[j], [Us[i] for i in self.nbrs[j]],
+                    self.step_fn(rt.Y[j], self.states[j], [Us[i] for i in self.nbrs[j]],
                                self.orders[j], self.wts[j], mu_t, j, t, t == t0)
                     for j in range(self.J)]
             return self.check_now()
@@ -1514,8 +1662,8 @@ class _GroupEngine(_Engine):
     client, in node order); anchors pull ``(U^j, V_j)`` from the workers' snapshots.
     """
 
-    def __init__(self, *args: Any, timeout: float = _EXCHANGE_TIMEOUT) -> None:
-        super().__init__(*args)
+    def __init__(self, *args: Any, timeout: float = _EXCHANGE_TIMEOUT, **kw: Any) -> None:
+        super().__init__(*args, **kw)
         self.timeout = timeout
         self.plans: dict[str, _Plan] = {}
         self.current: dict[str, Any] | None = None
@@ -1557,7 +1705,7 @@ class _GroupEngine(_Engine):
                 nodes=tuple(nodes), nbrs=tuple(tuple(self.nbrs[j]) for j in nodes),
                 orders=tuple(self.orders[j] for j in nodes),
                 wts=tuple(self.wts[j] for j in nodes), send=tuple(send), recv=tuple(recv),
-                timeout=self.timeout)
+                timeout=self.timeout, solver=self.solver)
         self.plans = plans
 
     def _submit(self, fn: Callable[..., Any], w: str, *args: Any, name: str) -> Any:
@@ -1630,6 +1778,8 @@ class _GroupEngine(_Engine):
                 self.U_cur[j] = rep["U"][k]
                 self.V_cur[j] = rep["V"][k] if rep["V"] is not None else None
             self.report_t = rep["t"]
+            if rep.get("blas_threads") is not None:
+                self.blas_seen = max(self.blas_seen or 0, int(rep["blas_threads"]))
 
     def _result(self) -> tuple[list[float], float, float]:
         return self._combine(list(self.checks), _consensus_err(*self.U_cur))
@@ -1656,8 +1806,7 @@ class _GroupEngine(_Engine):
 
     # -- iterations
     def _submit_period(self, t0: int, t1: int) -> dict[str, Any]:
-        mus = tuple(self.mu * _schedule_factor(self.schedule, self.decay, t)
-                    for t in range(t0, t1))
+        mus = tuple(self.param(t) for t in range(t0, t1))
         return {w: self._submit(_group_segment, w, self.tag, t0, t1, mus, plan,
                                 *self._Ys(w), name="dgd-period")
                 for w, plan in self.plans.items()}
