@@ -88,9 +88,9 @@ import dask.array as da
 import numpy as np
 
 from ._random import SeedLike, generator, normalize_seed
+from ._runtime.blas import blas_threads, blas_threads_now
 from .checkpoint import Checkpoint, as_checkpoint
 from .cluster import client_context
-from ._runtime.blas import blas_threads, blas_threads_now
 from .errors import (
     ConfigError,
     ConvergenceWarning,
@@ -1582,7 +1582,8 @@ class _Engine:
             new_s, new_u = [], []
             for j in range(J):
                 ks, ku = f"dgd-step-{tag}-{t}-{j}", f"dgd-U-{tag}-{t}-{j}"
-                dsk[ks] = (_node_step_task, self.solver, rt.Y[j], cur_s[j], [cur_u[i] for i in self.nbrs[j]],
+                dsk[ks] = (_node_step_task, self.solver, rt.Y[j], cur_s[j],
+                           [cur_u[i] for i in self.nbrs[j]],
                            self.orders[j], self.wts[j], mu_t, j, t, t == t0)
                 dsk[ku] = (_node_U, ks)
                 where[ks] = where[ku] = [rt.node_worker[j]]
