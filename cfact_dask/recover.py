@@ -74,7 +74,6 @@ import scipy.sparse as sp
 from dask import delayed
 
 from . import config
-from ._runtime.blas import blas_threads
 from .cluster import client_context, detach
 from .errors import ConvergenceWarning, InputError, RecoveryWarning
 from .operators import SketchOperator
@@ -1771,12 +1770,9 @@ _LOCAL_SCHEDULER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 @contextlib.contextmanager
 def _local_threads() -> Any:
-    # the threaded scheduler already runs one block kernel per core: one BLAS thread each
-    # (cfact.blas; a multithreaded BLAS on top oversubscribes the cores)
     token = _LOCAL_SCHEDULER.set("threads")
     try:
-        with blas_threads():
-            yield None
+        yield None
     finally:
         _LOCAL_SCHEDULER.reset(token)
 

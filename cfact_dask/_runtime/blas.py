@@ -8,7 +8,9 @@ small rank ``r``), those threads fight the scheduler's threads and each other: m
 
 :func:`blas_threads` limits the BLAS pools (threadpoolctl) for the duration of a block:
 
-* inside a dask worker task: ``cores // worker threads`` (at least 1), the cores that task owns;
+* inside a dask worker task: ``cores // worker threads`` (at least 1), the cores that task owns,
+  and never more than the worker process started with (a nanny starts workers with one BLAS
+  thread; other workers on the same host are invisible to ``cores // threads``);
 * elsewhere (an in-process solver loop): ``cfact.blas.solver-threads`` (default 1).
 
 ``cfact.blas.threads`` (an int) overrides both; ``null`` leaves the pools alone. Without
@@ -27,20 +29,26 @@ from ..config import get
 
 __all__ = ["blas_threads", "blas_threads_now", "owned_cores"]
 
-_CONTROLLER: Any = None
-_LOCK = threading.Lock()
+#: the BLAS threads the process started with (its environment), before any limit of ours
+_START: int | None = None
+_STARTED = False
+_LOCK = threading.RLock()
 
 
-def _controller() -> Any:
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-            _CONTROLLER = False
-        else:
-            _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER
+def _threadpoolctl() -> Any:
+    try:
+        import threadpoolctl
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return None
+    return threadpoolctl
+
+
+def _note_start() -> None:
+    global _START, _STARTED
+    with _LOCK:
+        if not _STARTED:
+            _START = blas_threads_now()
+            _STARTED = True
 
 
 def _cores() -> int:
@@ -86,24 +94,31 @@ def blas_threads(limit: int | None = None) -> Iterator[int | None]:
     a worker the previous limits are restored on exit. Yields the limit in force (None when
     nothing was limited: ``cfact.blas.enabled`` false or no threadpoolctl).
     """
-    ctl = _controller()
-    if ctl is False or not get("blas.enabled", True):
+    tpc = _threadpoolctl()
+    if tpc is None or not get("blas.enabled", True):
         yield None
         return
+    _note_start()
     n = owned_cores() if limit is None else max(1, int(limit))
     if _in_worker():
+        # never above what the worker's environment set: a nanny starts workers with one
+        # BLAS thread (distributed.nanny.pre-spawn-environ), and several workers may share
+        # the host, which cores // own threads cannot see
+        if _START is not None and limit is None:
+            n = min(n, _START)
         with _LOCK:
             if blas_threads_now() != n:
-                ctl.limit(limits=n, user_api="blas")  # not restored: see above
+                # a fresh scan (libraries loaded since are included); not restored: see above
+                tpc.threadpool_limits(limits=n, user_api="blas")
         yield n
         return
-    with ctl.limit(limits=n, user_api="blas"):
+    with tpc.threadpool_limits(limits=n, user_api="blas"):
         yield n
 
 def blas_threads_now() -> int | None:
     """The largest thread count of the BLAS pools loaded in this process (None if unknown)."""
-    ctl = _controller()
-    if ctl is False:  # pragma: no cover
+    tpc = _threadpoolctl()
+    if tpc is None:  # pragma: no cover
         return None
-    counts = [int(p.num_threads) for p in ctl.select(user_api="blas").lib_controllers]
+    counts = [int(p["num_threads"]) for p in tpc.threadpool_info() if p["user_api"] == "blas"]
     return max(counts) if counts else None
