@@ -557,6 +557,15 @@ def test_cli_factor_dgd(tmp_path):
     assert r2.exit_code != 0 and "--overwrite" in r2.output
     r3 = CliRunner().invoke(factor_dgd, [str(tmp_path / "in.zarr"), "--rank", "99"])
     assert r3.exit_code != 0 and "rank=99" in r3.output
+    # --solver: the paper's gradient iteration on request; als refuses a numeric step
+    out2 = str(tmp_path / "out2.zarr")
+    r4 = CliRunner().invoke(factor_dgd, [*args[:-4], "--output", out2, "--json", "--quiet",
+                                         "--solver", "gradient", "--max-iter", "50", "--tol", "0"])
+    assert r4.exit_code == 0, r4.output
+    assert json.loads(r4.output)["step"] > 0           # the gradient solver's auto step
+    r5 = CliRunner().invoke(factor_dgd, [str(tmp_path / "in.zarr"), "--rank", "3",
+                                         "--solver", "als", "--step", "0.001"])
+    assert r5.exit_code != 0 and "takes no step" in r5.output
 
 
 def test_gather_of_a_result_whose_worker_died_does_not_hang():
