@@ -11,9 +11,10 @@ small rank ``r``), those threads fight the scheduler's threads and each other: m
 * inside a dask worker task: ``cores // worker threads`` (at least 1), the cores that task owns,
   and never more than the worker process started with (a nanny starts workers with one BLAS
   thread; other workers on the same host are invisible to ``cores // threads``);
-* elsewhere (an in-process solver loop): ``cfact.blas.solver-threads`` (default 1).
+* elsewhere (an in-process solver loop): ``cfact.blas.solver-threads`` (default 1);
 
-``cfact.blas.threads`` (an int) overrides both; ``null`` leaves the pools alone. Without
+and in both cases never more than the process started with (its environment's setting).
+``cfact.blas.threads`` (an int) overrides all of this; ``null`` leaves the pools alone. Without
 threadpoolctl the helpers are no-ops.
 """
 
@@ -100,12 +101,12 @@ def blas_threads(limit: int | None = None) -> Iterator[int | None]:
         return
     _note_start()
     n = owned_cores() if limit is None else max(1, int(limit))
+    if _START is not None and limit is None and get("blas.threads", None) in (None, "auto"):
+        # never above what the process's environment set (OPENBLAS_NUM_THREADS...): a nanny
+        # starts workers with one BLAS thread (distributed.nanny.pre-spawn-environ), and
+        # several workers may share the host, which cores // own threads cannot see
+        n = min(n, _START)
     if _in_worker():
-        # never above what the worker's environment set: a nanny starts workers with one
-        # BLAS thread (distributed.nanny.pre-spawn-environ), and several workers may share
-        # the host, which cores // own threads cannot see
-        if _START is not None and limit is None:
-            n = min(n, _START)
         with _LOCK:
             if blas_threads_now() != n:
                 # a fresh scan (libraries loaded since are included); not restored: see above
