@@ -1909,7 +1909,9 @@ class _GroupEngine(_Engine):
         if self.report_t == t and all(v is not None for v in self.V_cur):
             self.anchor_states = list(zip(self.U_cur, self.V_cur, strict=True))
             return
-        self.cancel()
+        # no cancel(): the snapshot at t stays on the workers while queued periods run (at most
+        # _LOOKAHEAD past a report, _KEEP_SNAPSHOTS kept), so a stop does not first wait for
+        # them (measured: +20 iterations, ~16 s, after the stop on the 20 000 × 600 case)
         assert self.current is not None
         futs = {w: self._submit(_group_pull, w, self.tag, t, name="dgd-gpull")
                 for w in self.plans}
@@ -1950,8 +1952,10 @@ class _GroupEngine(_Engine):
         return list(U_nodes), V_blocks, Ubar, objective
 
     def close(self) -> None:
-        self.cancel()
+        # abort first: periods queued past a stop end at their next exchange instead of
+        # running to their ends (the result is final by now)
         self._abort()
+        self.cancel()
 
 
 # ==================================================================================== baselines
