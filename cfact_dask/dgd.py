@@ -924,6 +924,11 @@ def _group_segment(tag: str, t0: int, t1: int, mus: Sequence[float], plan: _Plan
             rep = _group_iterate(worker, tag, t0, t1, mus, plan, Ys)
             rep["blas_threads"] = blas_threads_now()
         return rep
+    except _ExchangeAborted:
+        # the client aborted the run (a stop with periods queued past it, a failed peer, a
+        # lost worker): end quietly, no error traceback in the worker's log; the client
+        # drops this report, and a real failure is raised from the task that failed
+        return {"aborted": True, "t": t0}
     finally:
         with _WLOCK:
             _RUNNING.discard(me)
@@ -1829,6 +1834,8 @@ class _GroupEngine(_Engine):
         return _gather_checked(rt, flat)
 
     def _absorb(self, reports: list[dict[str, Any]]) -> None:
+        if any(rep.get("aborted") for rep in reports):
+            raise _ExchangeAborted(f"DGD+LOCAL run {self.tag}: a period was aborted")
         for rep in reports:
             for k, j in enumerate(rep["nodes"]):
                 self.checks[j] = rep["checks"][k]
