@@ -296,6 +296,7 @@ def test_cluster_blas_threads_limited_inside_worker_tasks():
     whatever the worker process had before (here 2 BLAS threads set in the worker, with two
     task threads per worker, so each task owns one core on a 2-core machine)."""
     import dask
+    import threadpoolctl
     from distributed import Client, LocalCluster
     from threadpoolctl import ThreadpoolController, threadpool_info
 
@@ -308,6 +309,10 @@ def test_cluster_blas_threads_limited_inside_worker_tasks():
         def probe(set_to=None):
             if set_to is not None:  # what a worker environment of 2 BLAS threads would give
                 ThreadpoolController().limit(limits=set_to, user_api="blas")
+                release = getattr(threadpoolctl.OpenBLASController,
+                                  "clear_controlling_thread", None)
+                if release is not None:  # threadpoolctl >= 3.6: let other threads set it
+                    release()
             blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
             return max(blas), owned_cores()
 

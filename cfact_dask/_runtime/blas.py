@@ -111,10 +111,22 @@ def blas_threads(limit: int | None = None) -> Iterator[int | None]:
             if blas_threads_now() != n:
                 # a fresh scan (libraries loaded since are included); not restored: see above
                 tpc.threadpool_limits(limits=n, user_api="blas")
+                _release_control(tpc)
         yield n
         return
     with tpc.threadpool_limits(limits=n, user_api="blas"):
         yield n
+
+def _release_control(tpc: Any) -> None:
+    """threadpoolctl >= 3.6 lets only one "controlling" thread change a pthreads OpenBLAS pool
+    (other threads' calls are silently ignored) until it is released; a limit set outside a
+    ``with`` block is never released, so release it: every task thread of a worker may then
+    set the (same) limit."""
+    ctl = getattr(tpc, "OpenBLASController", None)
+    clear = getattr(ctl, "clear_controlling_thread", None)
+    if clear is not None:
+        clear()
+
 
 def blas_threads_now() -> int | None:
     """The largest thread count of the BLAS pools loaded in this process (None if unknown)."""
