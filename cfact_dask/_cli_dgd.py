@@ -83,7 +83,12 @@ def _summary(res: Any) -> dict[str, Any]:
 @click.option("--p", "p", type=float, default=0.3, show_default=True,
               help="Erdős–Rényi edge probability.")
 @click.option("--graph-seed", type=int, default=0, show_default=True)
-@click.option("--step", default="auto", show_default=True, help="Step μ, or 'auto' (0.1/σ₁).")
+@click.option("--step", default="auto", show_default=True,
+              help="Step μ of the gradient solver, or 'auto' (0.1/σ₁).")
+@click.option("--solver", type=click.Choice(["auto", "als", "gradient"]), default="auto",
+              show_default=True,
+              help="dgd-local node update: exact local solves (als) or the paper's gradient "
+                   "steps; auto = als unless --step is a number.")
 @click.option("--schedule", type=click.Choice(get_args(StepSchedule)),
               default="constant", show_default=True, help="Step schedule.")
 @click.option("--max-iter", type=int, default=3000, show_default=True)
@@ -104,7 +109,7 @@ def _summary(res: Any) -> dict[str, Any]:
 @with_session
 def factor_dgd(session: Session, input: str, method: str, rank: int, n_nodes: int,
                topology: str, weights: str, lazy: bool | None, p: float, graph_seed: int,
-               step: str, schedule: str,
+               step: str, solver: str, schedule: str,
                max_iter: int, tol: float, polish: bool, report_every: int,
                checkpoint: str | None, checkpoint_every: int, output: str | None,
                overwrite: bool, variable: str | None, feature_axis: int, seed: int) -> None:
@@ -132,7 +137,7 @@ def factor_dgd(session: Session, input: str, method: str, rank: int, n_nodes: in
                         graph_seed=graph_seed, step=step_v, step_schedule=schedule,  # type: ignore[arg-type]
                         max_iter=max_iter, tol=tol, polish=polish,
                         report_every=report_every, checkpoint=ck, client=client,
-                        random_state=seed)
+                        random_state=seed, solver=solver)  # type: ignore[arg-type]
     elif method == "dgd":
         res = dgd(X, rank, n_nodes, topo, weights=weights, lazy=bool(lazy), p=p,
                   graph_seed=graph_seed, step=step_v, max_iter=max_iter,

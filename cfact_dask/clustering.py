@@ -29,6 +29,7 @@ import numpy as np
 import scipy.linalg
 
 from ._random import SeedLike, generator, normalize_seed
+from ._runtime.blas import blas_threads
 from ._runtime.display import fmt_value, summary_html, summary_repr
 from .cluster import client_context
 from .errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError, RankError
@@ -443,8 +444,12 @@ def _check_sums(out: np.ndarray, source: str) -> None:
 def _top(S: np.ndarray, j: int) -> np.ndarray:
     S = 0.5 * (S + S.T)
     D = S.shape[0]
-    _, V = scipy.linalg.eigh(S, subset_by_index=[D - j, D - 1])
-    return _fix_signs(V[:, ::-1]).T
+    # the full divide-and-conquer eigh with one BLAS thread, then the top j: measured on a
+    # busy 2-core machine at D = 384, j = 216: 22 ms against 160 ms for the subset driver with
+    # the default BLAS pools (the refits were 84 % of a MESSI run)
+    with blas_threads():
+        _, V = scipy.linalg.eigh(S, driver="evd")
+    return _fix_signs(V[:, D - j:][:, ::-1]).T
 
 
 def _refit(S: np.ndarray, counts: np.ndarray, ccost: np.ndarray, dims: tuple[int, ...],

@@ -33,6 +33,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import config
 from ._random import SeedLike
+from ._runtime.blas import blas_threads
 from ._runtime.display import summary_html, summary_repr
 from .cluster import client_context, compute
 from .errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError, RankError
@@ -588,7 +589,10 @@ def lp_lowrank(
             x = c.persist(x)  # ship in-memory data once, not once per pass
         solver = _Solver(x, source, k, p, c, callback, check_finite)
         if method == "ellipsoid":
-            out = solver.ellipsoid(max_iter, tol, select)
+            # its D × D SVDs / cuts run here, in the client: one BLAS thread (cfact.blas; on a
+            # busy 2-core machine the default pools made each 384 × 384 SVD ~5x slower)
+            with blas_threads():
+                out = solver.ellipsoid(max_iter, tol, select)
         elif entrywise:
             out = solver.entrywise(max_iter, tol, irls_delta, init, select)
         else:

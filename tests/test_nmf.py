@@ -325,3 +325,31 @@ def test_cli_factor_writes_a_factors_group(rng, tmp_path):
     assert r.exit_code != 0 and "overwrite" in r.output
     r = CliRunner().invoke(factor, args[:1] + ["--method", "nope", "--rank", "5", "--out", "x"])
     assert r.exit_code != 0 and "nmf" in r.output
+
+
+def test_in_memory_iterations_run_with_limited_blas_threads(rng):
+    """The in-memory NMF loop runs with cfact.blas.solver-threads BLAS threads (1), seen from
+    inside the loop (the callback), and the limit is lifted afterwards; the numbers do not
+    depend on it (to float rounding)."""
+    from threadpoolctl import threadpool_info
+
+    def blas_max():
+        return max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+
+    X = np.abs(_planted(rng, 200, 120, 4, 0.05))
+    before = blas_max()
+    seen = []
+    kw = dict(max_iter=15, tol=0, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        res = nmf(X, 4, callback=lambda s: seen.append(blas_max()), **kw)
+    assert seen and set(seen) == {1}
+    assert blas_max() == before
+    with dask.config.set({"cfact.blas.enabled": False}), pytest.warns(ConvergenceWarning):
+        free = nmf(X, 4, callback=lambda s: seen.append(blas_max()), **kw)
+    assert seen[-1] == before
+    np.testing.assert_allclose(free.W, res.W, rtol=1e-9, atol=1e-12)
+    # a small chunked matrix takes the same in-memory path (cfact.als.local-max-bytes)
+    with pytest.warns(ConvergenceWarning):
+        lazy = nmf(da.from_array(X, chunks=(50, 60)), 4, **kw)
+    np.testing.assert_allclose(lazy.W, res.W, rtol=1e-9, atol=1e-12)
+    assert lazy.history == pytest.approx(res.history, rel=1e-9)
