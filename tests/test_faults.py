@@ -405,8 +405,11 @@ def test_dgd_worker_loss_at_any_point_is_replayed_and_never_leaks(cluster_client
 
     rng = np.random.default_rng(3)
     Y = rng.random((30, 4)) @ rng.random((4, 80))
+    # the gradient solver: bitwise equal to in-process in both modes (the als solver matches
+    # in-process only to rounding in tasks mode; its replay is checked below and in the slow
+    # worker-kill tests)
     kw = dict(n_nodes=4, topology="ring", weights="metropolis", max_iter=60, tol=0.0,
-              report_every=10, anchor_every=20, random_state=1)
+              report_every=10, anchor_every=20, random_state=1, solver="gradient")
     ref = dgd_local(Y, 4, client=None, **kw)
     real = dgd._gather_checked
     calls = [0]
@@ -440,6 +443,22 @@ def test_dgd_worker_loss_at_any_point_is_replayed_and_never_leaks(cluster_client
         _assert_dgd_bitwise(res, ref)
         outcomes[k] = "replayed"
     assert all(v == "replayed" for v in outcomes.values()), outcomes
+    # the default (als) solver: a loss in the middle of the run is replayed too, and ends at
+    # the uninterrupted run to rounding
+    kw_als = {**kw, "solver": "als"}
+    ref_als = dgd_local(Y, 4, client=None, **kw_als)
+    seen = [0]
+
+    def lose_mid(rt, futs, *a, _seen=seen, **kw_):
+        _seen[0] += 1
+        if _seen[0] == n // 2:
+            raise dgd._WorkerLost()
+        return real(rt, futs, *a, **kw_)
+
+    monkeypatch.setattr(dgd, "_gather_checked", lose_mid)
+    res = dgd_local(Y, 4, client=cluster_client, mode=mode, **kw_als)
+    np.testing.assert_allclose(res.cost_history, ref_als.cost_history, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(res.U, ref_als.U, rtol=1e-8, atol=1e-10)
 
 
 def _assert_dgd_bitwise(remote, local):
