@@ -55,7 +55,6 @@ from .errors import (
     NegativeDataError,
     NonFiniteError,
     RankError,
-    StoreNotFoundError,
 )
 from .io import InputArray, checked_dask, checked_numpy, open_array
 
@@ -206,24 +205,10 @@ class NMFResult:
 
         Refuses a group that is incomplete, or stale (computed from an earlier version of a
         group it records as its upstream)."""
-        import zarr
-
-        from ._runtime.outputs import check_upstream, store_path
+        from ._runtime.outputs import open_complete_group, store_path
 
         store = store_path(store)
-        if "://" not in store and not os.path.exists(store):
-            raise StoreNotFoundError(f"no Zarr store at {store!r}")
-        try:
-            g = zarr.open_group(store, path=group, mode="r")
-        except Exception as e:  # noqa: BLE001 - zarr raises several types for a missing group
-            raise StoreNotFoundError(f"{store!r} has no group {group!r} ({e})") from e
-        meta = dict(g.attrs).get("cfact") or {}
-        if meta.get("type") != "factors" or not meta.get("complete"):
-            raise StoreNotFoundError(
-                f"{store!r}/{group} is not a complete cfact factors group (attribute cfact.type="
-                f"{meta.get('type')!r}, complete={meta.get('complete')!r}); write it again"
-            )
-        check_upstream(store, group, meta)
+        g, meta = open_complete_group(store, group, "factors")
         # "W_sketch" since labelled stores (factors of a sketch), "W" before and for raw data;
         # read through the checked reader: a corrupt chunk is a ChunkError naming it
         wname = "W_sketch" if "W_sketch" in g else "W"

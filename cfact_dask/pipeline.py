@@ -51,7 +51,6 @@ from .errors import (
     RecoveryWarning,
     ResumeError,
     StoreExistsError,
-    StoreNotFoundError,
 )
 from .io import InputArray, checked_dask, open_array
 from .operators import make_operator
@@ -571,23 +570,12 @@ def _save_recovery(path: str, rec: Any, *, overwrite: bool = False,
 
 
 def _load_recovery(path: str, res: Any, group: str = "recovered") -> Any:
-    import zarr
 
-    from ._runtime.outputs import check_upstream, store_path
+    from ._runtime.outputs import open_complete_group, store_path
     from .recover import Certificate, Recovery
 
     path = store_path(path)
-    try:
-        g = zarr.open_group(path, path=group, mode="r")
-    except Exception as e:  # noqa: BLE001 - zarr raises several types for a missing group
-        raise StoreNotFoundError(f"{path!r} has no group {group!r} ({e}); run recover first") from e
-    meta = dict(g.attrs).get("cfact") or {}
-    if meta.get("type") != "recovered" or not meta.get("complete"):
-        raise StoreNotFoundError(
-            f"{path!r}/{group} is not a complete recovered group (cfact.type="
-            f"{meta.get('type')!r}, complete={meta.get('complete')!r}); run recover again"
-        )
-    check_upstream(path, group, meta)
+    g, meta = open_complete_group(path, group, "recovered", fix="run recover (again)")
     cert_d = dict(meta["certificate"])
     for k in ("fit_residual_per_column", "support_sizes", "effective_support"):
         if cert_d.get(k) is not None:

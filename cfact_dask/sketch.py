@@ -332,25 +332,10 @@ def _covered(ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
 
 
 def _read_attrs(store: str, group: str, kind: str) -> dict[str, Any]:
-    import zarr
+    """The ``cfact`` attributes of a finished ``kind`` group (see ``open_complete_group``)."""
+    from ._runtime.outputs import open_complete_group
 
-    if "://" not in store and not os.path.exists(store):
-        raise StoreNotFoundError(f"no Zarr store at {store!r}")
-    try:
-        g = zarr.open_group(store, path=group, mode="r")
-    except Exception as e:  # noqa: BLE001
-        raise StoreNotFoundError(f"{store!r} has no group {group!r} ({e})") from e
-    meta = dict(g.attrs).get("cfact")
-    if not meta or meta.get("type") != kind:
-        raise StoreNotFoundError(
-            f"{store!r}/{group} is not a cfact {kind} (attribute 'cfact.type' is missing or "
-            f"{(meta or {}).get('type')!r})"
-        )
-    if not meta.get("complete"):
-        raise StoreNotFoundError(
-            f"{store!r}/{group} is an incomplete {kind}: its write was interrupted; write it again"
-        )
-    return meta
+    return open_complete_group(store, group, kind)[1]
 
 
 def _provenance(op: SketchOperator, source: str, location: str | None = None) -> dict[str, Any]:

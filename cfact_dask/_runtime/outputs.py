@@ -829,6 +829,36 @@ def check_spec_match(expected: Mapping[str, Any] | None, given: Mapping[str, Any
         raise InputError(f"{what} do not belong together ({detail}); {fix}")
 
 
+def open_complete_group(store: str, group: str, kind: str, fix: str = "write it again"
+                        ) -> tuple[Any, dict[str, Any]]:
+    """Open ``store/group`` for reading as a finished cfact group of type ``kind``: the group
+    and its ``cfact`` attributes. Refuses (:class:`StoreNotFoundError`) a missing store or
+    group, another type, an incomplete group, and (:class:`OutputError`) a stale one, computed
+    from an earlier version of a group it records as upstream. ``fix`` ends the messages."""
+    import zarr
+
+    store = store_path(store)
+    if not is_url(store) and not os.path.exists(store):
+        raise StoreNotFoundError(f"no Zarr store at {store!r}")
+    try:
+        g = zarr.open_group(store, path=group, mode="r")
+    except Exception as e:  # noqa: BLE001 - zarr raises several types for a missing group
+        raise StoreNotFoundError(f"{store!r} has no group {group!r} ({e}); {fix}") from e
+    meta = _cfact_meta(g) or {}
+    if meta.get("type") != kind:
+        raise StoreNotFoundError(
+            f"{store!r}/{group} is not a cfact {kind} group (attribute 'cfact.type' is "
+            f"{meta.get('type')!r}); {fix}"
+        )
+    if not meta.get("complete"):
+        raise StoreNotFoundError(
+            f"{store!r}/{group} is not a complete {kind} group: it is incomplete (its write "
+            f"was interrupted, or is still running); {fix}"
+        )
+    check_upstream(store, group, meta)
+    return g, meta
+
+
 def require_exists(path: str, what: str) -> None:
     if not is_url(path) and not os.path.exists(path):
         raise StoreNotFoundError(f"no {what} at {path!r}")
