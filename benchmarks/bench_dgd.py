@@ -57,6 +57,20 @@ import time
 import numpy as np
 
 
+def _machine_and_versions() -> dict:
+    """What every result of this benchmark records about the machine and the libraries."""
+    import dask
+    import distributed
+    import psutil
+
+    return {
+        "machine": {"cores": os.cpu_count(),
+                    "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    "platform": platform.platform(), "python": platform.python_version()},
+        "versions": {"numpy": np.__version__, "dask": dask.__version__,
+                     "distributed": distributed.__version__},
+    }
+
 def _per_iter_seconds(Y: np.ndarray, J: int, iters: int, client, report_every: int,
                       mode: str = "workers"):
     """Seconds per iteration (first report to last) and the result."""
@@ -108,8 +122,6 @@ def _converge(Y: np.ndarray, client, target: float, max_iter: int, report_every:
 def real_size(args) -> dict:
     """The issue's case (see the module docstring, ``--real-size``)."""
     import dask
-    import distributed
-    import psutil
     from distributed import Client, LocalCluster
 
     rng = np.random.default_rng(0)
@@ -152,11 +164,7 @@ def real_size(args) -> dict:
     result = {
         "benchmark": "bench_dgd --real-size",
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "machine": {"cores": os.cpu_count(),
-                    "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-                    "platform": platform.platform(), "python": platform.python_version()},
-        "versions": {"numpy": np.__version__, "dask": dask.__version__,
-                     "distributed": distributed.__version__},
+        **_machine_and_versions(),
         "data": {"n": args.n, "m": args.m, "rank": 10, "kind": "rand(n,10) @ rand(10,m)",
                  "nodes": 8, "topology": "ring"},
         "load_average_at_end": list(os.getloadavg()),
@@ -211,9 +219,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.real_size:
         return real_size(args)
 
-    import dask
-    import distributed
-    import psutil
     from distributed import Client, LocalCluster
 
     from cfact_dask.topology import make_topology
@@ -287,11 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "bench_dgd",
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "machine": {"cores": os.cpu_count(),
-                    "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-                    "platform": platform.platform(), "python": platform.python_version()},
-        "versions": {"numpy": np.__version__, "dask": dask.__version__,
-                     "distributed": distributed.__version__},
+        **_machine_and_versions(),
         "cluster": {"kind": "LocalCluster(processes=True)", "workers": args.workers,
                     "threads_per_worker": 1},
         "load_average_at_end": list(os.getloadavg()),

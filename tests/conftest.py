@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -85,3 +86,15 @@ def cluster_client():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def stop_processes(procs) -> None:
+    """Terminate subprocesses (a scheduler and its workers) in reverse order, killing any that
+    do not stop within 20 s."""
+    for p in procs[::-1]:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from conftest import process_cluster
+from conftest import process_cluster, stop_processes
 
 import cfact_dask as cf
 from cfact_dask.datasets import planted_nmf_zarr
@@ -149,13 +149,7 @@ def subprocess_cluster(tmp_path, n_workers, nanny=True, env=None):
     finally:
         if client is not None:
             client.close()
-        for p in procs[::-1]:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
 
 
 @pytest.mark.timeout(120)

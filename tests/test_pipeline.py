@@ -16,7 +16,7 @@ import xarray as xr
 import yaml
 import zarr
 from click.testing import CliRunner
-from conftest import tree_hash
+from conftest import stop_processes, tree_hash
 
 import cfact_dask as cf
 from cfact_dask.cli import cli
@@ -292,13 +292,7 @@ def test_cfact_run_on_subprocess_cluster(planted_store, tmp_path):
         assert root.attrs["cfact"]["complete"]
         assert root["reconstruction"]["reconstruction"].shape == (600, 300)
     finally:
-        for p in procs[::-1]:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
 
 
 def test_cli_run_writes_plots(planted_store, tmp_path):
