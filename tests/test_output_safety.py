@@ -240,6 +240,25 @@ def test_overwrite_replaces_only_cfact_stores_and_never_user_files_inside_them(t
     assert _tree_hash(tmp_path) == h
 
 
+def test_debris_of_a_killed_write_inside_a_cfact_store_is_not_taken_for_user_files(tmp_path):
+    """A SIGKILL while zarr deletes or writes a node leaves a folder of chunk files without
+    metadata (zarr deletes the metadata first): the store is still cfact's, and a rerun or
+    --overwrite may proceed; a file with another name is still the user's."""
+    _world(tmp_path)
+    src = str(tmp_path / "data" / "in.zarr")
+    out = tmp_path / "run.zarr"
+    _w_run(str(out), src, False)
+    debris = out / "checkpoint" / "factors" / "iter_00000025" / "W" / "c" / "0"
+    debris.mkdir(parents=True)
+    (debris / "0").write_bytes(b"chunk")
+    (out / "factors" / "half").mkdir()  # an empty folder: a node whose metadata never came
+    _w_run(str(out), src, True)  # accepted (the debris goes with the store it belongs to)
+    (out / "factors" / "notes").mkdir()
+    (out / "factors" / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(OutputError, match="todo.txt|notes"):
+        _w_run(str(out), src, True)
+
+
 def test_incomplete_groups_are_invisible_to_plain_readers_and_replaced(tmp_path):
     import xarray as xr
 

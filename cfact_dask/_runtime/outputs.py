@@ -336,10 +336,23 @@ def _foreign_entries(path: str) -> list[str]:
                 if sub & _ZARR_META:
                     walk(e.path, r, depth + 1)
                     continue
+                if _zarr_debris(e.path):
+                    continue  # what a killed write or delete of a cfact node left
             found.append(r)
 
     walk(path, "", 0)
     return found
+
+
+def _zarr_debris(d: str) -> bool:
+    """True for a folder holding nothing but Zarr keys (metadata and chunk files, named as zarr
+    names them), possibly empty: what a write or delete of a Zarr node killed halfway leaves
+    (zarr deletes a node's metadata before its chunks). A user's file has another name."""
+    for _dirpath, _dirs, files in os.walk(d):
+        for f in files:
+            if f not in _ZARR_META and not _V2_CHUNK.match(f):
+                return False
+    return True
 
 
 def _node_kind(d: str) -> str | None:
