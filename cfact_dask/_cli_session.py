@@ -191,15 +191,22 @@ class Session:
         self._restore.append(restore_lib)
         # the embedded cluster's scheduler and nannies log at INFO into this process; worker
         # processes read the same setting from the environment when they start
-        dist = logging.getLogger("distributed")
-        dist_old = dist.level
-        dist.setLevel(logging.WARNING if self.verbose else logging.ERROR)
+        # every distributed.* logger: dask's logging config gives some of them (distributed.client)
+        # levels of their own, which a level on the parent does not override. Not even ERROR
+        # without -v: distributed logs its own races (a client reconnecting while the run stops)
+        # with tracebacks; cfact reports what failed as one paragraph
+        names = ["distributed"] + [n for n in logging.root.manager.loggerDict
+                                   if n.startswith("distributed.")]
+        saved = {n: logging.getLogger(n).level for n in names}
+        for n in names:
+            logging.getLogger(n).setLevel(logging.WARNING if self.verbose else logging.CRITICAL)
         env_key = "DASK_LOGGING__DISTRIBUTED"
         env_old = os.environ.get(env_key)
         os.environ[env_key] = "warning" if self.verbose else "error"
 
         def restore_dist() -> None:
-            dist.setLevel(dist_old)
+            for n, lvl in saved.items():
+                logging.getLogger(n).setLevel(lvl)
             if env_old is None:
                 os.environ.pop(env_key, None)
             else:

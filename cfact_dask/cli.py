@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import click
@@ -155,7 +156,23 @@ _register_commands()
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    cli.main(args=argv, prog_name="cfact")
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cli.main(args=argv, prog_name="cfact")
+    finally:
+        if "-v" not in args and "--verbose" not in args:
+            _silence_distributed()
+
+
+def _silence_distributed() -> None:
+    """After the command: distributed's client finalizers log their shutdown races (a reconnect
+    while the interpreter exits) with tracebacks; the command has already said what happened,
+    so nothing of distributed's reaches the terminal after it (``-v`` keeps them)."""
+    import logging
+
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 if __name__ == "__main__":  # python -m cfact_dask.cli
