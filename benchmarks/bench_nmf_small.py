@@ -6,7 +6,7 @@ process and interleaved (A, B, C, D, A, B, ...; ``--repeats`` rounds, medians re
 
 * ``numpy_1t``: the same iteration in plain numpy (``WᵀX``, ``hals_sweeps`` Gauss-Seidel sweeps
   over the rows of H, ``XHᵀ``, the same sweeps over W, the Grams and the cross term for the
-  error, as :func:`cfact_dask.als.als_step` does), BLAS limited to one thread;
+  error, as :func:`cfact_dask.factor._als.als_step` does), BLAS limited to one thread;
 * ``numpy_default``: the same with the process's default BLAS threads;
 * ``cfact``: ``cf.nmf`` seconds per iteration (first callback to last), default settings (the
   in-memory loop runs with ``cfact.blas.solver-threads`` = 1 BLAS thread);

@@ -5,10 +5,15 @@
 Writes benchmarks/results/recover_1e6.json (README: exact recovery in 10 passes with the
 working-set LASSO).
 """
-import time, json, warnings, numpy as np
-import cfact_dask as cf
-from cfact_dask.operators import make_operator
+import json
+import time
+import warnings
+
+import numpy as np
 from distributed import Client, LocalCluster
+
+import cfact_dask as cf
+from cfact_dask.sketching.operators import make_operator
 
 if __name__ == "__main__":
     n, r, k, d = 1_000_000, 10, 10, 400
@@ -16,7 +21,8 @@ if __name__ == "__main__":
     op = make_operator("expander", d, n, seed=0)
     with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="4GiB", dashboard_address=None) as cl, Client(cl) as c:
         # planted k-sparse nonnegative W, built blockwise: only its nonzeros are held here
-        import dask.array as da, scipy.sparse as sp
+        import dask.array as da
+        import scipy.sparse as sp
         rows = np.stack([rng.choice(n, k, replace=False) for _ in range(r)])
         vals = np.abs(rng.standard_normal((r, k)))
         Wsp = sp.csc_matrix((vals.ravel(), rows.ravel(), np.arange(0, r * k + 1, k)), shape=(n, r))

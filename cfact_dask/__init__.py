@@ -15,13 +15,24 @@ import importlib
 from typing import Any
 
 from . import config as _config  # noqa: F401  (registers the cfact.* dask.config defaults)
-from . import datasets, metrics, nn, plots
+from . import datasets, metrics, plots
+from ._runtime import aliases as _aliases
+from ._runtime.checkpoint import Checkpoint
+from ._runtime.cluster import client_context, connect
 from ._version import __version__
-from .checkpoint import Checkpoint
-from .cluster import client_context, connect
-from .clustering import ProjectiveClusteringResult, projective_clustering
-from .cp import CPResult, cp, refit_mode
-from .dgd import DGDResult, DGDState, centralized, dgd, dgd_local
+from .embed import (
+    LpLowRankResult,
+    ProjectiveClusteringResult,
+    budget_choices,
+    choose_budget,
+    factorized_embedding,
+    load_factors,
+    lp_lowrank,
+    lp_objective,
+    nn,
+    projective_clustering,
+    save_factors,
+)
 from .errors import (
     CfactError,
     ConfigError,
@@ -39,26 +50,39 @@ from .errors import (
     StoreNotFoundError,
     StoreUnavailableError,
 )
+from .factor import (
+    CPResult,
+    DGDResult,
+    DGDState,
+    NMFResult,
+    SparsePCAResult,
+    SVDResult,
+    Topology,
+    centralized,
+    cp,
+    dgd,
+    dgd_local,
+    make_topology,
+    nmf,
+    refit_components,
+    refit_mode,
+    sparse_pca,
+    svd,
+)
 from .io import InputArray, open_array
-from .lp import LpLowRankResult, lp_lowrank, lp_objective
 from .metrics import match_factors, relative_error, support_recovery
-from .nmf import NMFResult, nmf
-from .nn import budget_choices, choose_budget, factorized_embedding, load_factors, save_factors
-from .operators import KINDS, SketchOperator, make_operator
-from .pipeline import RunResult, factorize_recover, run_job
-from .plan import Plan, plan
+from .pipeline import Plan, RunResult, factorize_recover, plan, run_job
 from .reconstruct import ReconstructionStats, open_reconstruction, reconstruct
-from .recover import Certificate, Recovery, holdout_error, recover
-from .sketch import Sketch, sketch, sketch_with
-from .sparse_pca import SparsePCAResult, refit_components, sparse_pca
-from .svd import SVDResult, svd
-from .topology import Topology, make_topology
+from .recovery import Certificate, Recovery, holdout_error, recover
+from .sketching import KINDS, Sketch, SketchOperator, make_operator, sketch, sketch_with
+
+_aliases.install()
 
 _LAZY = {
     "CompressedNMF": "estimators",
-    "CompressedSVD": "estimators_extra",
-    "CompressedSparsePCA": "estimators_extra",
-    "CompressedCP": "estimators_extra",
+    "CompressedSVD": "estimators",
+    "CompressedSparsePCA": "estimators",
+    "CompressedCP": "estimators",
 }
 
 __all__ = [

@@ -27,8 +27,8 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from ._random import SeedLike, generator, normalize_seed
 from ._runtime.codecs import array_kwargs
+from ._runtime.random import SeedLike, generator, normalize_seed
 from .errors import InputError, RankError
 
 __all__ = ["planted_cp", "planted_cp_zarr", "planted_nmf", "planted_nmf_zarr"]
@@ -269,8 +269,8 @@ def _write_group(
     only after every chunk is written."""
     import zarr
 
+    from ._runtime.cluster import client_context, compute
     from ._runtime.outputs import INCOMPLETE_ATTR, INCOMPLETE_TEXT
-    from .cluster import client_context, compute
 
     g = zarr.open_group(path, mode="w", zarr_format=3)
     g.attrs.put({"cfact": {**attrs, "complete": False}, INCOMPLETE_ATTR: INCOMPLETE_TEXT})

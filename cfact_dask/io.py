@@ -19,7 +19,7 @@ from . import config
 from ._runtime.outputs import check_allowed, input_location, store_path
 from .errors import CfactError, ChunkError, InputError, MissingChunksWarning, StoreNotFoundError
 
-__all__ = ["InputArray", "open_array"]
+__all__ = ["InputArray", "describe_store", "open_array"]
 
 
 @dataclass(frozen=True)
@@ -633,3 +633,39 @@ def _validate(inp: InputArray, check_dtype: bool) -> None:
         )
     if 0 in x.shape:
         raise InputError(f"{inp.source} is empty (shape {x.shape}); nothing to factorize")
+
+
+# ------------------------------------------------------------------ describing a store
+def describe_store(store: str | os.PathLike) -> dict[str, Any]:
+    """Return ``{"store": ..., "nodes": [...]}`` with one entry per group / array, depth first."""
+    import zarr
+
+    store = os.fspath(store)
+    if "://" not in store and not os.path.exists(store):
+        raise StoreNotFoundError(f"no Zarr store at {store!r}")
+    try:
+        root = zarr.open(store, mode="r")
+    except Exception as e:  # noqa: BLE001
+        raise StoreNotFoundError(f"{store!r} is not a readable Zarr store: {e}") from e
+    nodes: list[dict[str, Any]] = []
+
+    def visit(node: Any, path: str) -> None:
+        entry: dict[str, Any] = {"path": path}
+        meta = dict(node.attrs).get("cfact")
+        if meta:
+            entry["cfact"] = meta
+        if isinstance(node, zarr.Array):
+            entry.update(kind="array", shape=list(node.shape), chunks=list(node.chunks),
+                         dtype=str(node.dtype))
+            shards = getattr(node, "shards", None)
+            if shards:
+                entry["shards"] = list(shards)
+            nodes.append(entry)
+            return
+        entry["kind"] = "group"
+        nodes.append(entry)
+        for name, child in sorted(node.members(), key=lambda kv: kv[0]):
+            visit(child, f"{path}/{name}" if path else name)
+
+    visit(root, "")
+    return {"store": store, "nodes": nodes}

@@ -29,9 +29,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from ._runtime.cluster import client_context, compute
 from ._runtime.codecs import xarray_encoding
 from ._runtime.display import SKIP, fmt_value, summary_html, summary_repr
-from .cluster import client_context, compute
 from .errors import InputError, StoreExistsError, StoreNotFoundError
 
 __all__ = ["ReconstructionStats", "is_complete", "open_reconstruction", "reconstruct"]
@@ -311,7 +311,7 @@ def reconstruct(
     ds = ds.assign_coords({k: (c.dims, vlen_text(c.values)) for k, c in ds.coords.items()
                            if c.dtype.kind in "US"})
     if inp.attrs:
-        from ._jsonattrs import to_json
+        from ._runtime.jsonattrs import to_json
 
         # xarray's encoding keys in raw Zarr attributes (_FillValue, scale_factor, ...) belong
         # to how the input was stored, not to the values

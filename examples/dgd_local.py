@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cfact_dask.dgd import centralized, dgd, dgd_local
+from cfact_dask import centralized, dgd, dgd_local
 
 out_dir = os.environ.get("CFACT_EXAMPLES_OUT") or tempfile.mkdtemp(prefix="cfact-dgd-")
 os.makedirs(out_dir, exist_ok=True)

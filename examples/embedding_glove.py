@@ -45,16 +45,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cfact_dask.clustering import projective_clustering  # noqa: E402
-from cfact_dask.datasets_embed import (  # noqa: E402
+from cfact_dask import (  # noqa: E402
+    budget_choices,
+    choose_budget,
+    factorized_embedding,
+    lp_lowrank,  # noqa: E402
+    projective_clustering,  # noqa: E402
+)
+from cfact_dask.embed.datasets import (  # noqa: E402
     load_glove,
     load_simlex999,
     load_wordsim353,
     similarity_spearman,
 )
 from cfact_dask.errors import ConvergenceWarning  # noqa: E402
-from cfact_dask.lp import lp_lowrank  # noqa: E402
-from cfact_dask.nn import budget_choices, choose_budget, factorized_embedding  # noqa: E402
 
 SMALL = os.environ.get("CFACT_EXAMPLES_SMALL") == "1"  # CI: small scale
 N = int(os.environ.get("CFACT_EXAMPLE_N", "5000" if SMALL else "20000"))
@@ -139,7 +143,6 @@ ids = np.array([words.index(w) for w in ("king", "queen", "paris")])
 assert np.allclose(layers.lookup(ids), messi.reconstruct()[ids].compute(), atol=1e-5)
 try:
     import torch
-
     from cfact_dask.nn import to_module
 
     module = to_module(messi)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from dask.callbacks import Callback
 
-from cfact_dask.als import (
+from cfact_dask.factor._als import (
     ALSSpec,
     Backend,
     _hals_rows,
@@ -20,7 +20,7 @@ from cfact_dask.als import (
     run_als,
     solve_factor,
 )
-from cfact_dask.nmf import nmf
+from cfact_dask.factor._nmf import nmf
 
 
 def _planted(rng, p, m, r, noise=0.0):

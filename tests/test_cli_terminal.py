@@ -155,9 +155,9 @@ def test_help_lists_what_the_code_accepts():
     from click.testing import CliRunner
 
     from cfact_dask.cli import cli
-    from cfact_dask.operators import KINDS
-    from cfact_dask.recover import METHODS
-    from cfact_dask.topology import GRAPHS
+    from cfact_dask.factor.consensus.topology import GRAPHS
+    from cfact_dask.recovery._recover import METHODS
+    from cfact_dask.sketching.operators import KINDS
 
     r = CliRunner().invoke(cli, ["factor", "--help"])
     assert all(g in r.output for g in GRAPHS) and "torus]" not in r.output.replace("\n", "")

@@ -11,8 +11,8 @@ import zarr
 from click.testing import CliRunner
 
 import cfact_dask as cf
+from cfact_dask._runtime.cluster import client_context
 from cfact_dask.cli import cli
-from cfact_dask.cluster import client_context
 from cfact_dask.errors import ConfigError
 
 

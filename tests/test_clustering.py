@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from cfact_dask.clustering import _init_labels, projective_clustering
+from cfact_dask.embed.clustering import _init_labels, projective_clustering
+from cfact_dask.embed.lp import lp_lowrank
+from cfact_dask.embed.nn import budget_choices, lowrank_params, messi_params
 from cfact_dask.errors import ConfigError, ConvergenceWarning, NonFiniteError, RankError
-from cfact_dask.lp import lp_lowrank
-from cfact_dask.nn import budget_choices, lowrank_params, messi_params
 
 
 def _toy(seed=1, n=3000, D=50, k=5, j=5, noise=0.05):
@@ -123,7 +123,7 @@ def test_small_clusters_are_reseeded(caplog):
     A = np.concatenate([rng.standard_normal((200, j)) @ B[0].T,
                         rng.standard_normal((6, j)) @ B[1].T])
     A += 1e-3 * rng.standard_normal(A.shape)
-    with caplog.at_level("INFO", logger="cfact_dask.clustering"):
+    with caplog.at_level("INFO", logger="cfact_dask.embed.clustering"):
         res = projective_clustering(A, 4, j, n_init=2, max_iter=30, random_state=0)
     assert "re-seeded" in caplog.text
     for Bl in res.bases:
@@ -186,8 +186,8 @@ def test_refit_eigenvectors_match_the_subset_driver():
     of the subset driver it replaced, with the same sign convention."""
     import scipy.linalg
 
-    from cfact_dask.clustering import _top
-    from cfact_dask.lp import _fix_signs
+    from cfact_dask.embed.clustering import _top
+    from cfact_dask.embed.lp import _fix_signs
 
     rng = np.random.default_rng(3)
     A = rng.standard_normal((300, 40)) * np.linspace(3, 0.1, 40)

@@ -1,4 +1,4 @@
-"""Tests of cfact_dask.cp against TensorLy's parafac, compression, checkpoints, bad input."""
+"""Tests of cfact_dask.factor._cp against TensorLy's parafac, compression, checkpoints, bad input."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import tensorly as tl
 from scipy.optimize import linear_sum_assignment
 from tensorly.decomposition import parafac
 
-cp_mod = importlib.import_module("cfact_dask.cp")  # the module, not cf.cp
-from cfact_dask.cp import CPResult, cp, refit_mode
+cp_mod = importlib.import_module("cfact_dask.factor._cp")  # the module, not cf.cp
 from cfact_dask.errors import (
     ConvergenceWarning,
     InputError,
@@ -21,6 +20,7 @@ from cfact_dask.errors import (
     ResumeError,
     StoreExistsError,
 )
+from cfact_dask.factor._cp import CPResult, cp, refit_mode
 
 
 def congruence(F, G):

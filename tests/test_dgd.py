@@ -1,4 +1,4 @@
-"""DGD+LOCAL (Zhu et al. 2019, arXiv:1811.03129) and its baselines: cfact_dask.dgd."""
+"""DGD+LOCAL (Zhu et al. 2019, arXiv:1811.03129) and its baselines: cfact_dask.factor.consensus._dgd_local."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 import scipy.linalg
 
 import cfact_dask as cf
-from cfact_dask.dgd import DGDState, centralized, dgd, dgd_local, split_columns
 from cfact_dask.errors import (
     ConfigError,
     ConvergenceWarning,
@@ -19,6 +18,13 @@ from cfact_dask.errors import (
     InputError,
     RankError,
     ResumeError,
+)
+from cfact_dask.factor.consensus._dgd_local import (
+    DGDState,
+    centralized,
+    dgd,
+    dgd_local,
+    split_columns,
 )
 
 DEMO = dict(n_nodes=10, topology="erdos-renyi", p=0.3, weights="max-degree", step=1e-3,
@@ -362,7 +368,7 @@ def test_cluster_workers_mode_stop_diverge_resume(cluster_client, tmp_path):
     def leftovers():
         import sys
 
-        m = sys.modules["cfact_dask.dgd"]
+        m = sys.modules["cfact_dask.factor.consensus._dgd_local"]
         return len(m._GROUPS) + len(m._BOXES)
 
     assert set(c.run(leftovers).values()) == {0}
@@ -469,7 +475,7 @@ def test_callback_stops_and_progress_is_logged(caplog):
         calls.append(state.iteration)
         return state.iteration >= 30
 
-    with caplog.at_level(logging.DEBUG, logger="cfact_dask.dgd"):
+    with caplog.at_level(logging.DEBUG, logger="cfact_dask.factor.consensus._dgd_local"):
         res = dgd_local(demo_data(0), 5, n_nodes=5, topology="star", max_iter=500, tol=0,
                         report_every=10, callback=cb)
     assert calls == [10, 20, 30]
@@ -545,7 +551,7 @@ def test_cli_factor_dgd(tmp_path):
     import zarr
     from click.testing import CliRunner
 
-    from cfact_dask._cli_dgd import factor_dgd
+    from cfact_dask.cli.consensus import factor_dgd
 
     Y = demo_data(0, n=20, m=60, r=3)
     z = zarr.create_array(str(tmp_path / "in.zarr"), shape=Y.shape, chunks=(20, 15), dtype="f8")
@@ -587,7 +593,7 @@ def test_gather_of_a_result_whose_worker_died_does_not_hang():
 
     from distributed import Client, LocalCluster
 
-    from cfact_dask.dgd import _gather_checked, _WorkerLost
+    from cfact_dask.factor.consensus._dgd_local import _gather_checked, _WorkerLost
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None, memory_limit="1GiB") as cluster, \

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from cfact_dask import estimators
 from cfact_dask.errors import ConvergenceWarning
-from cfact_dask.estimators import CompressedNMF
+from cfact_dask.estimators import _nmf as estimators
+from cfact_dask.estimators._nmf import CompressedNMF
 
 
 @pytest.mark.filterwarnings("ignore::cfact_dask.errors.ConvergenceWarning")
@@ -27,7 +27,7 @@ def test_forwards_every_parameter(monkeypatch, rng):
     from types import SimpleNamespace
 
     from cfact_dask import pipeline
-    from cfact_dask.nmf import NMFResult
+    from cfact_dask.factor._nmf import NMFResult
 
     seen: dict = {}
 
@@ -93,7 +93,7 @@ def test_sketched_fit_is_the_pipeline(rng):
     """The estimator and cf.factorize_recover share one code path: same factors, same
     recovery and certificate (hold-out included) for the same seed."""
     from cfact_dask.datasets import planted_nmf
-    from cfact_dask.pipeline import factorize_recover
+    from cfact_dask.pipeline._run import factorize_recover
 
     M, W, H = planted_nmf(600, 200, 3, density=0.05, noise=0.05, random_state=3)
     est = CompressedNMF(3, sketch_dim=150, random_state=2).fit(M.T)

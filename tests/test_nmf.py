@@ -19,7 +19,7 @@ from cfact_dask.errors import (
     NonFiniteError,
     RankError,
 )
-from cfact_dask.nmf import NMFResult, nmf
+from cfact_dask.factor._nmf import NMFResult, nmf
 
 
 def _planted(rng, p=60, m=80, r=4, noise=0.0):
@@ -244,7 +244,7 @@ def test_convergence_warning_at_max_iter(rng):
 def test_progress_line_is_logged(rng, caplog):
     import logging
 
-    with caplog.at_level(logging.INFO, logger="cfact_dask.als"):
+    with caplog.at_level(logging.INFO, logger="cfact_dask.factor._als"):
         nmf(_planted(rng), 4, max_iter=200, tol=1e-3, verbose=True)
     assert "nmf iteration 1  error" in caplog.text and "elapsed" in caplog.text
 
@@ -309,7 +309,7 @@ def test_on_a_real_cluster_matches_local(rng, cluster_client):
 def test_cli_factor_writes_a_factors_group(rng, tmp_path):
     from click.testing import CliRunner
 
-    from cfact_dask._cli_factor import factor
+    from cfact_dask.cli.factor import factor
 
     X = _paper_data(rng, n=300, m=120)
     cf.sketch(X, n_components=60, seed=0).to_zarr(tmp_path / "run.zarr", progress=False)

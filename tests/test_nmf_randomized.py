@@ -16,9 +16,9 @@ from conftest import CountingArray, Crash, crash_at
 from sklearn.decomposition import NMF
 
 import cfact_dask as cf
-from cfact_dask.als import Backend, LowRank, qb_decomposition, randomized_svd
 from cfact_dask.errors import ConvergenceWarning, InputError
-from cfact_dask.nmf import NMFResult, _nndsvd, nmf
+from cfact_dask.factor._als import Backend, LowRank, qb_decomposition, randomized_svd
+from cfact_dask.factor._nmf import NMFResult, _nndsvd, nmf
 
 
 def _paper_data(rng, n=600, m=400, r=5, k=40, noise=0.1):
@@ -205,7 +205,7 @@ def test_estimator_pipeline_and_cli(rng, tmp_path):
     from click.testing import CliRunner
 
     from cfact_dask.cli import cli
-    from cfact_dask.estimators import CompressedNMF
+    from cfact_dask.estimators._nmf import CompressedNMF
 
     X = _paper_data(rng, n=400, m=200).clip(0)
     est = CompressedNMF(5, randomized=True, random_state=0, tol=1e-5, max_iter=300)

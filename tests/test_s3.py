@@ -42,10 +42,10 @@ from cfact_dask.errors import (
     StoreNotFoundError,
     StoreUnavailableError,
 )
-from cfact_dask.job import validate_job
-from cfact_dask.nmf import NMFResult
+from cfact_dask.factor._nmf import NMFResult
+from cfact_dask.pipeline.job import validate_job
 from cfact_dask.reconstruct import is_complete, open_reconstruction
-from cfact_dask.sketch import Sketch
+from cfact_dask.sketching._sketch import Sketch
 
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("moto")
@@ -259,7 +259,7 @@ def test_plan_counts_the_http_body_and_client_on_object_storage(s3_input, local_
                                                                 tmp_path):
     """The planner adds, for a remote input, one chunk per task (the response body held while it
     is decoded) and the S3 client's buffers per worker (both measured by bench_s3.py)."""
-    from cfact_dask.plan import _REMOTE_CLIENT_BYTES
+    from cfact_dask.pipeline._plan import _REMOTE_CLIENT_BYTES
 
     kw = dict(n_workers=2, threads_per_worker=1)
     remote = cf.plan(_job(s3_input, f"{s3_input}.run"), **kw)
@@ -295,7 +295,7 @@ def test_interrupted_remote_store_is_never_complete_and_resumes(fs, bucket, s3_i
         Sketch.from_zarr(out, "sketch2")
     zarr.open_group(out, mode="a").create_group("recovered").attrs["cfact"] = {
         "type": "recovered", "complete": False}
-    from cfact_dask.pipeline import _load_recovery
+    from cfact_dask.pipeline._run import _load_recovery
 
     with pytest.raises(StoreNotFoundError, match="not a complete recovered"):
         _load_recovery(out, None)

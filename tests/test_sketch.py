@@ -21,7 +21,7 @@ from cfact_dask.errors import (
     StoreExistsError,
     StoreNotFoundError,
 )
-from cfact_dask.operators import make_operator
+from cfact_dask.sketching.operators import make_operator
 
 KINDS = list(cf.KINDS)
 

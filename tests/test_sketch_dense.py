@@ -13,8 +13,9 @@ import zarr
 from scipy import stats
 
 import cfact_dask as cf
-from cfact_dask import io, operators
-from cfact_dask.operators import make_operator, project
+from cfact_dask import io
+from cfact_dask.sketching import operators
+from cfact_dask.sketching.operators import make_operator, project
 
 
 # ------------------------------------------------------------------ the Gaussian generator

@@ -1,4 +1,4 @@
-"""Tests of cfact_dask.sparse_pca against scikit-learn's SparsePCA."""
+"""Tests of cfact_dask.factor._sparse_pca against scikit-learn's SparsePCA."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import SparsePCA
 
-spca_mod = importlib.import_module("cfact_dask.sparse_pca")  # the module, not cf.sparse_pca
+spca_mod = importlib.import_module("cfact_dask.factor._sparse_pca")  # the module, not cf.sparse_pca
 from cfact_dask.errors import ConvergenceWarning, InputError, NonFiniteError, RankError
-from cfact_dask.sketch import sketch
-from cfact_dask.sparse_pca import refit_components, sparse_pca, sparse_pca_transform
+from cfact_dask.factor._sparse_pca import refit_components, sparse_pca, sparse_pca_transform
+from cfact_dask.sketching._sketch import sketch
 
 
 def _planted(rng, n_samples=60, n_features=30, r=3, nnz=6, noise=0.1):

@@ -1,4 +1,4 @@
-"""Tests of cfact_dask.svd: oracle (numpy), Tropp et al. bound, one read per chunk, bad input."""
+"""Tests of cfact_dask.factor._svd: oracle (numpy), Tropp et al. bound, one read per chunk, bad input."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from conftest import CountingArray
 
 from cfact_dask.errors import InputError, NonFiniteError, RankError
-from cfact_dask.sketch import sketch
-from cfact_dask.svd import SVDResult, svd, tropp_bound
+from cfact_dask.factor._svd import SVDResult, svd, tropp_bound
+from cfact_dask.sketching._sketch import sketch
 
 
 def _lowrank(rng, n, m, r, decay=1e-2, noise=1e-3):
@@ -163,7 +163,7 @@ def test_ill_conditioned_range_is_still_orthonormal(rng, monkeypatch, decades, t
     all three."""
     import importlib
 
-    svd_mod = importlib.import_module("cfact_dask.svd")
+    svd_mod = importlib.import_module("cfact_dask.factor._svd")
 
     calls = []
     orth = svd_mod._orth

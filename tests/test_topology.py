@@ -1,4 +1,4 @@
-"""Graphs, mixing weights and their validation (cfact_dask.topology)."""
+"""Graphs, mixing weights and their validation (cfact_dask.factor.consensus.topology)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cfact_dask.errors import ConfigError
-from cfact_dask.topology import (
+from cfact_dask.factor.consensus.topology import (
     Topology,
     complete,
     erdos_renyi,

@@ -123,7 +123,7 @@ class Labels:
 
     def to_meta(self) -> dict[str, Any]:
         """The JSON part (names and attributes; the coordinates are arrays of the group)."""
-        from .._jsonattrs import to_json
+        from .jsonattrs import to_json
 
         return {"feature_dim": self.feature_dim, "sample_dim": self.sample_dim,
                 "attrs": to_json(dict(self.attrs), arrays="summary")}

@@ -770,7 +770,7 @@ def remove_late(path: str, settle: float = 0.5, limit: float = 30.0) -> None:
 
 
 def _jsonable(x: Any) -> Any:
-    from .._jsonattrs import to_json
+    from .jsonattrs import to_json
 
     return to_json(x)
 

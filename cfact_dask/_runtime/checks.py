@@ -1,0 +1,75 @@
+"""One validation of the arguments every stage shares: ranks, counts, dtypes.
+
+Every factorization checks its rank here, so the same mistake raises the same exception
+(:class:`~cfact_dask.errors.RankError`) with the same kind of message (what, the bound, the fix),
+whatever the method. Methods differ only in the bound they pass: a truncated factorization
+needs ``rank < min(shape)`` (``inclusive=False``), a full-rank one allows ``rank <= min(shape)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, RankError
+
+__all__ = ["check_positive_int", "check_rank", "is_int", "resolve_float_dtype"]
+
+
+def is_int(value: Any) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def check_rank(rank: Any, limit: int, *, source: str, what: str = "rank",
+               inclusive: bool = False, need: str = "a truncated factorization") -> int:
+    """Return ``rank`` as an int when ``1 <= rank < limit`` (``<= limit`` when ``inclusive``).
+
+    Parameters
+    ----------
+    rank : int
+        The value given.
+    limit : int
+        The bound (usually ``min(shape)`` of the matrix factorized, or its columns).
+    source : str
+        What is factorized, for the message (``"the sketch of shape (40, 120)"``).
+    what : str
+        The argument's name (``"rank"``, ``"n_components"``, ``"j"``).
+    inclusive : bool
+        Allow ``rank == limit``.
+    need : str
+        What needs the bound, for the message.
+
+    Raises
+    ------
+    RankError
+        Not an int, or out of range; the message names the range and the fix.
+    """
+    if not is_int(rank):
+        raise RankError(f"{what} must be an int, got {rank!r}")
+    rank = int(rank)
+    hi = int(limit) if inclusive else int(limit) - 1
+    if not 1 <= rank <= hi:
+        rel = "<=" if inclusive else "<"
+        fix = (f"pass {what} between 1 and {hi}" if hi >= 1
+               else f"no {what} fits; {source} is too small")
+        raise RankError(
+            f"{what}={rank} is impossible for {source}: {need} needs 1 <= {what} {rel} {limit}; "
+            f"{fix}")
+    return rank
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """Return ``value`` as an int when it is an int ``>= minimum``; :class:`ConfigError` if not."""
+    if not is_int(value) or value < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def resolve_float_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as a numpy float dtype; :class:`ConfigError` for anything else."""
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        raise ConfigError(f"dtype must be a float dtype (float64 or float32), got {dt}")
+    return dt

@@ -1,0 +1,243 @@
+"""``cf.plan`` / ``cfact plan``: passes, bytes and memory of a job, before any compute.
+
+Only metadata is read (shape, chunks, dtype of the input store). The memory model per task is the
+sum of what one task holds at once: its input chunk (decompressed), the columns of ``P`` it touches
+(sparse kinds: ``s`` entries per column; dense: one tile at a time), its d × m_chunk partial and the
+tree-sum operands; per worker it is ``threads × task`` plus the per-process tile cache and the
+persisted share of the small factorization state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import config
+from ..io import open_array
+from .job import load_job
+
+__all__ = ["Plan", "plan"]
+
+#: what an S3 client's connection pool and buffers add to a worker reading object storage
+#: (measured: benchmarks/bench_s3.py, botocore / aiohttp on Linux)
+_REMOTE_CLIENT_BYTES = 16 * 2**20
+
+
+def _fmt(b: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(b) < 1024 or unit == "TiB":
+            return f"{b:.1f} {unit}" if unit != "B" else f"{int(b)} B"
+        b /= 1024
+    return f"{b:.1f} TiB"
+
+
+@dataclass
+class Plan:
+    """What a job will do; ``str(plan)`` is the human report, ``to_dict`` the JSON one."""
+
+    input_shape: tuple[int, ...]
+    input_chunks: tuple[int, ...]
+    itemsize: int
+    passes: dict[str, int]
+    bytes_read: int
+    task_peak: dict[str, int]
+    worker_peak: dict[str, int]
+    outputs: dict[str, int]
+    n_workers: int
+    threads_per_worker: int
+    worker_limit: int | None
+    warnings: list[str] = field(default_factory=list)
+    #: passes that happen only in some runs (``recover: auto`` reads the data once more when
+    #: the sparse recovery's certificate fails), by stage
+    conditional_passes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_passes(self) -> int:
+        """Passes every run makes."""
+        return sum(self.passes.values())
+
+    @property
+    def max_passes(self) -> int:
+        """Passes in the worst case (with every conditional pass)."""
+        return self.total_passes + sum(self.conditional_passes.values())
+
+    @property
+    def max_worker_peak(self) -> int:
+        return max(self.worker_peak.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_shape": list(self.input_shape), "input_chunks": list(self.input_chunks),
+            "passes": self.passes, "total_passes": self.total_passes,
+            "conditional_passes": self.conditional_passes, "max_passes": self.max_passes,
+            "bytes_read": self.bytes_read, "task_peak_bytes": self.task_peak,
+            "worker_peak_bytes": self.worker_peak, "outputs_bytes": self.outputs,
+            "n_workers": self.n_workers, "threads_per_worker": self.threads_per_worker,
+            "worker_limit_bytes": self.worker_limit, "warnings": self.warnings,
+        }
+
+    def __str__(self) -> str:
+        lines = [
+            f"input {self.input_shape} in chunks of {self.input_chunks} "
+            f"({_fmt(math.prod(self.input_chunks) * self.itemsize)} per chunk)",
+            f"passes over the input: {self.total_passes} ("
+            + ", ".join(f"{k}: {v}" for k, v in self.passes.items() if v) + ")"
+            + "".join(f", + {v} if {k}" for k, v in self.conditional_passes.items() if v),
+            f"bytes read: {_fmt(self.bytes_read)}",
+            f"workers: {self.n_workers} x {self.threads_per_worker} thread(s), limit "
+            f"{_fmt(self.worker_limit) if self.worker_limit else 'none'}",
+            "peak memory per task / per worker:",
+        ]
+        for stage in self.task_peak:
+            lines.append(f"  {stage:<12} {_fmt(self.task_peak[stage]):>11} / "
+                         f"{_fmt(self.worker_peak[stage]):>11}")
+        lines.append("outputs:")
+        for name, b in self.outputs.items():
+            lines.append(f"  {name:<12} {_fmt(b):>11}")
+        for w in self.warnings:
+            lines.append(f"WARNING: {w}")
+        return "\n".join(lines)
+
+
+def _worker_setup(client: Any, n_workers: int | None, threads: int | None,
+                  memory_limit: int | None) -> tuple[int, int, int | None]:
+    if client is not None:
+        info = client.scheduler_info()["workers"]
+        if info:
+            ws = list(info.values())
+            return (len(ws), int(ws[0].get("nthreads", 1)),
+                    int(min(w.get("memory_limit") or 0 for w in ws)) or None)
+    nw = n_workers or int(config.get("cluster.n-workers", 2))
+    th = threads or int(config.get("cluster.threads-per-worker", 1))
+    if memory_limit is None:
+        lim = config.get("cluster.memory-limit", "auto")
+        if lim in ("auto", None):
+            try:
+                import psutil
+
+                memory_limit = int(psutil.virtual_memory().total / nw)
+            except ImportError:  # pragma: no cover
+                memory_limit = None
+        else:
+            from dask.utils import parse_bytes
+
+            memory_limit = parse_bytes(lim) if isinstance(lim, str) else int(lim)
+    return nw, th, memory_limit
+
+
+def plan(
+    job: Any,
+    *,
+    client: Any = None,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: int | None = None,
+) -> Plan:
+    """Estimate passes, bytes read, memory per task / worker and output sizes of a job.
+
+    Parameters
+    ----------
+    job : str, path or mapping
+        A YAML job file or an equivalent dict (see :mod:`cfact_dask.pipeline.job`).
+    client : distributed.Client, optional
+        Take the worker count, threads and memory limit from a running cluster.
+    n_workers, threads_per_worker, memory_limit : optional
+        The cluster to plan for when no client is given (defaults: ``cfact.cluster.*``).
+    """
+    job = load_job(job)
+    inp = open_array(job["input"]["path"], feature_axis=job["input"]["feature_axis"],
+                     variable=job["input"]["variable"],
+                     storage_options=job["input"]["storage_options"])
+    ax = inp.feature_axis
+    shape = inp.shape
+    n = shape[ax]
+    m = math.prod(shape) // n
+    out_isz = 4 if inp.dtype.itemsize <= 4 and inp.dtype.kind == "f" else 8
+    chunk = tuple(max(c) for c in inp.chunks)
+    chunk_elems = math.prod(chunk)
+    rows = chunk[ax]
+    m_chunk = chunk_elems // rows
+    d = job["sketch"]["n_components"]
+    dh = job["sketch"]["holdout"]
+    kind = job["sketch"]["kind"]
+    s = job["sketch"]["s"] or {"expander": int(config.get("sketch.expander-s", 5)),
+                               "sparse_sign": int(config.get("sketch.sparse-sign-s", 8)),
+                               "countsketch": 1, "gaussian": 0}[kind]
+    r = job["factor"]["rank"]
+    tile = int(config.get("sketch.tile-size", 4096))
+    cache = int(config.get("sketch.tile-cache-bytes", 128 * 2**20))
+    split = int(config.get("sketch.split-every", 8))
+    nw, th, limit = _worker_setup(client, n_workers, threads_per_worker, memory_limit)
+
+    # --- sketch pass: chunk + P columns + partials (main and hold-out) + one tree-sum group
+    p_cols = rows * s * (out_isz + 8) if kind != "gaussian" else d * tile * out_isz
+    p_hold = dh * tile * out_isz
+    partial = (d + dh) * m_chunk * out_isz
+    sketch_task = chunk_elems * inp.dtype.itemsize * 2 + p_cols + p_hold + partial * 2
+    # object storage: the HTTP response body of a chunk is held whole while it is decoded (one
+    # more chunk-sized buffer per task), and each worker's S3 client keeps connection buffers;
+    # measured with benchmarks/bench_s3.py (+1.3 to 2 chunks above a local store's peak)
+    remote = "://" in job["input"]["path"] and not job["input"]["path"].startswith("file://")
+    remote_task = chunk_elems * inp.dtype.itemsize if remote else 0
+    remote_worker = _REMOTE_CLIENT_BYTES if remote else 0
+    sketch_task += remote_task
+    # the tile cache is capped at a fraction of a chunk while sketching (operators._cache_limit)
+    frac = float(config.get("sketch.tile-cache-chunk-fraction", 0.6))
+    cache = min(cache, max(int(frac * chunk_elems * inp.dtype.itemsize), 8 * 2**20))
+    sketch_worker = th * sketch_task + min(cache, (n * s * 12 if kind != "gaussian" else
+                                                   d * n * out_isz) + dh * n * out_isz) \
+        + split * partial + remote_worker
+    # --- factorization on the sketch: persisted sketch + H, spread over workers
+    sk_bytes = d * m * out_isz
+    h_bytes = r * m * 8
+    factor_task = (d + 2 * r) * m_chunk * 8 + d * r * 8 * 3
+    factor_worker = (sk_bytes + 2 * h_bytes) // nw + th * factor_task
+    # --- recovery: W (n x r) iterate, its gradient and one P tile per task
+    w_bytes = n * r * 8
+    rec_task = 4 * tile * r * 8 + (d * tile * 8 if kind == "gaussian" else tile * s * 16)
+    rec_worker = 4 * w_bytes // nw + th * rec_task
+    passes = {"sketch": 1, "recover": 0, "reconstruct": 0}
+    task_peak = {"sketch": sketch_task, "factor": factor_task, "recover": rec_task}
+    worker_peak = {"sketch": sketch_worker, "factor": factor_worker, "recover": rec_worker}
+    method = job["recover"]["method"]
+    conditional = {}
+    if method == "auto":
+        # the fallback when the sparse recovery's certificate fails: one exact pass
+        conditional["recover: auto falls back to lstsq-data"] = 1
+    if method == "lstsq-data":
+        passes["recover"] = 1
+        task_peak["recover"] = chunk_elems * 8 * 2 + rows * r * 8 + remote_task
+        worker_peak["recover"] = th * task_peak["recover"] + remote_worker
+    outputs = {"sketch": sk_bytes + dh * m * out_isz, "factors": d * r * 8 + h_bytes,
+               "recovered W": w_bytes}
+    if job["output"]["reconstruct"]:
+        passes["reconstruct"] = 1
+        task_peak["reconstruct"] = (chunk_elems * (out_isz + inp.dtype.itemsize + 8)
+                                    + rows * r * 8 + remote_task)
+        worker_peak["reconstruct"] = th * task_peak["reconstruct"] + remote_worker
+        outputs["reconstruction"] = n * m * out_isz
+    warnings = []
+    if limit:
+        for stage, b in worker_peak.items():
+            if b > 0.8 * limit:
+                fix = {
+                    "sketch": "use smaller input chunks (rechunk the store once) or fewer threads "
+                              "per worker",
+                    "factor": "use more workers or a smaller n_components",
+                    "recover": "use more workers, or recover with lstsq-data",
+                    "reconstruct": "use smaller input chunks or fewer threads per worker",
+                }[stage]
+                warnings.append(
+                    f"stage {stage!r} needs about {_fmt(b)} per worker, above 80% of the "
+                    f"{_fmt(limit)} limit: {fix}"
+                )
+    return Plan(
+        input_shape=tuple(shape), input_chunks=chunk, itemsize=inp.dtype.itemsize,
+        passes=passes, bytes_read=int(sum(passes.values()) * inp.nbytes),
+        task_peak={k: int(v) for k, v in task_peak.items()},
+        worker_peak={k: int(v) for k, v in worker_peak.items()},
+        outputs={k: int(v) for k, v in outputs.items()},
+        n_workers=nw, threads_per_worker=th, worker_limit=limit, warnings=warnings,
+        conditional_passes=conditional,
+    )

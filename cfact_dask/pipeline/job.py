@@ -1,0 +1,204 @@
+"""YAML job files for ``cfact run``: schema, defaults and validation with clear errors.
+
+A job file::
+
+    cfact:
+      input:   {path: data.zarr, feature_axis: 0, variable: null}
+      sketch:  {n_components: 400, kind: expander, seed: 0}
+      factor:  {method: nmf, rank: 10, max_iter: 200, tol: 1.0e-4}
+      recover: {method: auto}
+      output:  {path: run.zarr, reconstruct: false, overwrite: false}
+
+``input`` and ``output`` take ``storage_options`` for remote URLs (``s3://bucket/data.zarr``): the
+fsspec options of that store, e.g. ``{endpoint_url: "https://s3.example.org", profile: lab}``.
+Credentials may go there but are better left to the environment (``AWS_ACCESS_KEY_ID`` ...);
+either way they are never recorded in the run store, reports or logs.
+
+Unknown keys, wrong types and missing required keys are :class:`ConfigError` naming the key and
+the fix. When ``cfact.run.allowed-root`` is set (dask config or ``DASK_CFACT__RUN__ALLOWED_ROOT``),
+input and output paths must lie inside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from .. import config
+from ..errors import ConfigError
+
+__all__ = ["SCHEMA", "load_job", "validate_job"]
+
+_REQ = object()  # marker: required key
+
+#: section -> key -> (accepted types, default or _REQ)
+SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
+    "input": {
+        "path": ((str,), _REQ),
+        "feature_axis": ((int, str), 0),
+        "variable": ((str, type(None)), None),
+        "storage_options": ((dict, type(None)), None),
+    },
+    "sketch": {
+        "n_components": ((int,), _REQ),
+        "kind": ((str,), "expander"),
+        "seed": ((int,), 0),
+        "s": ((int, type(None)), None),
+        "holdout": ((int,), 32),
+        "check_finite": ((bool,), True),
+    },
+    "factor": {
+        "method": ((str,), "nmf"),
+        "rank": ((int,), _REQ),
+        "max_iter": ((int,), 500),
+        "tol": ((float, int), 1e-6),
+        "solver": ((str,), "hals"),
+        "init": ((str,), "nndsvda"),
+        "random_state": ((int,), 0),
+        "checkpoint_every": ((int,), 10),
+        "n_nodes": ((int,), 4),
+        "topology": ((str,), "ring"),
+    },
+    "recover": {
+        "method": ((str,), "auto"),
+        "lam": ((float, int, str), "auto"),
+        "max_iter": ((int,), 300),
+        "warn_above": ((float, int), 0.25),
+    },
+    "output": {
+        "path": ((str,), _REQ),
+        "reconstruct": ((bool,), False),
+        "overwrite": ((bool,), False),
+        "storage_options": ((dict, type(None)), None),
+    },
+}
+
+_CHOICES = {
+    ("sketch", "kind"): ("expander", "sparse_sign", "countsketch", "gaussian"),
+    ("factor", "method"): ("nmf", "semi-nmf", "svd", "sparse-pca", "dgd-local"),
+    ("recover", "method"): ("auto", "nnlasso", "lasso", "bp", "omp", "lstsq-data", "none"),
+}
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def validate_job(
+    job: Mapping[str, Any], *, source: str = "the job", check_paths: bool = True
+) -> dict[str, Any]:
+    """Return the job with defaults filled in; raise :class:`ConfigError` on any problem."""
+    if not isinstance(job, Mapping):
+        raise ConfigError(f"{source} must be a mapping with a 'cfact:' section, got {type(job).__name__}")
+    if "cfact" in job:
+        extra = sorted(set(job) - {"cfact"})
+        if extra:
+            raise ConfigError(f"{source}: unknown top-level keys {extra}; everything goes under 'cfact:'")
+        job = job["cfact"]
+        if not isinstance(job, Mapping):
+            raise ConfigError(f"{source}: 'cfact' must be a mapping of sections")
+    unknown = sorted(set(job) - set(SCHEMA))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section(s) {unknown} under 'cfact'; valid sections are "
+            f"{sorted(SCHEMA)}"
+        )
+    out: dict[str, Any] = {}
+    for section, fields in SCHEMA.items():
+        given = job.get(section, {}) or {}
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"{source}: 'cfact.{section}' must be a mapping, got {given!r}")
+        bad = sorted(set(given) - set(fields))
+        if bad:
+            raise ConfigError(
+                f"{source}: unknown key(s) {bad} in 'cfact.{section}'; valid keys are "
+                f"{sorted(fields)}"
+            )
+        sec: dict[str, Any] = {}
+        for key, (types, default) in fields.items():
+            if key in given:
+                val = given[key]
+                ok = isinstance(val, types) and not (isinstance(val, bool) and bool not in types)
+                if not ok:
+                    raise ConfigError(
+                        f"{source}: 'cfact.{section}.{key}' must be {_type_names(types)}, got "
+                        f"{val!r} ({type(val).__name__})"
+                    )
+                choices = _CHOICES.get((section, key))
+                if choices and val not in choices:
+                    raise ConfigError(
+                        f"{source}: 'cfact.{section}.{key}' is {val!r}; choose one of {list(choices)}"
+                    )
+                sec[key] = val
+            elif default is _REQ:
+                raise ConfigError(f"{source}: 'cfact.{section}.{key}' is required")
+            else:
+                sec[key] = copy.deepcopy(default)
+        out[section] = sec
+    for section in ("input", "output"):
+        so = out[section]["storage_options"]
+        if so is not None:
+            bad_keys = [k for k in so if not isinstance(k, str)]
+            if bad_keys:
+                raise ConfigError(
+                    f"{source}: 'cfact.{section}.storage_options' keys must be option names "
+                    f"(strings), got {bad_keys!r}"
+                )
+            if "://" not in out[section]["path"]:
+                raise ConfigError(
+                    f"{source}: 'cfact.{section}.storage_options' is given but "
+                    f"'cfact.{section}.path' = {out[section]['path']!r} is a local path; "
+                    f"storage options apply to URLs such as s3://bucket/data.zarr: drop them or "
+                    f"use a URL"
+                )
+    for section, key in (("sketch", "n_components"), ("factor", "rank")):
+        if out[section][key] < 1:
+            raise ConfigError(f"{source}: 'cfact.{section}.{key}' must be >= 1, got {out[section][key]}")
+    if check_paths:
+        _check_paths(out, source)
+    return out
+
+
+def _check_paths(job: dict[str, Any], source: str) -> None:
+    root = config.get("run.allowed-root", None)
+    if not root:
+        return
+    root = os.path.realpath(os.path.expanduser(str(root)))
+    for section in ("input", "output"):
+        p = job[section]["path"]
+        if "://" in p:
+            continue
+        real = os.path.realpath(os.path.expanduser(p))
+        if os.path.commonpath([root, real]) != root:
+            raise ConfigError(
+                f"{source}: 'cfact.{section}.path' = {p!r} resolves to {real!r}, outside the "
+                f"allowed root {root!r} (cfact.run.allowed-root); move the data under it or "
+                f"change the setting"
+            )
+
+
+def load_job(path: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """Read and validate a YAML job file (or validate a dict); relative paths are taken from the
+    file's directory."""
+    if isinstance(path, Mapping):
+        return validate_job(path)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"job file {path!r} does not exist")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"job file {path!r} is not valid YAML: {e}") from e
+    job = validate_job(raw, source=f"job file {path!r}", check_paths=False)
+    base = os.path.dirname(os.path.abspath(path))
+    for section in ("input", "output"):
+        p = job[section]["path"]
+        if "://" not in p and not os.path.isabs(p):
+            job[section]["path"] = os.path.join(base, p)
+    _check_paths(job, f"job file {path!r}")
+    return job
