@@ -29,7 +29,7 @@ import cfact_dask as cf
 from cfact_dask.datasets import planted_nmf_zarr
 from cfact_dask.errors import NoWorkersError
 from cfact_dask.factor._nmf import NMFResult
-from cfact_dask.factor.consensus._dgd_local import dgd_local
+from cfact_dask.factor.consensus import dgd_local
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "DASK_CFACT__CLUSTER__EMBEDDED": "never"}
 
@@ -338,11 +338,11 @@ def test_dgd_liveness_soak_never_sees_live_workers_dead(cluster_client):
     client's cached scheduler info (the race that once showed 0 workers): none reports a loss."""
     import threading
 
-    dgd = importlib.import_module("cfact_dask.factor.consensus._dgd_local")  # cfact_dask.factor.consensus._dgd_local is also a function
+    dgd = importlib.import_module("cfact_dask.factor.consensus._runtime")
 
     rng = np.random.default_rng(0)
-    rt = dgd._Remote(cluster_client, [rng.random((5, 4)) for _ in range(4)], np.dtype("f8"),
-                     "soak")
+    rt = dgd.Remote(cluster_client, [rng.random((5, 4)) for _ in range(4)], np.dtype("f8"),
+                    "soak")
     assert len(set(rt.node_worker)) == 2
     stop = threading.Event()
 
@@ -354,7 +354,7 @@ def test_dgd_liveness_soak_never_sees_live_workers_dead(cluster_client):
     for t in threads:
         t.start()
     try:
-        lost = sum(dgd._lost(rt) for _ in range(3000))
+        lost = sum(dgd.lost(rt) for _ in range(3000))
     finally:
         stop.set()
         for t in threads:
@@ -363,11 +363,11 @@ def test_dgd_liveness_soak_never_sees_live_workers_dead(cluster_client):
 
 
 def test_dgd_loss_needs_a_confirmed_second_look(cluster_client, monkeypatch):
-    dgd = importlib.import_module("cfact_dask.factor.consensus._dgd_local")  # cfact_dask.factor.consensus._dgd_local is also a function
+    dgd = importlib.import_module("cfact_dask.factor.consensus._runtime")
 
     rng = np.random.default_rng(0)
-    rt = dgd._Remote(cluster_client, [rng.random((5, 4)) for _ in range(4)], np.dtype("f8"),
-                     "confirm")
+    rt = dgd.Remote(cluster_client, [rng.random((5, 4)) for _ in range(4)], np.dtype("f8"),
+                    "confirm")
     real = dgd.live_workers
     calls = [0]
 
@@ -376,7 +376,7 @@ def test_dgd_loss_needs_a_confirmed_second_look(cluster_client, monkeypatch):
         return {} if calls[0] % 7 == 0 else real(client)
 
     monkeypatch.setattr(dgd, "live_workers", flaky)
-    assert not any(dgd._lost(rt, confirm_after=0.0) for _ in range(2000))
+    assert not any(dgd.lost(rt, confirm_after=0.0) for _ in range(2000))
     assert calls[0] > 2000  # the empty answers were seen and looked at again
     gone = rt.node_worker[0]
 
@@ -384,7 +384,7 @@ def test_dgd_loss_needs_a_confirmed_second_look(cluster_client, monkeypatch):
         return {w: v for w, v in real(client).items() if w != gone}
 
     monkeypatch.setattr(dgd, "live_workers", one_gone)
-    assert dgd._lost(rt, confirm_after=0.0)
+    assert dgd.lost(rt, confirm_after=0.0)
 
 
 @pytest.mark.timeout(240)
@@ -394,7 +394,7 @@ def test_dgd_worker_loss_at_any_point_is_replayed_and_never_leaks(cluster_client
     """A worker loss detected at any fetch of the run (setup, first state, periods, anchors,
     final refit) is replayed from the last anchor, or before the first anchor started again:
     bitwise the in-process run, and the internal _WorkerLost never escapes."""
-    dgd = importlib.import_module("cfact_dask.factor.consensus._dgd_local")  # cfact_dask.factor.consensus._dgd_local is also a function
+    dgd = importlib.import_module("cfact_dask.factor.consensus._runtime")
     from cfact_dask.errors import WorkerLostError
 
     rng = np.random.default_rng(3)
@@ -405,14 +405,14 @@ def test_dgd_worker_loss_at_any_point_is_replayed_and_never_leaks(cluster_client
     kw = dict(n_nodes=4, topology="ring", weights="metropolis", max_iter=60, tol=0.0,
               report_every=10, anchor_every=20, random_state=1, solver="gradient")
     ref = dgd_local(Y, 4, client=None, **kw)
-    real = dgd._gather_checked
+    real = dgd.gather_checked
     calls = [0]
 
     def counting(rt, futs, *a, **k):
         calls[0] += 1
         return real(rt, futs, *a, **k)
 
-    monkeypatch.setattr(dgd, "_gather_checked", counting)
+    monkeypatch.setattr(dgd, "gather_checked", counting)
     dgd_local(Y, 4, client=cluster_client, mode=mode, **kw)
     n = calls[0]
     assert n >= 4
@@ -423,10 +423,10 @@ def test_dgd_worker_loss_at_any_point_is_replayed_and_never_leaks(cluster_client
         def lose_once(rt, futs, *a, _k=k, _seen=seen, **kw_):
             _seen[0] += 1
             if _seen[0] == _k:
-                raise dgd._WorkerLost()
+                raise dgd.WorkerLost()
             return real(rt, futs, *a, **kw_)
 
-        monkeypatch.setattr(dgd, "_gather_checked", lose_once)
+        monkeypatch.setattr(dgd, "gather_checked", lose_once)
         try:
             res = dgd_local(Y, 4, client=cluster_client, mode=mode, **kw)
         except WorkerLostError as e:
@@ -446,10 +446,10 @@ def test_dgd_worker_loss_at_any_point_is_replayed_and_never_leaks(cluster_client
     def lose_mid(rt, futs, *a, _seen=seen, **kw_):
         _seen[0] += 1
         if _seen[0] == n // 2:
-            raise dgd._WorkerLost()
+            raise dgd.WorkerLost()
         return real(rt, futs, *a, **kw_)
 
-    monkeypatch.setattr(dgd, "_gather_checked", lose_mid)
+    monkeypatch.setattr(dgd, "gather_checked", lose_mid)
     res = dgd_local(Y, 4, client=cluster_client, mode=mode, **kw_als)
     np.testing.assert_allclose(res.cost_history, ref_als.cost_history, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(res.U, ref_als.U, rtol=1e-8, atol=1e-10)

@@ -15,44 +15,14 @@ from typing import Any, get_args
 import click
 import numpy as np
 
-from ..factor.consensus._dgd_local import StepSchedule
+from ..factor.consensus._kernels import StepSchedule
+from ..factor.consensus._result import write_result
 from ..factor.consensus.topology import WeightRule
 from ._session import Session, session_options, with_session
 from .factor import TopologyType
 
+# write_result: kept importable from here (cli.factor writes its dgd-local results with it)
 __all__ = ["factor_dgd", "write_result"]
-
-
-def write_result(res: Any, store: str, group: str = "dgd", *, overwrite: bool = False) -> str:
-    """Write a :class:`~cfact_dask.DGDResult` to ``store/group`` (marked complete last)."""
-    from .._runtime.codecs import array_kwargs
-    from .._runtime.outputs import GroupWriter, prepare_group
-
-    target = prepare_group(store, group, overwrite=overwrite, what="DGD+LOCAL output",
-                           flag="--overwrite")
-    with GroupWriter(target) as w:
-        g = w.create("dgd-result")
-        arrays = {
-            "U": res.U, "V": res.V, "U_nodes": np.stack(res.U_nodes),
-            "cost_history": res.cost_history, "consensus_history": res.consensus_history,
-            "history_iters": res.history_iters,
-        }
-        # Y ≈ U Vᵀ: U features × component, V samples × component, one U copy per node
-        dims = {"U": ["feature", "component"], "V": ["sample", "component"],
-                "U_nodes": ["node", "feature", "component"], "cost_history": ["iteration"],
-                "consensus_history": ["record"], "history_iters": ["record"]}
-        for k, v in arrays.items():
-            v = np.asarray(v)
-            a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape,
-                               dimension_names=dims[k], **array_kwargs())
-            a[...] = v
-        return w.finish({
-            "type": "dgd-result", "method": res.method, "n_iter": res.n_iter,
-            "converged": res.converged, "step": res.step, "objective": res.objective,
-            "relative_error": res.relative_error, "bytes_per_iter": res.bytes_per_iter,
-            "col_ranges": [list(r) for r in res.col_ranges], "polished": res.polished,
-            "topology": res.topology.to_dict() if res.topology is not None else None,
-        })
 
 
 def _summary(res: Any) -> dict[str, Any]:
@@ -117,7 +87,7 @@ def factor_dgd(session: Session, input: str, method: str, rank: int, n_nodes: in
 
     Example: cfact factor --method dgd-local --nodes 8 --topology ring --rank 10 data.zarr
     """
-    from ..factor.consensus._dgd_local import centralized, dgd, dgd_local
+    from ..factor.consensus import centralized, dgd, dgd_local
     from ..io import open_array
 
     X = open_array(input, feature_axis=feature_axis, variable=variable)
@@ -146,7 +116,7 @@ def factor_dgd(session: Session, input: str, method: str, rank: int, n_nodes: in
         res = centralized(X, rank, method=method.split("-")[1],  # type: ignore[arg-type]
                           step=step_v, max_iter=max_iter, tol=tol, random_state=seed)
     if output:
-        write_result(res, output, overwrite=overwrite)
+        res.to_zarr(output, "dgd", overwrite=overwrite)
     summary = _summary(res)
     if output:
         summary["output"] = f"{output}/dgd"

@@ -1,4 +1,4 @@
-"""DGD+LOCAL (Zhu et al. 2019, arXiv:1811.03129) and its baselines: cfact_dask.factor.consensus._dgd_local."""
+"""DGD+LOCAL (Zhu et al. 2019, arXiv:1811.03129) and its baselines: cfact_dask.factor.consensus."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from cfact_dask.errors import (
     RankError,
     ResumeError,
 )
-from cfact_dask.factor.consensus._dgd_local import (
+from cfact_dask.factor.consensus import (
     DGDState,
     centralized,
     dgd,
@@ -365,11 +365,9 @@ def test_cluster_workers_mode_stop_diverge_resume(cluster_client, tmp_path):
     _assert_bitwise(dgd_local(Y, 4, max_iter=120, checkpoint=dict(store=store, every=30),
                               client=c, **kw), full)
     # nothing is left behind on the workers
-    def leftovers():
-        import sys
-
-        m = sys.modules["cfact_dask.factor.consensus._dgd_local"]
-        return len(m._GROUPS) + len(m._BOXES)
+    def leftovers(dask_worker):
+        ex = dask_worker.plugins["cfact-dgd-exchange"].exchange
+        return len(ex.groups) + len(ex.boxes)
 
     assert set(c.run(leftovers).values()) == {0}
 
@@ -475,7 +473,7 @@ def test_callback_stops_and_progress_is_logged(caplog):
         calls.append(state.iteration)
         return state.iteration >= 30
 
-    with caplog.at_level(logging.DEBUG, logger="cfact_dask.factor.consensus._dgd_local"):
+    with caplog.at_level(logging.DEBUG, logger="cfact_dask.factor.consensus._engine"):
         res = dgd_local(demo_data(0), 5, n_nodes=5, topology="star", max_iter=500, tol=0,
                         report_every=10, callback=cb)
     assert calls == [10, 20, 30]
@@ -593,7 +591,8 @@ def test_gather_of_a_result_whose_worker_died_does_not_hang():
 
     from distributed import Client, LocalCluster
 
-    from cfact_dask.factor.consensus._dgd_local import _gather_checked, _WorkerLost
+    from cfact_dask.factor.consensus._runtime import WorkerLost as _WorkerLost
+    from cfact_dask.factor.consensus._runtime import gather_checked as _gather_checked
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None, memory_limit="1GiB") as cluster, \
