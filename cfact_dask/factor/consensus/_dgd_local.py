@@ -46,9 +46,11 @@ ways to run the iterations (``mode=``):
 * ``"workers"`` (default): the nodes are grouped by worker and one task per worker runs a whole
   period of iterations for its nodes. Nodes on the same worker mix in memory; every iteration
   each worker sends the boundary copies its neighbouring workers need in one direct
-  worker-to-worker message per peer (a comm handler on the worker, no scheduler involved) and
-  waits for theirs. The node states stay in the worker's memory between periods (a snapshot at
-  each period end). About 1 ms per iteration at J = 8 on a 2-worker local cluster.
+  worker-to-worker message per peer (no scheduler involved) and waits for theirs. The node
+  states stay in the worker's memory between periods (a snapshot at each period end). The
+  exchange is a worker extension (:mod:`._exchange`), installed on every worker by a
+  ``distributed.WorkerPlugin`` the run registers (:mod:`._worker_plugin`). About 1 ms per
+  iteration at J = 8 on a 2-worker local cluster.
 * ``"tasks"``: one dask task per node per iteration (a period's tasks sent as one graph), each
   consuming the node's previous state and its neighbours' ``U^i`` futures. Fully managed by the
   scheduler, but every iteration costs it 2·J tasks (30–45 ms per iteration at J = 8).
@@ -511,10 +513,10 @@ def _run_dgd_local(rt: Local | Remote, topo: Topology, *, n: int, rank: int,
                         step_schedule, step_decay, solver=solver)
     try:
         return drive(engine, rt, topo, ckpt, loaded, init_args, t0, cost_hist, cons_hist,
-                      hist_iters, n=n, rank=rank, col_ranges=col_ranges, mu=mu,
-                      step_schedule=step_schedule, step_decay=step_decay, max_iter=max_iter,
-                      tol=tol, polish=polish, report_every=report_every,
-                      anchor_every=anchor_every, callback=callback, norm_Y2=norm_Y2,
-                      bytes_per_iter=bytes_per_iter, cross=cross, dtype=dtype)
+                     hist_iters, n=n, rank=rank, col_ranges=col_ranges, mu=mu,
+                     step_schedule=step_schedule, step_decay=step_decay, max_iter=max_iter,
+                     tol=tol, polish=polish, report_every=report_every,
+                     anchor_every=anchor_every, callback=callback, norm_Y2=norm_Y2,
+                     bytes_per_iter=bytes_per_iter, cross=cross, dtype=dtype)
     finally:
         engine.close()

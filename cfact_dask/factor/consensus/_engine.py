@@ -69,12 +69,12 @@ def _restore(engine: Any) -> int:
 
 
 def drive(engine: Engine, rt: Local | Remote, topo: Topology, ckpt: Checkpoint | None,
-           loaded: Any, init_args: Any, t0: int, cost_hist: list[float], cons_hist: list[float],
-           hist_iters: list[int], *, n: int, rank: int,
-           col_ranges: tuple[tuple[int, int], ...], mu: float, step_schedule: Any,
-           step_decay: float, max_iter: int, tol: float, polish: bool, report_every: int,
-           anchor_every: int, callback: Callable[[DGDState], bool | None] | None,
-           norm_Y2: float, bytes_per_iter: int, cross: int, dtype: np.dtype) -> DGDResult:
+          loaded: Any, init_args: Any, t0: int, cost_hist: list[float], cons_hist: list[float],
+          hist_iters: list[int], *, n: int, rank: int,
+          col_ranges: tuple[tuple[int, int], ...], mu: float, step_schedule: Any,
+          step_decay: float, max_iter: int, tol: float, polish: bool, report_every: int,
+          anchor_every: int, callback: Callable[[DGDState], bool | None] | None,
+          norm_Y2: float, bytes_per_iter: int, cross: int, dtype: np.dtype) -> DGDResult:
     """The iteration loop of :func:`dgd_local` (reports, stopping, anchors, checkpoints)."""
     engine.init(init_args, t0)
 
@@ -245,7 +245,7 @@ class Engine:
         if isinstance(rt, Local):
             if arrays is None:
                 self.states = [node_init(rt.Y[j], self.rank, self.seed, j, self.scale,
-                                          self.dtype, self.solver == "als")
+                                         self.dtype, self.solver == "als")
                                for j in range(self.J)]
             else:
                 self.states = [node_from_arrays(*arrays[j]) for j in range(self.J)]

@@ -47,9 +47,10 @@ ALS_RHO = 4.0
 _ALS_PROX = 1e-10
 _TINY = 1e-300
 
+
 def node_init(Y_j: np.ndarray, rank: int, seed: int, j: int, scale: float,
-               dtype: np.dtype, shared_U: bool = False
-               ) -> tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]:
+              dtype: np.dtype, shared_U: bool = False
+              ) -> tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]:
     """Node ``j``'s start: ``U^j`` from its own stream (the paper's independent starts) or,
     with ``shared_U``, from one stream every node generates alike (consensus from the start,
     without a message)."""
@@ -64,14 +65,14 @@ def node_init(Y_j: np.ndarray, rank: int, seed: int, j: int, scale: float,
 
 
 def node_from_arrays(U: np.ndarray, V: np.ndarray
-                      ) -> tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]:
+                     ) -> tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]:
     return np.array(U, copy=True), (np.array(V, copy=True), ())
 
 
 def node_step(Y_j: np.ndarray, prev: tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]],
-               neigh_U: Sequence[np.ndarray], order: Sequence[int], weights: Sequence[float],
-               mu: float, j: int, t: int, reset: bool
-               ) -> tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]:
+              neigh_U: Sequence[np.ndarray], order: Sequence[int], weights: Sequence[float],
+              mu: float, j: int, t: int, reset: bool
+              ) -> tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]:
     """One DGD+LOCAL iteration of node ``j`` (Zhu et al. 2019, eq. (5), Jacobi form).
 
     ``order`` lists the mixing terms in increasing node index; ``-1`` marks the node's own copy,
@@ -96,9 +97,9 @@ def node_step(Y_j: np.ndarray, prev: tuple[np.ndarray, tuple[np.ndarray, tuple[f
 
 
 def node_step_als(Y_j: np.ndarray, prev: tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]],
-                   neigh_U: Sequence[np.ndarray], order: Sequence[int], weights: Sequence[float],
-                   rho: float, j: int, t: int, reset: bool
-                   ) -> tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]:
+                  neigh_U: Sequence[np.ndarray], order: Sequence[int], weights: Sequence[float],
+                  rho: float, j: int, t: int, reset: bool
+                  ) -> tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]:
     """One ``solver="als"`` iteration of node ``j``: exact local solves, scale-free consensus.
 
     With ``R = U^j V_jᵀ − Y_j`` (the cost recorded for this iteration)::
@@ -153,14 +154,12 @@ def _spd_solve(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.linalg.solve(c.T, y)
 
 
-STEPS: dict[str, Callable[..., Any]] = {}
+#: the node update of each solver (see :func:`cfact_dask.dgd_local`)
+STEPS: dict[str, Callable[..., Any]] = {"gradient": node_step, "als": node_step_als}
 
 
 def node_U(state: tuple[np.ndarray, Any]) -> np.ndarray:
     return state[0]
-
-
-STEPS.update(gradient=node_step, als=node_step_als)
 
 
 def node_step_task(solver: str, *args: Any) -> Any:
@@ -170,7 +169,7 @@ def node_step_task(solver: str, *args: Any) -> Any:
 
 
 def node_check(Y_j: np.ndarray, state: tuple[np.ndarray, tuple[np.ndarray, tuple[float, ...]]]
-                ) -> tuple[tuple[float, ...], float]:
+               ) -> tuple[tuple[float, ...], float]:
     """The costs recorded since the last check, and the cost of the current state."""
     U_j, (V_j, costs) = state
     R = U_j @ V_j.T
@@ -205,12 +204,11 @@ def node_refit(Y_j: np.ndarray, Ubar: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def node_cost_with(Y_j: np.ndarray, U: np.ndarray, state: tuple[np.ndarray, Any]
-                    ) -> tuple[np.ndarray, float]:
+                   ) -> tuple[np.ndarray, float]:
     V_j = state[1][0]
     R = U @ V_j.T
     R -= Y_j
     return V_j, float(np.vdot(R, R))
-
 
 
 def node_state_arrays(state: tuple[np.ndarray, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -229,9 +227,8 @@ def load_block(x: Any, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=dtype))
 
 
-
 def schedule_factor(schedule: StepSchedule | Callable[[int], float], decay: float, t: int
-                     ) -> float:
+                    ) -> float:
     if callable(schedule):
         return float(schedule(t))
     if schedule == "constant":

@@ -21,6 +21,7 @@ from .topology import Topology
 
 __all__ = ["DGDResult", "DGDState", "write_result"]
 
+
 @dataclass(frozen=True)
 class DGDState:
     """What ``callback`` receives every ``report_every`` iterations.
@@ -67,7 +68,7 @@ class DGDResult:
     history_iters : numpy.ndarray
         Iterations at which ``consensus_history`` was recorded.
     n_iter : int
-        Iterations run.
+        Iterations run (also ``n_iter_``, the name every result shares).
     converged : bool
         ``tol`` was met (False when stopped by ``max_iter`` or the callback).
     step : float
@@ -75,7 +76,8 @@ class DGDResult:
     objective : float
         ``Σ_j ‖U V_jᵀ − Y_j‖²`` with the returned consensus ``U`` (after polish if any).
     norm_Y2 : float
-        ``‖Y‖_F²``.
+        ``‖Y‖_F²``. ``relative_error`` (also ``reconstruction_err_``) is
+        ``sqrt(objective / norm_Y2)``.
     bytes_per_iter : int
         Bytes of factor copies sent between nodes per iteration (each node sends its ``U^j`` to
         every neighbour; for :func:`dgd` also ``V``).
@@ -207,8 +209,10 @@ class DGDResult:
 
         Raises
         ------
-        OutputError
+        StoreNotFoundError
             ``store/group`` is missing, incomplete or not a DGD+LOCAL result.
+        OutputError
+            The group is stale (an input it was computed from was replaced).
         """
         from ..._runtime.resultstore import read_result
 

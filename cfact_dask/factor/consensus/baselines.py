@@ -28,6 +28,7 @@ from .topology import Topology, WeightRule, make_topology
 
 __all__ = ["centralized", "dgd"]
 
+
 def _blocks_in_memory(Y: Any, n_nodes: int, dtype: np.dtype
                       ) -> tuple[list[np.ndarray], tuple[tuple[int, int], ...], str]:
     x, blocks, source = as_matrix(Y)
