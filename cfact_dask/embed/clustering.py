@@ -29,7 +29,7 @@ import numpy as np
 import scipy.linalg
 
 from .._runtime.blas import blas_threads
-from .._runtime.cluster import client_context
+from .._runtime.cluster import client_context, persist
 from .._runtime.display import fmt_value, summary_html, summary_repr
 from .._runtime.random import SeedLike, generator, normalize_seed
 from ..errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError, RankError
@@ -325,7 +325,7 @@ def projective_clustering(
 
     with client_context(client, nbytes=int(x.nbytes)) as c:
         if c is not None and in_memory:
-            x = c.persist(x)
+            (x,) = persist(x, client=c)
         t0 = time.perf_counter()
         restarts = tuple(range(int(n_init)))
         out = _reduce(x, _init_kernel, (k, seed, restarts), c, check_finite=check_finite,

@@ -33,7 +33,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from .. import config
 from .._runtime.blas import blas_threads
-from .._runtime.cluster import client_context, compute
+from .._runtime.cluster import client_context, compute, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike
 from ..errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError, RankError
@@ -586,7 +586,7 @@ def lp_lowrank(
 
     with client_context(client, nbytes=int(x.nbytes)) as c:
         if c is not None and in_memory:
-            x = c.persist(x)  # ship in-memory data once, not once per pass
+            (x,) = persist(x, client=c)  # ship in-memory data once, not once per pass
         solver = _Solver(x, source, k, p, c, callback, check_finite)
         if method == "ellipsoid":
             # its D × D SVDs / cuts run here, in the client: one BLAS thread (cfact.blas; on a

@@ -49,11 +49,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import dask
 import dask.array as da
 import numpy as np
 
 from .._runtime.checkpoint import Checkpoint
+from .._runtime.cluster import compute, persist
 from .._runtime.codecs import array_kwargs
 from .._runtime.random import generator
 from ..errors import ConvergenceWarning, DivergenceError
@@ -297,34 +297,21 @@ def solve_factor(X: Array, fixed: Array, side: Literal["H", "W"], spec: ALSSpec,
 
 # ---------------------------------------------------------------------- backend
 class Backend:
-    """Where the work runs: numpy in-process, dask's local scheduler, or a distributed client."""
+    """Where the work runs: numpy in-process, dask's local scheduler, or a distributed client.
+
+    Holds the client the iterations compute on; the compute / persist logic itself is
+    :func:`cfact_dask._runtime.cluster.compute` / :func:`~cfact_dask._runtime.cluster.persist`
+    (without progress bars: an iteration's small reductions are not worth one).
+    """
 
     def __init__(self, client: Any = None) -> None:
         self.client = client
 
     def persist(self, *xs: Any) -> list[Any]:
-        lazy = [isinstance(x, da.Array) for x in xs]
-        if not any(lazy):
-            return list(xs)
-        todo = [x for x in xs if isinstance(x, da.Array)]
-        if self.client is not None:
-            done = self.client.persist(todo)
-        else:
-            done = list(dask.persist(*todo))
-        it = iter(done)
-        return [next(it) if flag else x for x, flag in zip(xs, lazy, strict=True)]
+        return persist(*xs, client=self.client, progress=False)
 
     def compute(self, *xs: Any) -> list[Any]:
-        lazy = [isinstance(x, da.Array) for x in xs]
-        if not any(lazy):
-            return [np.asarray(x) if isinstance(x, np.ndarray) else x for x in xs]
-        todo = [x for x in xs if isinstance(x, da.Array)]
-        if self.client is not None:
-            done = self.client.gather(self.client.compute(todo))
-        else:
-            done = list(dask.compute(*todo))
-        it = iter(done)
-        return [next(it) if flag else x for x, flag in zip(xs, lazy, strict=True)]
+        return compute(*xs, client=self.client, progress=False)
 
 
 # ---------------------------------------------------------------------- random factors

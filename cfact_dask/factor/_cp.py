@@ -31,12 +31,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import dask
 import dask.array as da
 import numpy as np
 
 from .._runtime.checkpoint import as_checkpoint
-from .._runtime.cluster import client_context
+from .._runtime.cluster import client_context, compute, persist
 from .._runtime.codecs import array_kwargs
 from .._runtime.display import SKIP, summary_html, summary_repr
 from .._runtime.jsonattrs import to_json
@@ -227,11 +226,7 @@ class _Backend:
         self.is_dask = isinstance(X, da.Array)
 
     def compute(self, *xs: Any) -> list[Any]:
-        if not self.is_dask:
-            return list(xs)
-        if self.client is not None:
-            return self.client.gather(self.client.compute(list(xs)))
-        return list(dask.compute(*xs))
+        return compute(*xs, client=self.client, progress=False)
 
     def mttkrp(self, factors: list[np.ndarray], mode: int) -> np.ndarray:
         if self.is_dask:
@@ -524,9 +519,9 @@ def cp(
         if isinstance(X, da.Array) and small and (c is None or sketch is not None):
             # a small tensor (e.g. the d-sized sketch) is decomposed in memory: the ALS sweeps
             # then cost no scheduler round trips; the sketch pass itself ran distributed
-            X = np.asarray(c.compute(X).result() if c is not None else X.compute())
+            X = np.asarray(compute(X, client=c, progress=False)[0])
         elif isinstance(X, da.Array) and (sketch is not None or X.nbytes <= _PERSIST_BYTES):
-            X = c.persist(X) if c is not None else X.persist()
+            (X,) = persist(X, client=c)
         be = _Backend(X, c)
         norm2 = be.norm2()
         if not np.isfinite(norm2):

@@ -33,11 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 
-from .._runtime.cluster import client_context
+from .._runtime.cluster import client_context, compute, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike, normalize_seed
 from ..errors import ConvergenceWarning, InputError, NonFiniteError
@@ -206,20 +205,16 @@ class _DaskOps:
     def __init__(self, Mc: da.Array, client: Any) -> None:
         self.Mc = Mc
         self.client = client
-        self.norm2 = float(self._compute((Mc * Mc).sum())[0])
+        self.norm2 = float(self.compute((Mc * Mc).sum())[0])
 
-    def _compute(self, *xs: Any) -> Any:
-        if self.client is not None:
-            return self.client.gather(self.client.compute(list(xs)))
-        return dask.compute(*xs)
+    def compute(self, *xs: Any) -> list[Any]:
+        return compute(*xs, client=self.client, progress=False)
 
-    def _persist(self, *xs: Any) -> Any:
-        if self.client is not None:
-            return self.client.persist(list(xs))
-        return dask.persist(*xs)
+    def persist(self, *xs: Any) -> list[Any]:
+        return persist(*xs, client=self.client)
 
     def gram(self, H: da.Array) -> np.ndarray:
-        return np.asarray(self._compute(H @ H.T)[0])
+        return np.asarray(self.compute(H @ H.T)[0])
 
     def code_step(self, W: da.Array, H: da.Array, G: np.ndarray, alpha: float) -> da.Array:
         C = self.Mc @ H.T  # n × r, chunked along the features
@@ -227,7 +222,7 @@ class _DaskOps:
             lambda c, w: _lasso_cd(c, G, alpha, w), C, W.rechunk({0: C.chunks[0]}),
             dtype=np.float64,
         )
-        return self._persist(Wn)[0]
+        return self.persist(Wn)[0]
 
     def dict_step(
         self, W: da.Array, H: da.Array
@@ -236,13 +231,13 @@ class _DaskOps:
             W.T @ self.Mc
         )
         Z = da.concatenate([H.rechunk({1: B.chunks[1]}), B], axis=0).rechunk({0: -1})
-        (Z,) = self._persist(Z)
-        A, GZ, l1 = self._compute(W.T @ W, Z @ Z.T, abs(W).sum())
+        (Z,) = self.persist(Z)
+        A, GZ, l1 = self.compute(W.T @ W, Z @ Z.T, abs(W).sum())
         return A, GZ, Z, float(l1)
 
     def apply(self, Cf: np.ndarray, Z: da.Array) -> da.Array:
         out = Z.map_blocks(lambda z: Cf @ z, chunks=((Cf.shape[0],), Z.chunks[1]), dtype=Z.dtype)
-        return self._persist(out)[0]
+        return self.persist(out)[0]
 
     def finish(self, W: Any, H: Any) -> tuple[Any, Any]:
         return W, H
@@ -367,7 +362,7 @@ def sparse_pca(
             mean = M.mean(axis=1) if center else da.zeros(M.shape[0], chunks=M.chunks[0])
             Mc = (M - mean[:, None]).astype(np.float64)
             if isinstance(X, Sketch):
-                Mc = c.persist(Mc) if c is not None else Mc.persist()
+                (Mc,) = persist(Mc, client=c)
             ops = _DaskOps(Mc, c)
             if not np.isfinite(ops.norm2):
                 raise NonFiniteError(
@@ -425,10 +420,10 @@ def sparse_pca(
         else:
             from ._svd import _sign_vector, _signs
 
-            st = ops._compute(_signs(W))[0]
+            st = ops.compute(_signs(W))[0]
             sg = _sign_vector(np.asarray(st))
-            W, H = ops._persist(W * sg[None, :], H * sg[:, None])
-            mean = ops._persist(mean)[0]
+            W, H = ops.persist(W * sg[None, :], H * sg[:, None])
+            mean = ops.persist(mean)[0]
     params = dict(rank=rank, alpha=alpha, ridge_alpha=ridge_alpha, max_iter=max_iter, tol=tol,
                   center=center, seed=seed)
     return SparsePCAResult(W=W, H=H, mean=mean, errors=errors, n_iter=it, alpha=float(alpha),
@@ -448,13 +443,10 @@ def _dask_init(Mc: da.Array, rank: int, seed: int, client: Any) -> tuple[da.Arra
     if Mc.numblocks[0] == 1 or Mc.numblocks[1] == 1:
         u, s, vt = da.linalg.svd(Mc)
         u, s, vt = u[:, :rank], s[:rank], vt[:rank]
-        if client is not None:
-            u, s, vt = client.persist([u, s, vt])
-        else:
-            u, s, vt = dask.persist(u, s, vt)
+        u, s, vt = persist(u, s, vt, client=client)
         from ._svd import _sign_vector, _signs
 
-        st = dask.compute(_signs(u))[0] if client is None else client.compute(_signs(u)).result()
+        st = compute(_signs(u), client=client, progress=False)[0]
         sg = _sign_vector(np.asarray(st))
         W = u * sg[None, :]
         H = (vt * sg[:, None]) * s[:, None]
@@ -525,6 +517,4 @@ def refit_components(
     C = Mc @ da.from_array(Hn.T, chunks=(M.chunks[1], -1))
     Wd = C.map_blocks(lambda c: _lasso_cd(c, G, alpha, np.zeros_like(c)), dtype=np.float64)
     with client_context(client, nbytes=int(M.nbytes)) as c:
-        if c is not None:
-            return c.persist(Wd)
-        return Wd.persist()
+        return persist(Wd, client=c)[0]

@@ -28,11 +28,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 
-from .._runtime.cluster import client_context, compute, detach
+from .._runtime.cluster import client_context, compute, detach, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike, normalize_seed
 from ..errors import InputError, RankError
@@ -136,13 +135,6 @@ def _check_rank(rank: Any, shape: tuple[int, ...], source: str, what: str = "ran
 def _op(kind: Kind, d: int, n: int, seed: int, key: tuple[int, ...]) -> SketchOperator:
     op = make_operator(kind, d, n, seed)
     return dataclasses.replace(op, spawn_key=key)
-
-
-def _persist(*xs: Any, client: Any) -> tuple[Any, ...]:
-    if client is not None:
-        out = client.persist(list(xs))
-        return tuple(out)
-    return dask.persist(*xs)
 
 
 def _orth(Y: da.Array) -> da.Array:
@@ -364,7 +356,7 @@ def _finish(
     else:
         B1 = B.rechunk({1: -1})
         ub, sb, vb = da.linalg.svd(B1)
-    ub, sb, vb = _persist(ub, sb, vb, client=client)
+    ub, sb, vb = persist(ub, sb, vb, client=client)
     ub_np, sb_np = compute(ub, sb, client=client, progress=False)
     order = np.argsort(-sb_np, kind="stable")[:rank]
     s = np.asarray(sb_np[order])
@@ -374,7 +366,7 @@ def _finish(
     else:
         U = Q.map_blocks(np.dot, u_r, dtype=Q.dtype, chunks=(Q.chunks[0], (rank,)))
     # formed once: the sign statistics, the error estimate and the result all read it
-    (U,) = _persist(U, client=client)
+    (U,) = persist(U, client=client)
     Vt = vb[order]
     stats = _signs(U)
     err_parts: list[Any] = []
@@ -393,7 +385,7 @@ def _finish(
         err = math.sqrt(num / den) if den > 0 else 0.0
     U = U * sg[None, :].astype(U.dtype)
     Vt = Vt * sg[:, None].astype(Vt.dtype)
-    U, Vt = _persist(U, Vt, client=client)
+    U, Vt = persist(U, Vt, client=client)
     return SVDResult(U=U, s=s, Vt=Vt, passes=passes, error_estimate=err, params=params)
 
 
@@ -409,9 +401,9 @@ def _single_pass(
     theta, TA = _test_sketch(A, n_test, seed, source)
     # the single read: one graph, so each chunk-read task feeds every sketch
     if theta is not None:
-        Y, W, TA = _persist(Y, W, TA, client=client)
+        Y, W, TA = persist(Y, W, TA, client=client)
     else:
-        Y, W = _persist(Y, W, client=client)
+        Y, W = persist(Y, W, client=client)
     if progress:
         logger.info("single-pass sketch of %s done (k=%d, l=%d)", source, k, lco)
     # Q = Y M with M from the k × k Gram of Y (a cheap tree reduction over the small, persisted
@@ -441,7 +433,7 @@ def _single_pass(
         # a range sketch (numerically) rank-deficient: the data has (nearly) lower rank than k.
         # The Gram cannot resolve its small directions; a tall-skinny QR can, and Ψ Q is then
         # taken by regenerating Ψ
-        Q = _persist(_orth(Y), client=client)[0]
+        Q = persist(_orth(Y), client=client)[0]
         PsiQ = np.asarray(compute(project(Q, psi, axis=0, check_finite=False), client=client,
                                   progress=False)[0], dtype=np.float64)
     # X = (Ψ Q)⁺ W: least squares with the small l × k matrix, applied blockwise along m
@@ -461,15 +453,15 @@ def _range_finder(
     Y = project(A, omega, axis=1, source=source)
     theta, TA = _test_sketch(A, n_test, seed, source)
     if theta is not None:
-        Y, TA = _persist(Y, TA, client=client)
+        Y, TA = persist(Y, TA, client=client)
     else:
-        (Y,) = _persist(Y, client=client)
-    Q = _persist(_orth(Y), client=client)[0]
+        (Y,) = persist(Y, client=client)
+    Q = persist(_orth(Y), client=client)[0]
     for _ in range(q):
         Z = da.dot(A.T, Q.rechunk({0: A.chunks[0]}))  # m × k, chunked like the columns
-        Zq = _persist(_orth(Z), client=client)[0]
+        Zq = persist(_orth(Z), client=client)[0]
         Y = da.dot(A, Zq.rechunk({0: A.chunks[1]}))
-        Q = _persist(_orth(Y), client=client)[0]
+        Q = persist(_orth(Y), client=client)[0]
     B = da.dot(Q.rechunk({0: A.chunks[0]}).T, A)  # k × m, chunked along columns
     params = dict(rank=rank, k=k, kind=kind, seed=seed, n_test=n_test, passes=2 + 2 * q)
     return _finish(Q, B, rank, 2 + 2 * q, theta, TA, params, client)
