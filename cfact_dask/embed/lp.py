@@ -33,10 +33,11 @@ from dask.highlevelgraph import HighLevelGraph
 
 from .. import config
 from .._runtime.blas import blas_threads
+from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, compute, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike
-from ..errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError, RankError
+from ..errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError
 from ..io import open_array
 
 __all__ = ["LpLowRankResult", "lp_lowrank", "lp_objective"]
@@ -71,19 +72,11 @@ def _prepare_rows(A: Any, func: str) -> tuple[da.Array, str, bool]:
 
 
 def _check_rank(rank: Any, n: int, D: int, source: str, name: str = "rank") -> int:
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise RankError(f"{name} must be an int, got {rank!r}")
-    rank = int(rank)
-    if not 1 <= rank < D:
-        raise RankError(
-            f"{name}={rank} is impossible for {source} with D={D} columns: a low-rank "
-            f"approximation needs 1 <= {name} < D; pass {name} between 1 and {D - 1}"
-        )
-    if rank > n:
-        raise RankError(
-            f"{name}={rank} exceeds the number of rows n={n} of {source}; pass {name} <= {n}"
-        )
-    return rank
+    """``1 <= rank < D`` (a low-rank approximation) and ``rank <= n`` (no more than the rows)."""
+    rank = check_rank(rank, D, source=f"{source} with D={D} columns", what=name,
+                      need="a low-rank approximation")
+    return check_rank(rank, n, source=f"{source} with n={n} rows", what=name, inclusive=True,
+                      need="a basis of the rows")
 
 
 def _raise_nonfinite(block: np.ndarray, info: dict[str, Any] | None, source: str) -> None:

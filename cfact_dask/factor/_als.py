@@ -71,6 +71,7 @@ __all__ = [
     "randomized_svd",
     "run_als",
     "solve_factor",
+    "sq_error",
 ]
 
 logger = logging.getLogger(__name__)
@@ -449,7 +450,8 @@ class ALSOutcome:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _sq_error(xsq: float, cross: float, WtW: np.ndarray, HHt: np.ndarray) -> float:
+def sq_error(xsq: float, cross: float, WtW: np.ndarray, HHt: np.ndarray) -> float:
+    """``‖X − W H‖²`` from ``‖X‖²``, ``⟨W, X Hᵀ⟩`` and the Grams (clipped at 0): no pass."""
     return max(xsq - 2.0 * float(cross) + float(np.sum(np.asarray(WtW) * np.asarray(HHt))), 0.0)
 
 
@@ -573,7 +575,7 @@ def run_als(
         W, H, WtW, HHt, cross, l1 = als_step(X, W, H, spec, WtW)
         W, H, WtW, HHt, cross, l1 = backend.persist(W, H, WtW, HHt, cross, l1)
         WtW_np, HHt_np, cross_np, l1_np = backend.compute(WtW, HHt, cross, l1)
-        e2 = _sq_error(xsq, float(cross_np), WtW_np, HHt_np)
+        e2 = sq_error(xsq, float(cross_np), WtW_np, HHt_np)
         err = math.sqrt(e2 / xsq) if xsq > 0 else math.sqrt(e2)
         obj = objective(spec, e2, WtW_np, HHt_np, np.asarray(l1_np))
         if not math.isfinite(err):

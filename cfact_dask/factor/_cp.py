@@ -35,6 +35,7 @@ import dask.array as da
 import numpy as np
 
 from .._runtime.checkpoint import as_checkpoint
+from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, compute, persist
 from .._runtime.codecs import array_kwargs
 from .._runtime.display import SKIP, summary_html, summary_repr
@@ -483,8 +484,8 @@ def cp(
         )
     if 0 in X.shape:
         raise InputError(f"{source} is empty (shape {X.shape}); nothing to factorize")
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
-        raise RankError(f"rank must be an int >= 1, got {rank!r}")
+    rank = check_rank(rank, None, source=f"{source} of shape {X.shape}",
+                      need="a CP decomposition")
     if not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
         raise InputError(f"max_iter must be an int >= 0, got {max_iter!r}")
     seed = normalize_seed(random_state)

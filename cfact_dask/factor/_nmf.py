@@ -33,6 +33,7 @@ import numpy as np
 from .. import config
 from .._runtime.blas import blas_threads
 from .._runtime.checkpoint import as_checkpoint
+from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, is_embedded
 from .._runtime.codecs import array_kwargs
 from .._runtime.display import SKIP, summary_html, summary_repr
@@ -43,7 +44,6 @@ from ..errors import (
     InputError,
     NegativeDataError,
     NonFiniteError,
-    RankError,
 )
 from ..io import InputArray, checked_dask, checked_numpy, open_array
 from ._als import (
@@ -51,11 +51,11 @@ from ._als import (
     ALSSpec,
     Backend,
     LowRank,
-    _sq_error,
     qb_decomposition,
     random_factor,
     randomized_svd,
     run_als,
+    sq_error,
 )
 
 __all__ = ["NMFResult", "nmf"]
@@ -446,7 +446,8 @@ def nmf(
 
     The sample-side factor ``H`` stays chunked on the workers like ``X``; the small feature-side
     factor ``W`` is broadcast; each iteration updates the ``H`` chunks locally and reduces the
-    ``r × r`` Gram ``H Hᵀ`` and ``X Hᵀ`` (p × r) by one tree reduction (see :mod:`cfact_dask.factor._als`).
+    ``r × r`` Gram ``H Hᵀ`` and ``X Hᵀ`` (p × r) by one tree reduction (see
+    :mod:`cfact_dask.factor._als`).
 
     Parameters
     ----------
@@ -573,14 +574,8 @@ def nmf(
     rand = _randomized_options(randomized)
     prep = _prepare(X, feature_axis)
     p, m = prep.X.shape
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise RankError(f"rank must be an int, got {rank!r}")
-    if not 1 <= rank < min(p, m):
-        raise RankError(
-            f"rank={rank} is impossible for {prep.source} of shape ({p}, {m}) (features × "
-            f"samples; n_features = {p}, n_samples = {m}): choose 1 <= rank < {min(p, m)}"
-        )
-    rank = int(rank)
+    rank = check_rank(rank, min(p, m), source=f"{prep.source} of shape ({p}, {m}) (features × "
+                      f"samples; n_features = {p}, n_samples = {m})")
     if semi is None:
         semi = bool(prep.is_sketch and not prep.operator.nonnegative)
     seed = normalize_seed(random_state)
@@ -731,7 +726,7 @@ def _randomized_options(randomized: Any) -> dict[str, int] | None:
 def _exact_error(X: Any, W: Any, H: Any, xsq: float, backend: Backend) -> float:
     """``‖X − W H‖_F / ‖X‖_F`` from one pass: ``‖X‖² − 2⟨W, X Hᵀ⟩ + ⟨WᵀW, H Hᵀ⟩``."""
     cross, WtW, HHt = backend.compute((W * (X @ H.T)).sum(), W.T @ W, H @ H.T)
-    e2 = _sq_error(xsq, float(cross), np.asarray(WtW), np.asarray(HHt))
+    e2 = sq_error(xsq, float(cross), np.asarray(WtW), np.asarray(HHt))
     return math.sqrt(e2 / xsq)
 
 

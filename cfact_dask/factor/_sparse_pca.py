@@ -36,13 +36,15 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, compute, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike, normalize_seed
 from ..errors import ConvergenceWarning, InputError, NonFiniteError
-from ..io import InputArray, open_array
 from ..sketching._sketch import Sketch
-from ._svd import _check_rank, svd
+from ._input import as_features_first
+from ._signs import sign_stats, sign_vector
+from ._svd import svd
 
 __all__ = ["SparsePCAResult", "sparse_pca", "sparse_pca_transform"]
 
@@ -244,19 +246,6 @@ class _DaskOps:
 
 
 # ---------------------------------------------------------------------- entry point
-def _as_features_first(X: Any) -> tuple[da.Array, str, Any]:
-    if isinstance(X, Sketch):
-        return X.matrix, "the sketch", X.operator
-    inp = X if isinstance(X, InputArray) else open_array(X)
-    if inp.ndim != 2:
-        raise InputError(
-            f"{inp.source} has {inp.ndim} dimensions (shape {inp.shape}); sparse_pca needs a "
-            f"features × samples matrix"
-        )
-    A = inp.data if inp.feature_axis == 0 else inp.data.T
-    return A, inp.source, None
-
-
 def _check_finite_np(M: np.ndarray, source: str) -> None:
     if not np.isfinite(M).all():
         bad = np.argwhere(~np.isfinite(M))[0]
@@ -332,10 +321,10 @@ def sparse_pca(
     .. [2] J. Mairal, F. Bach, J. Ponce, G. Sapiro. "Online dictionary learning for sparse
        coding". ICML 2009.
     """
-    M, source, operator = _as_features_first(X)
+    M, source, operator = as_features_first(X, "sparse_pca")
     if 0 in M.shape:
         raise InputError(f"{source} is empty (shape {M.shape}); nothing to factorize")
-    rank = _check_rank(rank, M.shape, source)
+    rank = check_rank(rank, min(M.shape), source=f"{source} of shape {tuple(M.shape)}")
     if not np.isfinite(alpha) or alpha < 0:
         raise InputError(f"alpha must be a finite number >= 0, got {alpha!r}")
     if not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
@@ -418,10 +407,8 @@ def sparse_pca(
             sg = _svd_flip_cols(W)
             W, H = W * sg, H * sg[:, None]
         else:
-            from ._svd import _sign_vector, _signs
-
-            st = ops.compute(_signs(W))[0]
-            sg = _sign_vector(np.asarray(st))
+            st = ops.compute(sign_stats(W))[0]
+            sg = sign_vector(np.asarray(st))
             W, H = ops.persist(W * sg[None, :], H * sg[:, None])
             mean = ops.persist(mean)[0]
     params = dict(rank=rank, alpha=alpha, ridge_alpha=ridge_alpha, max_iter=max_iter, tol=tol,
@@ -444,10 +431,8 @@ def _dask_init(Mc: da.Array, rank: int, seed: int, client: Any) -> tuple[da.Arra
         u, s, vt = da.linalg.svd(Mc)
         u, s, vt = u[:, :rank], s[:rank], vt[:rank]
         u, s, vt = persist(u, s, vt, client=client)
-        from ._svd import _sign_vector, _signs
-
-        st = compute(_signs(u), client=client, progress=False)[0]
-        sg = _sign_vector(np.asarray(st))
+        st = compute(sign_stats(u), client=client, progress=False)[0]
+        sg = sign_vector(np.asarray(st))
         W = u * sg[None, :]
         H = (vt * sg[:, None]) * s[:, None]
     else:
@@ -504,7 +489,7 @@ def refit_components(
     numpy.ndarray or dask.array.Array
         ``W`` (n × r), the lasso solution of ``min ½‖X_c − W H‖² + α‖W‖₁``.
     """
-    M, source, _ = _as_features_first(X)
+    M, source, _ = as_features_first(X, "refit_components")
     Hn = np.asarray(H.compute() if isinstance(H, da.Array) else H, dtype=np.float64)
     if Hn.shape[1] != M.shape[1]:
         raise InputError(

@@ -31,13 +31,14 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, compute, detach, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike, normalize_seed
-from ..errors import InputError, RankError
-from ..io import InputArray, open_array
-from ..sketching._sketch import Sketch
+from ..errors import InputError
 from ..sketching.operators import Kind, SketchOperator, make_operator, project
+from ._input import as_features_first
+from ._signs import sign_stats, sign_vector
 
 __all__ = ["SVDResult", "svd"]
 
@@ -106,30 +107,9 @@ class SVDResult:
         return (self.U * self.s[None, :]) @ self.Vt
 
 
-def _as_matrix(X: Any) -> tuple[da.Array, str]:
-    """The input as a features-first dask matrix and a description for messages."""
-    if isinstance(X, Sketch):
-        return X.matrix, "the sketch"
-    inp = X if isinstance(X, InputArray) else open_array(X)
-    if inp.ndim != 2:
-        raise InputError(
-            f"{inp.source} has {inp.ndim} dimensions (shape {inp.shape}); svd needs a matrix. "
-            f"For tensors use cf.cp, or reshape to a matrix first"
-        )
-    A = inp.data if inp.feature_axis == 0 else inp.data.T
-    return A, inp.source
-
-
 def _check_rank(rank: Any, shape: tuple[int, ...], source: str, what: str = "rank") -> int:
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise RankError(f"{what} must be an int, got {rank!r}")
-    lim = min(shape)
-    if not 1 <= rank < lim:
-        raise RankError(
-            f"{what}={rank} is impossible for {source} of shape {tuple(shape)}: a truncated "
-            f"factorization needs 1 <= {what} < min(shape) = {lim}; choose a smaller {what}"
-        )
-    return int(rank)
+    """``1 <= rank < min(shape)`` (a truncated factorization), or a :class:`RankError`."""
+    return check_rank(rank, min(shape), source=f"{source} of shape {tuple(shape)}", what=what)
 
 
 def _op(kind: Kind, d: int, n: int, seed: int, key: tuple[int, ...]) -> SketchOperator:
@@ -164,28 +144,6 @@ def _basis_from_gram(G: np.ndarray) -> tuple[np.ndarray, float]:
     if not lam[-1] > 0:
         return V, math.inf
     return V / np.sqrt(lam), float(lam[0] / lam[-1])
-
-
-def _maxabs_block(b: np.ndarray) -> np.ndarray:
-    idx = np.argmax(np.abs(b), axis=0)
-    vals = b[idx, np.arange(b.shape[1])]
-    return np.stack([np.abs(vals), vals])[None]
-
-
-def _signs(U: da.Array) -> da.Array:
-    """Per row block: max |entry| and the entry itself, per column (a 2·nblocks × r array)."""
-    return U.map_blocks(
-        lambda b: _maxabs_block(b)[0], chunks=((2,) * U.numblocks[0], U.chunks[1]), dtype=U.dtype
-    )
-
-
-def _sign_vector(stats: np.ndarray) -> np.ndarray:
-    stats = stats.reshape(-1, 2, stats.shape[-1])
-    best = np.argmax(stats[:, 0, :], axis=0)
-    vals = stats[best, 1, np.arange(stats.shape[2])]
-    sg = np.sign(vals)
-    sg[sg == 0] = 1.0
-    return sg
 
 
 def svd(
@@ -286,7 +244,8 @@ def svd(
     >>> res.U.shape, res.s.shape, res.Vt.shape
     ((200, 3), (3,), (3, 100))
     """
-    A, source = _as_matrix(X)
+    A, source, _ = as_features_first(
+        X, "svd", "a matrix. For tensors use cf.cp, or reshape to a matrix first")
     n, m = A.shape
     if 0 in A.shape:
         raise InputError(f"{source} is empty (shape {A.shape}); nothing to factorize")
@@ -368,7 +327,7 @@ def _finish(
     # formed once: the sign statistics, the error estimate and the result all read it
     (U,) = persist(U, client=client)
     Vt = vb[order]
-    stats = _signs(U)
+    stats = sign_stats(U)
     err_parts: list[Any] = []
     if theta is not None:
         if TQ is not None:
@@ -378,7 +337,7 @@ def _finish(
         TAhat = da.dot(TU * s[None, :], Vt)
         err_parts = [((TA - TAhat) ** 2).sum(), (TA**2).sum()]
     got = compute(stats, *err_parts, client=client, progress=False)
-    sg = _sign_vector(np.asarray(got[0]))
+    sg = sign_vector(np.asarray(got[0]))
     err = float("nan")
     if theta is not None:
         num, den = float(got[1]), float(got[2])
