@@ -33,7 +33,7 @@ from .._runtime.cluster import client_context, persist
 from .._runtime.display import fmt_value, summary_html, summary_repr
 from .._runtime.random import SeedLike, generator, normalize_seed
 from ..errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError, RankError
-from .lp import _fix_signs, _prepare_rows, _reduce
+from ._rows import fix_signs, prepare_rows, reduce_rows
 
 __all__ = ["LOSSES", "ProjectiveClusteringResult", "projective_clustering"]
 
@@ -301,7 +301,7 @@ def projective_clustering(
     .. [2] M. Tukan, A. Maalouf, M. Weksler, D. Feldman. "Compressed deep networks: goodbye SVD,
        hello robust low-rank approximation". arXiv:2009.05647, 2020.
     """
-    x, source, in_memory = _prepare_rows(A, "projective_clustering")
+    x, source, in_memory = prepare_rows(A, "projective_clustering")
     n, D = (int(s) for s in x.shape)
     if isinstance(n_subspaces, bool) or not isinstance(n_subspaces, (int, np.integer)) or (
         n_subspaces < 1
@@ -328,8 +328,8 @@ def projective_clustering(
             (x,) = persist(x, client=c)
         t0 = time.perf_counter()
         restarts = tuple(range(int(n_init)))
-        out = _reduce(x, _init_kernel, (k, seed, restarts), c, check_finite=check_finite,
-                      source=source, with_offset=True)
+        out = reduce_rows(x, _init_kernel, (k, seed, restarts), c, check_finite=check_finite,
+                          source=source, with_offset=True)
         passes = 1
         _check_sums(out, source)
         n2 = float(out[0])
@@ -355,7 +355,7 @@ def projective_clustering(
         for it in range(1, max_iter + 1):
             t0 = time.perf_counter()
             sub = bases[active]
-            out = _reduce(x, _em_kernel, (sub, loss, float(p), cscale, delta), c, source=source)
+            out = reduce_rows(x, _em_kernel, (sub, loss, float(p), cscale, delta), c, source=source)
             passes += 1
             _check_sums(out, source)
             n2 = float(out[0])
@@ -449,7 +449,7 @@ def _top(S: np.ndarray, j: int) -> np.ndarray:
     # the default BLAS pools (the refits were 84 % of a MESSI run)
     with blas_threads():
         _, V = scipy.linalg.eigh(S, driver="evd")
-    return _fix_signs(V[:, D - j:][:, ::-1]).T
+    return fix_signs(V[:, D - j:][:, ::-1]).T
 
 
 def _refit(S: np.ndarray, counts: np.ndarray, ccost: np.ndarray, dims: tuple[int, ...],
