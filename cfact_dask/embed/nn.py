@@ -35,10 +35,9 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
-from .._runtime.cluster import client_context, compute
-from .._runtime.codecs import array_kwargs
 from .._runtime.jsonattrs import to_json
 from .._runtime.random import SeedLike
+from .._runtime.resultstore import write_result
 from ..errors import InputError, StoreNotFoundError
 from ._layers import (
     EmbeddingLayers,
@@ -148,68 +147,25 @@ def save_factors(factors: Any, store: str | os.PathLike, *, overwrite: bool = Fa
     The output is checked first (:mod:`cfact_dask._runtime.outputs`): never the input (``inputs``)
     or around it, and ``overwrite`` replaces only a store cfact wrote.
     """
-    import zarr
-
-    from .._runtime.outputs import (
-        INCOMPLETE_ATTR,
-        INCOMPLETE_TEXT,
-        clear_store,
-        consolidate,
-        prepare_store,
-    )
-
     f = as_factors(factors)
-    target = prepare_store(store, overwrite=overwrite, inputs=inputs, what="factor store",
-                           flag="overwrite=True (CLI: --overwrite)")
-    path = target.store
-    clear_store(target)
-    g = zarr.open_group(path, mode="w", zarr_format=3)
-    g.attrs.put({"cfact": {"type": "factors", "complete": False}, INCOMPLETE_ATTR: INCOMPLETE_TEXT})
-    lazy: list[tuple[da.Array, Any]] = []
-
     # dimension names so that xarray.open_zarr reads the store: rows of the embedding (token),
     # its columns (embedding_dim), the rank / subspace dimension and the subspaces
-    dims = {"coefficients": ["token", "component"], "basis": ["embedding_dim", "component"],
-            "labels": ["token"], "bases": ["subspace", "component", "embedding_dim"]}
-
-    def put(name: str, arr: Any) -> None:
-        if isinstance(arr, da.Array):
-            c0 = int(arr.chunks[0][0])
-            if np.any(np.cumsum(arr.chunks[0])[:-1] % c0):
-                arr = arr.rechunk({0: c0})  # lock-free writes need chunk-aligned blocks
-            z = g.create_array(name, shape=arr.shape, dtype=arr.dtype,
-                               chunks=(c0,) + arr.shape[1:], dimension_names=dims[name],
-                               **array_kwargs())
-            lazy.append((arr, z))
-        else:
-            a = np.asarray(arr)
-            z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape or None,
-                               dimension_names=dims[name],
-                               **array_kwargs())
-            z[...] = a
-
+    dims = {"coefficients": ("token", "component"), "basis": ("embedding_dim", "component"),
+            "labels": ("token",), "bases": ("subspace", "component", "embedding_dim")}
+    arrays: dict[str, Any]
     if isinstance(f, LowRankFactors):
-        put("coefficients", f.coefficients)
-        put("basis", np.asarray(f.basis))
+        arrays = {"coefficients": f.coefficients, "basis": np.asarray(f.basis)}
         meta: dict[str, Any] = {"type": "factors", "kind": "lowrank", "method": f.method}
     else:
-        put("labels", f.labels)
-        put("coefficients", f.coefficients)
-        put("bases", np.asarray(f.bases))
+        arrays = {"labels": f.labels, "coefficients": f.coefficients,
+                  "bases": np.asarray(f.bases)}
         meta = {"type": "factors", "kind": "messi", "method": "messi", "dims": list(f.dims)}
-    if lazy:
-        srcs = [a for a, _ in lazy]
-        tgts = [z for _, z in lazy]
-        with client_context(client, nbytes=int(sum(a.nbytes for a in srcs))) as c:
-            job = da.store(srcs, tgts, lock=False, compute=False)
-            compute(job, client=c, progress=False)
     meta["n_params"] = int(f.n_params)
     meta["rate"] = float(f.rate)
     meta["info"] = _jsonable(f.info)
-    meta["complete"] = True
-    g.attrs.put({"cfact": meta})
-    consolidate(path)
-    return path
+    return write_result(store, None, arrays, meta, overwrite=overwrite,
+                        dims={k: dims[k] for k in arrays}, inputs=inputs,
+                        what="factor store", client=client)
 
 
 def load_factors(store: str | os.PathLike, *, lazy: bool = False) -> LowRankFactors | MessiFactors:

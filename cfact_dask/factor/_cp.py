@@ -37,10 +37,10 @@ import numpy as np
 from .._runtime.checkpoint import as_checkpoint
 from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, compute, persist
-from .._runtime.codecs import array_kwargs
 from .._runtime.display import SKIP, summary_html, summary_repr
 from .._runtime.jsonattrs import to_json
 from .._runtime.random import SeedLike, generator, normalize_seed
+from .._runtime.resultstore import read_result, write_result
 from ..errors import (
     ConvergenceWarning,
     DivergenceError,
@@ -148,48 +148,30 @@ class CPResult:
                 overwrite: bool = False, upstream: Any = None) -> str:
         """Write weights, factors and history to ``store/group``; checked first, written under
         a temporary name and moved into place complete (see :mod:`cfact_dask._runtime.outputs`)."""
-        from .._runtime.outputs import GroupWriter, prepare_group
-
-        target = prepare_group(store, group, overwrite=overwrite, what="CP output")
-        with GroupWriter(target) as w:
-            g = w.create("cp")
-            arrays = {"weights": self.weights, **{f"factor_{i}": f for i, f in
-                                                   enumerate(self.factors)}}
-            for k, v in arrays.items():
-                v = np.asarray(v)
-                # mode_i × component (the compressed mode: sketch_row); xarray reads the names
-                if k == "weights":
-                    dims = ["component"]
-                else:
-                    i = int(k.split("_")[1])
-                    dims = ["sketch_row" if i == self.mode else f"mode_{i}", "component"]
-                a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape,
-                                   dimension_names=dims, **array_kwargs())
-                a[...] = v
-            return w.finish({
-                "type": "cp",
-                "n_factors": len(self.factors),
-                "errors": [float(e) for e in self.errors],
-                "n_iter": int(self.n_iter),
-                "mode": self.mode,
-                "operator": self.operator.to_dict() if self.operator is not None else None,
-                "params": _jsonable(self.params),
-            }, upstream=upstream)
+        arrays = {"weights": self.weights, **{f"factor_{i}": f for i, f in
+                                               enumerate(self.factors)}}
+        # mode_i × component (the compressed mode: sketch_row); xarray reads the names
+        dims = {"weights": ("component",), **{
+            f"factor_{i}": ("sketch_row" if i == self.mode else f"mode_{i}", "component")
+            for i in range(len(self.factors))}}
+        return write_result(store, group, {k: np.asarray(v) for k, v in arrays.items()}, {
+            "type": "cp",
+            "n_factors": len(self.factors),
+            "errors": [float(e) for e in self.errors],
+            "n_iter": int(self.n_iter),
+            "mode": self.mode,
+            "operator": self.operator.to_dict() if self.operator is not None else None,
+            "params": _jsonable(self.params),
+        }, overwrite=overwrite, dims=dims, upstream=upstream, what="CP output")
 
     @classmethod
     def from_zarr(cls, store: str | os.PathLike, group: str = "cp") -> CPResult:
         """Read a result written by :meth:`to_zarr`."""
-        from ..sketching._sketch import _read_attrs
-
-        store = os.fspath(store)
-        meta = _read_attrs(store, group, "cp")
-        import zarr
-
-        g = zarr.open_group(store, path=group, mode="r")
-        factors = [np.asarray(g[f"factor_{i}"][...]) for i in range(int(meta["n_factors"]))]
+        arrays, meta = read_result(store, group, "cp")
+        factors = [np.asarray(arrays[f"factor_{i}"]) for i in range(int(meta["n_factors"]))]
         op = meta.get("operator")
         return cls(
-            weights=np.asarray(g["weights"][...]), factors=factors,
+            weights=np.asarray(arrays["weights"]), factors=factors,
             errors=list(meta.get("errors", [])), n_iter=int(meta.get("n_iter", 0)),
             operator=SketchOperator.from_dict(op) if op else None, mode=meta.get("mode"),
             params=dict(meta.get("params", {})),

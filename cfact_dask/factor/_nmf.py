@@ -35,10 +35,10 @@ from .._runtime.blas import blas_threads
 from .._runtime.checkpoint import as_checkpoint
 from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, is_embedded
-from .._runtime.codecs import array_kwargs
 from .._runtime.display import SKIP, summary_html, summary_repr
 from .._runtime.jsonattrs import to_json
 from .._runtime.random import SeedLike, normalize_seed
+from .._runtime.resultstore import write_result
 from ..errors import (
     ConfigError,
     InputError,
@@ -156,9 +156,8 @@ class NMFResult:
         ``labels`` (:class:`~cfact_dask._runtime.labels.Labels` of the input) the feature and
         sample dimensions take the input's names and coordinates.
         """
-        from .._runtime.labels import COMPONENT, SKETCH_ROW, write_coords
+        from .._runtime.labels import COMPONENT, SKETCH_ROW
         from .._runtime.labels import Labels as _Labels
-        from .._runtime.outputs import GroupWriter, prepare_group
 
         lab = (labels or _Labels()).sized(None if self.is_sketch else int(self.W.shape[0]),
                                           int(self.H.shape[1]))
@@ -168,24 +167,8 @@ class NMFResult:
         coords = dict(lab.along(lab.sample_dim))
         if not self.is_sketch:
             coords.update(lab.along(lab.feature_dim))
-        target = prepare_group(store, group, overwrite=overwrite, what="factors output")
-        with GroupWriter(target) as w:
-            g = w.create("factors")
-            for name, arr in ((wname, self.W), ("H", self.H)):
-                if isinstance(arr, da.Array):
-                    axis = 0 if name != "H" else 1
-                    arr = arr.rechunk({axis: max(arr.chunks[axis]), 1 - axis: -1})
-                    da.to_zarr(arr, target.store, component=f"{w.write_group}/{name}",
-                               overwrite=True, dimension_names=dims[name], zarr_format=3,
-                               **array_kwargs())
-                else:
-                    a = np.asarray(arr)
-                    z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape,
-                                       dimension_names=dims[name], **array_kwargs())
-                    z[...] = a
-            g = w.open()
-            write_coords(g, coords, {k: g[k] for k in dims})
-            return w.finish({
+        return write_result(
+            store, group, {wname: self.W, "H": self.H}, {
                 "type": "factors",
                 "method": "nmf",
                 "n_iter": int(self.n_iter_),
@@ -196,7 +179,8 @@ class NMFResult:
                 "operator": dict(self.operator) if self.operator is not None else None,
                 "params": _jsonable(self.params),
                 "qb_err": None if self.qb_err_ is None else float(self.qb_err_),
-            }, upstream=upstream)
+            }, overwrite=overwrite, dims=dims, coords=coords, upstream=upstream,
+            chunk_axis={wname: 0, "H": 1}, what="factors output")
 
     @classmethod
     def from_zarr(cls, store: str | os.PathLike, group: str = "factors", *,

@@ -27,9 +27,10 @@ References
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,8 +113,45 @@ class SparsePCAResult:
         return self.n_iter
 
     @property
+    def reconstruction_err_(self) -> None:
+        """None: the run records its objective (:attr:`error_`), not a reconstruction error."""
+        return None
+
+    @property
     def error_(self) -> list[float]:
         return self.errors
+
+    def to_zarr(self, store: str | os.PathLike, group: str = "sparse-pca", *,
+                overwrite: bool = False, upstream: Mapping[str, str] | None = None) -> str:
+        """Write ``W``, ``H``, ``mean`` and the metadata to ``store/group`` (dask factors
+        blockwise from the workers); complete only when done (see
+        :func:`~cfact_dask._runtime.resultstore.write_result`). The layout is the one
+        ``cfact factor --method sparse-pca`` writes; the rows of a sketch's ``W`` are
+        ``sketch_row``."""
+        from .._runtime.resultstore import write_result
+
+        row = "sketch_row" if self.operator is not None else "feature"
+        return write_result(
+            store, group, {"W": self.W, "H": self.H, "mean": self.mean},
+            {"type": "sparse-pca", "errors": self.errors, "n_iter": self.n_iter,
+             "params": self.params,
+             "operator": self.operator.to_dict() if self.operator is not None else None},
+            overwrite=overwrite, upstream=upstream,
+            dims={"W": (row, "component"), "H": ("component", "sample"), "mean": (row,)})
+
+    @classmethod
+    def from_zarr(cls, store: str | os.PathLike, group: str = "sparse-pca") -> SparsePCAResult:
+        """Open a result written by :meth:`to_zarr` (the arrays lazily, as dask arrays)."""
+        from .._runtime.resultstore import read_result
+        from ..sketching.operators import SketchOperator
+
+        arrays, meta = read_result(store, group, "sparse-pca", lazy=True)
+        params = dict(meta.get("params") or {})
+        op = meta.get("operator")
+        return cls(W=arrays["W"], H=arrays["H"], mean=arrays["mean"],
+                   errors=[float(e) for e in meta.get("errors") or []],
+                   n_iter=int(meta.get("n_iter", 0)), alpha=float(params.get("alpha", 1.0)),
+                   operator=SketchOperator.from_dict(op) if op else None, params=params)
 
 
 # ---------------------------------------------------------------------- numpy kernels

@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +100,48 @@ class SVDResult:
     @property
     def rank(self) -> int:
         return int(self.s.shape[0])
+
+    @property
+    def n_iter_(self) -> None:
+        """None: the SVD is not iterative (``passes`` counts its reads of the input)."""
+        return None
+
+    @property
+    def reconstruction_err_(self) -> float | None:
+        """The estimated relative error ``error_estimate`` (None when none was taken)."""
+        e = float(self.error_estimate)
+        return None if math.isnan(e) else e
+
+    def to_zarr(self, store: str | os.PathLike, group: str = "svd", *, overwrite: bool = False,
+                upstream: Mapping[str, str] | None = None, row_dim: str = "feature") -> str:
+        """Write ``U``, ``s``, ``Vt`` and the metadata to ``store/group`` (``U`` and ``Vt``
+        blockwise from the workers); complete only when done (see
+        :func:`~cfact_dask._runtime.resultstore.write_result`).
+
+        ``row_dim`` names the rows of ``U``: ``"feature"``, or ``"sketch_row"`` for the SVD of
+        a sketch. The layout is the one ``cfact factor --method svd`` writes.
+        """
+        from .._runtime.resultstore import write_result
+
+        return write_result(
+            store, group, {"U": self.U, "s": self.s, "Vt": self.Vt},
+            {"type": "svd", "passes": self.passes, "error_estimate": self.error_estimate,
+             "params": self.params},
+            overwrite=overwrite, upstream=upstream,
+            dims={"U": (row_dim, "component"), "s": ("component",),
+                  "Vt": ("component", "sample")})
+
+    @classmethod
+    def from_zarr(cls, store: str | os.PathLike, group: str = "svd") -> SVDResult:
+        """Open a result written by :meth:`to_zarr` (``U`` and ``Vt`` lazily, as dask arrays)."""
+        from .._runtime.resultstore import read_result
+
+        arrays, meta = read_result(store, group, "svd", lazy=True)
+        err = meta.get("error_estimate")
+        return cls(U=arrays["U"], s=np.asarray(arrays["s"]), Vt=arrays["Vt"],
+                   passes=int(meta["passes"]),
+                   error_estimate=float("nan") if err is None else float(err),
+                   params=dict(meta.get("params") or {}))
 
     def __iter__(self):  # ``U, s, Vt = svd(...)``
         return iter((self.U, self.s, self.Vt))
