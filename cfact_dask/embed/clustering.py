@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -205,6 +206,53 @@ class ProjectiveClusteringResult:
     # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
     __repr__ = summary_repr
     _repr_html_ = summary_html
+
+    @property
+    def n_iter_(self) -> int:
+        """Iterations (EM passes) run (``n_iter``)."""
+        return self.n_iter
+
+    @property
+    def reconstruction_err_(self) -> float:
+        """``relative_error``: ``‖A − Â‖_F / ‖A‖_F`` of the reconstruction from ``bases``."""
+        return self.relative_error
+
+    def to_zarr(self, store: str | os.PathLike, group: str = "projective-clustering", *,
+                overwrite: bool = False, upstream: Mapping[str, str] | None = None) -> str:
+        """Write the bases, counts, labels and coefficients (blockwise) and the record to
+        ``store/group``; complete only when done (see
+        :func:`~cfact_dask._runtime.resultstore.write_result`)."""
+        from .._runtime.resultstore import write_result
+
+        return write_result(store, group, {
+            "bases": self.bases, "counts": np.asarray(self.counts), "labels": self.labels,
+            "coefficients": self.coefficients,
+        }, {
+            "type": "projective-clustering", "dims": list(self.dims), "cost": self.cost,
+            "cost_history": list(self.cost_history), "restart_costs": list(self.restart_costs),
+            "relative_error": self.relative_error, "loss": self.loss, "n_iter": self.n_iter,
+            "n_passes": self.n_passes, "converged": self.converged, "info": self.info,
+        }, overwrite=overwrite, upstream=upstream, dims={
+            "bases": ("subspace", "component", "embedding_dim"), "counts": ("subspace",),
+            "labels": ("token",), "coefficients": ("token", "component"),
+        }, chunk_axis={"labels": 0, "coefficients": 0})
+
+    @classmethod
+    def from_zarr(cls, store: str | os.PathLike, group: str = "projective-clustering"
+                  ) -> ProjectiveClusteringResult:
+        """Open a result written by :meth:`to_zarr` (labels and coefficients lazily)."""
+        from .._runtime.resultstore import read_result
+
+        arrays, meta = read_result(store, group, "projective-clustering", lazy=True)
+        return cls(
+            labels=arrays["labels"], coefficients=arrays["coefficients"],
+            bases=np.asarray(arrays["bases"]), dims=tuple(int(d) for d in meta["dims"]),
+            cost=float(meta["cost"]), cost_history=[float(v) for v in meta["cost_history"]],
+            restart_costs=[float(v) for v in meta["restart_costs"]],
+            relative_error=float(meta["relative_error"]), counts=np.asarray(arrays["counts"]),
+            loss=str(meta["loss"]), n_iter=int(meta["n_iter"]), n_passes=int(meta["n_passes"]),
+            converged=bool(meta["converged"]), info=dict(meta.get("info") or {}),
+        )
 
     @property
     def n_subspaces(self) -> int:

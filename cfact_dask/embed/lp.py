@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -120,6 +121,54 @@ class LpLowRankResult:
     # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
     __repr__ = summary_repr
     _repr_html_ = summary_html
+
+    @property
+    def n_iter_(self) -> int:
+        """Iterations run (``n_iter``)."""
+        return self.n_iter
+
+    @property
+    def reconstruction_err_(self) -> float:
+        """``relative_error``: ``‖A − coefficients basisᵀ‖_F / ‖A‖_F``."""
+        return self.relative_error
+
+    def to_zarr(self, store: str | os.PathLike, group: str = "lp-lowrank", *,
+                overwrite: bool = False, upstream: Mapping[str, str] | None = None) -> str:
+        """Write the basis, the coefficients (blockwise, one pass over ``A``) and the record to
+        ``store/group``; complete only when done (see
+        :func:`~cfact_dask._runtime.resultstore.write_result`)."""
+        from .._runtime.resultstore import write_result
+
+        arrays: dict[str, Any] = {"basis": self.basis, "coefficients": self.coefficients}
+        dims = {"basis": ("embedding_dim", "component"), "coefficients": ("token", "component")}
+        if self.ellipsoid is not None:
+            arrays["ellipsoid"] = self.ellipsoid
+            dims["ellipsoid"] = ("ellipsoid_row", "embedding_dim")
+        return write_result(store, group, arrays, {
+            "type": "lp-lowrank", "objective": self.objective,
+            "objective_history": list(self.objective_history),
+            "relative_error": self.relative_error, "p": self.p, "method": self.method,
+            "entrywise": self.entrywise, "rank": self.rank, "n_iter": self.n_iter,
+            "n_passes": self.n_passes, "converged": self.converged, "info": self.info,
+        }, overwrite=overwrite, dims=dims, upstream=upstream, chunk_axis={"coefficients": 0})
+
+    @classmethod
+    def from_zarr(cls, store: str | os.PathLike, group: str = "lp-lowrank") -> LpLowRankResult:
+        """Open a result written by :meth:`to_zarr` (the coefficients lazily)."""
+        from .._runtime.resultstore import read_result
+
+        arrays, meta = read_result(store, group, "lp-lowrank", lazy=True)
+        ell = arrays.get("ellipsoid")
+        return cls(
+            basis=np.asarray(arrays["basis"]), coefficients=arrays["coefficients"],
+            objective=float(meta["objective"]),
+            objective_history=[float(v) for v in meta["objective_history"]],
+            relative_error=float(meta["relative_error"]), p=float(meta["p"]),
+            method=str(meta["method"]), entrywise=bool(meta["entrywise"]),
+            rank=int(meta["rank"]), n_iter=int(meta["n_iter"]), n_passes=int(meta["n_passes"]),
+            converged=bool(meta["converged"]),
+            ellipsoid=None if ell is None else np.asarray(ell), info=dict(meta.get("info") or {}),
+        )
 
     @property
     def V(self) -> np.ndarray:
