@@ -22,8 +22,8 @@ One iteration (:func:`als_step`) is one dask graph, persisted, that
 
 Each chunk of ``X`` is read once per iteration (both products use the same chunk keys). No task
 output is ``m``-sized or ``n``-sized: only ``H`` / ``W`` chunks and ``r × r``, ``p × r`` partials
-(``tests/factor/test_als.py`` checks every task output of a run). The previous iteration's factors are
-released when the next ones are persisted.
+(``tests/factor/test_als.py`` checks every task output of a run). The previous iteration's
+factors are released when the next ones are persisted.
 
 The error needs no extra pass: ``‖X − W H‖² = ‖X‖² − 2⟨W, X Hᵀ⟩ + ⟨WᵀW, H Hᵀ⟩``.
 

@@ -186,8 +186,8 @@ def test_refit_eigenvectors_match_the_subset_driver():
     of the subset driver it replaced, with the same sign convention."""
     import scipy.linalg
 
-    from cfact_dask.embed.clustering import _top
     from cfact_dask.embed._rows import fix_signs
+    from cfact_dask.embed.clustering import _top
 
     rng = np.random.default_rng(3)
     A = rng.standard_normal((300, 40)) * np.linspace(3, 0.1, 40)
