@@ -27,9 +27,10 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from ._runtime.checks import check_rank
 from ._runtime.codecs import array_kwargs
 from ._runtime.random import SeedLike, generator, normalize_seed
-from .errors import InputError, RankError
+from .errors import InputError
 
 __all__ = ["planted_cp", "planted_cp_zarr", "planted_nmf", "planted_nmf_zarr"]
 
@@ -43,8 +44,8 @@ _TILE_VOLUME = 65536
 
 # ---------------------------------------------------------------------- validation
 def _check_rank(shape: Sequence[int], rank: int) -> None:
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
-        raise RankError(f"rank must be an int >= 1, got {rank!r}")
+    check_rank(rank, None, source=f"planted data of shape {tuple(shape)}",
+               need="a planted factorization")
     for s in shape:
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
             raise InputError(f"every dimension must be a positive int, got shape {tuple(shape)}")

@@ -22,7 +22,7 @@ def is_int(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
 
-def check_rank(rank: Any, limit: int, *, source: str, what: str = "rank",
+def check_rank(rank: Any, limit: int | None, *, source: str, what: str = "rank",
                inclusive: bool = False, need: str = "a truncated factorization") -> int:
     """Return ``rank`` as an int when ``1 <= rank < limit`` (``<= limit`` when ``inclusive``).
 
@@ -30,8 +30,9 @@ def check_rank(rank: Any, limit: int, *, source: str, what: str = "rank",
     ----------
     rank : int
         The value given.
-    limit : int
-        The bound (usually ``min(shape)`` of the matrix factorized, or its columns).
+    limit : int or None
+        The bound (usually ``min(shape)`` of the matrix factorized, or its columns); None for
+        no upper bound (``rank >= 1`` only, e.g. the rank of planted data).
     source : str
         What is factorized, for the message (``"the sketch of shape (40, 120)"``).
     what : str
@@ -49,6 +50,11 @@ def check_rank(rank: Any, limit: int, *, source: str, what: str = "rank",
     if not is_int(rank):
         raise RankError(f"{what} must be an int, got {rank!r}")
     rank = int(rank)
+    if limit is None:
+        if rank < 1:
+            raise RankError(f"{what}={rank} is impossible for {source}: {need} needs "
+                            f"{what} >= 1; pass a positive int")
+        return rank
     hi = int(limit) if inclusive else int(limit) - 1
     if not 1 <= rank <= hi:
         rel = "<=" if inclusive else "<"

@@ -54,7 +54,7 @@ def _jsonable_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 def write_result(
     store: str | os.PathLike,
-    group: str,
+    group: str | None,
     arrays: Mapping[str, Any],
     attrs: Mapping[str, Any],
     *,
@@ -65,6 +65,7 @@ def write_result(
     chunk_axis: Mapping[str, int] | None = None,
     inputs: Any = (),
     what: str | None = None,
+    client: Any = None,
 ) -> str:
     """Write ``arrays`` and ``attrs`` (the group's ``cfact`` attributes) to ``store/group``.
 
@@ -72,7 +73,11 @@ def write_result(
     ----------
     store, group : str
         Where. The output policy checks the target before anything is written; ``overwrite``
-        replaces only a group cfact wrote.
+        replaces only a group cfact wrote. ``group=None`` writes the whole store (its root
+        group is the result, as :func:`~cfact_dask.save_factors` stores are): the store is
+        replaced, marked incomplete until its attributes are written last, and the dask arrays
+        are written in one pass (on ``client``, see :func:`~cfact_dask.client_context`),
+        chunked along their first axis like their first chunk.
     arrays : mapping
         Name -> numpy or dask array. Dask arrays are written blockwise from the workers, chunked
         along ``chunk_axis[name]`` (default: their largest chunks) and whole along the others.
@@ -99,6 +104,9 @@ def write_result(
 
     kind = str(attrs["type"])
     what = what or f"{kind} output"
+    if group is None:
+        return _write_store(store, arrays, attrs, overwrite=overwrite, dims=dims,
+                            inputs=inputs, what=what, client=client)
     if inputs:
         check_no_overlap(join(resolve(store), group), inputs, what)
     target = prepare_group(store, group, overwrite=overwrite, what=what)
@@ -126,6 +134,51 @@ def write_result(
         where = w.finish(_jsonable_attrs(attrs), upstream=upstream)
     logger.debug("wrote %s result to %s", kind, where)
     return where
+
+
+def _write_store(store: str | os.PathLike, arrays: Mapping[str, Any], attrs: Mapping[str, Any],
+                 *, overwrite: bool, dims: Mapping[str, tuple[str, ...]] | None, inputs: Any,
+                 what: str, client: Any) -> str:
+    """:func:`write_result` of a whole store (``group=None``)."""
+    import zarr
+
+    from .cluster import client_context, compute
+    from .outputs import INCOMPLETE_ATTR, INCOMPLETE_TEXT, clear_store, consolidate, prepare_store
+
+    target = prepare_store(store, overwrite=overwrite, inputs=inputs, what=what)
+    path = target.store
+    clear_store(target)
+    g = zarr.open_group(path, mode="w", zarr_format=3)
+    g.attrs.put({"cfact": {"type": str(attrs["type"]), "complete": False},
+                 INCOMPLETE_ATTR: INCOMPLETE_TEXT})
+    lazy: list[tuple[da.Array, Any]] = []
+    for name, v in arrays.items():
+        names = (dims or {}).get(name)
+        if isinstance(v, da.Array):
+            c0 = int(v.chunks[0][0])
+            if np.any(np.cumsum(v.chunks[0])[:-1] % c0):
+                v = v.rechunk({0: c0})  # lock-free writes need chunk-aligned blocks
+            z = g.create_array(name, shape=v.shape, dtype=v.dtype, chunks=(c0,) + v.shape[1:],
+                               dimension_names=names, **array_kwargs())
+            lazy.append((v, z))
+        else:
+            a = np.asarray(v)
+            z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape or None,
+                               dimension_names=names, **array_kwargs())
+            z[...] = a
+    if lazy:
+        srcs = [a for a, _ in lazy]
+        with client_context(client, nbytes=int(sum(a.nbytes for a in srcs))) as c:
+            # one graph: arrays computed from the same data (MESSI's labels and coefficients)
+            # share its read. da.store returns one Delayed per source when there are several
+            jobs = da.store(srcs, [z for _, z in lazy], lock=False, compute=False)
+            compute(*(jobs if isinstance(jobs, tuple) else (jobs,)), client=c, progress=False)
+    meta = _jsonable_attrs(attrs)
+    meta["complete"] = True
+    g.attrs.put({"cfact": meta})
+    consolidate(path)
+    logger.debug("wrote %s result to %s", meta["type"], path)
+    return path
 
 
 def read_result(store: str | os.PathLike, group: str, kind: str, *, lazy: bool = False,

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,11 +30,11 @@ import numpy as np
 import scipy.linalg
 
 from .._runtime.blas import blas_threads
-from .._runtime.cluster import client_context
+from .._runtime.cluster import client_context, persist
 from .._runtime.display import fmt_value, summary_html, summary_repr
 from .._runtime.random import SeedLike, generator, normalize_seed
 from ..errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError, RankError
-from .lp import _fix_signs, _prepare_rows, _reduce
+from ._rows import fix_signs, prepare_rows, reduce_rows
 
 __all__ = ["LOSSES", "ProjectiveClusteringResult", "projective_clustering"]
 
@@ -207,6 +208,53 @@ class ProjectiveClusteringResult:
     _repr_html_ = summary_html
 
     @property
+    def n_iter_(self) -> int:
+        """Iterations (EM passes) run (``n_iter``)."""
+        return self.n_iter
+
+    @property
+    def reconstruction_err_(self) -> float:
+        """``relative_error``: ``‖A − Â‖_F / ‖A‖_F`` of the reconstruction from ``bases``."""
+        return self.relative_error
+
+    def to_zarr(self, store: str | os.PathLike, group: str = "projective-clustering", *,
+                overwrite: bool = False, upstream: Mapping[str, str] | None = None) -> str:
+        """Write the bases, counts, labels and coefficients (blockwise) and the record to
+        ``store/group``; complete only when done (see
+        :func:`~cfact_dask._runtime.resultstore.write_result`)."""
+        from .._runtime.resultstore import write_result
+
+        return write_result(store, group, {
+            "bases": self.bases, "counts": np.asarray(self.counts), "labels": self.labels,
+            "coefficients": self.coefficients,
+        }, {
+            "type": "projective-clustering", "dims": list(self.dims), "cost": self.cost,
+            "cost_history": list(self.cost_history), "restart_costs": list(self.restart_costs),
+            "relative_error": self.relative_error, "loss": self.loss, "n_iter": self.n_iter,
+            "n_passes": self.n_passes, "converged": self.converged, "info": self.info,
+        }, overwrite=overwrite, upstream=upstream, dims={
+            "bases": ("subspace", "component", "embedding_dim"), "counts": ("subspace",),
+            "labels": ("token",), "coefficients": ("token", "component"),
+        }, chunk_axis={"labels": 0, "coefficients": 0})
+
+    @classmethod
+    def from_zarr(cls, store: str | os.PathLike, group: str = "projective-clustering"
+                  ) -> ProjectiveClusteringResult:
+        """Open a result written by :meth:`to_zarr` (labels and coefficients lazily)."""
+        from .._runtime.resultstore import read_result
+
+        arrays, meta = read_result(store, group, "projective-clustering", lazy=True)
+        return cls(
+            labels=arrays["labels"], coefficients=arrays["coefficients"],
+            bases=np.asarray(arrays["bases"]), dims=tuple(int(d) for d in meta["dims"]),
+            cost=float(meta["cost"]), cost_history=[float(v) for v in meta["cost_history"]],
+            restart_costs=[float(v) for v in meta["restart_costs"]],
+            relative_error=float(meta["relative_error"]), counts=np.asarray(arrays["counts"]),
+            loss=str(meta["loss"]), n_iter=int(meta["n_iter"]), n_passes=int(meta["n_passes"]),
+            converged=bool(meta["converged"]), info=dict(meta.get("info") or {}),
+        )
+
+    @property
     def n_subspaces(self) -> int:
         return int(self.bases.shape[0])
 
@@ -301,7 +349,7 @@ def projective_clustering(
     .. [2] M. Tukan, A. Maalouf, M. Weksler, D. Feldman. "Compressed deep networks: goodbye SVD,
        hello robust low-rank approximation". arXiv:2009.05647, 2020.
     """
-    x, source, in_memory = _prepare_rows(A, "projective_clustering")
+    x, source, in_memory = prepare_rows(A, "projective_clustering")
     n, D = (int(s) for s in x.shape)
     if isinstance(n_subspaces, bool) or not isinstance(n_subspaces, (int, np.integer)) or (
         n_subspaces < 1
@@ -325,11 +373,11 @@ def projective_clustering(
 
     with client_context(client, nbytes=int(x.nbytes)) as c:
         if c is not None and in_memory:
-            x = c.persist(x)
+            (x,) = persist(x, client=c)
         t0 = time.perf_counter()
         restarts = tuple(range(int(n_init)))
-        out = _reduce(x, _init_kernel, (k, seed, restarts), c, check_finite=check_finite,
-                      source=source, with_offset=True)
+        out = reduce_rows(x, _init_kernel, (k, seed, restarts), c, check_finite=check_finite,
+                          source=source, with_offset=True)
         passes = 1
         _check_sums(out, source)
         n2 = float(out[0])
@@ -355,7 +403,7 @@ def projective_clustering(
         for it in range(1, max_iter + 1):
             t0 = time.perf_counter()
             sub = bases[active]
-            out = _reduce(x, _em_kernel, (sub, loss, float(p), cscale, delta), c, source=source)
+            out = reduce_rows(x, _em_kernel, (sub, loss, float(p), cscale, delta), c, source=source)
             passes += 1
             _check_sums(out, source)
             n2 = float(out[0])
@@ -449,7 +497,7 @@ def _top(S: np.ndarray, j: int) -> np.ndarray:
     # the default BLAS pools (the refits were 84 % of a MESSI run)
     with blas_threads():
         _, V = scipy.linalg.eigh(S, driver="evd")
-    return _fix_signs(V[:, D - j:][:, ::-1]).T
+    return fix_signs(V[:, D - j:][:, ::-1]).T
 
 
 def _refit(S: np.ndarray, counts: np.ndarray, ccost: np.ndarray, dims: tuple[int, ...],

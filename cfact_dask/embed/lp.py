@@ -15,29 +15,26 @@ References
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
+import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
 import scipy.linalg
-from dask.base import tokenize
-from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
 
-from .. import config
 from .._runtime.blas import blas_threads
-from .._runtime.cluster import client_context, compute
+from .._runtime.checks import check_rank
+from .._runtime.cluster import client_context, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike
-from ..errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError, RankError
-from ..io import open_array
+from ..errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError
+from ._rows import fix_signs, prepare_rows, reduce_rows
 
 __all__ = ["LpLowRankResult", "lp_lowrank", "lp_objective"]
 
@@ -46,156 +43,12 @@ logger = logging.getLogger(__name__)
 Method = Literal["irls", "ellipsoid"]
 
 
-# ====================================================================== shared blockwise machinery
-def _prepare_rows(A: Any, func: str) -> tuple[da.Array, str, bool]:
-    """Open ``A`` as an n × D dask array with whole rows per chunk (float32 / float64).
-
-    Returns the array, a description for messages and whether the data lives in client memory
-    (then it is persisted on a distributed cluster once instead of being shipped every pass).
-    """
-    in_memory = isinstance(A, np.ndarray)
-    inp = open_array(A, feature_axis=0)
-    x = inp.data
-    if x.ndim != 2:
-        raise InputError(
-            f"{inp.source} has shape {x.shape}; {func} needs a matrix n × D (rows = points, "
-            f"e.g. embedding rows); reshape it to 2-D"
-        )
-    if x.dtype.kind in "biu" or (x.dtype.kind == "f" and x.dtype.itemsize < 4):
-        x = x.astype(np.float64 if x.dtype.itemsize > 2 else np.float32)
-    if x.numblocks[1] > 1:
-        # whole rows per task; merging column chunks of one row block moves no data across rows
-        logger.debug("%s: merging %d column chunks into whole rows", inp.source, x.numblocks[1])
-        x = x.rechunk({1: -1})
-    return x, inp.source, in_memory
-
-
 def _check_rank(rank: Any, n: int, D: int, source: str, name: str = "rank") -> int:
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise RankError(f"{name} must be an int, got {rank!r}")
-    rank = int(rank)
-    if not 1 <= rank < D:
-        raise RankError(
-            f"{name}={rank} is impossible for {source} with D={D} columns: a low-rank "
-            f"approximation needs 1 <= {name} < D; pass {name} between 1 and {D - 1}"
-        )
-    if rank > n:
-        raise RankError(
-            f"{name}={rank} exceeds the number of rows n={n} of {source}; pass {name} <= {n}"
-        )
-    return rank
-
-
-def _raise_nonfinite(block: np.ndarray, info: dict[str, Any] | None, source: str) -> None:
-    r0, r1 = info["array-location"][0] if info else (0, block.shape[0])
-    idx = info["chunk-location"][0] if info else 0
-    bad = np.nonzero(~np.isfinite(block).all(axis=1))[0]
-    n_nan = int(np.isnan(block).sum())
-    n_inf = int(np.isinf(block).sum())
-    raise NonFiniteError(
-        f"row chunk {idx} (rows {r0}:{r1}) of {source} holds {n_nan} NaN and {n_inf} Inf values "
-        f"(first in row {r0 + int(bad[0])}); drop or impute those rows (e.g. np.nan_to_num) "
-        f"before the factorization"
-    )
-
-
-def _partial(
-    block: np.ndarray,
-    func: Callable[..., np.ndarray],
-    args: tuple[Any, ...],
-    check_finite: bool,
-    source: str,
-    info: dict[str, Any],
-    with_offset: bool = False,
-) -> np.ndarray:
-    if check_finite and not np.isfinite(block).all():
-        _raise_nonfinite(block, info, source)
-    with _one_blas_thread():
-        if with_offset:
-            out = func(block, info["array-location"][0][0], *args)
-        else:
-            out = func(block, *args)
-    return np.asarray(out, dtype=np.float64).ravel()
-
-
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """One BLAS thread inside a chunk task: dask already runs one task per core, and a
-    multithreaded BLAS on top of that oversubscribes the cores (small per-cluster GEMMs become
-    orders of magnitude slower on a busy machine). No-op without threadpoolctl."""
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-            _CONTROLLER = False
-        else:
-            _CONTROLLER = ThreadpoolController()
-    if _CONTROLLER is False:  # pragma: no cover
-        yield
-        return
-    with _CONTROLLER.limit(limits=1, user_api="blas"):
-        yield
-
-
-_CONTROLLER: Any = None
-
-
-def _sum_list(parts: list[np.ndarray]) -> np.ndarray:
-    acc = np.array(parts[0], copy=True)
-    for p in parts[1:]:
-        acc += p
-    return acc
-
-
-def _row_reduction(
-    x: da.Array,
-    func: Callable[..., np.ndarray],
-    args: tuple[Any, ...] = (),
-    *,
-    check_finite: bool = False,
-    source: str = "the input",
-    split_every: int | None = None,
-    with_offset: bool = False,
-) -> Delayed:
-    """``Σ_chunks func(chunk, *args)`` (the flattened partials) as a dask ``Delayed``.
-
-    One task per row chunk, then a fixed-order tree sum (fan-in ``split_every``), so the result is
-    bitwise the same for a given chunking whatever the scheduler or number of workers. With
-    ``with_offset`` the kernel is called as ``func(chunk, first_row, *args)``.
-    """
-    split_every = int(split_every or config.get("sketch.split-every", 8))
-    tok = tokenize(x.name, func, args, check_finite, split_every, with_offset)
-    pname = "cfact-rows-partial-" + tok
-    name = "cfact-rows-sum-" + tok
-    bounds = np.concatenate([[0], np.cumsum(x.chunks[0])]).astype(int)
-    dsk: dict[Any, Any] = {}
-    keys = []
-    for i in range(x.numblocks[0]):
-        info = {"array-location": [(int(bounds[i]), int(bounds[i + 1]))], "chunk-location": (i,)}
-        dsk[(pname, i)] = (_partial, (x.name, i, 0), func, args, check_finite, source, info,
-                           with_offset)
-        keys.append((pname, i))
-    level = 0
-    while len(keys) > split_every:
-        nxt = []
-        for g in range(0, len(keys), split_every):
-            k = (f"{pname}-tree{level}", g // split_every)
-            dsk[k] = (_sum_list, keys[g : g + split_every])
-            nxt.append(k)
-        keys = nxt
-        level += 1
-    dsk[name] = (_sum_list, keys)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x])
-    return Delayed(name, graph)
-
-
-def _reduce(x: da.Array, func: Callable[..., np.ndarray], args: tuple[Any, ...], client: Any,
-            *, check_finite: bool = False, source: str = "the input",
-            with_offset: bool = False) -> np.ndarray:
-    arr = _row_reduction(x, func, args, check_finite=check_finite, source=source,
-                         with_offset=with_offset)
-    return np.asarray(compute(arr, client=client, progress=False)[0])
+    """``1 <= rank < D`` (a low-rank approximation) and ``rank <= n`` (no more than the rows)."""
+    rank = check_rank(rank, D, source=f"{source} with D={D} columns", what=name,
+                      need="a low-rank approximation")
+    return check_rank(rank, n, source=f"{source} with n={n} rows", what=name, inclusive=True,
+                      need="a basis of the rows")
 
 
 def _top_eigvecs(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,14 +57,7 @@ def _top_eigvecs(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     D = S.shape[0]
     w, V = scipy.linalg.eigh(S, subset_by_index=[D - k, D - 1])
     w, V = w[::-1], V[:, ::-1]
-    return w, _fix_signs(V)
-
-
-def _fix_signs(V: np.ndarray) -> np.ndarray:
-    idx = np.argmax(np.abs(V), axis=0)
-    s = np.sign(V[idx, np.arange(V.shape[1])])
-    s[s == 0] = 1
-    return V * s
+    return w, fix_signs(V)
 
 
 def _project_block(block: np.ndarray, V: np.ndarray) -> np.ndarray:
@@ -275,6 +121,54 @@ class LpLowRankResult:
     # short summaries for the terminal and notebooks (not the arrays: see _runtime.display)
     __repr__ = summary_repr
     _repr_html_ = summary_html
+
+    @property
+    def n_iter_(self) -> int:
+        """Iterations run (``n_iter``)."""
+        return self.n_iter
+
+    @property
+    def reconstruction_err_(self) -> float:
+        """``relative_error``: ``‖A − coefficients basisᵀ‖_F / ‖A‖_F``."""
+        return self.relative_error
+
+    def to_zarr(self, store: str | os.PathLike, group: str = "lp-lowrank", *,
+                overwrite: bool = False, upstream: Mapping[str, str] | None = None) -> str:
+        """Write the basis, the coefficients (blockwise, one pass over ``A``) and the record to
+        ``store/group``; complete only when done (see
+        :func:`~cfact_dask._runtime.resultstore.write_result`)."""
+        from .._runtime.resultstore import write_result
+
+        arrays: dict[str, Any] = {"basis": self.basis, "coefficients": self.coefficients}
+        dims = {"basis": ("embedding_dim", "component"), "coefficients": ("token", "component")}
+        if self.ellipsoid is not None:
+            arrays["ellipsoid"] = self.ellipsoid
+            dims["ellipsoid"] = ("ellipsoid_row", "embedding_dim")
+        return write_result(store, group, arrays, {
+            "type": "lp-lowrank", "objective": self.objective,
+            "objective_history": list(self.objective_history),
+            "relative_error": self.relative_error, "p": self.p, "method": self.method,
+            "entrywise": self.entrywise, "rank": self.rank, "n_iter": self.n_iter,
+            "n_passes": self.n_passes, "converged": self.converged, "info": self.info,
+        }, overwrite=overwrite, dims=dims, upstream=upstream, chunk_axis={"coefficients": 0})
+
+    @classmethod
+    def from_zarr(cls, store: str | os.PathLike, group: str = "lp-lowrank") -> LpLowRankResult:
+        """Open a result written by :meth:`to_zarr` (the coefficients lazily)."""
+        from .._runtime.resultstore import read_result
+
+        arrays, meta = read_result(store, group, "lp-lowrank", lazy=True)
+        ell = arrays.get("ellipsoid")
+        return cls(
+            basis=np.asarray(arrays["basis"]), coefficients=arrays["coefficients"],
+            objective=float(meta["objective"]),
+            objective_history=[float(v) for v in meta["objective_history"]],
+            relative_error=float(meta["relative_error"]), p=float(meta["p"]),
+            method=str(meta["method"]), entrywise=bool(meta["entrywise"]),
+            rank=int(meta["rank"]), n_iter=int(meta["n_iter"]), n_passes=int(meta["n_passes"]),
+            converged=bool(meta["converged"]),
+            ellipsoid=None if ell is None else np.asarray(ell), info=dict(meta.get("info") or {}),
+        )
 
     @property
     def V(self) -> np.ndarray:
@@ -411,7 +305,7 @@ def lp_objective(A: Any, basis: np.ndarray, p: float = 1.0, *, client: Any = Non
     The basis is orthonormalised first. Useful to compare subspaces from different methods on the
     same objective.
     """
-    x, source, _ = _prepare_rows(A, "lp_objective")
+    x, source, _ = prepare_rows(A, "lp_objective")
     B = np.asarray(basis, dtype=np.float64)
     if B.ndim != 2 or B.shape[0] != x.shape[1]:
         raise InputError(
@@ -420,7 +314,7 @@ def lp_objective(A: Any, basis: np.ndarray, p: float = 1.0, *, client: Any = Non
         )
     Q = np.linalg.qr(B)[0]
     with client_context(client, nbytes=int(x.nbytes)) as c:
-        out = _reduce(x, _eval_kernel, (Q, float(p)), c, check_finite=True, source=source)
+        out = reduce_rows(x, _eval_kernel, (Q, float(p)), c, check_finite=True, source=source)
     return float(out[0])
 
 
@@ -575,7 +469,7 @@ def lp_lowrank(
         max_iter = 50 if method == "irls" else 100
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
         raise ConfigError(f"max_iter must be an int >= 0, got {max_iter!r}")
-    x, source, in_memory = _prepare_rows(A, "lp_lowrank")
+    x, source, in_memory = prepare_rows(A, "lp_lowrank")
     n, D = (int(s) for s in x.shape)
     k = _check_rank(rank, n, D, source)
     if isinstance(init, np.ndarray):
@@ -586,7 +480,7 @@ def lp_lowrank(
 
     with client_context(client, nbytes=int(x.nbytes)) as c:
         if c is not None and in_memory:
-            x = c.persist(x)  # ship in-memory data once, not once per pass
+            (x,) = persist(x, client=c)  # ship in-memory data once, not once per pass
         solver = _Solver(x, source, k, p, c, callback, check_finite)
         if method == "ellipsoid":
             # its D × D SVDs / cuts run here, in the client: one BLAS thread (cfact.blas; on a
@@ -636,8 +530,8 @@ class _Solver:
 
     def reduce(self, func: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
         first = self.passes == 0
-        out = _reduce(self.x, func, args, self.client,
-                      check_finite=first and self.check_finite, source=self.source)
+        out = reduce_rows(self.x, func, args, self.client,
+                          check_finite=first and self.check_finite, source=self.source)
         self.passes += 1
         if not np.all(np.isfinite(out)):
             raise NonFiniteError(
@@ -667,7 +561,7 @@ class _Solver:
         m = min(D, k + oversample)
         Q: np.ndarray | None = None
         if isinstance(init, np.ndarray):
-            V = _fix_signs(np.linalg.qr(np.asarray(init, np.float64))[0])
+            V = fix_signs(np.linalg.qr(np.asarray(init, np.float64))[0])
             n2 = None
             if update == "subspace":
                 # pad the start with directions orthogonal to it (deterministic)
@@ -751,7 +645,7 @@ class _Solver:
             b = out[3 + D * k * k :].reshape(D, k)
             ridge = 1e-12 * max(float(np.trace(N.sum(0))), 1e-300) / k * np.eye(k)
             Vn = np.linalg.solve(N + ridge, b[..., None])[..., 0]
-            V = _fix_signs(np.linalg.qr(Vn)[0])
+            V = fix_signs(np.linalg.qr(Vn)[0])
         obj, V, rel = best
         return V, hist, rel, it, converged or max_iter == 0, None, {
             "objective": obj, "delta": delta, "n_inner": n_inner}
@@ -769,7 +663,7 @@ class _Solver:
         ridge = max(lam[0], 1e-300) * 1e-12
         s = 1.0 / np.sqrt(np.maximum(lam, 0.0) + ridge)  # semi-axes, ascending
         Lax = U * s  # columns: the axis vectors of E (E = {L z : ‖z‖ ≤ 1})
-        V0 = _fix_signs(U[:, :k].copy())
+        V0 = fix_signs(U[:, :k].copy())
         d2 = max(float(np.sum(lam) - np.sum(lam[:k])), 0.0)
         rel0 = math.sqrt(d2 / n2) if n2 > 0 else 0.0
         beta = 1.0 / math.sqrt(D + 1.0)
@@ -789,7 +683,7 @@ class _Solver:
             t0 = time.perf_counter()
             Lax, s = _orthogonal_axes(Lax)
             order = np.argsort(s)  # shortest axes first: the candidate top-k of G
-            V = _fix_signs(Lax[:, order[:k]] / s[order[:k]])
+            V = fix_signs(Lax[:, order[:k]] / s[order[:k]])
             out = self.reduce(_ellipsoid_kernel, Lax, V, p)
             fp = out[:D]
             Gr = out[D : D + D * D].reshape(D, D)
@@ -839,9 +733,9 @@ def _ritz_step(Q: np.ndarray, Y: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     T = Q.T @ Y
     T = 0.5 * (T + T.T)
     _, U = scipy.linalg.eigh(T)
-    V = _fix_signs(Q @ U[:, ::-1][:, :k])
+    V = fix_signs(Q @ U[:, ::-1][:, :k])
     V = np.linalg.qr(V)[0] * np.sign(np.diag(np.linalg.qr(V)[1]))[None, :]
-    V = _fix_signs(V)
+    V = fix_signs(V)
     R = Y - V @ (V.T @ Y)
     R = R - V @ (V.T @ R)  # second Gram–Schmidt sweep for orthogonality
     Ur, _, _ = np.linalg.svd(R, full_matrices=False)

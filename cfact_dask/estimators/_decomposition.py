@@ -22,44 +22,12 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._runtime.random import normalize_seed
-from ..errors import RankError
 from ..factor import _cp, _svd
 from ..factor import _sparse_pca as _spca
 from ..sketching._sketch import sketch as _sketch
+from ._validation import check_n_components, is_chunked, resolve_seed, to_numpy
 
 __all__ = ["CompressedCP", "CompressedSVD", "CompressedSparsePCA"]
-
-
-def _is_chunked(X: Any) -> bool:
-    if isinstance(X, (da.Array, str)):
-        return True
-    mod = type(X).__module__
-    return mod.startswith(("zarr", "xarray", "cfact_dask"))
-
-
-def _seed(random_state: Any) -> int:
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(0, 2**31 - 1))
-    return normalize_seed(random_state)
-
-
-def _check_n_components(n_components: Any, shape: tuple[int, ...], default: int) -> int:
-    k = default if n_components is None else n_components
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise RankError(f"n_components must be an int or None, got {n_components!r}")
-    lim = min(shape)
-    if not 1 <= k < lim:
-        raise RankError(
-            f"n_components={k} is impossible for data of shape {tuple(shape)} "
-            f"(n_samples={shape[0]}, n_features={shape[1]}): it must satisfy "
-            f"1 <= n_components < min(n_samples, n_features) = {lim}"
-        )
-    return int(k)
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    return np.asarray(x.compute() if hasattr(x, "compute") else x)
 
 
 class CompressedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -104,7 +72,7 @@ class CompressedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.random_state = random_state
 
     def _fit(self, X: Any) -> Any:
-        if not _is_chunked(X):
+        if not is_chunked(X):
             X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
             shape = X.shape
         else:
@@ -113,15 +81,15 @@ class CompressedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             X = open_array(X)
             shape = X.shape
             self.n_features_in_ = int(shape[1])
-        k = _check_n_components(self.n_components, shape, 2)
+        k = check_n_components(self.n_components, shape, 2)
         res = _svd.svd(X, k, passes=self.passes, oversample=self.oversample, kind=self.kind,
-                       random_state=_seed(self.random_state), progress=False)
+                       random_state=resolve_seed(self.random_state), progress=False)
         self.svd_ = res
-        self.components_ = _to_numpy(res.Vt)
+        self.components_ = to_numpy(res.Vt)
         self.singular_values_ = np.asarray(res.s)
         self.error_estimate_ = float(res.error_estimate)
         Xt = res.U * res.s[None, :]
-        self.explained_variance_ = _to_numpy(Xt.var(axis=0))
+        self.explained_variance_ = to_numpy(Xt.var(axis=0))
         self._n_features_out = self.components_.shape[0]
         return Xt
 
@@ -133,12 +101,12 @@ class CompressedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     def fit_transform(self, X: Any, y: Any = None) -> Any:
         """Fit and return ``U diag(s)`` (numpy for in-memory input, dask for chunked input)."""
         Xt = self._fit(X)
-        return Xt if _is_chunked(X) else _to_numpy(Xt)
+        return Xt if is_chunked(X) else to_numpy(Xt)
 
     def transform(self, X: Any) -> Any:
         """Project ``X`` on the components: ``X @ components_.T``."""
         check_is_fitted(self)
-        if _is_chunked(X):
+        if is_chunked(X):
             from ..io import open_array
 
             return open_array(X).data @ self.components_.T
@@ -205,7 +173,7 @@ class CompressedSparsePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     def fit(self, X: Any, y: Any = None) -> CompressedSparsePCA:
         """Learn sparse components from ``X`` (n_samples × n_features)."""
-        chunked = _is_chunked(X)
+        chunked = is_chunked(X)
         if not chunked:
             X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
             M = X.T
@@ -216,8 +184,8 @@ class CompressedSparsePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             self.n_features_in_ = int(inp.shape[1])
             M = inp.data.T
         shape = (M.shape[1], M.shape[0])
-        k = _check_n_components(self.n_components, shape, min(shape) - 1)
-        seed = _seed(self.random_state)
+        k = check_n_components(self.n_components, shape, min(shape) - 1)
+        seed = resolve_seed(self.random_state)
         if self.sketch_dim is not None:
             sk = _sketch(M, n_components=self.sketch_dim, kind=self.kind, seed=seed, axis=0)
             res = _spca.sparse_pca(sk, k, self.alpha, ridge_alpha=self.ridge_alpha,
@@ -225,16 +193,16 @@ class CompressedSparsePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             mean = M.mean(axis=1)
             W = _spca.refit_components(M, res.H, self.alpha, mean=mean)
             self.operator_ = res.operator
-            self.mean_ = _to_numpy(mean)
-            Wn = _to_numpy(W)
+            self.mean_ = to_numpy(mean)
+            Wn = to_numpy(W)
             nrm = np.linalg.norm(Wn, axis=0)
             self.components_ = (Wn / np.where(nrm == 0, 1.0, nrm)).T
         else:
             res = _spca.sparse_pca(M, k, self.alpha, ridge_alpha=self.ridge_alpha,
                                    max_iter=self.max_iter, tol=self.tol, random_state=seed)
             self.operator_ = None
-            self.mean_ = _to_numpy(res.mean)
-            self.components_ = _to_numpy(res.components)
+            self.mean_ = to_numpy(res.mean)
+            self.components_ = to_numpy(res.components)
         self.result_ = res
         self.n_components_ = k
         self.n_iter_ = int(res.n_iter)
@@ -245,7 +213,7 @@ class CompressedSparsePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def transform(self, X: Any) -> Any:
         """Least-squares codes with ridge penalty (scikit-learn's ``SparsePCA.transform``)."""
         check_is_fitted(self)
-        if _is_chunked(X):
+        if is_chunked(X):
             from ..io import open_array
 
             M = open_array(X).data.T
@@ -312,7 +280,7 @@ class CompressedCP(BaseEstimator):
 
     def fit(self, X: Any, y: Any = None) -> CompressedCP:
         """Decompose the tensor ``X``."""
-        seed = _seed(self.random_state)
+        seed = resolve_seed(self.random_state)
         sketch = None
         if self.sketch_dim is not None:
             sketch = dict(n_components=self.sketch_dim, mode=self.sketch_mode, kind=self.kind,

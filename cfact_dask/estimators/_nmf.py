@@ -31,18 +31,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ..errors import NegativeDataError
 from ..factor._als import ALSSpec, solve_factor
 from ..factor._nmf import NMFResult, nmf
+from ._validation import is_chunked, resolve_seed
 
 __all__ = ["CompressedNMF"]
 
 logger = logging.getLogger(__name__)
-
-
-def _is_chunked(X: Any) -> bool:
-    from ..io import InputArray
-
-    return isinstance(X, (da.Array, InputArray, str)) or hasattr(X, "chunks") and not isinstance(
-        X, np.ndarray
-    )
 
 
 class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -171,7 +164,7 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         return on_components, on_samples
 
     def _validate(self, X: Any, reset: bool) -> tuple[Any, bool]:
-        if _is_chunked(X):
+        if is_chunked(X):
             from ..io import open_array
 
             inp = open_array(X, feature_axis=1)
@@ -185,11 +178,6 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             return inp.data, True
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=reset)
         return np.asarray(X, dtype=np.float64), False
-
-    def _seed(self) -> int:
-        from .._runtime.random import normalize_seed
-
-        return normalize_seed(self.random_state)
 
     # ------------------------------------------------------------------ sklearn API
     def fit(self, X: Any, y: Any = None) -> CompressedNMF:
@@ -215,7 +203,7 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         rank = self.n_components
         if rank is None:
             rank = min(n_samples, n_features) - 1
-        seed = self._seed()
+        seed = resolve_seed(self.random_state)
         a_W, a_H = self._core_alphas()
         common = dict(
             solver=self.solver, init=self.init, n_init=self.n_init, max_iter=self.max_iter,

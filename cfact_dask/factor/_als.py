@@ -22,8 +22,8 @@ One iteration (:func:`als_step`) is one dask graph, persisted, that
 
 Each chunk of ``X`` is read once per iteration (both products use the same chunk keys). No task
 output is ``m``-sized or ``n``-sized: only ``H`` / ``W`` chunks and ``r × r``, ``p × r`` partials
-(``tests/test_als.py`` checks every task output of a run). The previous iteration's factors are
-released when the next ones are persisted.
+(``tests/factor/test_als.py`` checks every task output of a run). The previous iteration's
+factors are released when the next ones are persisted.
 
 The error needs no extra pass: ``‖X − W H‖² = ‖X‖² − 2⟨W, X Hᵀ⟩ + ⟨WᵀW, H Hᵀ⟩``.
 
@@ -49,11 +49,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import dask
 import dask.array as da
 import numpy as np
 
 from .._runtime.checkpoint import Checkpoint
+from .._runtime.cluster import compute, persist
 from .._runtime.codecs import array_kwargs
 from .._runtime.random import generator
 from ..errors import ConvergenceWarning, DivergenceError
@@ -71,6 +71,7 @@ __all__ = [
     "randomized_svd",
     "run_als",
     "solve_factor",
+    "sq_error",
 ]
 
 logger = logging.getLogger(__name__)
@@ -297,34 +298,21 @@ def solve_factor(X: Array, fixed: Array, side: Literal["H", "W"], spec: ALSSpec,
 
 # ---------------------------------------------------------------------- backend
 class Backend:
-    """Where the work runs: numpy in-process, dask's local scheduler, or a distributed client."""
+    """Where the work runs: numpy in-process, dask's local scheduler, or a distributed client.
+
+    Holds the client the iterations compute on; the compute / persist logic itself is
+    :func:`cfact_dask._runtime.cluster.compute` / :func:`~cfact_dask._runtime.cluster.persist`
+    (without progress bars: an iteration's small reductions are not worth one).
+    """
 
     def __init__(self, client: Any = None) -> None:
         self.client = client
 
     def persist(self, *xs: Any) -> list[Any]:
-        lazy = [isinstance(x, da.Array) for x in xs]
-        if not any(lazy):
-            return list(xs)
-        todo = [x for x in xs if isinstance(x, da.Array)]
-        if self.client is not None:
-            done = self.client.persist(todo)
-        else:
-            done = list(dask.persist(*todo))
-        it = iter(done)
-        return [next(it) if flag else x for x, flag in zip(xs, lazy, strict=True)]
+        return persist(*xs, client=self.client, progress=False)
 
     def compute(self, *xs: Any) -> list[Any]:
-        lazy = [isinstance(x, da.Array) for x in xs]
-        if not any(lazy):
-            return [np.asarray(x) if isinstance(x, np.ndarray) else x for x in xs]
-        todo = [x for x in xs if isinstance(x, da.Array)]
-        if self.client is not None:
-            done = self.client.gather(self.client.compute(todo))
-        else:
-            done = list(dask.compute(*todo))
-        it = iter(done)
-        return [next(it) if flag else x for x, flag in zip(xs, lazy, strict=True)]
+        return compute(*xs, client=self.client, progress=False)
 
 
 # ---------------------------------------------------------------------- random factors
@@ -462,7 +450,8 @@ class ALSOutcome:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _sq_error(xsq: float, cross: float, WtW: np.ndarray, HHt: np.ndarray) -> float:
+def sq_error(xsq: float, cross: float, WtW: np.ndarray, HHt: np.ndarray) -> float:
+    """``‖X − W H‖²`` from ``‖X‖²``, ``⟨W, X Hᵀ⟩`` and the Grams (clipped at 0): no pass."""
     return max(xsq - 2.0 * float(cross) + float(np.sum(np.asarray(WtW) * np.asarray(HHt))), 0.0)
 
 
@@ -586,7 +575,7 @@ def run_als(
         W, H, WtW, HHt, cross, l1 = als_step(X, W, H, spec, WtW)
         W, H, WtW, HHt, cross, l1 = backend.persist(W, H, WtW, HHt, cross, l1)
         WtW_np, HHt_np, cross_np, l1_np = backend.compute(WtW, HHt, cross, l1)
-        e2 = _sq_error(xsq, float(cross_np), WtW_np, HHt_np)
+        e2 = sq_error(xsq, float(cross_np), WtW_np, HHt_np)
         err = math.sqrt(e2 / xsq) if xsq > 0 else math.sqrt(e2)
         obj = objective(spec, e2, WtW_np, HHt_np, np.asarray(l1_np))
         if not math.isfinite(err):

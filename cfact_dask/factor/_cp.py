@@ -31,16 +31,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import dask
 import dask.array as da
 import numpy as np
 
 from .._runtime.checkpoint import as_checkpoint
-from .._runtime.cluster import client_context
-from .._runtime.codecs import array_kwargs
+from .._runtime.checks import check_rank
+from .._runtime.cluster import client_context, compute, persist
 from .._runtime.display import SKIP, summary_html, summary_repr
 from .._runtime.jsonattrs import to_json
 from .._runtime.random import SeedLike, generator, normalize_seed
+from .._runtime.resultstore import read_result, write_result
 from ..errors import (
     ConvergenceWarning,
     DivergenceError,
@@ -148,48 +148,30 @@ class CPResult:
                 overwrite: bool = False, upstream: Any = None) -> str:
         """Write weights, factors and history to ``store/group``; checked first, written under
         a temporary name and moved into place complete (see :mod:`cfact_dask._runtime.outputs`)."""
-        from .._runtime.outputs import GroupWriter, prepare_group
-
-        target = prepare_group(store, group, overwrite=overwrite, what="CP output")
-        with GroupWriter(target) as w:
-            g = w.create("cp")
-            arrays = {"weights": self.weights, **{f"factor_{i}": f for i, f in
-                                                   enumerate(self.factors)}}
-            for k, v in arrays.items():
-                v = np.asarray(v)
-                # mode_i × component (the compressed mode: sketch_row); xarray reads the names
-                if k == "weights":
-                    dims = ["component"]
-                else:
-                    i = int(k.split("_")[1])
-                    dims = ["sketch_row" if i == self.mode else f"mode_{i}", "component"]
-                a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=v.shape,
-                                   dimension_names=dims, **array_kwargs())
-                a[...] = v
-            return w.finish({
-                "type": "cp",
-                "n_factors": len(self.factors),
-                "errors": [float(e) for e in self.errors],
-                "n_iter": int(self.n_iter),
-                "mode": self.mode,
-                "operator": self.operator.to_dict() if self.operator is not None else None,
-                "params": _jsonable(self.params),
-            }, upstream=upstream)
+        arrays = {"weights": self.weights, **{f"factor_{i}": f for i, f in
+                                               enumerate(self.factors)}}
+        # mode_i × component (the compressed mode: sketch_row); xarray reads the names
+        dims = {"weights": ("component",), **{
+            f"factor_{i}": ("sketch_row" if i == self.mode else f"mode_{i}", "component")
+            for i in range(len(self.factors))}}
+        return write_result(store, group, {k: np.asarray(v) for k, v in arrays.items()}, {
+            "type": "cp",
+            "n_factors": len(self.factors),
+            "errors": [float(e) for e in self.errors],
+            "n_iter": int(self.n_iter),
+            "mode": self.mode,
+            "operator": self.operator.to_dict() if self.operator is not None else None,
+            "params": _jsonable(self.params),
+        }, overwrite=overwrite, dims=dims, upstream=upstream, what="CP output")
 
     @classmethod
     def from_zarr(cls, store: str | os.PathLike, group: str = "cp") -> CPResult:
         """Read a result written by :meth:`to_zarr`."""
-        from ..sketching._sketch import _read_attrs
-
-        store = os.fspath(store)
-        meta = _read_attrs(store, group, "cp")
-        import zarr
-
-        g = zarr.open_group(store, path=group, mode="r")
-        factors = [np.asarray(g[f"factor_{i}"][...]) for i in range(int(meta["n_factors"]))]
+        arrays, meta = read_result(store, group, "cp")
+        factors = [np.asarray(arrays[f"factor_{i}"]) for i in range(int(meta["n_factors"]))]
         op = meta.get("operator")
         return cls(
-            weights=np.asarray(g["weights"][...]), factors=factors,
+            weights=np.asarray(arrays["weights"]), factors=factors,
             errors=list(meta.get("errors", [])), n_iter=int(meta.get("n_iter", 0)),
             operator=SketchOperator.from_dict(op) if op else None, mode=meta.get("mode"),
             params=dict(meta.get("params", {})),
@@ -227,11 +209,7 @@ class _Backend:
         self.is_dask = isinstance(X, da.Array)
 
     def compute(self, *xs: Any) -> list[Any]:
-        if not self.is_dask:
-            return list(xs)
-        if self.client is not None:
-            return self.client.gather(self.client.compute(list(xs)))
-        return list(dask.compute(*xs))
+        return compute(*xs, client=self.client, progress=False)
 
     def mttkrp(self, factors: list[np.ndarray], mode: int) -> np.ndarray:
         if self.is_dask:
@@ -488,8 +466,8 @@ def cp(
         )
     if 0 in X.shape:
         raise InputError(f"{source} is empty (shape {X.shape}); nothing to factorize")
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
-        raise RankError(f"rank must be an int >= 1, got {rank!r}")
+    rank = check_rank(rank, None, source=f"{source} of shape {X.shape}",
+                      need="a CP decomposition")
     if not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
         raise InputError(f"max_iter must be an int >= 0, got {max_iter!r}")
     seed = normalize_seed(random_state)
@@ -524,9 +502,9 @@ def cp(
         if isinstance(X, da.Array) and small and (c is None or sketch is not None):
             # a small tensor (e.g. the d-sized sketch) is decomposed in memory: the ALS sweeps
             # then cost no scheduler round trips; the sketch pass itself ran distributed
-            X = np.asarray(c.compute(X).result() if c is not None else X.compute())
+            X = np.asarray(compute(X, client=c, progress=False)[0])
         elif isinstance(X, da.Array) and (sketch is not None or X.nbytes <= _PERSIST_BYTES):
-            X = c.persist(X) if c is not None else X.persist()
+            (X,) = persist(X, client=c)
         be = _Backend(X, c)
         norm2 = be.norm2()
         if not np.isfinite(norm2):

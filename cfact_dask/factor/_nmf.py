@@ -33,17 +33,17 @@ import numpy as np
 from .. import config
 from .._runtime.blas import blas_threads
 from .._runtime.checkpoint import as_checkpoint
+from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, is_embedded
-from .._runtime.codecs import array_kwargs
 from .._runtime.display import SKIP, summary_html, summary_repr
 from .._runtime.jsonattrs import to_json
 from .._runtime.random import SeedLike, normalize_seed
+from .._runtime.resultstore import write_result
 from ..errors import (
     ConfigError,
     InputError,
     NegativeDataError,
     NonFiniteError,
-    RankError,
 )
 from ..io import InputArray, checked_dask, checked_numpy, open_array
 from ._als import (
@@ -51,11 +51,11 @@ from ._als import (
     ALSSpec,
     Backend,
     LowRank,
-    _sq_error,
     qb_decomposition,
     random_factor,
     randomized_svd,
     run_als,
+    sq_error,
 )
 
 __all__ = ["NMFResult", "nmf"]
@@ -156,9 +156,8 @@ class NMFResult:
         ``labels`` (:class:`~cfact_dask._runtime.labels.Labels` of the input) the feature and
         sample dimensions take the input's names and coordinates.
         """
-        from .._runtime.labels import COMPONENT, SKETCH_ROW, write_coords
+        from .._runtime.labels import COMPONENT, SKETCH_ROW
         from .._runtime.labels import Labels as _Labels
-        from .._runtime.outputs import GroupWriter, prepare_group
 
         lab = (labels or _Labels()).sized(None if self.is_sketch else int(self.W.shape[0]),
                                           int(self.H.shape[1]))
@@ -168,24 +167,8 @@ class NMFResult:
         coords = dict(lab.along(lab.sample_dim))
         if not self.is_sketch:
             coords.update(lab.along(lab.feature_dim))
-        target = prepare_group(store, group, overwrite=overwrite, what="factors output")
-        with GroupWriter(target) as w:
-            g = w.create("factors")
-            for name, arr in ((wname, self.W), ("H", self.H)):
-                if isinstance(arr, da.Array):
-                    axis = 0 if name != "H" else 1
-                    arr = arr.rechunk({axis: max(arr.chunks[axis]), 1 - axis: -1})
-                    da.to_zarr(arr, target.store, component=f"{w.write_group}/{name}",
-                               overwrite=True, dimension_names=dims[name], zarr_format=3,
-                               **array_kwargs())
-                else:
-                    a = np.asarray(arr)
-                    z = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape,
-                                       dimension_names=dims[name], **array_kwargs())
-                    z[...] = a
-            g = w.open()
-            write_coords(g, coords, {k: g[k] for k in dims})
-            return w.finish({
+        return write_result(
+            store, group, {wname: self.W, "H": self.H}, {
                 "type": "factors",
                 "method": "nmf",
                 "n_iter": int(self.n_iter_),
@@ -196,7 +179,8 @@ class NMFResult:
                 "operator": dict(self.operator) if self.operator is not None else None,
                 "params": _jsonable(self.params),
                 "qb_err": None if self.qb_err_ is None else float(self.qb_err_),
-            }, upstream=upstream)
+            }, overwrite=overwrite, dims=dims, coords=coords, upstream=upstream,
+            chunk_axis={wname: 0, "H": 1}, what="factors output")
 
     @classmethod
     def from_zarr(cls, store: str | os.PathLike, group: str = "factors", *,
@@ -446,7 +430,8 @@ def nmf(
 
     The sample-side factor ``H`` stays chunked on the workers like ``X``; the small feature-side
     factor ``W`` is broadcast; each iteration updates the ``H`` chunks locally and reduces the
-    ``r × r`` Gram ``H Hᵀ`` and ``X Hᵀ`` (p × r) by one tree reduction (see :mod:`cfact_dask.factor._als`).
+    ``r × r`` Gram ``H Hᵀ`` and ``X Hᵀ`` (p × r) by one tree reduction (see
+    :mod:`cfact_dask.factor._als`).
 
     Parameters
     ----------
@@ -573,14 +558,8 @@ def nmf(
     rand = _randomized_options(randomized)
     prep = _prepare(X, feature_axis)
     p, m = prep.X.shape
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise RankError(f"rank must be an int, got {rank!r}")
-    if not 1 <= rank < min(p, m):
-        raise RankError(
-            f"rank={rank} is impossible for {prep.source} of shape ({p}, {m}) (features × "
-            f"samples; n_features = {p}, n_samples = {m}): choose 1 <= rank < {min(p, m)}"
-        )
-    rank = int(rank)
+    rank = check_rank(rank, min(p, m), source=f"{prep.source} of shape ({p}, {m}) (features × "
+                      f"samples; n_features = {p}, n_samples = {m})")
     if semi is None:
         semi = bool(prep.is_sketch and not prep.operator.nonnegative)
     seed = normalize_seed(random_state)
@@ -731,7 +710,7 @@ def _randomized_options(randomized: Any) -> dict[str, int] | None:
 def _exact_error(X: Any, W: Any, H: Any, xsq: float, backend: Backend) -> float:
     """``‖X − W H‖_F / ‖X‖_F`` from one pass: ``‖X‖² − 2⟨W, X Hᵀ⟩ + ⟨WᵀW, H Hᵀ⟩``."""
     cross, WtW, HHt = backend.compute((W * (X @ H.T)).sum(), W.T @ W, H @ H.T)
-    e2 = _sq_error(xsq, float(cross), np.asarray(WtW), np.asarray(HHt))
+    e2 = sq_error(xsq, float(cross), np.asarray(WtW), np.asarray(HHt))
     return math.sqrt(e2 / xsq)
 
 

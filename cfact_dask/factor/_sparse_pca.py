@@ -27,23 +27,25 @@ References
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 
-from .._runtime.cluster import client_context
+from .._runtime.checks import check_rank
+from .._runtime.cluster import client_context, compute, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike, normalize_seed
 from ..errors import ConvergenceWarning, InputError, NonFiniteError
-from ..io import InputArray, open_array
 from ..sketching._sketch import Sketch
-from ._svd import _check_rank, svd
+from ._input import as_features_first
+from ._signs import sign_stats, sign_vector
+from ._svd import svd
 
 __all__ = ["SparsePCAResult", "sparse_pca", "sparse_pca_transform"]
 
@@ -111,8 +113,45 @@ class SparsePCAResult:
         return self.n_iter
 
     @property
+    def reconstruction_err_(self) -> None:
+        """None: the run records its objective (:attr:`error_`), not a reconstruction error."""
+        return None
+
+    @property
     def error_(self) -> list[float]:
         return self.errors
+
+    def to_zarr(self, store: str | os.PathLike, group: str = "sparse-pca", *,
+                overwrite: bool = False, upstream: Mapping[str, str] | None = None) -> str:
+        """Write ``W``, ``H``, ``mean`` and the metadata to ``store/group`` (dask factors
+        blockwise from the workers); complete only when done (see
+        :func:`~cfact_dask._runtime.resultstore.write_result`). The layout is the one
+        ``cfact factor --method sparse-pca`` writes; the rows of a sketch's ``W`` are
+        ``sketch_row``."""
+        from .._runtime.resultstore import write_result
+
+        row = "sketch_row" if self.operator is not None else "feature"
+        return write_result(
+            store, group, {"W": self.W, "H": self.H, "mean": self.mean},
+            {"type": "sparse-pca", "errors": self.errors, "n_iter": self.n_iter,
+             "params": self.params,
+             "operator": self.operator.to_dict() if self.operator is not None else None},
+            overwrite=overwrite, upstream=upstream,
+            dims={"W": (row, "component"), "H": ("component", "sample"), "mean": (row,)})
+
+    @classmethod
+    def from_zarr(cls, store: str | os.PathLike, group: str = "sparse-pca") -> SparsePCAResult:
+        """Open a result written by :meth:`to_zarr` (the arrays lazily, as dask arrays)."""
+        from .._runtime.resultstore import read_result
+        from ..sketching.operators import SketchOperator
+
+        arrays, meta = read_result(store, group, "sparse-pca", lazy=True)
+        params = dict(meta.get("params") or {})
+        op = meta.get("operator")
+        return cls(W=arrays["W"], H=arrays["H"], mean=arrays["mean"],
+                   errors=[float(e) for e in meta.get("errors") or []],
+                   n_iter=int(meta.get("n_iter", 0)), alpha=float(params.get("alpha", 1.0)),
+                   operator=SketchOperator.from_dict(op) if op else None, params=params)
 
 
 # ---------------------------------------------------------------------- numpy kernels
@@ -206,20 +245,16 @@ class _DaskOps:
     def __init__(self, Mc: da.Array, client: Any) -> None:
         self.Mc = Mc
         self.client = client
-        self.norm2 = float(self._compute((Mc * Mc).sum())[0])
+        self.norm2 = float(self.compute((Mc * Mc).sum())[0])
 
-    def _compute(self, *xs: Any) -> Any:
-        if self.client is not None:
-            return self.client.gather(self.client.compute(list(xs)))
-        return dask.compute(*xs)
+    def compute(self, *xs: Any) -> list[Any]:
+        return compute(*xs, client=self.client, progress=False)
 
-    def _persist(self, *xs: Any) -> Any:
-        if self.client is not None:
-            return self.client.persist(list(xs))
-        return dask.persist(*xs)
+    def persist(self, *xs: Any) -> list[Any]:
+        return persist(*xs, client=self.client)
 
     def gram(self, H: da.Array) -> np.ndarray:
-        return np.asarray(self._compute(H @ H.T)[0])
+        return np.asarray(self.compute(H @ H.T)[0])
 
     def code_step(self, W: da.Array, H: da.Array, G: np.ndarray, alpha: float) -> da.Array:
         C = self.Mc @ H.T  # n × r, chunked along the features
@@ -227,7 +262,7 @@ class _DaskOps:
             lambda c, w: _lasso_cd(c, G, alpha, w), C, W.rechunk({0: C.chunks[0]}),
             dtype=np.float64,
         )
-        return self._persist(Wn)[0]
+        return self.persist(Wn)[0]
 
     def dict_step(
         self, W: da.Array, H: da.Array
@@ -236,32 +271,19 @@ class _DaskOps:
             W.T @ self.Mc
         )
         Z = da.concatenate([H.rechunk({1: B.chunks[1]}), B], axis=0).rechunk({0: -1})
-        (Z,) = self._persist(Z)
-        A, GZ, l1 = self._compute(W.T @ W, Z @ Z.T, abs(W).sum())
+        (Z,) = self.persist(Z)
+        A, GZ, l1 = self.compute(W.T @ W, Z @ Z.T, abs(W).sum())
         return A, GZ, Z, float(l1)
 
     def apply(self, Cf: np.ndarray, Z: da.Array) -> da.Array:
         out = Z.map_blocks(lambda z: Cf @ z, chunks=((Cf.shape[0],), Z.chunks[1]), dtype=Z.dtype)
-        return self._persist(out)[0]
+        return self.persist(out)[0]
 
     def finish(self, W: Any, H: Any) -> tuple[Any, Any]:
         return W, H
 
 
 # ---------------------------------------------------------------------- entry point
-def _as_features_first(X: Any) -> tuple[da.Array, str, Any]:
-    if isinstance(X, Sketch):
-        return X.matrix, "the sketch", X.operator
-    inp = X if isinstance(X, InputArray) else open_array(X)
-    if inp.ndim != 2:
-        raise InputError(
-            f"{inp.source} has {inp.ndim} dimensions (shape {inp.shape}); sparse_pca needs a "
-            f"features × samples matrix"
-        )
-    A = inp.data if inp.feature_axis == 0 else inp.data.T
-    return A, inp.source, None
-
-
 def _check_finite_np(M: np.ndarray, source: str) -> None:
     if not np.isfinite(M).all():
         bad = np.argwhere(~np.isfinite(M))[0]
@@ -337,10 +359,10 @@ def sparse_pca(
     .. [2] J. Mairal, F. Bach, J. Ponce, G. Sapiro. "Online dictionary learning for sparse
        coding". ICML 2009.
     """
-    M, source, operator = _as_features_first(X)
+    M, source, operator = as_features_first(X, "sparse_pca")
     if 0 in M.shape:
         raise InputError(f"{source} is empty (shape {M.shape}); nothing to factorize")
-    rank = _check_rank(rank, M.shape, source)
+    rank = check_rank(rank, min(M.shape), source=f"{source} of shape {tuple(M.shape)}")
     if not np.isfinite(alpha) or alpha < 0:
         raise InputError(f"alpha must be a finite number >= 0, got {alpha!r}")
     if not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
@@ -367,7 +389,7 @@ def sparse_pca(
             mean = M.mean(axis=1) if center else da.zeros(M.shape[0], chunks=M.chunks[0])
             Mc = (M - mean[:, None]).astype(np.float64)
             if isinstance(X, Sketch):
-                Mc = c.persist(Mc) if c is not None else Mc.persist()
+                (Mc,) = persist(Mc, client=c)
             ops = _DaskOps(Mc, c)
             if not np.isfinite(ops.norm2):
                 raise NonFiniteError(
@@ -423,12 +445,10 @@ def sparse_pca(
             sg = _svd_flip_cols(W)
             W, H = W * sg, H * sg[:, None]
         else:
-            from ._svd import _sign_vector, _signs
-
-            st = ops._compute(_signs(W))[0]
-            sg = _sign_vector(np.asarray(st))
-            W, H = ops._persist(W * sg[None, :], H * sg[:, None])
-            mean = ops._persist(mean)[0]
+            st = ops.compute(sign_stats(W))[0]
+            sg = sign_vector(np.asarray(st))
+            W, H = ops.persist(W * sg[None, :], H * sg[:, None])
+            mean = ops.persist(mean)[0]
     params = dict(rank=rank, alpha=alpha, ridge_alpha=ridge_alpha, max_iter=max_iter, tol=tol,
                   center=center, seed=seed)
     return SparsePCAResult(W=W, H=H, mean=mean, errors=errors, n_iter=it, alpha=float(alpha),
@@ -448,14 +468,9 @@ def _dask_init(Mc: da.Array, rank: int, seed: int, client: Any) -> tuple[da.Arra
     if Mc.numblocks[0] == 1 or Mc.numblocks[1] == 1:
         u, s, vt = da.linalg.svd(Mc)
         u, s, vt = u[:, :rank], s[:rank], vt[:rank]
-        if client is not None:
-            u, s, vt = client.persist([u, s, vt])
-        else:
-            u, s, vt = dask.persist(u, s, vt)
-        from ._svd import _sign_vector, _signs
-
-        st = dask.compute(_signs(u))[0] if client is None else client.compute(_signs(u)).result()
-        sg = _sign_vector(np.asarray(st))
+        u, s, vt = persist(u, s, vt, client=client)
+        st = compute(sign_stats(u), client=client, progress=False)[0]
+        sg = sign_vector(np.asarray(st))
         W = u * sg[None, :]
         H = (vt * sg[:, None]) * s[:, None]
     else:
@@ -512,7 +527,7 @@ def refit_components(
     numpy.ndarray or dask.array.Array
         ``W`` (n × r), the lasso solution of ``min ½‖X_c − W H‖² + α‖W‖₁``.
     """
-    M, source, _ = _as_features_first(X)
+    M, source, _ = as_features_first(X, "refit_components")
     Hn = np.asarray(H.compute() if isinstance(H, da.Array) else H, dtype=np.float64)
     if Hn.shape[1] != M.shape[1]:
         raise InputError(
@@ -525,6 +540,4 @@ def refit_components(
     C = Mc @ da.from_array(Hn.T, chunks=(M.chunks[1], -1))
     Wd = C.map_blocks(lambda c: _lasso_cd(c, G, alpha, np.zeros_like(c)), dtype=np.float64)
     with client_context(client, nbytes=int(M.nbytes)) as c:
-        if c is not None:
-            return c.persist(Wd)
-        return Wd.persist()
+        return persist(Wd, client=c)[0]

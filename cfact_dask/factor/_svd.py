@@ -25,20 +25,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 
-from .._runtime.cluster import client_context, compute, detach
+from .._runtime.checks import check_rank
+from .._runtime.cluster import client_context, compute, detach, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike, normalize_seed
-from ..errors import InputError, RankError
-from ..io import InputArray, open_array
-from ..sketching._sketch import Sketch
+from ..errors import InputError
 from ..sketching.operators import Kind, SketchOperator, make_operator, project
+from ._input import as_features_first
+from ._signs import sign_stats, sign_vector
 
 __all__ = ["SVDResult", "svd"]
 
@@ -99,6 +101,48 @@ class SVDResult:
     def rank(self) -> int:
         return int(self.s.shape[0])
 
+    @property
+    def n_iter_(self) -> None:
+        """None: the SVD is not iterative (``passes`` counts its reads of the input)."""
+        return None
+
+    @property
+    def reconstruction_err_(self) -> float | None:
+        """The estimated relative error ``error_estimate`` (None when none was taken)."""
+        e = float(self.error_estimate)
+        return None if math.isnan(e) else e
+
+    def to_zarr(self, store: str | os.PathLike, group: str = "svd", *, overwrite: bool = False,
+                upstream: Mapping[str, str] | None = None, row_dim: str = "feature") -> str:
+        """Write ``U``, ``s``, ``Vt`` and the metadata to ``store/group`` (``U`` and ``Vt``
+        blockwise from the workers); complete only when done (see
+        :func:`~cfact_dask._runtime.resultstore.write_result`).
+
+        ``row_dim`` names the rows of ``U``: ``"feature"``, or ``"sketch_row"`` for the SVD of
+        a sketch. The layout is the one ``cfact factor --method svd`` writes.
+        """
+        from .._runtime.resultstore import write_result
+
+        return write_result(
+            store, group, {"U": self.U, "s": self.s, "Vt": self.Vt},
+            {"type": "svd", "passes": self.passes, "error_estimate": self.error_estimate,
+             "params": self.params},
+            overwrite=overwrite, upstream=upstream,
+            dims={"U": (row_dim, "component"), "s": ("component",),
+                  "Vt": ("component", "sample")})
+
+    @classmethod
+    def from_zarr(cls, store: str | os.PathLike, group: str = "svd") -> SVDResult:
+        """Open a result written by :meth:`to_zarr` (``U`` and ``Vt`` lazily, as dask arrays)."""
+        from .._runtime.resultstore import read_result
+
+        arrays, meta = read_result(store, group, "svd", lazy=True)
+        err = meta.get("error_estimate")
+        return cls(U=arrays["U"], s=np.asarray(arrays["s"]), Vt=arrays["Vt"],
+                   passes=int(meta["passes"]),
+                   error_estimate=float("nan") if err is None else float(err),
+                   params=dict(meta.get("params") or {}))
+
     def __iter__(self):  # ``U, s, Vt = svd(...)``
         return iter((self.U, self.s, self.Vt))
 
@@ -107,42 +151,14 @@ class SVDResult:
         return (self.U * self.s[None, :]) @ self.Vt
 
 
-def _as_matrix(X: Any) -> tuple[da.Array, str]:
-    """The input as a features-first dask matrix and a description for messages."""
-    if isinstance(X, Sketch):
-        return X.matrix, "the sketch"
-    inp = X if isinstance(X, InputArray) else open_array(X)
-    if inp.ndim != 2:
-        raise InputError(
-            f"{inp.source} has {inp.ndim} dimensions (shape {inp.shape}); svd needs a matrix. "
-            f"For tensors use cf.cp, or reshape to a matrix first"
-        )
-    A = inp.data if inp.feature_axis == 0 else inp.data.T
-    return A, inp.source
-
-
 def _check_rank(rank: Any, shape: tuple[int, ...], source: str, what: str = "rank") -> int:
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise RankError(f"{what} must be an int, got {rank!r}")
-    lim = min(shape)
-    if not 1 <= rank < lim:
-        raise RankError(
-            f"{what}={rank} is impossible for {source} of shape {tuple(shape)}: a truncated "
-            f"factorization needs 1 <= {what} < min(shape) = {lim}; choose a smaller {what}"
-        )
-    return int(rank)
+    """``1 <= rank < min(shape)`` (a truncated factorization), or a :class:`RankError`."""
+    return check_rank(rank, min(shape), source=f"{source} of shape {tuple(shape)}", what=what)
 
 
 def _op(kind: Kind, d: int, n: int, seed: int, key: tuple[int, ...]) -> SketchOperator:
     op = make_operator(kind, d, n, seed)
     return dataclasses.replace(op, spawn_key=key)
-
-
-def _persist(*xs: Any, client: Any) -> tuple[Any, ...]:
-    if client is not None:
-        out = client.persist(list(xs))
-        return tuple(out)
-    return dask.persist(*xs)
 
 
 def _orth(Y: da.Array) -> da.Array:
@@ -172,28 +188,6 @@ def _basis_from_gram(G: np.ndarray) -> tuple[np.ndarray, float]:
     if not lam[-1] > 0:
         return V, math.inf
     return V / np.sqrt(lam), float(lam[0] / lam[-1])
-
-
-def _maxabs_block(b: np.ndarray) -> np.ndarray:
-    idx = np.argmax(np.abs(b), axis=0)
-    vals = b[idx, np.arange(b.shape[1])]
-    return np.stack([np.abs(vals), vals])[None]
-
-
-def _signs(U: da.Array) -> da.Array:
-    """Per row block: max |entry| and the entry itself, per column (a 2·nblocks × r array)."""
-    return U.map_blocks(
-        lambda b: _maxabs_block(b)[0], chunks=((2,) * U.numblocks[0], U.chunks[1]), dtype=U.dtype
-    )
-
-
-def _sign_vector(stats: np.ndarray) -> np.ndarray:
-    stats = stats.reshape(-1, 2, stats.shape[-1])
-    best = np.argmax(stats[:, 0, :], axis=0)
-    vals = stats[best, 1, np.arange(stats.shape[2])]
-    sg = np.sign(vals)
-    sg[sg == 0] = 1.0
-    return sg
 
 
 def svd(
@@ -294,7 +288,8 @@ def svd(
     >>> res.U.shape, res.s.shape, res.Vt.shape
     ((200, 3), (3,), (3, 100))
     """
-    A, source = _as_matrix(X)
+    A, source, _ = as_features_first(
+        X, "svd", "a matrix. For tensors use cf.cp, or reshape to a matrix first")
     n, m = A.shape
     if 0 in A.shape:
         raise InputError(f"{source} is empty (shape {A.shape}); nothing to factorize")
@@ -364,7 +359,7 @@ def _finish(
     else:
         B1 = B.rechunk({1: -1})
         ub, sb, vb = da.linalg.svd(B1)
-    ub, sb, vb = _persist(ub, sb, vb, client=client)
+    ub, sb, vb = persist(ub, sb, vb, client=client)
     ub_np, sb_np = compute(ub, sb, client=client, progress=False)
     order = np.argsort(-sb_np, kind="stable")[:rank]
     s = np.asarray(sb_np[order])
@@ -374,9 +369,9 @@ def _finish(
     else:
         U = Q.map_blocks(np.dot, u_r, dtype=Q.dtype, chunks=(Q.chunks[0], (rank,)))
     # formed once: the sign statistics, the error estimate and the result all read it
-    (U,) = _persist(U, client=client)
+    (U,) = persist(U, client=client)
     Vt = vb[order]
-    stats = _signs(U)
+    stats = sign_stats(U)
     err_parts: list[Any] = []
     if theta is not None:
         if TQ is not None:
@@ -386,14 +381,14 @@ def _finish(
         TAhat = da.dot(TU * s[None, :], Vt)
         err_parts = [((TA - TAhat) ** 2).sum(), (TA**2).sum()]
     got = compute(stats, *err_parts, client=client, progress=False)
-    sg = _sign_vector(np.asarray(got[0]))
+    sg = sign_vector(np.asarray(got[0]))
     err = float("nan")
     if theta is not None:
         num, den = float(got[1]), float(got[2])
         err = math.sqrt(num / den) if den > 0 else 0.0
     U = U * sg[None, :].astype(U.dtype)
     Vt = Vt * sg[:, None].astype(Vt.dtype)
-    U, Vt = _persist(U, Vt, client=client)
+    U, Vt = persist(U, Vt, client=client)
     return SVDResult(U=U, s=s, Vt=Vt, passes=passes, error_estimate=err, params=params)
 
 
@@ -409,9 +404,9 @@ def _single_pass(
     theta, TA = _test_sketch(A, n_test, seed, source)
     # the single read: one graph, so each chunk-read task feeds every sketch
     if theta is not None:
-        Y, W, TA = _persist(Y, W, TA, client=client)
+        Y, W, TA = persist(Y, W, TA, client=client)
     else:
-        Y, W = _persist(Y, W, client=client)
+        Y, W = persist(Y, W, client=client)
     if progress:
         logger.info("single-pass sketch of %s done (k=%d, l=%d)", source, k, lco)
     # Q = Y M with M from the k × k Gram of Y (a cheap tree reduction over the small, persisted
@@ -441,7 +436,7 @@ def _single_pass(
         # a range sketch (numerically) rank-deficient: the data has (nearly) lower rank than k.
         # The Gram cannot resolve its small directions; a tall-skinny QR can, and Ψ Q is then
         # taken by regenerating Ψ
-        Q = _persist(_orth(Y), client=client)[0]
+        Q = persist(_orth(Y), client=client)[0]
         PsiQ = np.asarray(compute(project(Q, psi, axis=0, check_finite=False), client=client,
                                   progress=False)[0], dtype=np.float64)
     # X = (Ψ Q)⁺ W: least squares with the small l × k matrix, applied blockwise along m
@@ -461,15 +456,15 @@ def _range_finder(
     Y = project(A, omega, axis=1, source=source)
     theta, TA = _test_sketch(A, n_test, seed, source)
     if theta is not None:
-        Y, TA = _persist(Y, TA, client=client)
+        Y, TA = persist(Y, TA, client=client)
     else:
-        (Y,) = _persist(Y, client=client)
-    Q = _persist(_orth(Y), client=client)[0]
+        (Y,) = persist(Y, client=client)
+    Q = persist(_orth(Y), client=client)[0]
     for _ in range(q):
         Z = da.dot(A.T, Q.rechunk({0: A.chunks[0]}))  # m × k, chunked like the columns
-        Zq = _persist(_orth(Z), client=client)[0]
+        Zq = persist(_orth(Z), client=client)[0]
         Y = da.dot(A, Zq.rechunk({0: A.chunks[1]}))
-        Q = _persist(_orth(Y), client=client)[0]
+        Q = persist(_orth(Y), client=client)[0]
     B = da.dot(Q.rechunk({0: A.chunks[0]}).T, A)  # k × m, chunked along columns
     params = dict(rank=rank, k=k, kind=kind, seed=seed, n_test=n_test, passes=2 + 2 * q)
     return _finish(Q, B, rank, 2 + 2 * q, theta, TA, params, client)

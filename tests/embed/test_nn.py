@@ -12,6 +12,8 @@ from click.testing import CliRunner
 
 from cfact_dask import nn as cnn
 from cfact_dask.cli.embed import compress_embedding as cli_command
+from cfact_dask.embed import _torch_layers
+from cfact_dask.embed._layers import as_factors
 from cfact_dask.embed.clustering import projective_clustering
 from cfact_dask.embed.lp import lp_lowrank
 from cfact_dask.errors import ConfigError, InputError, StoreExistsError
@@ -77,7 +79,7 @@ def test_factorized_embedding_lookup_equals_reconstruction(results, emb, kind):
     ids = np.array([[0, 17, 899], [5, 5, 400]])
     np.testing.assert_allclose(layers.lookup(ids), rec[ids], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(layers.lookup(np.arange(emb.shape[0])), rec, atol=1e-5)
-    f = cnn._as_factors(res)
+    f = as_factors(res)
     assert layers.n_params == f.n_params
     if kind == "messi":
         assert len(layers.tables) == 3 and layers.shared.shape == (11, 16)
@@ -100,7 +102,7 @@ def test_save_load_round_trip(results, tmp_path, kind):
     lazy = cnn.load_factors(path, lazy=True)
     assert isinstance(lazy.coefficients, da.Array)
     np.testing.assert_allclose(lazy.reconstruct(np.arange(10)), rec[:10], atol=1e-6)
-    assert g.n_params == cnn._as_factors(res).n_params
+    assert g.n_params == as_factors(res).n_params
     cnn.save_factors(g, path, overwrite=True)
 
 
@@ -132,12 +134,12 @@ def test_torch_modules_equal_reconstruction(results):
         assert out.shape == (2, 3, 16)
         np.testing.assert_allclose(out.detach().numpy(), rec[ids.numpy()], atol=1e-5)
         n_train = sum(p.numel() for p in mod.parameters())
-        assert n_train == cnn._as_factors(res).n_params
+        assert n_train == as_factors(res).n_params
 
 
 def test_torch_missing_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
-    monkeypatch.setattr(cnn, "_TORCH_CLASSES", {})
+    monkeypatch.setattr(_torch_layers, "_TORCH_CLASSES", {})
     with pytest.raises(ImportError, match=r"cfact_dask\[nn\]"):
         cnn.FactorizedEmbedding  # noqa: B018
 

@@ -1,0 +1,176 @@
+"""The shared row pass of the embedding factorizations: one blockwise read, a fixed-order sum.
+
+``A`` (n × D, rows = points) is opened on its native row chunks (:func:`prepare_rows`); a pass
+applies a kernel to every row chunk and sums the small flattened partials by a fixed-order tree
+(:func:`row_reduction`, :func:`reduce_rows`), so the result is bitwise the same for a given
+chunking whatever the scheduler. Used by :mod:`.lp` (ℓp low-rank) and :mod:`.clustering`
+(MESSI), which also share the deterministic sign of eigenvectors (:func:`fix_signs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from .. import config
+from .._runtime.cluster import compute
+from ..errors import InputError, NonFiniteError
+from ..io import open_array
+
+__all__ = ["fix_signs", "one_blas_thread", "prepare_rows", "reduce_rows", "row_reduction"]
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_rows(A: Any, func: str) -> tuple[da.Array, str, bool]:
+    """Open ``A`` as an n × D dask array with whole rows per chunk (float32 / float64).
+
+    Returns the array, a description for messages and whether the data lives in client memory
+    (then it is persisted on a distributed cluster once instead of being shipped every pass).
+    """
+    in_memory = isinstance(A, np.ndarray)
+    inp = open_array(A, feature_axis=0)
+    x = inp.data
+    if x.ndim != 2:
+        raise InputError(
+            f"{inp.source} has shape {x.shape}; {func} needs a matrix n × D (rows = points, "
+            f"e.g. embedding rows); reshape it to 2-D"
+        )
+    if x.dtype.kind in "biu" or (x.dtype.kind == "f" and x.dtype.itemsize < 4):
+        x = x.astype(np.float64 if x.dtype.itemsize > 2 else np.float32)
+    if x.numblocks[1] > 1:
+        # whole rows per task; merging column chunks of one row block moves no data across rows
+        logger.debug("%s: merging %d column chunks into whole rows", inp.source, x.numblocks[1])
+        x = x.rechunk({1: -1})
+    return x, inp.source, in_memory
+
+
+def _raise_nonfinite(block: np.ndarray, info: dict[str, Any] | None, source: str) -> None:
+    r0, r1 = info["array-location"][0] if info else (0, block.shape[0])
+    idx = info["chunk-location"][0] if info else 0
+    bad = np.nonzero(~np.isfinite(block).all(axis=1))[0]
+    n_nan = int(np.isnan(block).sum())
+    n_inf = int(np.isinf(block).sum())
+    raise NonFiniteError(
+        f"row chunk {idx} (rows {r0}:{r1}) of {source} holds {n_nan} NaN and {n_inf} Inf values "
+        f"(first in row {r0 + int(bad[0])}); drop or impute those rows (e.g. np.nan_to_num) "
+        f"before the factorization"
+    )
+
+
+def _partial(
+    block: np.ndarray,
+    func: Callable[..., np.ndarray],
+    args: tuple[Any, ...],
+    check_finite: bool,
+    source: str,
+    info: dict[str, Any],
+    with_offset: bool = False,
+) -> np.ndarray:
+    if check_finite and not np.isfinite(block).all():
+        _raise_nonfinite(block, info, source)
+    with one_blas_thread():
+        if with_offset:
+            out = func(block, info["array-location"][0][0], *args)
+        else:
+            out = func(block, *args)
+    return np.asarray(out, dtype=np.float64).ravel()
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """One BLAS thread inside a chunk task: dask already runs one task per core, and a
+    multithreaded BLAS on top of that oversubscribes the cores (small per-cluster GEMMs become
+    orders of magnitude slower on a busy machine). No-op without threadpoolctl."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+            _CONTROLLER = False
+        else:
+            _CONTROLLER = ThreadpoolController()
+    if _CONTROLLER is False:  # pragma: no cover
+        yield
+        return
+    with _CONTROLLER.limit(limits=1, user_api="blas"):
+        yield
+
+
+_CONTROLLER: Any = None
+
+
+def _sum_list(parts: list[np.ndarray]) -> np.ndarray:
+    acc = np.array(parts[0], copy=True)
+    for p in parts[1:]:
+        acc += p
+    return acc
+
+
+def row_reduction(
+    x: da.Array,
+    func: Callable[..., np.ndarray],
+    args: tuple[Any, ...] = (),
+    *,
+    check_finite: bool = False,
+    source: str = "the input",
+    split_every: int | None = None,
+    with_offset: bool = False,
+) -> Delayed:
+    """``Σ_chunks func(chunk, *args)`` (the flattened partials) as a dask ``Delayed``.
+
+    One task per row chunk, then a fixed-order tree sum (fan-in ``split_every``), so the result is
+    bitwise the same for a given chunking whatever the scheduler or number of workers. With
+    ``with_offset`` the kernel is called as ``func(chunk, first_row, *args)``.
+    """
+    split_every = int(split_every or config.get("sketch.split-every", 8))
+    tok = tokenize(x.name, func, args, check_finite, split_every, with_offset)
+    pname = "cfact-rows-partial-" + tok
+    name = "cfact-rows-sum-" + tok
+    bounds = np.concatenate([[0], np.cumsum(x.chunks[0])]).astype(int)
+    dsk: dict[Any, Any] = {}
+    keys = []
+    for i in range(x.numblocks[0]):
+        info = {"array-location": [(int(bounds[i]), int(bounds[i + 1]))], "chunk-location": (i,)}
+        dsk[(pname, i)] = (_partial, (x.name, i, 0), func, args, check_finite, source, info,
+                           with_offset)
+        keys.append((pname, i))
+    level = 0
+    while len(keys) > split_every:
+        nxt = []
+        for g in range(0, len(keys), split_every):
+            k = (f"{pname}-tree{level}", g // split_every)
+            dsk[k] = (_sum_list, keys[g : g + split_every])
+            nxt.append(k)
+        keys = nxt
+        level += 1
+    dsk[name] = (_sum_list, keys)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x])
+    return Delayed(name, graph)
+
+
+def reduce_rows(x: da.Array, func: Callable[..., np.ndarray], args: tuple[Any, ...],
+                client: Any, *, check_finite: bool = False, source: str = "the input",
+                with_offset: bool = False) -> np.ndarray:
+    """:func:`row_reduction` computed (on ``client``): the summed partials as numpy."""
+    arr = row_reduction(x, func, args, check_finite=check_finite, source=source,
+                        with_offset=with_offset)
+    return np.asarray(compute(arr, client=client, progress=False)[0])
+
+
+def fix_signs(V: np.ndarray) -> np.ndarray:
+    """``V`` with each column's largest-magnitude entry positive (deterministic eigenvectors)."""
+    idx = np.argmax(np.abs(V), axis=0)
+    s = np.sign(V[idx, np.arange(V.shape[1])])
+    s[s == 0] = 1
+    return V * s
+
+
