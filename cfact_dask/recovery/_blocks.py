@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..sketching.operators import SketchOperator
 
 __all__ = [
-    "Blocks", "absmax", "absmax_block", "cols", "gram_block", "local_scheduler", "local_threads",
+    "Blocks", "absmax", "cols", "gram_block", "local_scheduler", "local_threads",
     "matvec_block", "power_block", "rmatvec_stats", "sparse_to_blocks", "tree_sum",
 ]
 
@@ -140,16 +140,20 @@ def _sum(parts: Sequence[Any]) -> Any:
 
 
 def cols(op: SketchOperator, a: int, b: int) -> Any:
+    """Columns ``a:b`` of ``P`` in float64 (sparse for sparse kinds), regenerated from the spec
+    through the operator's tile cache: what every block kernel works on."""
     return op.columns(a, b, np.float64)
 
 
 def gram_block(op: SketchOperator, a: int, b: int) -> np.ndarray:
+    """``P_b P_bᵀ`` (d x d, dense) of the columns ``a:b``; summed over the blocks: ``P Pᵀ``."""
     P = cols(op, a, b)
     G = P @ P.T
     return np.asarray(G.toarray() if sp.issparse(G) else G)
 
 
 def power_block(op: SketchOperator, a: int, b: int, v: np.ndarray) -> np.ndarray:
+    """``P_b P_bᵀ v``: a block's share of one power iteration on ``P Pᵀ``."""
     P = cols(op, a, b)
     return np.asarray(P @ (P.T @ v))
 
@@ -163,17 +167,19 @@ def rmatvec_stats(op: SketchOperator, a: int, b: int, Y: np.ndarray, nonneg: boo
 
 
 def matvec_block(op: SketchOperator, a: int, b: int, x: np.ndarray) -> np.ndarray:
+    """``P_b x_b`` (d x r): a block's partial of ``P x``."""
     return np.asarray(cols(op, a, b) @ x)
 
 
-def absmax_block(x: np.ndarray) -> np.ndarray:
+def _absmax_block(x: np.ndarray) -> np.ndarray:
     return np.abs(x).max(axis=0) if x.size else np.zeros(x.shape[1])
 
 
 def absmax(blocks: Blocks, xs: list[Any]) -> np.ndarray:
+    """The largest ``|x|`` of each column of ``W`` given as row blocks ``xs``."""
     return np.asarray(
         blocks.compute(
-            delayed(np.max)(delayed(np.stack)([delayed(absmax_block)(x) for x in xs]), axis=0)
+            delayed(np.max)(delayed(np.stack)([delayed(_absmax_block)(x) for x in xs]), axis=0)
         )
     )
 
@@ -189,6 +195,8 @@ def _entries_block(
 def sparse_to_blocks(
     blocks: Blocks, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, r: int
 ) -> list[Any]:
+    """The row blocks (persisted) of the n x r matrix with entries ``vals`` at ``(rows, cols)``
+    (global row indices; repeated entries add up)."""
     order = np.argsort(rows, kind="stable")
     rows, cols, vals = rows[order], cols[order], vals[order]
     out = []

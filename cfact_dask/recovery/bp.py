@@ -26,6 +26,16 @@ BP_MAX_FEATURES = 200_000
 
 
 def basis_pursuit(op: SketchOperator, Wt: np.ndarray, nonneg: bool) -> np.ndarray:
+    """``argmin ‖x‖₁ s.t. P x = ŷ`` per column of ``W̃`` (``ŷ`` its projection onto range(P)).
+
+    Returns the n x r ``W`` in memory (negatives clamped when ``nonneg``).
+
+    Raises
+    ------
+    InputError
+        Above ``cfact.recover.bp-max-features`` features (``P`` is built whole), or when HiGHS
+        fails on a column; both name the method to use instead.
+    """
     from scipy.optimize import linprog
 
     limit = int(config.get("recover.bp-max-features", BP_MAX_FEATURES))

@@ -41,6 +41,12 @@ def _lstsq_block(
 def lstsq_data(
     data: Any, H: np.ndarray, nonneg: bool, client: Any, chunks: Any
 ) -> tuple[da.Array, float]:
+    """``W = argmin ‖M − W H‖`` by one pass over ``data`` (features first or last), and the
+    exact relative error ``‖M − W H‖/‖M‖`` computed in the same pass.
+
+    Rows whose least-squares solution has negatives are refitted by NNLS when ``nonneg``.
+    Returns ``W`` (dask, persisted; row chunks ``chunks`` when given) and the error.
+    """
     from ..io import InputArray, open_array
 
     inp = data if isinstance(data, InputArray) else open_array(data)

@@ -580,6 +580,36 @@ def solve_lasso(
     reweight: int | None = None,
     holdout: tuple[np.ndarray, SketchOperator, np.ndarray] | None = None,
 ) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray | None, int, dict[str, list[float]], dict]:
+    """The (nonnegative) LASSO recovery of ``W`` from ``W̃`` (d x r) over the row ``blocks``.
+
+    Parameters
+    ----------
+    blocks : Blocks
+    Wt : ndarray (d, r)
+    nonneg : bool
+    lam : "auto", float or sequence
+        ``"auto"``: scaled LASSO, then (with ``holdout``) the λ path chosen by the held-out error.
+    debias : bool
+        Least squares (NNLS when ``nonneg``) on each column's support after each solve.
+    max_iter, tol, callback
+        Of each FISTA / working-set solve.
+    reweight : int, optional
+        Rounds of reweighted ℓ1 (default 1 for ``"auto"``, else 0).
+    holdout : (Q M, Q, H), optional
+        In memory, checked (:func:`~cfact_dask.recovery.certificate.holdout_inputs`).
+
+    Returns
+    -------
+    xs, PW, lam, sizes, n_iter, history, info
+        The row blocks of ``W``, ``P Ŵ``, λ per column, the support sizes (None without
+        debias), the iterations of all solves, their history, and what was chosen (``info``:
+        ``reweight``, ``lam_noise``, ``lam_multiple``, ``lam_path``).
+
+    Warns
+    -----
+    ConvergenceWarning
+        When a solve stops at ``max_iter``.
+    """
     op = blocks.op
     d, r = Wt.shape
     auto = isinstance(lam, str)
@@ -689,7 +719,7 @@ def solve_lasso(
             f"tol={tol_used:g} (last {hist['rel_change'][-1]:.2e}) or the objective settled; "
             f"raise max_iter, or loosen tol",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of recover()
         )
     return xs, Px, lam_vec, sizes, total_it, hist, info
 

@@ -44,6 +44,20 @@ def _best(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def solve_omp(blocks: Blocks, Wt: np.ndarray, k: int, nonneg: bool, tol: float) -> tuple:
+    """OMP of every column of ``W̃`` (d x r) on the columns of ``P``, at most ``k`` atoms each.
+
+    A column stops when its residual falls below ``tol`` x its norm, or when no atom improves it
+    (for a nonnegative ``W``: no positive correlation left).
+
+    Returns
+    -------
+    xs : list
+        The row blocks of ``W`` (persisted).
+    PW : ndarray
+        ``P Ŵ`` (d x r).
+    n_iter : int
+        Atoms added (passes over ``P``).
+    """
     op = blocks.op
     d, r = Wt.shape
     chosen = [np.zeros(0, dtype=np.int64) for _ in range(r)]
