@@ -575,7 +575,7 @@ def recover(
     >>> import numpy as np, cfact_dask as cf
     >>> from cfact_dask.recovery import recover
     >>> op = cf.make_operator("expander", 200, 2000, seed=0)
-    >>> w = np.zeros((2000, 1)); w[[3, 500, 1700]] = [1.0, 2.0, 0.5]
+    >>> w = np.zeros((2000, 1)); w[[3, 500, 1700], 0] = [1.0, 2.0, 0.5]
     >>> rec = recover(op.matvec(w).compute(), op, "nnlasso")
     >>> np.flatnonzero(rec.compute()[:, 0] > 1e-6)
     array([   3,  500, 1700])
