@@ -26,27 +26,17 @@ logger = logging.getLogger(__name__)
 
 #: the debias refits on entries above this fraction of the column's largest
 _DEBIAS_SUPPORT = 1e-3
-
-
 #: a Cholesky solve of the normal equations on a support is used only when LAPACK's estimate of
 #: the reciprocal condition number of ``A_Fᵀ A_F`` is above this (κ(A_F) below 10⁴, so the
 #: solve is accurate to ~1e-8 relative at worst); else the reference solvers decide
 _CHOL_RCOND = 1e-8
-
-
 #: KKT check of a candidate NNLS solution: a zero entry j violates it when ``aⱼᵀ(y − A x)``
 #: exceeds this x ``max|Aᵀ y|`` (the gradient would push it up)
 _KKT_TOL = 1e-10
-
-
 #: projected-gradient steps (at most) to find the NNLS support, and the number of consecutive
 #: steps with an unchanged support after which it is taken as found
 _PG_MAX_ITER = 2000
-
-
 _PG_STABLE = 30
-
-
 #: rounds of support exchange (drop x_F ≤ 0, add KKT violators) before giving up
 _POLISH_ROUNDS = 10
 

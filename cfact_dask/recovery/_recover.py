@@ -483,7 +483,7 @@ def _unpack(result_or_Wtilde: Any, H: Any) -> tuple[np.ndarray | None, np.ndarra
 def recover(
     result_or_Wtilde: Any,
     operator: SketchOperator | None,
-    method: Method = "nnlasso",
+    method: Method | str = "nnlasso",
     *,
     lam: float | Sequence[float] | Literal["auto"] = "auto",
     debias: bool = True,

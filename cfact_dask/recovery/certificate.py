@@ -40,12 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: the held-out error may exceed the best error reachable with H by this factor ...
 HOLDOUT_RATIO = 1.5
-
-
 #: ... plus this absolute slack, before the recovery is declared poor
 HOLDOUT_SLACK = 0.05
-
-
 #: an entry is significant above this fraction of its column's largest (density check)
 _SIGNIFICANT = 0.01
 

@@ -68,36 +68,22 @@ logger = logging.getLogger(__name__)
 
 #: first-stage λ of the automatic choice, relative to λ_max (the λ at which the solution is 0)
 _ALPHA0 = 0.05
-
-
 #: smallest λ the automatic choice goes to, relative to λ_max (noiseless data)
 _ALPHA_MIN = 1e-4
-
-
 #: reweighted ℓ1: ε of the weights ε / (|x| + ε), relative to the column's largest entry
 _REWEIGHT_EPS = 0.1
-
-
 #: multiples of the noise-based λ tried (largest first, warm-started) when a hold-out is given
 _LAM_PATH = (2.0, 1.0, 0.5)
-
-
 #: relative-change tolerance of the automatic λ's LASSO solves when they are debiased
 _AUTO_TOL = 1e-3
-
-
-#: ... and runs the blocks' steps in threads when W has at least this many entries (n r)
+#: the in-process FISTA runs the blocks' steps in threads when W has at least this many entries
+#: (n r); the columns of P it keeps or regenerates: see ``_blocks._LOCAL_P_MAX_BYTES``
 _LOCAL_THREADS_MIN_ENTRIES = 2**20
-
-
 #: FISTA also stops when no column's objective fell by more than tol x this factor (relative)
 #: over the last _OBJ_WINDOW iterations
 _OBJ_TOL_FACTOR = 0.2
-
-
 _OBJ_WINDOW = 10
-
-
+#: ‖P‖₂² per operator spec
 _LIP: dict[Any, float] = {}
 
 
