@@ -295,7 +295,7 @@ def test_interrupted_remote_store_is_never_complete_and_resumes(fs, bucket, s3_i
         Sketch.from_zarr(out, "sketch2")
     zarr.open_group(out, mode="a").create_group("recovered").attrs["cfact"] = {
         "type": "recovered", "complete": False}
-    from cfact_dask.pipeline._run import _load_recovery
+    from cfact_dask.recovery import load_recovery as _load_recovery
 
     with pytest.raises(StoreNotFoundError, match="not a complete recovered"):
         _load_recovery(out, None)

@@ -10,10 +10,11 @@ from typing import Any
 import click
 import numpy as np
 
-from ..recovery._recover import METHODS as RECOVER_METHODS
+from ..recovery import RECOVERY_METHODS
 from ._session import Session, cluster_options, with_session
 
-__all__ = ["AutoOrPositive", "demo", "plan_cmd", "reconstruct_cmd", "recover_cmd", "run"]
+__all__ = ["AutoOrPositive", "RecoveryMethodChoice", "demo", "plan_cmd", "reconstruct_cmd",
+           "recover_cmd", "run"]
 
 
 class AutoOrPositive(click.ParamType):
@@ -31,6 +32,22 @@ class AutoOrPositive(click.ParamType):
         if not (v > 0 and np.isfinite(v)):
             self.fail(f"{value!r} must be a finite number > 0 (or 'auto')", param, ctx)
         return v
+
+
+class RecoveryMethodChoice(click.Choice):
+    """The names of :data:`~cfact_dask.recovery.RECOVERY_METHODS`, read when the command line is
+    parsed (and ``--help`` shown), so a method registered after import is accepted."""
+
+    def __init__(self) -> None:
+        super().__init__(RECOVERY_METHODS.names())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        return RECOVERY_METHODS.names()
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click.Choice.__init__ assigns; the registry rules
+        pass
 
 
 def _fmt_report(report: dict[str, Any]) -> str:
@@ -222,7 +239,7 @@ def plan_cmd(session: Session, job: str, workers: int | None, threads: int | Non
 
 @click.command("recover")
 @click.argument("store", type=click.Path())
-@click.option("--method", type=click.Choice(list(RECOVER_METHODS)), default="nnlasso",
+@click.option("--method", type=RecoveryMethodChoice(), default="nnlasso",
               show_default=True)
 @click.option("--data", default=None, help="The original data (for lstsq-data).")
 @click.option("--sparsity", type=click.IntRange(min=1), default=None,
@@ -243,8 +260,7 @@ def recover_cmd(session: Session, store: str, method: str, data: str | None,
     from .._runtime.outputs import group_id, join, prepare_group
     from ..errors import InputError
     from ..factor._nmf import NMFResult
-    from ..pipeline._run import _save_recovery
-    from ..recovery._recover import recover
+    from ..recovery import recover, save_recovery
     from ..sketching._sketch import Sketch
 
     sk = Sketch.from_zarr(store, "sketch")
@@ -263,9 +279,9 @@ def recover_cmd(session: Session, store: str, method: str, data: str | None,
     rec = recover(res, sk.operator, method, data=data, sparsity=sparsity,
                   lam=lam, holdout=holdout,
                   client=session.client)
-    _save_recovery(store, rec, overwrite=overwrite,
-                   upstream={g: group_id(store, g) for g in ("factors", "sketch", "holdout")},
-                   labels=labels_of_store(store, "sketch"))
+    save_recovery(store, rec, overwrite=overwrite,
+                  upstream={g: group_id(store, g) for g in ("factors", "sketch", "holdout")},
+                  labels=labels_of_store(store, "sketch"))
     cert = rec.certificate
     session.report({"command": "recover", "store": store, "method": method,
                     "certificate": cert.to_dict()},
@@ -303,11 +319,11 @@ def reconstruct_cmd(session: Session, store: str, like: str, out: str | None, co
     """Write W H (from STORE/recovered and STORE/factors) on the input's chunk grid."""
     from .._runtime.outputs import group_id
     from ..factor._nmf import NMFResult
-    from ..pipeline._run import _load_recovery
     from ..reconstruct import reconstruct
+    from ..recovery import load_recovery
 
     res = NMFResult.from_zarr(store, "factors", lazy=True)
-    rec = _load_recovery(store, None)  # refuses an incomplete or stale (older factors) group
+    rec = load_recovery(store, None)  # refuses an incomplete or stale (older factors) group
     target, group = (out, None) if out else (store, "reconstruction")
     upstream = None if out else {g: group_id(store, g) for g in ("recovered", "factors")}
     stats = reconstruct(rec.W, res.H, target, like=like,

@@ -24,6 +24,13 @@ __all__ = ["Plan", "plan"]
 _REMOTE_CLIENT_BYTES = 16 * 2**20
 
 
+def _reads_data(method: str) -> bool:
+    """A recovery method that makes one extra pass over the data (from its registry entry)."""
+    from ..recovery import RECOVERY_METHODS
+
+    return method in RECOVERY_METHODS and RECOVERY_METHODS.get(method).reads_data
+
+
 def _fmt(b: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(b) < 1024 or unit == "TiB":
@@ -205,7 +212,7 @@ def plan(
     if method == "auto":
         # the fallback when the sparse recovery's certificate fails: one exact pass
         conditional["recover: auto falls back to lstsq-data"] = 1
-    if method == "lstsq-data":
+    if _reads_data(method):
         passes["recover"] = 1
         task_peak["recover"] = chunk_elems * 8 * 2 + rows * r * 8 + remote_task
         worker_peak["recover"] = th * task_peak["recover"] + remote_worker

@@ -38,7 +38,6 @@ import numpy as np
 from .._runtime import storage
 from .._runtime import workers as _workers
 from .._runtime.cluster import client_context, use_client
-from .._runtime.codecs import array_kwargs
 from .._runtime.display import SKIP, fmt_value, summary_html, summary_repr
 from .._runtime.jsonattrs import to_json
 from .._runtime.labels import Labels
@@ -52,7 +51,7 @@ from ..errors import (
     ResumeError,
     StoreExistsError,
 )
-from ..io import InputArray, checked_dask, open_array
+from ..io import InputArray, open_array
 from ..sketching._sketch import Sketch, sketch, sketch_with
 from ..sketching.operators import make_operator
 
@@ -457,10 +456,10 @@ def _factor_stage(sk: Sketch, rank: int, opts: dict[str, Any], rs: _RunStore, cl
 def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
                    opts: dict[str, Any], rs: _RunStore, client: Any,
                    labels: Labels | None = None) -> Any:
-    from ..recovery._recover import recover
+    from ..recovery import load_recovery, recover, save_recovery
 
     if rs.done("recover"):
-        return _load_recovery(rs.path, res)
+        return load_recovery(rs.path, res)
     method = opts["method"]
     op = sk.operator
     holdout = (hold.matrix, hold.operator) if hold is not None else None
@@ -502,9 +501,9 @@ def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
                 method, _fmt(est), float(opts["warn_above"]),
             )
     if rs.path is not None:
-        _save_recovery(rs.path, rec, overwrite=True,
-                       upstream={g: rs.group_id(g) for g in ("factors", "sketch", "holdout")},
-                       labels=labels)
+        save_recovery(rs.path, rec, overwrite=True,
+                      upstream={g: rs.group_id(g) for g in ("factors", "sketch", "holdout")},
+                      labels=labels)
         rs.commit("recover", {"method": rec.method, **rec.certificate.to_dict()})
     return rec
 
@@ -538,53 +537,6 @@ def _persist(arrays: list[Any], client: Any, progress: bool | None) -> list[Any]
 
 def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.3g}"
-
-
-def _save_recovery(path: str, rec: Any, *, overwrite: bool = False,
-                   upstream: Mapping[str, Any] | None = None, group: str = "recovered",
-                   labels: Labels | None = None) -> str:
-    """Write a :class:`~cfact_dask.Recovery` to ``path/group`` under the output policy
-    (checked first, staged under a temporary name, complete last, downstream groups of a
-    replaced one removed). ``W`` gets the input's feature dimension and coordinates."""
-    import dask.array as da
-
-    from .._runtime.labels import COMPONENT, write_coords
-    from .._runtime.outputs import GroupWriter, prepare_group
-
-    target = prepare_group(path, group, overwrite=overwrite, what="recovered output",
-                           flag="overwrite=True (CLI: --overwrite)")
-    W = rec.W
-    W = W.rechunk({0: max(W.chunks[0]), 1: -1}) if isinstance(W, da.Array) else da.asarray(W)
-    lab = (labels or Labels()).sized(int(W.shape[0]), None)
-    with GroupWriter(target) as w:
-        w.create("recovered")
-        da.to_zarr(W, target.store, component=f"{w.write_group}/W", overwrite=True,
-                   zarr_format=3, dimension_names=(lab.feature_dim, COMPONENT),
-                   **array_kwargs())
-        g = w.open()
-        write_coords(g, lab.along(lab.feature_dim), {"W": g["W"]})
-        return w.finish(_json({
-            "type": "recovered", "method": rec.method, "certificate": rec.certificate.to_dict(),
-            "n_iter": int(rec.n_iter_),
-        }), upstream=upstream)
-
-
-def _load_recovery(path: str, res: Any, group: str = "recovered") -> Any:
-
-    from .._runtime.outputs import open_complete_group, store_path
-    from ..recovery._recover import Certificate, Recovery
-
-    path = store_path(path)
-    g, meta = open_complete_group(path, group, "recovered", fix="run recover (again)")
-    cert_d = dict(meta["certificate"])
-    for k in ("fit_residual_per_column", "support_sizes", "effective_support"):
-        if cert_d.get(k) is not None:
-            cert_d[k] = np.asarray(cert_d[k])
-    cert_d["messages"] = tuple(cert_d.get("messages", ()))
-    W = checked_dask(g["W"], f"{path}/{group}/W")  # a corrupt chunk is a ChunkError naming it
-    return Recovery(W=W, H=None if res is None else np.asarray(res.H),
-                    method=meta["method"], certificate=Certificate(**cert_d),
-                    n_iter_=int(meta.get("n_iter", 0)))
 
 
 # ---------------------------------------------------------------------------- entry points

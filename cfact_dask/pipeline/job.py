@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
@@ -77,11 +77,19 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     },
 }
 
-_CHOICES = {
+#: allowed values of a key: a tuple, or a callable returning one (read when a job is validated)
+_CHOICES: dict[tuple[str, str], tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     ("sketch", "kind"): ("expander", "sparse_sign", "countsketch", "gaussian"),
     ("factor", "method"): ("nmf", "semi-nmf", "svd", "sparse-pca", "dgd-local"),
-    ("recover", "method"): ("auto", "nnlasso", "lasso", "bp", "omp", "lstsq-data", "none"),
+    # read from the registry at validation time: a registered recovery method is accepted
+    ("recover", "method"): lambda: ("auto", *_recovery_methods(), "none"),
 }
+
+
+def _recovery_methods() -> tuple[str, ...]:
+    from ..recovery import RECOVERY_METHODS  # lazy: validating a job needs no solver imports
+
+    return RECOVERY_METHODS.names()
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -129,6 +137,8 @@ def validate_job(
                         f"{val!r} ({type(val).__name__})"
                     )
                 choices = _CHOICES.get((section, key))
+                if callable(choices):
+                    choices = choices()
                 if choices and val not in choices:
                     raise ConfigError(
                         f"{source}: 'cfact.{section}.{key}' is {val!r}; choose one of {list(choices)}"

@@ -16,7 +16,7 @@ import cfact_dask as cf
 from cfact_dask.datasets import planted_nmf
 from cfact_dask.errors import ConvergenceWarning, InputError, RecoveryWarning
 from cfact_dask.metrics import match_factors
-from cfact_dask.recovery._recover import holdout_error, recover
+from cfact_dask.recovery import holdout_error, recover
 
 
 def _sparse(n, k, r, seed, nonneg=True):
@@ -146,7 +146,7 @@ def test_holdout_decides_the_verdict_density_is_a_note():
     # the certificate survives a JSON round trip (the pipeline stores it)
     import json
 
-    from cfact_dask.recovery._recover import Certificate
+    from cfact_dask.recovery import Certificate
 
     d_ = json.loads(json.dumps(c.to_dict()))
     assert Certificate(**d_).notes == c.notes

@@ -24,7 +24,9 @@ from scipy.optimize import nnls
 import cfact_dask as cf
 from cfact_dask.datasets import planted_nmf
 
-R = importlib.import_module("cfact_dask.recovery._recover")  # the module (cf.recover is the function)
+B = importlib.import_module("cfact_dask.recovery._blocks")  # row blocks, kernels, tree sums
+L = importlib.import_module("cfact_dask.recovery._lsq")  # debias / NNLS solvers
+LS = importlib.import_module("cfact_dask.recovery.lasso")  # FISTA sweeps
 
 
 # ---------------------------------------------------------------------- helpers
@@ -77,13 +79,13 @@ def planted():
 def _watch_threads(monkeypatch):
     """Whether each in-process step ran its blocks in the thread pool."""
     used = []
-    orig = R._LocalSweep._map
+    orig = LS._LocalSweep._map
 
     def wrapped(self, *a):
         used.append(self._pool is not None)
         return orig(self, *a)
 
-    monkeypatch.setattr(R._LocalSweep, "_map", wrapped)
+    monkeypatch.setattr(LS._LocalSweep, "_map", wrapped)
     return used
 
 
@@ -100,10 +102,10 @@ def test_local_fista_matches_the_dask_path(planted, monkeypatch, method, kw, thr
     must produce the same numbers, and each run must really have taken its path."""
     p = planted
     if threads:  # the pool of a large W, forced on this small one
-        monkeypatch.setattr(R, "_LOCAL_THREADS_MIN_ENTRIES", 0)
+        monkeypatch.setattr(LS, "_LOCAL_THREADS_MIN_ENTRIES", 0)
     pooled = _watch_threads(monkeypatch)
-    local_steps = _count_calls(monkeypatch, R._LocalSweep, "step")
-    dask_steps = _count_calls(monkeypatch, R._DaskSweep, "step")
+    local_steps = _count_calls(monkeypatch, LS._LocalSweep, "step")
+    dask_steps = _count_calls(monkeypatch, LS._DaskSweep, "step")
     args = (p["Wt"], p["op"], method)
     opts = dict(H=p["H"], holdout=(p["QM"], p["Q"]), chunks=150, **kw)
     fast = cf.recover(*args, **opts)
@@ -123,8 +125,8 @@ def test_local_fista_matches_the_dask_path(planted, monkeypatch, method, kw, thr
 def test_tree_sum_local_is_the_delayed_tree():
     rng = np.random.default_rng(0)
     parts = [(rng.standard_normal((50, 3)), rng.standard_normal((3, 3))) for _ in range(19)]
-    got = R._tree_sum(parts, local=True)
-    want = dask.compute(R._tree_sum(parts), scheduler="sync")[0]
+    got = B.tree_sum(parts, local=True)
+    want = dask.compute(B.tree_sum(parts), scheduler="sync")[0]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
 
@@ -147,7 +149,7 @@ def test_nnls_lstsq_shortcut_is_scipys_nnls():
     y = A @ (1.0 + rng.random(60)) + 0.01 * rng.standard_normal(400)
     ls = np.linalg.lstsq(A.toarray(), y, rcond=None)[0]
     assert ls.min() > 0  # the shortcut applies
-    x, route = R._nnls_support(A, y)
+    x, route = L._nnls_support(A, y)
     assert route == "lstsq"
     np.testing.assert_allclose(x, ls, rtol=1e-10)
     np.testing.assert_allclose(x, _scipy_nnls(A, y), rtol=1e-10)
@@ -161,8 +163,8 @@ def test_nnls_active_set_when_least_squares_goes_negative(seed, search, monkeypa
     the projected-gradient search (``exchange-only``: from the clipped least squares) the KKT
     check and the exchange rounds alone must find it."""
     if search == "exchange-only":
-        monkeypatch.setattr(R, "_PG_MAX_ITER", 0)
-        monkeypatch.setattr(R, "_POLISH_ROUNDS", 50)
+        monkeypatch.setattr(L, "_PG_MAX_ITER", 0)
+        monkeypatch.setattr(L, "_POLISH_ROUNDS", 50)
     rng = np.random.default_rng(seed)
     d, k = 300, [80, 150, 250][seed % 3]
     A = _expander_columns(d, k, seed=seed)
@@ -170,7 +172,7 @@ def test_nnls_active_set_when_least_squares_goes_negative(seed, search, monkeypa
     y = A @ xt + 0.3 * rng.standard_normal(d)
     ls = np.linalg.lstsq(A.toarray(), y, rcond=None)[0]
     assert ls.min() < 0  # the shortcut does not apply
-    x, route = R._nnls_support(A, y)
+    x, route = L._nnls_support(A, y)
     ref = _scipy_nnls(A, y)
     assert route == "active-set"
     assert x.min() >= 0
@@ -185,25 +187,25 @@ def test_nnls_falls_back_to_scipy_when_not_unique(monkeypatch):
     A = _expander_columns(200, 40, seed=5)
     A = sp.hstack([A, A[:, [7]]], format="csc")
     y = A @ np.abs(rng.standard_normal(41)) + 0.05 * rng.standard_normal(200)
-    x, route = R._nnls_support(A, y)
+    x, route = L._nnls_support(A, y)
     assert route == "scipy"
-    np.testing.assert_array_equal(x, R._nnls(A.toarray(), y))
+    np.testing.assert_array_equal(x, L.nnls(A.toarray(), y))
     # a unique problem whose support search is cut short: the same fallback
     A = _expander_columns(300, 150, seed=0)
     xt = np.where(rng.random(150) < 0.6, 1.0, 0.0)
     y = A @ xt + 0.3 * rng.standard_normal(300)
-    monkeypatch.setattr(R, "_POLISH_ROUNDS", 0)
-    x, route = R._nnls_support(A, y)
+    monkeypatch.setattr(L, "_POLISH_ROUNDS", 0)
+    x, route = L._nnls_support(A, y)
     assert route == "scipy"
-    np.testing.assert_array_equal(x, R._nnls(A.toarray(), y))
+    np.testing.assert_array_equal(x, L.nnls(A.toarray(), y))
 
 
 def test_nnls_trivial_cases():
     A = _expander_columns(100, 20, seed=1)
     for y in (np.zeros(100), -np.ones(100)):  # Aᵀy ≤ 0: x = 0
-        x, _ = R._nnls_support(A, y)
+        x, _ = L._nnls_support(A, y)
         np.testing.assert_array_equal(x, np.zeros(20))
-    x, _ = R._nnls_support(A[:, :0], np.ones(100))
+    x, _ = L._nnls_support(A[:, :0], np.ones(100))
     assert x.shape == (0,)
 
 
@@ -211,12 +213,12 @@ def test_lstsq_support_matches_numpy():
     rng = np.random.default_rng(2)
     A = _expander_columns(300, 120, seed=3)
     y = rng.standard_normal(300)
-    x, route = R._lstsq_support(A, y)
+    x, route = L._lstsq_support(A, y)
     assert route == "cholesky"
     np.testing.assert_allclose(x, np.linalg.lstsq(A.toarray(), y, rcond=None)[0], rtol=1e-9)
     # rank-deficient: the minimum-norm solution, by numpy as before
     A2 = sp.hstack([A, A[:, [0, 5]]], format="csc")
-    x, route = R._lstsq_support(A2, y)
+    x, route = L._lstsq_support(A2, y)
     assert route == "lstsq"
     np.testing.assert_array_equal(x, np.linalg.lstsq(A2.toarray(), y, rcond=None)[0])
 
@@ -229,16 +231,16 @@ def test_debias_solvers_do_not_change_the_recovery(planted, monkeypatch, method)
     args = (p["Wt"], p["op"], method)
     opts = dict(H=p["H"], holdout=(p["QM"], p["Q"]))
     routes = []
-    fast_nnls, fast_ls = R._nnls_support, R._lstsq_support
-    monkeypatch.setattr(R, "_nnls_support", lambda A, y: routes.append(
+    fast_nnls, fast_ls = L._nnls_support, L._lstsq_support
+    monkeypatch.setattr(L, "_nnls_support", lambda A, y: routes.append(
         fast_nnls(A, y)[1]) or fast_nnls(A, y))
-    monkeypatch.setattr(R, "_lstsq_support", lambda A, y: routes.append(
+    monkeypatch.setattr(L, "_lstsq_support", lambda A, y: routes.append(
         fast_ls(A, y)[1]) or fast_ls(A, y))
     fast = cf.recover(*args, **opts)
     # both NNLS routes occur here (the shortcut, and false positives handled by the active set)
     assert set(routes) == ({"lstsq", "active-set"} if method == "nnlasso" else {"cholesky"})
-    monkeypatch.setattr(R, "_nnls_support", lambda A, y: (R._nnls(A.toarray(), y), "scipy"))
-    monkeypatch.setattr(R, "_lstsq_support", lambda A, y: (
+    monkeypatch.setattr(L, "_nnls_support", lambda A, y: (L.nnls(A.toarray(), y), "scipy"))
+    monkeypatch.setattr(L, "_lstsq_support", lambda A, y: (
         np.linalg.lstsq(A.toarray(), y, rcond=None)[0], "lstsq"))
     ref = cf.recover(*args, **opts)
     _assert_same_recovery(ref, fast, exact=False)
@@ -250,8 +252,8 @@ def test_local_fista_regenerating_a_dense_operator_matches(monkeypatch):
     """A Gaussian P, not kept between steps (as when all of P is too big to keep): the
     in-process loop regenerates each block's columns (in threads) and still matches the dask
     path."""
-    monkeypatch.setattr(R, "_LOCAL_P_MAX_BYTES", 0)
-    monkeypatch.setattr(R, "_LOCAL_THREADS_MIN_ENTRIES", 0)  # regenerated concurrently
+    monkeypatch.setattr(B, "_LOCAL_P_MAX_BYTES", 0)
+    monkeypatch.setattr(LS, "_LOCAL_THREADS_MIN_ENTRIES", 0)  # regenerated concurrently
     rng = np.random.default_rng(4)
     n, d = 600, 150
     op = cf.make_operator("gaussian", d, n, seed=2, tile_size=128)
@@ -260,8 +262,8 @@ def test_local_fista_regenerating_a_dense_operator_matches(monkeypatch):
         W[rng.choice(n, 10, replace=False), j] = rng.standard_normal(10)
     Wt = op.matvec(W).compute() + 0.01 * rng.standard_normal((d, 2))
     made = []
-    cols = R._cols
-    monkeypatch.setattr(R, "_cols", lambda *a: made.append(1) or cols(*a))
+    cols = B.cols
+    monkeypatch.setattr(B, "cols", lambda *a: made.append(1) or cols(*a))
     fast = cf.recover(Wt, op, "lasso", lam=0.02, chunks=128)
     assert len(made) >= fast.n_iter_ * fast.W.numblocks[0]  # regenerated at every step
     with dask.config.set({"cfact.recover.local-max-bytes": 0}):

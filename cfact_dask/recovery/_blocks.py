@@ -1,0 +1,230 @@
+"""Row blocks of ``W`` and the blockwise products of ``P`` that every recovery method shares.
+
+:class:`Blocks` splits the n rows of ``W`` into blocks aligned to the operator's tiles and runs
+their tasks: as dask tasks (a cluster's workers or dask's local scheduler) or, for a small ``W``,
+in this process on numpy blocks. The kernels here (``P_bᵀ Y``, ``P_b x_b``, ``P_b P_bᵀ``) take
+the operator spec and a row range and regenerate their columns of ``P``; partial sums travel to
+the client through :func:`tree_sum`, the one reduction of the package's recovery, whose tree is
+the same delayed or evaluated in place (so both modes round alike).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from dask import delayed
+
+from .._runtime import cluster
+from ..errors import InputError
+from ..sketching.operators import SketchOperator
+
+__all__ = [
+    "Blocks", "absmax", "cols", "gram_block", "local_scheduler", "local_threads",
+    "matvec_block", "power_block", "rmatvec_stats", "sparse_to_blocks", "tree_sum",
+]
+
+#: the in-process FISTA keeps the operator's columns when all of P takes at most this many bytes
+#: (an expander: 12 n s bytes), else regenerates them per step through the tile cache
+_LOCAL_P_MAX_BYTES = 2**28
+
+
+class Blocks:
+    """Row blocks of ``W`` (aligned to operator tiles) and the scheduler running their tasks.
+
+    Two modes share every kernel and every reduction order:
+
+    * distributed (``local=False``): a block's values are dask objects persisted where they were
+      computed (a cluster's workers, or dask's local scheduler); ``compute`` / ``persist`` go
+      through dask. For a W too large for one process.
+    * in-process (``local=True``, the ``recover.local-max-bytes`` path): a block's values are
+      numpy arrays. ``compute`` / ``persist`` evaluate the (few, small) delayed graphs of the
+      one-off steps synchronously, and the hot loop (FISTA) calls the block kernels directly on
+      the columns of ``P`` (:meth:`block_cols`): a dask round trip per iteration costs ~20 ms of
+      scheduling where the arithmetic costs ~1 ms. The kernels, the blocks and the order of
+      the partial sums are the same as distributed, so both modes compute the same numbers.
+    """
+
+    def __init__(self, op: SketchOperator, client: Any, chunks: Any, local: bool = False) -> None:
+        self.op = op
+        self.client = client
+        self.local = bool(local)
+        n = op.n_features
+        if chunks is None:
+            T = op.tile_size
+            rows = min(max(-(-n // 8), T), 2**18)
+            rows = -(-rows // T) * T
+            chunks = rows
+        row_chunks = (
+            da.core.normalize_chunks((chunks,), (n,))[0]
+            if isinstance(chunks, (int, np.integer))
+            else tuple(int(c) for c in chunks)
+        )
+        if sum(row_chunks) != n:
+            raise InputError(f"chunks {chunks} do not add up to n_features={n}")
+        self.chunks = row_chunks
+        b = np.concatenate([[0], np.cumsum(row_chunks)]).astype(int)
+        self.ranges = [(int(b[i]), int(b[i + 1])) for i in range(len(row_chunks))]
+        self._P: dict[int, Any] = {}
+        op_bytes = (
+            op.n_components * n * 8 if op.kind == "gaussian" else n * max(op.s, 1) * 12 + 8 * n
+        )
+        self._keep_cols = op_bytes <= _LOCAL_P_MAX_BYTES
+
+    def block_cols(self, i: int) -> Any:
+        """Columns of ``P`` of block ``i`` for the in-process loop: generated once and kept when
+        the whole ``P`` is small (sparse kinds: ``n s`` entries), else regenerated each time
+        (through the tile cache) like the dask tasks do. The same matrix either way."""
+        if i in self._P:
+            return self._P[i]
+        a, b = self.ranges[i]
+        P = cols(self.op, a, b)
+        if self._keep_cols:
+            self._P[i] = P
+        return P
+
+    def persist(self, objs: list[Any]) -> list[Any]:
+        """``objs`` (delayed) persisted where they run; in-process: their values (numpy)."""
+        if self.local:  # the values themselves (numpy), not handles to them
+            return cluster.compute(*objs, scheduler="sync", progress=False)
+        return cluster.persist(*objs, client=self.client, scheduler=local_scheduler(),
+                               progress=False)
+
+    def compute(self, obj: Any) -> Any:
+        """The value of ``obj`` (a delayed object, or a list of them) on the client."""
+        many = isinstance(obj, list)
+        objs = obj if many else [obj]
+        if self.local:
+            out = cluster.compute(*objs, scheduler="sync", progress=False)
+        else:
+            out = cluster.compute(*objs, client=self.client, scheduler=local_scheduler(),
+                                  progress=False)
+        return out if many else out[0]
+
+    def to_array(self, parts: Sequence[Any], r: int, dtype: Any = np.float64) -> da.Array:
+        if self.local:
+            X = np.concatenate([np.asarray(p, dtype=dtype).reshape(b - a, r)
+                                for p, (a, b) in zip(parts, self.ranges, strict=True)])
+            return da.from_array(X, chunks=(self.chunks, (r,)))
+        arrs = [
+            da.from_delayed(p, shape=(b - a, r), dtype=dtype)
+            for p, (a, b) in zip(parts, self.ranges, strict=True)
+        ]
+        W = da.concatenate(arrs, axis=0) if len(arrs) > 1 else arrs[0]
+        return cluster.persist(W, client=self.client, scheduler=local_scheduler(),
+                               progress=False)[0]
+
+
+def tree_sum(parts: list[Any], split_every: int = 8, local: bool = False) -> Any:
+    """Sum of ``parts`` (arrays or tuples of arrays) by a tree of ``split_every``-way sums:
+    delayed, or evaluated at once when ``local`` (the same tree, so the same rounding)."""
+    parts = list(parts)
+    add = _sum if local else delayed(_sum)
+    while len(parts) > 1:
+        parts = [add(parts[i : i + split_every]) for i in range(0, len(parts), split_every)]
+    return parts[0]
+
+
+def _sum(parts: Sequence[Any]) -> Any:
+    if isinstance(parts[0], tuple):
+        return tuple(_sum([p[i] for p in parts]) for i in range(len(parts[0])))
+    acc = np.array(parts[0], dtype=np.float64, copy=True)
+    for p in parts[1:]:
+        acc += p
+    return acc
+
+
+def cols(op: SketchOperator, a: int, b: int) -> Any:
+    """Columns ``a:b`` of ``P`` in float64 (sparse for sparse kinds), regenerated from the spec
+    through the operator's tile cache: what every block kernel works on."""
+    return op.columns(a, b, np.float64)
+
+
+def gram_block(op: SketchOperator, a: int, b: int) -> np.ndarray:
+    """``P_b P_bᵀ`` (d x d, dense) of the columns ``a:b``; summed over the blocks: ``P Pᵀ``."""
+    P = cols(op, a, b)
+    G = P @ P.T
+    return np.asarray(G.toarray() if sp.issparse(G) else G)
+
+
+def power_block(op: SketchOperator, a: int, b: int, v: np.ndarray) -> np.ndarray:
+    """``P_b P_bᵀ v``: a block's share of one power iteration on ``P Pᵀ``."""
+    P = cols(op, a, b)
+    return np.asarray(P @ (P.T @ v))
+
+
+def rmatvec_stats(op: SketchOperator, a: int, b: int, Y: np.ndarray, nonneg: bool) -> np.ndarray:
+    """Column-wise max of (Pᵀ Y)_+ (or |Pᵀ Y|) and the squared column norms of this block of P."""
+    P = cols(op, a, b)
+    C = np.asarray(P.T @ Y)
+    C = np.maximum(C, 0) if nonneg else np.abs(C)
+    return C.max(axis=0) if C.size else np.zeros(Y.shape[1])
+
+
+def matvec_block(op: SketchOperator, a: int, b: int, x: np.ndarray) -> np.ndarray:
+    """``P_b x_b`` (d x r): a block's partial of ``P x``."""
+    return np.asarray(cols(op, a, b) @ x)
+
+
+def _absmax_block(x: np.ndarray) -> np.ndarray:
+    return np.abs(x).max(axis=0) if x.size else np.zeros(x.shape[1])
+
+
+def absmax(blocks: Blocks, xs: list[Any]) -> np.ndarray:
+    """The largest ``|x|`` of each column of ``W`` given as row blocks ``xs``."""
+    return np.asarray(
+        blocks.compute(
+            delayed(np.max)(delayed(np.stack)([delayed(_absmax_block)(x) for x in xs]), axis=0)
+        )
+    )
+
+
+def _entries_block(
+    a: int, b: int, r: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
+) -> np.ndarray:
+    x = np.zeros((b - a, r))
+    np.add.at(x, (rows - a, cols), vals)
+    return x
+
+
+def sparse_to_blocks(
+    blocks: Blocks, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, r: int
+) -> list[Any]:
+    """The row blocks (persisted) of the n x r matrix with entries ``vals`` at ``(rows, cols)``
+    (global row indices; repeated entries add up)."""
+    order = np.argsort(rows, kind="stable")
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    out = []
+    for a, b in blocks.ranges:
+        lo, hi = np.searchsorted(rows, [a, b])
+        out.append(delayed(_entries_block)(a, b, r, rows[lo:hi], cols[lo:hi], vals[lo:hi]))
+    return blocks.persist(out)
+
+
+#: the scheduler of an in-process recovery; a context variable, not ``dask.config``, because
+#: dask.config.set is process-global and concurrent recoveries in threads would race on it
+_LOCAL_SCHEDULER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "cfact_recover_scheduler", default=None
+)
+
+
+@contextlib.contextmanager
+def local_threads() -> Iterator[None]:
+    """Run the dask graphs of an in-process recovery (one-off steps, the certificate) on dask's
+    threaded scheduler, whatever the global dask config says."""
+    token = _LOCAL_SCHEDULER.set("threads")
+    try:
+        yield None
+    finally:
+        _LOCAL_SCHEDULER.reset(token)
+
+
+def local_scheduler() -> str | None:
+    """The ``scheduler=`` for :func:`~cfact_dask._runtime.cluster.compute` / ``persist``
+    without a client: ``"threads"`` inside :func:`local_threads`, else None (dask's own)."""
+    return _LOCAL_SCHEDULER.get()

@@ -1,0 +1,242 @@
+"""Least squares on a support: the debias of a LASSO solution, NNLS, and their fast exact routes.
+
+The debias refits each recovered column by least squares (nonnegative for ``nnlasso``) on its
+support, with the support's columns of ``P`` gathered (they are few: the support is sparse) and
+kept sparse: Cholesky of the normal equations, and for the NNLS an exact shortcut (a nonnegative
+least-squares solution is the NNLS solution) or a KKT-certified active set; scipy's ``nnls`` /
+numpy's ``lstsq`` where the solution may not be unique.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from dask import delayed
+
+from ..sketching.operators import SketchOperator
+from ._blocks import Blocks, absmax, cols, matvec_block, tree_sum
+
+__all__ = ["debias_support", "nnls"]
+
+logger = logging.getLogger(__name__)
+
+#: the debias refits on entries above this fraction of the column's largest
+_DEBIAS_SUPPORT = 1e-3
+#: a Cholesky solve of the normal equations on a support is used only when LAPACK's estimate of
+#: the reciprocal condition number of ``A_Fᵀ A_F`` is above this (κ(A_F) below 10⁴, so the
+#: solve is accurate to ~1e-8 relative at worst); else the reference solvers decide
+_CHOL_RCOND = 1e-8
+#: KKT check of a candidate NNLS solution: a zero entry j violates it when ``aⱼᵀ(y − A x)``
+#: exceeds this x ``max|Aᵀ y|`` (the gradient would push it up)
+_KKT_TOL = 1e-10
+#: projected-gradient steps (at most) to find the NNLS support, and the number of consecutive
+#: steps with an unchanged support after which it is taken as found
+_PG_MAX_ITER = 2000
+_PG_STABLE = 30
+#: rounds of support exchange (drop x_F ≤ 0, add KKT violators) before giving up
+_POLISH_ROUNDS = 10
+
+
+def _support_block(op: SketchOperator, a: int, b: int, x: np.ndarray, thr: np.ndarray) -> tuple:
+    """Rows (global) in the support of some column, their columns of P, and the mask."""
+    mask = (np.abs(x) > thr) & (x != 0)
+    rows = np.flatnonzero(mask.any(axis=1))
+    P = cols(op, a, b)
+    Pc = P[:, rows] if sp.issparse(P) else sp.csc_matrix(P[:, rows])
+    return rows + a, sp.csc_matrix(Pc), mask[rows]
+
+
+def _gather_support(blocks: Blocks, xs: list[Any], rel: float) -> tuple:
+    """The support (entries above ``rel`` x the column's largest) and its columns of ``P``."""
+    thr = rel * absmax(blocks, xs)
+    parts = blocks.compute(
+        [
+            delayed(_support_block)(blocks.op, a, b, x, thr)
+            for (a, b), x in zip(blocks.ranges, xs, strict=True)
+        ]
+    )
+    rows = np.concatenate([p[0] for p in parts])
+    P = sp.hstack([p[1] for p in parts], format="csc") if rows.size else None
+    mask = np.concatenate([p[2] for p in parts]) if rows.size else np.zeros((0, 0), bool)
+    return rows, P, mask
+
+
+def nnls(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``argmin_{x ≥ 0} ‖A x − y‖`` by scipy's Lawson–Hanson (dense ``A``), the reference NNLS
+    of the package (OMP, lstsq-data, and the debias where the fast routes do not apply)."""
+    from scipy.optimize import nnls as lawson_hanson
+
+    try:
+        return lawson_hanson(A, y, maxiter=50 * max(A.shape[1], 1))[0]
+    except RuntimeError:  # rare: iteration limit; fall back to projected lstsq
+        return np.maximum(np.linalg.lstsq(A, y, rcond=None)[0], 0)
+
+
+def _chol_ls(As: sp.csc_matrix, AT: sp.csr_matrix, b: np.ndarray, F: np.ndarray) -> Any:
+    """``argmin ‖A_F x − y‖`` by Cholesky of ``A_Fᵀ A_F`` (built from the sparse columns; ``b``
+    is ``Aᵀ y``), or None when that Gram matrix is not safely positive definite: ``A_F``
+    rank-deficient (the least-squares solution is then not unique, and which one is returned
+    is the reference solver's business) or too ill-conditioned for the normal equations."""
+    from scipy.linalg import cho_factor, cho_solve, lapack
+
+    if F.size == 0:
+        return np.zeros(0)
+    G = (AT[F] @ As[:, F]).toarray()
+    anorm = float(np.abs(G).sum(axis=0).max())
+    try:
+        c = cho_factor(G, lower=False, overwrite_a=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    rcond, info = lapack.dpocon(c[0], anorm)
+    if info != 0 or not rcond > _CHOL_RCOND:
+        return None
+    x = cho_solve(c, b[F], check_finite=False)
+    return x if np.all(np.isfinite(x)) else None
+
+
+def _lstsq_support(A: sp.csc_matrix, y: np.ndarray) -> tuple[np.ndarray, str]:
+    """Least squares of ``y`` on the columns ``A`` (d x k, sparse) of ``P``: ``(x, route)``.
+
+    Full column rank and well conditioned (the usual case: a sparse support of an expander)
+    -> the normal equations by Cholesky (``route="cholesky"``), from the sparse ``Aᵀ A``; the
+    unique solution, as ``np.linalg.lstsq`` gives it up to rounding, without its SVD of the
+    dense d x k matrix (25-450 ms at k = 350-1500, d = 2000). Otherwise ``np.linalg.lstsq``
+    on the dense columns as before (``route="lstsq"``, the minimum-norm solution).
+    """
+    A = sp.csc_matrix(A)
+    AT = A.T.tocsr()
+    x = _chol_ls(A, AT, AT @ y, np.arange(A.shape[1]))
+    if x is not None:
+        return x, "cholesky"
+    return np.linalg.lstsq(A.toarray(), y, rcond=None)[0], "lstsq"
+
+
+def _nnls_support(A: sp.csc_matrix, y: np.ndarray) -> tuple[np.ndarray, str]:
+    """``argmin_{x ≥ 0} ‖A x − y‖`` for the columns ``A`` (d x k, sparse) of ``P`` on a
+    support: ``(x, route)``. The same solution as :func:`nnls` (scipy's Lawson–Hanson), found
+    faster: Lawson–Hanson adds one variable per iteration with a Householder update of the
+    d x k matrix (0.3 s per column at k ≈ 1000, d = 2000) where here the work is a few sparse
+    products and one or two Cholesky factorizations of ``A_Fᵀ A_F``.
+
+    1. ``route="lstsq"``: the unconstrained least-squares solution. When it is entrywise ≥ 0
+       it satisfies the KKT conditions of the NNLS with zero multipliers, so it IS the NNLS
+       solution (unique: ``A`` has full column rank, checked by the condition estimate).
+    2. ``route="active-set"``: otherwise, projected-gradient steps (FISTA with restart on the
+       sparse ``A``, from the clipped least-squares solution) until the set of positive
+       entries ``F`` stops changing; then the exact least squares on ``F`` and the KKT check
+       (``x_F > 0``; ``aⱼᵀ(y − A x) ≤ tol`` off ``F``), exchanging violators for a few
+       rounds. A point passing the check with ``A_F`` of full column rank is the NNLS
+       solution (unique: every minimiser has the same gradient, so is zero off ``F`` and
+       solves the same full-rank least squares on ``F``); Lawson–Hanson finds the same.
+    3. ``route="scipy"``: when no candidate passes (``A_F`` rank-deficient or ill-conditioned,
+       where the NNLS solution may not be unique, or the support was not found), scipy's
+       ``nnls`` on the dense columns exactly as before.
+    """
+    A = sp.csc_matrix(A)
+    k = A.shape[1]
+    if k == 0:
+        return np.zeros(0), "lstsq"
+    AT = A.T.tocsr()
+    b = AT @ y
+    tol = _KKT_TOL * float(np.abs(b).max())
+    xF = _chol_ls(A, AT, b, np.arange(k))
+    if xF is not None and np.all(xF > 0):
+        return xF, "lstsq"
+    # find the support: FISTA with function-value restart on ½‖A x − y‖², x ≥ 0, step 1/L with
+    # L the largest Gershgorin bound of AᵀA (≥ its largest eigenvalue)
+    L = float(abs(AT @ A).sum(axis=1).max()) or 1.0
+    x = np.zeros(k) if xF is None else np.maximum(xF, 0.0)
+    z, t, f_prev = x, 1.0, math.inf
+    pos_prev, stable = x > 0, 0
+    for _ in range(_PG_MAX_ITER):
+        xn = np.maximum(z - (AT @ (A @ z) - b) / L, 0.0)
+        res = A @ xn - y
+        f = float(res @ res)
+        if f > f_prev:  # restart the momentum from the last iterate
+            z, t, f_prev = x, 1.0, math.inf
+            continue
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        z = xn + ((t - 1) / t_next) * (xn - x)
+        pos = xn > 0
+        stable = stable + 1 if np.array_equal(pos, pos_prev) else 0
+        x, t, f_prev, pos_prev = xn, t_next, f, pos
+        if stable >= _PG_STABLE:
+            break
+    # exact least squares on the found support, then the KKT check; exchange the violators
+    inF = x > 0
+    for _ in range(_POLISH_ROUNDS):
+        F = np.flatnonzero(inF)
+        xF = _chol_ls(A, AT, b, F)
+        if xF is None:
+            break
+        x = np.zeros(k)
+        x[F] = xF
+        w = b - AT @ (A @ x)  # −gradient: ≤ tol off F at the solution
+        add = ~inF & (w > tol)
+        drop = xF <= 0
+        if not add.any() and not drop.any():
+            return x, "active-set"
+        inF[F[drop]] = False
+        inF[add] = True
+    return nnls(A.toarray(), y), "scipy"
+
+
+def debias_support(
+    blocks: Blocks, xs: list[Any], Wt: np.ndarray, nonneg: bool
+) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Least squares (NNLS when nonneg) of each column on its support.
+
+    The support is the entries above ``_DEBIAS_SUPPORT`` x the column's largest (FISTA leaves
+    tiny entries that it would take many more passes to zero). Columns whose support has ``d``
+    or more entries keep their LASSO values (least squares would interpolate the noise).
+    The solves (:func:`_nnls_support`, :func:`_lstsq_support`) work on the support's sparse
+    columns of ``P`` and fall back to scipy's ``nnls`` / numpy's ``lstsq`` on the dense ones.
+    Returns the new blocks, ``P Ŵ`` and the support size per column.
+    """
+    d, r = Wt.shape
+    rows, P, mask = _gather_support(blocks, xs, _DEBIAS_SUPPORT)
+    sizes = mask.sum(axis=0) if rows.size else np.zeros(r, dtype=int)
+    if not rows.size:
+        return xs, np.zeros_like(Wt), sizes
+    vals = np.zeros((rows.size, r))
+    done = np.zeros(r, dtype=bool)
+    routes: list[str] = []
+    for j in range(r):
+        sel = np.flatnonzero(mask[:, j])
+        if sel.size >= d:
+            continue
+        done[j] = True
+        if sel.size == 0:
+            continue
+        A = P[:, sel]
+        coef, route = _nnls_support(A, Wt[:, j]) if nonneg else _lstsq_support(A, Wt[:, j])
+        routes.append(route)
+        vals[sel, j] = coef
+    logger.debug("recover: debias solves by %s", routes)
+    out = []
+    for (a, b), x in zip(blocks.ranges, xs, strict=True):
+        lo, hi = np.searchsorted(rows, [a, b])
+        out.append(delayed(_set_rows)(x, rows[lo:hi] - a, vals[lo:hi], done))
+    out = blocks.persist(out)
+    PW = blocks.compute(
+        tree_sum(
+            [
+                delayed(matvec_block)(blocks.op, a, b, x)
+                for (a, b), x in zip(blocks.ranges, out, strict=True)
+            ]
+        )
+    )
+    return out, PW, sizes
+
+
+def _set_rows(x: np.ndarray, rows: np.ndarray, vals: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """Replace the debiased columns of this block by their least-squares values."""
+    x = np.array(x, copy=True)
+    x[:, done] = 0.0
+    if rows.size:
+        x[np.ix_(rows, np.flatnonzero(done))] = vals[:, done]
+    return x
