@@ -24,7 +24,8 @@ from .._runtime.random import SeedLike
 from .._version import __version__ as _version
 from ..errors import InputError, RankError
 from ..io import InputArray, checked_dask, open_array
-from .operators import Kind, SketchOperator, make_operator, project
+from ._project import project
+from .operators import Kind, SketchOperator, make_operator
 
 __all__ = ["Sketch", "sketch", "sketch_with"]
 
