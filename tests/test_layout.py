@@ -1,4 +1,4 @@
-"""The rules of the house (docs/ARCHITECTURE.md, LAYOUT.md), checked on the package source with
+"""The rules of the house (docs/ARCHITECTURE.md), checked on the package source with
 ``ast``: module size, no private imports across modules, no module named like the function it
 exports, no ``*_extra`` modules, no reaching into distributed's internals, and a CLI that imports
 every subcommand normally."""
@@ -44,7 +44,8 @@ PRIVATE_IMPORTS_KNOWN = {
 }
 
 #: modules named like a function they export, kept: reconstruct.py is its own stage at the top of
-#: the tree (LAYOUT.md); _runtime/fingerprint.py is private and not re-exported under its name
+#: the tree (docs/ARCHITECTURE.md); _runtime/fingerprint.py is private and not re-exported under
+#: its name
 SAME_NAME_KNOWN = {"reconstruct.py", "_runtime/fingerprint.py"}
 
 #: reaching into distributed's internals: the consensus work replaces these by a worker plugin

@@ -131,7 +131,8 @@ class SketchKind:
 
 
 #: sketch kind name -> :class:`SketchKind`; the CLI's ``--kind``, the job schema's
-#: ``sketch.kind`` and the planner read it when they run
+#: ``sketch.kind`` and the planner read it when they run. Tasks regenerate tiles from the kind's
+#: entry, so on a distributed cluster register a kind in a module the workers import too.
 SKETCH_KINDS: Registry[SketchKind] = Registry("sketch kind")
 
 
@@ -161,6 +162,9 @@ class _KindNames(Sequence):
 
     def __add__(self, other: Any) -> tuple[str, ...]:
         return tuple(self) + tuple(other)
+
+    def __radd__(self, other: Any) -> tuple[str, ...]:
+        return tuple(other) + tuple(self)
 
     def __repr__(self) -> str:
         return repr(tuple(self))
