@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def run_nmf(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+    """``cfact factor --method nmf``: :func:`cfact_dask.nmf` with the command's options."""
     from ..factor._nmf import nmf
 
     semi = {"auto": None, "yes": True, "no": False}[opts["semi"]]
@@ -57,6 +58,8 @@ class _DGDOutput:
 
 
 def run_dgd_local(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+    """``cfact factor --method dgd-local``: :func:`cfact_dask.dgd_local` (3000 iterations and
+    tol 1e-10 unless --max-iter / --tol are given)."""
     from ..factor.consensus._dgd_local import dgd_local
 
     res = dgd_local(
@@ -108,14 +111,17 @@ def _is_sketch(data: Any) -> bool:
 
 
 def run_svd(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+    """``cfact factor --method svd``: run and written by :func:`run_factor` at ``to_zarr``."""
     return _Written("svd", data, rank, opts, client)
 
 
 def run_sparse_pca(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+    """``cfact factor --method sparse-pca``: run and written by :func:`run_factor`."""
     return _Written("sparse-pca", data, rank, opts, client)
 
 
 def run_cp(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+    """``cfact factor --method cp``: run and written by :func:`run_factor` at ``to_zarr``."""
     return _Written("cp", data, rank, opts, client)
 
 
