@@ -28,10 +28,37 @@ from typing import Any
 
 import click
 
-__all__ = ["Session", "cluster_options", "json_default", "parse_storage_options",
-           "session_options", "storage_option", "with_session", "with_storage"]
+__all__ = ["RegistryChoice", "Session", "cluster_options", "json_default",
+           "parse_storage_options", "session_options", "storage_option", "with_session",
+           "with_storage"]
 
 _LIBRARY_LOGGER = "cfact_dask"
+
+
+class RegistryChoice(click.Choice):
+    """A ``click.Choice`` whose choices are a registry's names when the command line is parsed
+    (and ``--help`` printed), so an entry registered after import is offered and accepted.
+
+    Parameters
+    ----------
+    registry : Registry
+        E.g. :data:`cfact_dask.sketching.operators.SKETCH_KINDS`.
+    where : callable, optional
+        ``where(entry) -> bool``: offer only these entries (e.g. methods with a CLI runner).
+    """
+
+    def __init__(self, registry: Any, where: Callable[[Any], bool] | None = None) -> None:
+        self.registry = registry
+        self.where = where
+        super().__init__((), case_sensitive=True)
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        return tuple(n for n, e in self.registry.items() if self.where is None or self.where(e))
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click.Choice.__init__ assigns it: read live instead
+        pass
 
 
 def storage_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -1,25 +1,34 @@
 """``cfact factor``: factorize a sketch (or raw matrix) stored in Zarr and write the factors.
 
-Methods are looked up in :data:`METHODS` (name -> runner), so other factorizations register by
-adding an entry; the command's ``--method`` choice follows the registry.
+Methods are entries of the factorization registry
+(:data:`cfact_dask.pipeline.FACTORIZATIONS`): the command's ``--method`` choices are the entries
+with a runner, read when the command line is parsed, and :data:`METHODS` is a live name ->
+runner view of them. :func:`run_factor` runs svd / sparse-pca / cp and writes their results.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any, get_args
 
 import click
 
+from ..errors import ConfigError
 from ..factor._als import Solver
 from ..factor._nmf import Init
-from ._session import Session, session_options, with_session
+from ..pipeline._methods import FACTORIZATIONS, cli_runners
+from ._session import RegistryChoice, Session, session_options, with_session
 
-__all__ = ["METHODS", "TopologyType", "factor", "register_method"]
+__all__ = ["METHODS", "TopologyType", "factor", "factor_cmd", "register_method", "run_cp",
+           "run_dgd_local", "run_factor", "run_nmf", "run_sparse_pca", "run_svd"]
+
+logger = logging.getLogger(__name__)
 
 
-def _run_nmf(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+def run_nmf(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+    """``cfact factor --method nmf``: :func:`cfact_dask.nmf` with the command's options."""
     from ..factor._nmf import nmf
 
     semi = {"auto": None, "yes": True, "no": False}[opts["semi"]]
@@ -45,7 +54,9 @@ class _DGDOutput:
         return write_result(self.res, store, group=group, overwrite=overwrite)
 
 
-def _run_dgd_local(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+def run_dgd_local(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+    """``cfact factor --method dgd-local``: :func:`cfact_dask.dgd_local` (3000 iterations and
+    tol 1e-10 unless --max-iter / --tol are given)."""
     from ..factor.consensus._dgd_local import dgd_local
 
     res = dgd_local(
@@ -58,7 +69,7 @@ def _run_dgd_local(data: Any, rank: int, opts: dict[str, Any], client: Any) -> A
 
 
 class _Written:
-    """Adapter for results that :func:`cfact_dask.cli._run_factor.run_factor` writes itself."""
+    """Adapter for results that :func:`run_factor` writes itself."""
 
     def __init__(self, method: str, data: Any, rank: int, opts: dict[str, Any], client: Any):
         self.method, self.data, self.rank, self.opts, self.client = method, data, rank, opts, client
@@ -67,8 +78,6 @@ class _Written:
         self.error_label = "relative error"
 
     def to_zarr(self, store: str, group: str = "factors", *, overwrite: bool = False) -> str:
-        from ._run_factor import run_factor
-
         kw: dict[str, Any] = {"random_state": self.opts["seed"]}
         if self.method != "svd":
             kw.update(max_iter=self.opts["max_iter"], tol=self.opts["tol"])
@@ -98,37 +107,35 @@ def _is_sketch(data: Any) -> bool:
     return isinstance(data, Sketch)
 
 
-def _extra(method: str) -> Callable[[Any, int, dict[str, Any], Any], Any]:
-    def runner(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
-        return _Written(method, data, rank, opts, client)
-
-    return runner
+def run_svd(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+    """``cfact factor --method svd``: run and written by :func:`run_factor` at ``to_zarr``."""
+    return _Written("svd", data, rank, opts, client)
 
 
-#: method name -> runner(data, rank, options, client) returning a result with ``to_zarr``
-METHODS: dict[str, Callable[[Any, int, dict[str, Any], Any], Any]] = {
-    "nmf": _run_nmf, "dgd-local": _run_dgd_local,
-    "svd": _extra("svd"), "sparse-pca": _extra("sparse-pca"), "cp": _extra("cp"),
-}
+def run_sparse_pca(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+    """``cfact factor --method sparse-pca``: run and written by :func:`run_factor`."""
+    return _Written("sparse-pca", data, rank, opts, client)
+
+
+def run_cp(data: Any, rank: int, opts: dict[str, Any], client: Any) -> Any:
+    """``cfact factor --method cp``: run and written by :func:`run_factor` at ``to_zarr``."""
+    return _Written("cp", data, rank, opts, client)
+
+
+#: method name -> runner(data, rank, options, client) returning a result with ``to_zarr``: a
+#: live view of the factorization registry (setting an item replaces that entry's runner)
+METHODS = cli_runners()
 
 
 def register_method(name: str, runner: Callable[[Any, int, dict[str, Any], Any], Any]) -> None:
-    """Make ``cfact factor --method NAME`` available (call before the CLI parses arguments)."""
+    """Make ``cfact factor --method NAME`` available (call before the CLI parses arguments);
+    the same as ``FACTORIZATIONS.register(name, Factorization(name, cli=runner, job=False))``
+    for a new name."""
     METHODS[name] = runner
 
 
-class _MethodChoice(click.ParamType):
-    """A choice read from :data:`METHODS` at parse time, so late registrations are accepted."""
-
-    name = "method"
-
-    def get_metavar(self, param: Any, ctx: Any = None) -> str:
-        return "[" + "|".join(sorted(METHODS)) + "]"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> str:
-        if value not in METHODS:
-            self.fail(f"{value!r} is not one of {', '.join(sorted(METHODS))}", param, ctx)
-        return str(value)
+def _has_runner(entry: Any) -> bool:
+    return entry.cli is not None
 
 
 def _NMF_RESULT_TYPES() -> tuple[type, ...]:
@@ -188,8 +195,8 @@ def _fmt_err(x: Any) -> str:
 
 @click.command("factor")
 @click.argument("store", metavar="SKETCH_STORE", type=str)
-@click.option("--method", "method", type=_MethodChoice(), default="nmf", show_default=True,
-              help="Factorization to run.")
+@click.option("--method", "method", type=RegistryChoice(FACTORIZATIONS, _has_runner),
+              default="nmf", show_default=True, help="Factorization to run.")
 @click.option("--rank", "-r", type=click.IntRange(min=1), required=True,
               help="Number of components.")
 @click.option("--out", "out", type=str, required=True, help="Zarr store for the factors.")
@@ -223,11 +230,11 @@ def _fmt_err(x: Any) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output group.")
 @session_options
 @with_session
-def factor(session: Session, store: str, method: str, rank: int, out: str, out_group: str,
-           group: str | None, variable: str | None, feature_axis: int, solver: str, init: str,
-           n_init: int, randomized: bool, max_iter: int | None, tol: float | None, nodes: int,
-           topology: str, semi: str, negative: str, seed: int,
-           checkpoint_store: str | None, checkpoint_every: int, overwrite: bool) -> None:
+def factor_cmd(session: Session, store: str, method: str, rank: int, out: str, out_group: str,
+               group: str | None, variable: str | None, feature_axis: int, solver: str, init: str,
+               n_init: int, randomized: bool, max_iter: int | None, tol: float | None, nodes: int,
+               topology: str, semi: str, negative: str, seed: int,
+               checkpoint_store: str | None, checkpoint_every: int, overwrite: bool) -> None:
     """Factorize SKETCH_STORE (a sketch written by `cfact sketch`, or a raw matrix) and write the
     factors to --out (a Zarr group; complete only once every array is written)."""
     import time
@@ -274,6 +281,11 @@ def factor(session: Session, store: str, method: str, rank: int, out: str, out_g
     session.report(payload, f"{method}: rank {rank}, {iters}{label} {_fmt_err(err)} -> {path}")
 
 
+#: the command's historical name (``cfact_dask.cli`` imports ``factor_cmd``, so that
+#: ``cfact_dask.cli.factor`` stays this module, not the command)
+factor = factor_cmd
+
+
 def _labels(data: Any, store: str, group: str | None) -> Any:
     """The input's labels: stored with a sketch group, or those of a labelled raw input."""
     from .._runtime.labels import Labels, labels_of_store
@@ -288,3 +300,69 @@ def _error_label(res: Any, data: Any = None) -> tuple[str, Any]:
     default = "relative error of the sketch" if _is_sketch(data) else "relative error"
     label = getattr(res, "error_label", default)
     return label, getattr(res, "reconstruction_err_", None)
+
+
+# ---------------------------------------------------------------------------- svd / sparse-pca / cp
+#: the methods :func:`run_factor` runs and writes itself
+_WRITTEN = ("svd", "sparse-pca", "cp")
+
+
+def run_factor(
+    method: str,
+    sketch_or_input: Any,
+    rank: int,
+    *,
+    out: str | os.PathLike | None = None,
+    group: str | None = None,
+    overwrite: bool = False,
+    client: Any = None,
+    **opts: Any,
+) -> Any:
+    """Run ``method`` on a sketch or input with ``rank`` and options; optionally write to Zarr.
+
+    Parameters
+    ----------
+    method : {"svd", "sparse-pca", "cp"}
+    sketch_or_input : Sketch, InputArray, path or array
+    rank : int
+    out : path, optional
+        Zarr store to write the result to (group ``method`` by default).
+    opts
+        Keyword options of :func:`cfact_dask.svd` (``passes``, ``oversample``, ``kind``,
+        ``random_state``...), :func:`cfact_dask.sparse_pca` (``alpha``,
+        ``max_iter``, ``tol``...) or :func:`cfact_dask.cp` (``nonnegative``, ``sketch``,
+        ``max_iter``, ``tol``, ``init``, ``checkpoint``...).
+
+    Returns
+    -------
+    SVDResult, SparsePCAResult or CPResult
+    """
+    m = method.replace("_", "-").lower()
+    if m == "svd":
+        from ..factor._svd import svd
+
+        res = svd(sketch_or_input, rank, client=client, **opts)
+        if out is not None:
+            res.to_zarr(out, group or m, overwrite=overwrite, row_dim=_dims(sketch_or_input)[0])
+    elif m == "sparse-pca":
+        from ..factor._sparse_pca import sparse_pca
+
+        res = sparse_pca(sketch_or_input, rank, client=client, **opts)
+        if out is not None:
+            res.to_zarr(out, group or m, overwrite=overwrite)
+    elif m == "cp":
+        from ..factor._cp import cp
+
+        res = cp(sketch_or_input, rank, client=client, **opts)
+        if out is not None:
+            res.to_zarr(out, group or "cp", overwrite=overwrite)
+    else:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(_WRITTEN)}")
+    return res
+
+
+def _dims(sketch_or_input: Any) -> tuple[str, str]:
+    """Names of the row and column dimensions of what was factorized."""
+    from ..sketching._sketch import Sketch
+
+    return ("sketch_row" if isinstance(sketch_or_input, Sketch) else "feature"), "sample"

@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from ..recovery import RECOVERY_METHODS
-from ._session import Session, cluster_options, with_session
+from ._session import Session, session_options, with_session
 
 __all__ = ["AutoOrPositive", "RecoveryMethodChoice", "demo", "plan_cmd", "reconstruct_cmd",
            "recover_cmd", "run"]
@@ -131,7 +131,7 @@ def _check_plots(plots: str | None, inputs: list[Any], overwrite: bool) -> None:
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing output store (only one cfact wrote).")
 @click.option("--plots", default=None, type=click.Path(), help="Write PNG plots to this folder.")
-@cluster_options
+@session_options
 @with_session
 def run(session: Session, job: str, resume: bool, force_resume: bool, overwrite: bool,
         plots: str | None) -> None:
@@ -159,7 +159,7 @@ def run(session: Session, job: str, resume: bool, force_resume: bool, overwrite:
 @click.option("--dir", "workdir", default="cfact-demo", show_default=True, type=click.Path(),
               help="Folder for the generated input and the run store (replaced).")
 @click.option("--plots", default=None, type=click.Path(), help="Write PNG plots to this folder.")
-@cluster_options
+@session_options
 @with_session
 def demo(session: Session, n: int, m: int, rank: int, d: int, seed: int, workdir: str,
          plots: str | None) -> None:
@@ -217,7 +217,7 @@ def demo(session: Session, n: int, m: int, rank: int, d: int, seed: int, workdir
               help="Workers to plan for (default: the cluster's, else config).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per worker.")
 @click.option("--memory-limit", default=None, help="Memory limit per worker, e.g. 4GiB.")
-@cluster_options
+@session_options
 @with_session
 def plan_cmd(session: Session, job: str, workers: int | None, threads: int | None,
              memory_limit: str | None) -> None:
@@ -249,7 +249,7 @@ def plan_cmd(session: Session, job: str, workers: int | None, threads: int | Non
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing recovered group (and the reconstruction computed from "
                    "it).")
-@cluster_options
+@session_options
 @with_session
 def recover_cmd(session: Session, store: str, method: str, data: str | None,
                 sparsity: int | None, lam: str | float, overwrite: bool) -> None:
@@ -312,7 +312,7 @@ def _certificate_text(cert: Any) -> str:
 @click.option("--compare/--no-compare", default=True, show_default=True,
               help="Compute errors against --like in the same pass.")
 @click.option("--overwrite", is_flag=True)
-@cluster_options
+@session_options
 @with_session
 def reconstruct_cmd(session: Session, store: str, like: str, out: str | None, compare: bool,
                     overwrite: bool) -> None:

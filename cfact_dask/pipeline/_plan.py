@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import config
 from ..io import open_array
+from ..sketching.operators import kind_spec
 from .job import load_job
 
 __all__ = ["Plan", "plan"]
@@ -167,10 +168,8 @@ def plan(
     m_chunk = chunk_elems // rows
     d = job["sketch"]["n_components"]
     dh = job["sketch"]["holdout"]
-    kind = job["sketch"]["kind"]
-    s = job["sketch"]["s"] or {"expander": int(config.get("sketch.expander-s", 5)),
-                               "sparse_sign": int(config.get("sketch.sparse-sign-s", 8)),
-                               "countsketch": 1, "gaussian": 0}[kind]
+    kind = kind_spec(job["sketch"]["kind"])  # every per-kind fact: sketching.SKETCH_KINDS
+    s = job["sketch"]["s"] or kind.default_s()
     r = job["factor"]["rank"]
     tile = int(config.get("sketch.tile-size", 4096))
     cache = int(config.get("sketch.tile-cache-bytes", 128 * 2**20))
@@ -178,7 +177,7 @@ def plan(
     nw, th, limit = _worker_setup(client, n_workers, threads_per_worker, memory_limit)
 
     # --- sketch pass: chunk + P columns + partials (main and hold-out) + one tree-sum group
-    p_cols = rows * s * (out_isz + 8) if kind != "gaussian" else d * tile * out_isz
+    p_cols = kind.block_bytes(d, s, tile if kind.dense else rows, out_isz)
     p_hold = dh * tile * out_isz
     partial = (d + dh) * m_chunk * out_isz
     sketch_task = chunk_elems * inp.dtype.itemsize * 2 + p_cols + p_hold + partial * 2
@@ -192,8 +191,9 @@ def plan(
     # the tile cache is capped at a fraction of a chunk while sketching (operators._cache_limit)
     frac = float(config.get("sketch.tile-cache-chunk-fraction", 0.6))
     cache = min(cache, max(int(frac * chunk_elems * inp.dtype.itemsize), 8 * 2**20))
-    sketch_worker = th * sketch_task + min(cache, (n * s * 12 if kind != "gaussian" else
-                                                   d * n * out_isz) + dh * n * out_isz) \
+    # all of P cached (sparse tiles are cached as float32 values + int64 rows)
+    p_all = kind.block_bytes(d, s, n, out_isz if kind.dense else 4)
+    sketch_worker = th * sketch_task + min(cache, p_all + dh * n * out_isz) \
         + split * partial + remote_worker
     # --- factorization on the sketch: persisted sketch + H, spread over workers
     sk_bytes = d * m * out_isz
@@ -202,7 +202,7 @@ def plan(
     factor_worker = (sk_bytes + 2 * h_bytes) // nw + th * factor_task
     # --- recovery: W (n x r) iterate, its gradient and one P tile per task
     w_bytes = n * r * 8
-    rec_task = 4 * tile * r * 8 + (d * tile * 8 if kind == "gaussian" else tile * s * 16)
+    rec_task = 4 * tile * r * 8 + kind.block_bytes(d, s, tile, 8)
     rec_worker = 4 * w_bytes // nw + th * rec_task
     passes = {"sketch": 1, "recover": 0, "reconstruct": 0}
     task_peak = {"sketch": sketch_task, "factor": factor_task, "recover": rec_task}

@@ -54,16 +54,13 @@ from ..errors import (
 from ..io import InputArray, open_array
 from ..sketching._sketch import Sketch, sketch, sketch_with
 from ..sketching.operators import make_operator
+from . import _methods
+from .job import defaults as stage_defaults
 
 __all__ = ["RunResult", "factorize_recover", "run_job"]
 
 logger = logging.getLogger(__name__)
 
-_SKETCH_DEFAULTS = {"n_components": None, "kind": "expander", "seed": 0, "s": None,
-                    "holdout": 32, "check_finite": True}
-_FACTOR_DEFAULTS = {"method": "nmf", "max_iter": 500, "tol": 1e-6, "solver": "hals",
-                    "init": "nndsvda", "random_state": 0, "checkpoint_every": 10}
-_RECOVER_DEFAULTS = {"method": "auto", "lam": "auto", "max_iter": 300, "warn_above": 0.25}
 #: salt of the hold-out operator's seed: independent of the main operator for the same seed
 _HOLDOUT_KEY = 0x5EED_0F_C0DE
 
@@ -428,19 +425,21 @@ def _factor_stage(sk: Sketch, rank: int, opts: dict[str, Any], rs: _RunStore, cl
     if rs.done("factor"):
         return NMFResult.from_zarr(rs.path, "factors", lazy=False)
     method = opts["method"]
-    if method not in ("nmf", "semi-nmf"):
+    spec = _methods.get(method)
+    if not spec.pipeline:
+        runs = " or ".join(repr(m) for m in _methods.pipeline_methods())
         raise ConfigError(
             f"factor method {method!r} is not available in the Factorize-Recover pipeline yet; "
-            f"use 'nmf' or 'semi-nmf' (svd / sparse PCA / DGD+LOCAL run with `cfact factor`)"
+            f"use {runs} (svd / sparse PCA / DGD+LOCAL run with `cfact factor`)"
         )
     ckpt = None
     if rs.path is not None and opts.get("checkpoint_every"):
         ckpt = {"store": rs.path, "every": int(opts["checkpoint_every"]), "group": "checkpoint"}
     extra = {k: v for k, v in opts.items()
-             if k not in _FACTOR_DEFAULTS and k not in ("rank", "semi")}
+             if k not in _methods.pipeline_defaults() and k not in ("rank", "semi")}
     semi = opts.get("semi")
-    if method == "semi-nmf":
-        semi = True
+    if spec.semi is not None:
+        semi = spec.semi
     res = nmf(
         sk, rank, solver=opts["solver"], init=opts["init"], max_iter=int(opts["max_iter"]),
         tol=float(opts["tol"]), random_state=opts["random_state"], semi=semi,
@@ -628,11 +627,11 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
             f"factorize_recover factorizes matrices; {inp.source} has shape {inp.shape} (use "
             f"cf.cp with sketch=dict(mode=...) for tensors)"
         )
-    sk_opts = _merge(_SKETCH_DEFAULTS, sketch, "sketch")
+    sk_opts = _merge(stage_defaults("sketch"), sketch, "sketch")
     if sk_opts["n_components"] is None:
         raise ConfigError("sketch=dict(n_components=...) is required (the sketch size d)")
-    f_opts = _merge(_FACTOR_DEFAULTS, factor, "factor")
-    r_opts = _merge(_RECOVER_DEFAULTS, recover, "recover")
+    f_opts = _merge(stage_defaults("factor"), factor, "factor")
+    r_opts = _merge(stage_defaults("recover"), recover, "recover")
     params = _json({
         "input": {"source": inp.source, "shape": list(inp.shape), "chunks": [list(c) for c in
                                                                              inp.chunks],
@@ -731,8 +730,9 @@ def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bo
                      storage_options=cfg["input"]["storage_options"])
     factor = dict(cfg["factor"])
     rank = factor.pop("rank")
-    for k in ("n_nodes", "topology"):
-        factor.pop(k, None)
+    # options of the job's other methods (dgd-local's n_nodes, topology) are not nmf keywords
+    for k in set(factor) - set(stage_defaults("factor")):
+        factor.pop(k)
     return factorize_recover(
         inp, rank, sketch=cfg["sketch"], factor=factor, recover=cfg["recover"],
         out=cfg["output"]["path"], reconstruct=cfg["output"]["reconstruct"],

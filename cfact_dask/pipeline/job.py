@@ -23,20 +23,24 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
 from .. import config
 from ..errors import ConfigError
+from ..sketching.operators import SKETCH_KINDS
+from ._methods import REQUIRED, Option, job_methods, job_options, pipeline_defaults
+from ._methods import validate_options as _validate_factor
 
-__all__ = ["SCHEMA", "load_job", "validate_job"]
+__all__ = ["SCHEMA", "defaults", "load_job", "schema", "validate_job"]
 
-_REQ = object()  # marker: required key
+_REQ = REQUIRED  # marker: required key
 
-#: section -> key -> (accepted types, default or _REQ)
-SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
+#: section -> key -> (accepted types, default or _REQ); ``factor`` comes from the factorization
+#: registry (``_methods.FACTORIZATIONS``) when the schema is read
+_SECTIONS: dict[str, dict[str, Option] | None] = {
     "input": {
         "path": ((str,), _REQ),
         "feature_axis": ((int, str), 0),
@@ -51,18 +55,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "holdout": ((int,), 32),
         "check_finite": ((bool,), True),
     },
-    "factor": {
-        "method": ((str,), "nmf"),
-        "rank": ((int,), _REQ),
-        "max_iter": ((int,), 500),
-        "tol": ((float, int), 1e-6),
-        "solver": ((str,), "hals"),
-        "init": ((str,), "nndsvda"),
-        "random_state": ((int,), 0),
-        "checkpoint_every": ((int,), 10),
-        "n_nodes": ((int,), 4),
-        "topology": ((str,), "ring"),
-    },
+    "factor": None,
     "recover": {
         "method": ((str,), "auto"),
         "lam": ((float, int, str), "auto"),
@@ -77,13 +70,51 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     },
 }
 
-#: allowed values of a key: a tuple, or a callable returning one (read when a job is validated)
-_CHOICES: dict[tuple[str, str], tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
-    ("sketch", "kind"): ("expander", "sparse_sign", "countsketch", "gaussian"),
-    ("factor", "method"): ("nmf", "semi-nmf", "svd", "sparse-pca", "dgd-local"),
-    # read from the registry at validation time: a registered recovery method is accepted
-    ("recover", "method"): lambda: ("auto", *_recovery_methods(), "none"),
-}
+def schema() -> dict[str, dict[str, Option]]:
+    """The job schema now: section -> key -> (accepted types, default or ``REQUIRED``), with
+    the ``factor`` section generated from the registered factorizations."""
+    return {sec: (job_options() if keys is None else dict(keys))
+            for sec, keys in _SECTIONS.items()}
+
+
+def _choices() -> dict[tuple[str, str], tuple[str, ...]]:
+    """The allowed values of the keys with a fixed set of values, read from the registries."""
+    return {
+        ("sketch", "kind"): SKETCH_KINDS.names(),
+        ("factor", "method"): job_methods(),
+        # a registered recovery method is accepted (read at validation time)
+        ("recover", "method"): ("auto", *_recovery_methods(), "none"),
+    }
+
+
+def defaults(section: str) -> dict[str, Any]:
+    """The defaults of a section (``None`` for required keys): what the pipeline's Python
+    entry point fills in, so the job file and :func:`~cfact_dask.factorize_recover` share them.
+    ``factor`` holds the pipeline methods' options only (see ``pipeline_defaults``)."""
+    if section == "factor":
+        return pipeline_defaults()
+    return {k: (None if d is _REQ else copy.deepcopy(d)) for k, (_, d) in schema()[section].items()}
+
+
+class _Schema(Mapping):
+    """:data:`SCHEMA`: the schema as a read-only mapping, read afresh on every access (so
+    registered sketch kinds and factorizations are part of it)."""
+
+    def __getitem__(self, section: str) -> dict[str, Option]:
+        return schema()[section]
+
+    def __iter__(self) -> Any:
+        return iter(_SECTIONS)
+
+    def __len__(self) -> int:
+        return len(_SECTIONS)
+
+    def __repr__(self) -> str:
+        return repr(schema())
+
+
+#: section -> key -> (accepted types, default or required marker): a live view of the schema
+SCHEMA: Mapping[str, dict[str, Option]] = _Schema()
 
 
 def _recovery_methods() -> tuple[str, ...]:
@@ -109,14 +140,16 @@ def validate_job(
         job = job["cfact"]
         if not isinstance(job, Mapping):
             raise ConfigError(f"{source}: 'cfact' must be a mapping of sections")
-    unknown = sorted(set(job) - set(SCHEMA))
+    sections = schema()
+    choices_of = _choices()
+    unknown = sorted(set(job) - set(sections))
     if unknown:
         raise ConfigError(
             f"{source}: unknown section(s) {unknown} under 'cfact'; valid sections are "
-            f"{sorted(SCHEMA)}"
+            f"{sorted(sections)}"
         )
     out: dict[str, Any] = {}
-    for section, fields in SCHEMA.items():
+    for section, fields in sections.items():
         given = job.get(section, {}) or {}
         if not isinstance(given, Mapping):
             raise ConfigError(f"{source}: 'cfact.{section}' must be a mapping, got {given!r}")
@@ -136,9 +169,7 @@ def validate_job(
                         f"{source}: 'cfact.{section}.{key}' must be {_type_names(types)}, got "
                         f"{val!r} ({type(val).__name__})"
                     )
-                choices = _CHOICES.get((section, key))
-                if callable(choices):
-                    choices = choices()
+                choices = choices_of.get((section, key))
                 if choices and val not in choices:
                     raise ConfigError(
                         f"{source}: 'cfact.{section}.{key}' is {val!r}; choose one of {list(choices)}"
@@ -168,6 +199,7 @@ def validate_job(
     for section, key in (("sketch", "n_components"), ("factor", "rank")):
         if out[section][key] < 1:
             raise ConfigError(f"{source}: 'cfact.{section}.{key}' must be >= 1, got {out[section][key]}")
+    _validate_factor(out["factor"], source)
     if check_paths:
         _check_paths(out, source)
     return out

@@ -71,10 +71,7 @@ class Blocks:
         b = np.concatenate([[0], np.cumsum(row_chunks)]).astype(int)
         self.ranges = [(int(b[i]), int(b[i + 1])) for i in range(len(row_chunks))]
         self._P: dict[int, Any] = {}
-        op_bytes = (
-            op.n_components * n * 8 if op.kind == "gaussian" else n * max(op.s, 1) * 12 + 8 * n
-        )
-        self._keep_cols = op_bytes <= _LOCAL_P_MAX_BYTES
+        self._keep_cols = op.operator_bytes <= _LOCAL_P_MAX_BYTES  # per kind: SKETCH_KINDS
 
     def block_cols(self, i: int) -> Any:
         """Columns of ``P`` of block ``i`` for the in-process loop: generated once and kept when

@@ -540,7 +540,7 @@ def _lam_max(blocks: Blocks, Wt: np.ndarray, nonneg: bool) -> np.ndarray:
 
 
 def _column_norm(op: SketchOperator) -> float:
-    return math.sqrt(op.s) if op.kind == "expander" else 1.0
+    return op.column_norm  # per kind: SKETCH_KINDS
 
 
 def _weights_block(x: np.ndarray, eps: np.ndarray) -> np.ndarray:

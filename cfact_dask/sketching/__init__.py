@@ -1,8 +1,8 @@
-"""Sketching: the random operators ``P`` (one kind per entry of the registry in
+"""Sketching: the random operators ``P`` (one kind per entry of :data:`SKETCH_KINDS` in
 :mod:`.operators`) and the one-pass, chunking-invariant sketch ``P X`` of a chunked input."""
 
 from ._sketch import Sketch, sketch, sketch_with
-from .operators import KINDS, SketchOperator, make_operator
+from .operators import KINDS, SKETCH_KINDS, SketchKind, SketchOperator, make_operator
 
-__all__ = ["KINDS", "Sketch", "SketchOperator", "make_operator", "sketch",
-           "sketch_with"]
+__all__ = ["KINDS", "SKETCH_KINDS", "Sketch", "SketchKind", "SketchOperator", "make_operator",
+           "sketch", "sketch_with"]

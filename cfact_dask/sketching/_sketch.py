@@ -24,7 +24,8 @@ from .._runtime.random import SeedLike
 from .._version import __version__ as _version
 from ..errors import InputError, RankError
 from ..io import InputArray, checked_dask, open_array
-from .operators import Kind, SketchOperator, make_operator, project
+from ._project import project
+from .operators import Kind, SketchOperator, make_operator
 
 __all__ = ["Sketch", "sketch", "sketch_with"]
 
@@ -435,9 +436,9 @@ def sketch(
         Anything :func:`open_array` accepts (Zarr path, zarr.Array, xarray, dask, numpy).
     n_components : int
         The sketch size ``d`` (1 <= d < n).
-    kind : {"expander", "sparse_sign", "countsketch", "gaussian"}
-        The measurement matrix (see :class:`SketchOperator`). ``expander`` keeps nonnegative data
-        nonnegative, so NMF can run on the sketch.
+    kind : {"expander", "sparse_sign", "countsketch", "gaussian"} or a registered kind
+        The measurement matrix (see :class:`SketchOperator` and ``SKETCH_KINDS``). ``expander``
+        keeps nonnegative data nonnegative, so NMF can run on the sketch.
     seed : int, SeedSequence, Generator or None
         Root seed of the operator (default 0, so results are repeatable).
     axis : int or str, optional

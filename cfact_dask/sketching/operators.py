@@ -17,9 +17,11 @@ References
 from __future__ import annotations
 
 import collections
-import itertools
+import contextlib
 import math
 import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -31,15 +33,159 @@ from dask.highlevelgraph import HighLevelGraph
 
 from .. import config
 from .._runtime.random import SeedLike, generator, normalize_seed
-from ..errors import InputError, NonFiniteError, RankError
+from .._runtime.registry import Registry
+from ..errors import InputError, RankError
 
-__all__ = ["KINDS", "SketchOperator", "make_operator"]
+__all__ = ["KINDS", "SKETCH_KINDS", "SketchKind", "SketchOperator", "kind_spec",
+           "make_operator", "result_dtype", "tile_cache_budget", "tile_generator"]
 
+#: the built-in kinds (a registered kind is any other name in :data:`SKETCH_KINDS`)
 Kind = Literal["expander", "sparse_sign", "countsketch", "gaussian"]
-KINDS: tuple[str, ...] = ("expander", "sparse_sign", "countsketch", "gaussian")
-_KIND_CODE = {k: i for i, k in enumerate(KINDS)}
-#: kinds whose entries are all >= 0, so that P M >= 0 when M >= 0 (compressed NMF works)
-NONNEGATIVE_KINDS = frozenset({"expander"})
+
+#: a kind's block generator: ``(op, t, width, dtype) -> tile t`` (d x width; scipy CSC for the
+#: sparse kinds, a read-only ndarray for the dense ones)
+TileFunc = Callable[["SketchOperator", int, int, str], "sp.csc_matrix | np.ndarray"]
+
+
+def _unit_norm(op: SketchOperator) -> float:
+    return 1.0
+
+
+@dataclass(frozen=True)
+class SketchKind:
+    """Every per-kind fact of a sketch operator, in one frozen entry of :data:`SKETCH_KINDS`.
+
+    Parameters
+    ----------
+    name : str
+        The kind's name (``SketchOperator.kind``, ``--kind``, ``sketch.kind`` of a job).
+    tile : callable
+        The block generator ``tile(op, t, width, dtype)``: columns ``[t T, t T + width)`` of
+        ``P`` (``T = op.tile_size``), drawn from :func:`tile_generator` ``(op, t)`` only, so any
+        task regenerates the same tile from the frozen spec.
+    dense : bool
+        Tiles are dense ndarrays (products by GEMM per tile, memory ``d x columns``); else
+        scipy CSC with ``s`` entries per column.
+    nonnegative : bool
+        Every entry of ``P`` is >= 0 (``P M >= 0`` for ``M >= 0``: compressed NMF works).
+    s : {"free", "one", "none"}
+        Nonzeros per column: ``free``, any ``1 <= s <= d`` (default from ``s_config``);
+        ``one``, exactly one (``countsketch``); ``none``, dense (``s = 0``).
+    s_config : tuple of (str, int), optional
+        The ``cfact.`` config key of the default ``s`` and its fallback (``free`` kinds).
+    column_norm : callable
+        ``column_norm(op)``: the ℓ2 norm of every column of ``P`` (recovery scales λ by it).
+    code : int, optional
+        The kind's key in the tiles' seed (``SeedSequence(seed, spawn_key=(..., code, t))``):
+        part of ``P``, so it never changes for a kind. Default: a CRC-32 of the name.
+    description : str
+        One line for help texts.
+    """
+
+    name: str
+    tile: TileFunc
+    dense: bool = False
+    nonnegative: bool = False
+    s: Literal["free", "one", "none"] = "free"
+    s_config: tuple[str, int] | None = None
+    column_norm: Callable[[SketchOperator], float] = _unit_norm
+    code: int | None = None
+    description: str = ""
+
+    @property
+    def seed_code(self) -> int:
+        return self.code if self.code is not None else zlib.crc32(self.name.encode()) & 0x7FFFFFFF
+
+    def default_s(self) -> int:
+        """``s`` when none is given (read from the config at call time, not clamped to d)."""
+        if self.s == "one":
+            return 1
+        if self.s == "none":
+            return 0
+        key, fallback = self.s_config or ("", 1)
+        return int(config.get(key, fallback)) if key else int(fallback)
+
+    def resolve_s(self, s: int | None, n_components: int) -> int:
+        """The ``s`` of an operator of this kind: the default clamped to ``[1, d]`` when ``s``
+        is None; :class:`InputError` when a given ``s`` does not apply to the kind."""
+        if s is None:
+            s = self.default_s()
+            if self.s == "free" and isinstance(n_components, int):
+                s = max(1, min(s, n_components))
+            return s
+        if self.s == "one" and s != 1:
+            raise InputError(f"{self.name} has exactly one nonzero per column; got s={s}")
+        if self.s == "none" and s not in (0, None):
+            raise InputError(f"{self.name} operators are dense; s={s} does not apply")
+        return int(s)
+
+    def block_bytes(self, d: int, s: int, columns: int, itemsize: int) -> int:
+        """Bytes of ``columns`` columns of ``P`` in memory (dense: ``d`` values per column;
+        sparse: ``s`` values of ``itemsize`` and ``s`` int64 row indices per column)."""
+        return d * columns * itemsize if self.dense else columns * s * (itemsize + 8)
+
+    def operator_bytes(self, op: SketchOperator) -> int:
+        """Bytes of the whole ``P`` of ``op`` held in memory (float64 dense; CSC otherwise)."""
+        n = op.n_features
+        return op.n_components * n * 8 if self.dense else n * max(op.s, 1) * 12 + 8 * n
+
+
+#: sketch kind name -> :class:`SketchKind`; the CLI's ``--kind``, the job schema's
+#: ``sketch.kind`` and the planner read it when they run. Tasks regenerate tiles from the kind's
+#: entry, so on a distributed cluster register a kind in a module the workers import too.
+SKETCH_KINDS: Registry[SketchKind] = Registry("sketch kind")
+
+
+class _KindNames(Sequence):
+    """The registered kind names as a read-only sequence (``KINDS``): a live view of
+    :data:`SKETCH_KINDS` that behaves like the tuple it used to be."""
+
+    def __getitem__(self, i: Any) -> Any:
+        return SKETCH_KINDS.names()[i]
+
+    def __len__(self) -> int:
+        return len(SKETCH_KINDS)
+
+    def __contains__(self, name: object) -> bool:
+        return name in SKETCH_KINDS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SKETCH_KINDS.names())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __add__(self, other: Any) -> tuple[str, ...]:
+        return tuple(self) + tuple(other)
+
+    def __radd__(self, other: Any) -> tuple[str, ...]:
+        return tuple(other) + tuple(self)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+#: the names of the registered sketch kinds (a live view of :data:`SKETCH_KINDS`)
+KINDS: Sequence[str] = _KindNames()
+
+
+def kind_spec(kind: str) -> SketchKind:
+    """The :class:`SketchKind` of ``kind``; :class:`InputError` naming the choices if unknown."""
+    if kind not in SKETCH_KINDS:
+        raise InputError(f"unknown sketch kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return SKETCH_KINDS.get(kind)
+
+
+def tile_generator(op: SketchOperator, t: int,
+                   bit_generator: str = "philox") -> np.random.Generator:
+    """The random stream of tile ``t`` of ``op``: keyed by the seed, the spawn key, the kind's
+    code and the tile, so it is the same in every process."""
+    return generator(op.seed, *op.spawn_key, op.spec.seed_code, t, bit_generator=bit_generator)
 
 
 @dataclass(frozen=True)
@@ -48,10 +194,11 @@ class SketchOperator:
 
     Parameters
     ----------
-    kind : {"expander", "sparse_sign", "countsketch", "gaussian"}
+    kind : {"expander", "sparse_sign", "countsketch", "gaussian"} or a registered kind
         ``expander``: exactly ``s`` ones per column at distinct uniformly random rows (0/1, the
         paper's choice; keeps nonnegative data nonnegative). ``sparse_sign``: ``s`` entries
         ±1/√s per column. ``countsketch``: one ±1 per column. ``gaussian``: i.i.d. N(0, 1/d).
+        Any name in :data:`SKETCH_KINDS` (its :class:`SketchKind` holds the kind's facts).
     n_components : int
         ``d``, the number of rows of ``P`` (the compressed dimension).
     n_features : int
@@ -73,7 +220,7 @@ class SketchOperator:
     ``P`` is never materialised whole. ``to_dense`` is for tests and small problems.
     """
 
-    kind: Kind
+    kind: str
     n_components: int
     n_features: int
     seed: int
@@ -83,10 +230,7 @@ class SketchOperator:
     generator: int = 2
 
     def __post_init__(self) -> None:
-        if self.kind not in _KIND_CODE:
-            raise InputError(
-                f"unknown sketch kind {self.kind!r}; choose one of {', '.join(KINDS)}"
-            )
+        spec = kind_spec(self.kind)
         d, n = self.n_components, self.n_features
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise InputError(f"n_features must be a positive int, got {n!r}")
@@ -95,7 +239,7 @@ class SketchOperator:
                 f"n_components must be an int >= 1, got {d!r}; pick the sketch size d with "
                 f"1 <= d < n_features = {n}"
             )
-        if self.kind in ("expander", "sparse_sign") and not (1 <= self.s <= d):
+        if spec.s == "free" and not (1 <= self.s <= d):
             raise InputError(
                 f"{self.kind} needs 1 <= s <= n_components = {d} nonzeros per column, got "
                 f"s={self.s}; use a smaller s or a larger n_components"
@@ -114,9 +258,24 @@ class SketchOperator:
         return (self.n_components, self.n_features)
 
     @property
+    def spec(self) -> SketchKind:
+        """The :class:`SketchKind` entry of this operator's kind."""
+        return kind_spec(self.kind)
+
+    @property
     def nonnegative(self) -> bool:
         """True when every entry of ``P`` is >= 0 (then ``P M >= 0`` for ``M >= 0``)."""
-        return self.kind in NONNEGATIVE_KINDS
+        return self.spec.nonnegative
+
+    @property
+    def column_norm(self) -> float:
+        """The ℓ2 norm of every column of ``P`` (e.g. √s for an expander)."""
+        return float(self.spec.column_norm(self))
+
+    @property
+    def operator_bytes(self) -> int:
+        """Bytes of the whole ``P`` held in memory (see :meth:`SketchKind.operator_bytes`)."""
+        return self.spec.operator_bytes(self)
 
     @property
     def n_tiles(self) -> int:
@@ -158,12 +317,12 @@ class SketchOperator:
         if not parts:
             return (
                 np.zeros((self.n_components, 0), dtype)
-                if self.kind == "gaussian"
+                if self.spec.dense
                 else sp.csc_matrix((self.n_components, 0), dtype=dtype)
             )
         if len(parts) == 1:
             return parts[0]
-        return np.hstack(parts) if self.kind == "gaussian" else sp.hstack(parts, format="csc")
+        return np.hstack(parts) if self.spec.dense else sp.hstack(parts, format="csc")
 
     def to_dense(self, dtype: Any = np.float64, max_entries: int = 50_000_000) -> np.ndarray:
         """The whole ``P`` as a dense numpy array; for tests and small problems only."""
@@ -178,10 +337,11 @@ class SketchOperator:
     # ------------------------------------------------------------------ products
     def apply_block(self, block: np.ndarray, start: int, axis: int = 0) -> np.ndarray:
         """``P[:, start:start+L] ×_axis block`` for an in-memory block (L = block.shape[axis])."""
-        dtype = _result_dtype(block.dtype)
+        dtype = result_dtype(block.dtype)
         block = np.asarray(block, dtype=dtype)
         L = block.shape[axis]
-        if self.kind == "gaussian" and axis % block.ndim == block.ndim - 1 and block.ndim > 1 \
+        dense = self.spec.dense
+        if dense and axis % block.ndim == block.ndim - 1 and block.ndim > 1 \
                 and block.flags.c_contiguous:
             # the last axis of a C-ordered block: (rest × L) @ Pᵀ, no transposed copy of the block
             flat_t = block.reshape(-1, L)
@@ -190,7 +350,7 @@ class SketchOperator:
         moved = np.moveaxis(block, axis, 0)
         rest = moved.shape[1:]
         flat = moved.reshape(L, -1)
-        if self.kind == "gaussian":
+        if dense:
             out = self._dense_products(flat, start, L, dtype)
         else:
             out = np.asarray(self.columns(start, start + L, dtype) @ flat, dtype=dtype)
@@ -244,6 +404,8 @@ class SketchOperator:
                 f"matvec operand has {W.shape[0]} rows at offset {offset}, but P has only "
                 f"{self.n_features} columns"
             )
+        from ._project import project
+
         return project(W, self, axis=0, offset=offset, check_finite=False)
 
     def rmatvec(self, Y: Any, *, chunks: int | tuple[int, ...] | None = None) -> da.Array:
@@ -261,7 +423,7 @@ class SketchOperator:
         if vec:
             Y = Y[:, None]
         Y = Y.rechunk(Y.shape)
-        dtype = _result_dtype(Y.dtype)
+        dtype = result_dtype(Y.dtype)
         if chunks is None:
             chunks = self.tile_size
         row_chunks = da.core.normalize_chunks((chunks,), (self.n_features,))[0] if isinstance(
@@ -290,22 +452,12 @@ def make_operator(
     s: int | None = None,
     tile_size: int | None = None,
 ) -> SketchOperator:
-    """Build a :class:`SketchOperator`, filling kind parameters from ``cfact.sketch`` config."""
-    if kind not in _KIND_CODE:
-        raise InputError(f"unknown sketch kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if s is None:
-        s = {
-            "expander": int(config.get("sketch.expander-s", 5)),
-            "sparse_sign": int(config.get("sketch.sparse-sign-s", 8)),
-            "countsketch": 1,
-            "gaussian": 0,
-        }[kind]
-        if kind in ("expander", "sparse_sign") and isinstance(n_components, int):
-            s = max(1, min(s, n_components))
-    elif kind == "countsketch" and s != 1:
-        raise InputError(f"countsketch has exactly one nonzero per column; got s={s}")
-    elif kind == "gaussian" and s not in (0, None):
-        raise InputError(f"gaussian operators are dense; s={s} does not apply")
+    """Build a :class:`SketchOperator`, filling kind parameters from ``cfact.sketch`` config.
+
+    ``kind`` is any name in :data:`SKETCH_KINDS`; ``s`` defaults to the kind's (see
+    :meth:`SketchKind.resolve_s`).
+    """
+    s = kind_spec(kind).resolve_s(s, n_components)
     return SketchOperator(
         kind=kind,
         n_components=n_components,
@@ -372,6 +524,17 @@ def _tile(op: SketchOperator, t: int, dtype: str) -> sp.csc_matrix | np.ndarray:
                       getattr(_LIMIT, "value", None))
 
 
+@contextlib.contextmanager
+def tile_cache_budget(block_nbytes: int) -> Iterator[None]:
+    """While a sketch task applies ``P`` to a block of ``block_nbytes``: the tile cache keeps
+    at most :func:`_cache_limit` bytes of tiles (the rest is regenerated)."""
+    _LIMIT.value = _cache_limit(block_nbytes)
+    try:
+        yield
+    finally:
+        del _LIMIT.value
+
+
 def _cache_limit(block_nbytes: int) -> int:
     """Bytes of tiles a sketch task may keep cached: a fraction of one input chunk.
 
@@ -387,28 +550,35 @@ def _cache_limit(block_nbytes: int) -> int:
 
 def _make_tile(op: SketchOperator, t: int, dtype: str) -> sp.csc_matrix | np.ndarray:
     T = op.tile_size
-    w = min(T, op.n_features - t * T)
+    return op.spec.tile(op, t, min(T, op.n_features - t * T), dtype)
+
+
+def _gaussian_tile(op: SketchOperator, t: int, w: int, dtype: str) -> np.ndarray:
     d = op.n_components
-    if op.kind == "gaussian" and op.generator == 1:
+    if op.generator == 1:
         # version 1 (cfact_dask 0.1.0): float64 ziggurat draws from Philox, kept so that
         # sketches stored by it are still read with the P they were made with
-        rng = generator(op.seed, *op.spawn_key, _KIND_CODE[op.kind], t)
+        rng = tile_generator(op, t)
         out = (rng.standard_normal((d, w)) / math.sqrt(d)).astype(dtype)
         out.setflags(write=False)
         return out
-    if op.kind == "gaussian":
-        rng = generator(op.seed, *op.spawn_key, _KIND_CODE[op.kind], t, bit_generator="sfc64")
-        # drawn in float32 whatever the requested dtype (so float32 and float64 data see the same
-        # P), by Box-Muller on SFC64 uniforms: ~3x faster than numpy's ziggurat, and a dense tile
-        # is regenerated often (its cache is bounded by the memory budget)
-        out = _box_muller(rng, d * w, 1.0 / math.sqrt(d)).reshape(d, w)
-        out = out.astype(dtype, copy=False)
-        out.setflags(write=False)
-        return out
-    rng = generator(op.seed, *op.spawn_key, _KIND_CODE[op.kind], t)
-    s = op.s if op.kind != "countsketch" else 1
+    rng = tile_generator(op, t, bit_generator="sfc64")
+    # drawn in float32 whatever the requested dtype (so float32 and float64 data see the same
+    # P), by Box-Muller on SFC64 uniforms: ~3x faster than numpy's ziggurat, and a dense tile
+    # is regenerated often (its cache is bounded by the memory budget)
+    out = _box_muller(rng, d * w, 1.0 / math.sqrt(d)).reshape(d, w)
+    out = out.astype(dtype, copy=False)
+    out.setflags(write=False)
+    return out
+
+
+def _sparse_tile(op: SketchOperator, t: int, w: int, dtype: str, *, s: int,
+                 ones: bool) -> sp.csc_matrix:
+    """``s`` entries per column at distinct random rows: ones (``ones``) or ±1/√s."""
+    d = op.n_components
+    rng = tile_generator(op, t)
     rows = _distinct_rows(rng, d, s, w)
-    if op.kind == "expander":
+    if ones:
         vals = np.ones((w, s))
     else:
         vals = (2.0 * rng.integers(0, 2, size=(w, s)) - 1.0) / math.sqrt(s)
@@ -420,6 +590,37 @@ def _make_tile(op: SketchOperator, t: int, dtype: str) -> sp.csc_matrix | np.nda
         shape=(d, w),
     )
     return P
+
+
+def _expander_tile(op: SketchOperator, t: int, w: int, dtype: str) -> sp.csc_matrix:
+    return _sparse_tile(op, t, w, dtype, s=op.s, ones=True)
+
+
+def _sparse_sign_tile(op: SketchOperator, t: int, w: int, dtype: str) -> sp.csc_matrix:
+    return _sparse_tile(op, t, w, dtype, s=op.s, ones=False)
+
+
+def _countsketch_tile(op: SketchOperator, t: int, w: int, dtype: str) -> sp.csc_matrix:
+    return _sparse_tile(op, t, w, dtype, s=1, ones=False)
+
+
+def _sqrt_s(op: SketchOperator) -> float:
+    return math.sqrt(op.s)
+
+
+# the built-in kinds; their codes (0-3) are part of every stored P: never renumber them
+SKETCH_KINDS.register("expander", SketchKind(
+    "expander", _expander_tile, nonnegative=True, s_config=("sketch.expander-s", 5),
+    column_norm=_sqrt_s, code=0,
+    description="s ones per column at distinct random rows (keeps nonnegative data nonnegative)"))
+SKETCH_KINDS.register("sparse_sign", SketchKind(
+    "sparse_sign", _sparse_sign_tile, s_config=("sketch.sparse-sign-s", 8), code=1,
+    description="s entries ±1/√s per column"))
+SKETCH_KINDS.register("countsketch", SketchKind(
+    "countsketch", _countsketch_tile, s="one", code=2, description="one ±1 per column"))
+SKETCH_KINDS.register("gaussian", SketchKind(
+    "gaussian", _gaussian_tile, dense=True, s="none", code=3,
+    description="i.i.d. N(0, 1/d) entries (dense)"))
 
 
 def _box_muller(rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
@@ -460,7 +661,7 @@ def _distinct_rows(rng: np.random.Generator, d: int, s: int, w: int) -> np.ndarr
     return rows
 
 
-def _result_dtype(dtype: Any) -> np.dtype:
+def result_dtype(dtype: Any) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype in (np.float32, np.float64):
         return dtype
@@ -476,85 +677,6 @@ def _as_dask(x: Any, chunk: int) -> da.Array:
     return da.from_array(x, chunks=(chunk,) + x.shape[1:])
 
 
-# ---------------------------------------------------------------------- the blockwise kernel
-def _partial(
-    op: SketchOperator,
-    block: np.ndarray,
-    start: int,
-    axis: int,
-    check_finite: bool,
-    where: tuple[Any, ...],
-) -> np.ndarray:
-    _LIMIT.value = _cache_limit(getattr(block, "nbytes", 0))
-    try:
-        out = op.apply_block(block, start, axis)
-    finally:
-        del _LIMIT.value
-    if check_finite and not np.isfinite(out).all():
-        _raise_nonfinite(block, where)
-    return out
-
-
-def _raise_nonfinite(block: np.ndarray, where: tuple[Any, ...]) -> None:
-    source, idx, ranges = where
-    block = np.asarray(block)
-    n_nan = int(np.isnan(block).sum()) if block.dtype.kind == "f" else 0
-    n_inf = int(np.isinf(block).sum()) if block.dtype.kind == "f" else 0
-    span = ", ".join(f"{a}:{b}" for a, b in ranges)
-    if n_nan or n_inf:
-        first = np.argwhere(~np.isfinite(block))[0]
-        pos = tuple(int(r[0] + f) for r, f in zip(ranges, first, strict=True))
-        raise NonFiniteError(
-            f"chunk {idx} (index [{span}]) of {source} holds {n_nan} NaN and {n_inf} Inf "
-            f"values (first at index {pos}); clean or impute the data, or pass "
-            f"check_finite=False to sketch it anyway"
-        )
-    raise NonFiniteError(
-        f"sketching chunk {idx} (index [{span}]) of {source} overflowed to Inf although the chunk "
-        f"is finite; rescale the data or use float64"
-    )
-
-
-def _sum_list(parts: list[np.ndarray]) -> np.ndarray:
-    acc = np.array(parts[0], copy=True)
-    for p in parts[1:]:
-        acc += p
-    return acc
-
-
-def _take_copy(a: np.ndarray, sl: tuple[slice, ...]) -> np.ndarray:
-    return np.array(a[sl], copy=True)
-
-
-def _sample_groups(
-    chunks: tuple[tuple[int, ...], ...], axis: int, bytes_per_col: int, limit: int
-) -> tuple[int, list[range]] | None:
-    """Consecutive chunks of the last non-feature axis with several chunks, grouped so that each
-    group's partial (d × its columns) stays within ``limit`` bytes (at least one chunk per group).
-
-    ``None`` when there is nothing to group (a single chunk, or other axes split too: grouping
-    follows one axis only, and N-way tensors keep one tree per output block).
-    """
-    others = [a for a in range(len(chunks)) if a != axis and len(chunks[a]) > 1]
-    if len(others) != 1:
-        return None
-    g = others[0]
-    rest = math.prod(max(c) for a, c in enumerate(chunks) if a not in (axis, g))
-    per_col = bytes_per_col * rest
-    limit = min(int(limit), int(config.get("sketch.group-bytes", 16 * 2**20)))
-    groups: list[range] = []
-    start, used = 0, 0
-    for j, w in enumerate(chunks[g]):
-        if j > start and used + w * per_col > limit:
-            groups.append(range(start, j))
-            start, used = j, 0
-        used += w * per_col
-    groups.append(range(start, len(chunks[g])))
-    if len(groups) == len(chunks[g]):
-        return None
-    return g, groups
-
-
 def _rmatvec_block(
     op: SketchOperator, start: int, stop: int, Y: np.ndarray, dtype: np.dtype
 ) -> np.ndarray:
@@ -562,107 +684,10 @@ def _rmatvec_block(
     return np.asarray(P.T @ np.asarray(Y, dtype=dtype), dtype=dtype)
 
 
-def project(
-    x: da.Array,
-    op: SketchOperator,
-    axis: int = 0,
-    *,
-    offset: int = 0,
-    check_finite: bool = True,
-    split_every: int | None = None,
-    source: str = "the input",
-) -> da.Array:
-    """``x ×_axis P[:, offset:offset + x.shape[axis]]`` as a dask graph: one task per input chunk,
-    then a fixed-order tree sum of the d-sized partials over the chunks along ``axis``.
+def __getattr__(name: str) -> Any:
+    # ``project`` (the blockwise kernel) lives in ._project, which imports this module
+    if name == "project":
+        from ._project import project
 
-    When one other axis is split, the partials of consecutive chunks along it are concatenated
-    per feature row (groups of at most chunk bytes / ``split_every`` of partials, capped by
-    ``cfact.sketch.group-bytes``) before the tree sum, and the summed groups are cut back into
-    the output chunks: the scheduler then runs the chunks of a feature row back to back and they
-    reuse the cached tiles of ``P``. Elementwise the same additions in the same order, so the
-    result is bitwise that of one tree per output chunk.
-
-    The graph depends only on the chunking, so the result is bitwise repeatable for a given
-    chunking whatever the scheduler or number of workers.
-    """
-    if any(math.isnan(c) for cs in x.chunks for c in cs):
-        raise InputError(
-            f"{source} has unknown chunk sizes {x.chunks}; call x.compute_chunk_sizes() first"
-        )
-    split_every = int(split_every or config.get("sketch.split-every", 8))
-    if split_every < 2:
-        raise InputError(f"split_every must be >= 2, got {split_every}")
-    dtype = _result_dtype(x.dtype)
-    d = op.n_components
-    tok = tokenize(x, op, axis, offset, check_finite, split_every)
-    pname = "cfact-sketch-partial-" + tok
-    name = "cfact-sketch-" + tok
-    offsets = np.concatenate([[0], np.cumsum(x.chunks[axis])]).astype(int) + offset
-    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in x.chunks]
-    dsk: dict[Any, Any] = {}
-    for idx in itertools.product(*(range(n) for n in x.numblocks)):
-        ranges = tuple((int(b[i]), int(b[i + 1])) for b, i in zip(bounds, idx, strict=True))
-        where = (source, idx, ranges)
-        dsk[(pname,) + idx] = (
-            _partial, op, (x.name,) + idx, int(offsets[idx[axis]]), axis, check_finite, where
-        )
-    nb = x.numblocks[axis]
-    itemsize = np.dtype(dtype).itemsize
-    block_bytes = math.prod(max(c) for c in x.chunks) * np.dtype(x.dtype).itemsize
-    groups = _sample_groups(x.chunks, axis, d * itemsize, block_bytes // split_every)
-    gaxis = groups[0] if groups else None
-    out_numblocks = list(x.numblocks)
-    out_numblocks[axis] = 1
-    if gaxis is not None:
-        out_numblocks[gaxis] = len(groups[1])
-    gname = f"{pname}-row"
-    for gidx in itertools.product(*(range(n) for n in out_numblocks)):
-        # the column chunks of group g, summed together: each feature-row chunk's partials are
-        # concatenated first, so the scheduler runs the chunks of one row back to back and the
-        # tiles of P they share are generated once (row-major order), not once per column chunk
-        members = [None] if gaxis is None else list(groups[1][gidx[gaxis]])
-        keys = []
-        for i in range(nb):
-            parts = []
-            for j in members:
-                idx = list(gidx)
-                idx[axis] = i
-                if gaxis is not None:
-                    idx[gaxis] = j
-                parts.append((pname,) + tuple(idx))
-            if len(parts) == 1:
-                keys.append(parts[0])
-            else:
-                k = (gname,) + gidx[:axis] + (i,) + gidx[axis + 1 :]
-                dsk[k] = (np.concatenate, parts, gaxis)
-                keys.append(k)
-        level = 0
-        while len(keys) > split_every:
-            nxt = []
-            for g in range(0, len(keys), split_every):
-                k = (f"{pname}-tree{level}",) + gidx + (g // split_every,)
-                dsk[k] = (_sum_list, keys[g : g + split_every])
-                nxt.append(k)
-            keys = nxt
-            level += 1
-        if gaxis is None or len(members) == 1:
-            oidx = list(gidx)
-            if gaxis is not None:
-                oidx[gaxis] = members[0]
-            dsk[(name,) + tuple(oidx)] = (_sum_list, keys)
-            continue
-        root = (f"{pname}-sum",) + gidx
-        dsk[root] = (_sum_list, keys)
-        lo = 0
-        for j in members:
-            w = x.chunks[gaxis][j]
-            oidx = list(gidx)
-            oidx[gaxis] = j
-            sl = [slice(None)] * x.ndim
-            sl[gaxis] = slice(lo, lo + w)
-            dsk[(name,) + tuple(oidx)] = (_take_copy, root, tuple(sl))
-            lo += w
-    out_chunks = list(x.chunks)
-    out_chunks[axis] = (d,)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x])
-    return da.Array(graph, name, chunks=tuple(out_chunks), dtype=dtype)
+        return project
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -176,7 +176,7 @@ def test_cp_forwards_every_parameter(monkeypatch):
 def test_run_factor_hook(tmp_path, rng):
     import zarr
 
-    from cfact_dask.cli._run_factor import run_factor
+    from cfact_dask.cli.factor import run_factor
     from cfact_dask.errors import ConfigError
 
     A = rng.standard_normal((120, 30))

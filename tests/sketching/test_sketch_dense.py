@@ -14,8 +14,9 @@ from scipy import stats
 
 import cfact_dask as cf
 from cfact_dask import io
-from cfact_dask.sketching import operators
-from cfact_dask.sketching.operators import make_operator, project
+from cfact_dask.sketching import _project, operators
+from cfact_dask.sketching._project import project
+from cfact_dask.sketching.operators import make_operator
 
 
 # ------------------------------------------------------------------ the Gaussian generator
@@ -113,15 +114,15 @@ def test_grouped_graph_matches_ungrouped_bitwise():
 def test_group_size_bounded_by_chunk_bytes():
     # d x group columns x itemsize stays below chunk bytes / split_every
     chunks = ((1000,) * 4, (50,) * 40)
-    g = operators._sample_groups(chunks, 0, 16 * 4, 1000 * 50 * 4 // 8)
+    g = _project._sample_groups(chunks, 0, 16 * 4, 1000 * 50 * 4 // 8)
     assert g is not None
     axis, groups = g
     assert axis == 1 and [j for r in groups for j in r] == list(range(40))
     assert all(len(r) * 50 * 16 * 4 <= 1000 * 50 * 4 // 8 for r in groups)
     assert max(len(r) for r in groups) == 7
     # nothing to group with one sample chunk, or with two split non-feature axes
-    assert operators._sample_groups(((10, 10), (5,)), 0, 8, 10**6) is None
-    assert operators._sample_groups(((10, 10), (5, 5), (3, 3)), 0, 8, 10**6) is None
+    assert _project._sample_groups(((10, 10), (5,)), 0, 8, 10**6) is None
+    assert _project._sample_groups(((10, 10), (5, 5), (3, 3)), 0, 8, 10**6) is None
 
 
 # ------------------------------------------------------------------ direct chunk reads

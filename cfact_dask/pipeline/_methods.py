@@ -1,0 +1,210 @@
+"""The factorization registry: one :class:`Factorization` entry per ``factor.method``.
+
+An entry holds what every face of the package needs to know about a method: its options and
+their defaults (the job schema's ``factor`` section is generated from them, see
+:mod:`.job`), where it is available (job files, the Factorize-Recover pipeline, ``cfact factor``)
+and the ``cfact factor`` runner. The CLI's ``--method`` choices, the job schema and the pipeline
+read :data:`FACTORIZATIONS` when they run, so a new factorization is a module in
+:mod:`cfact_dask.factor` plus one entry here (or one ``FACTORIZATIONS.register`` call)::
+
+    from cfact_dask.pipeline import FACTORIZATIONS, Factorization
+    FACTORIZATIONS.register("mine", Factorization("mine", cli=my_runner, job=False))
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .._runtime.registry import Registry
+from ..errors import ConfigError
+
+__all__ = ["COMMON_OPTIONS", "FACTORIZATIONS", "REQUIRED", "Factorization", "Option",
+           "cli_runners", "get", "job_methods", "job_options", "pipeline_defaults",
+           "pipeline_methods", "validate_options"]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+#: marker of a required option (no default)
+REQUIRED: Any = _Required()
+
+#: an option of a job section: (accepted types, default or :data:`REQUIRED`)
+Option = tuple[tuple[type, ...], Any]
+
+#: a ``cfact factor`` runner: ``(data, rank, options, client) -> result with to_zarr``
+Runner = Callable[[Any, int, dict[str, Any], Any], Any]
+
+#: the options every factorization of a job takes (``cfact.factor`` of a job file)
+COMMON_OPTIONS: dict[str, Option] = {
+    "method": ((str,), "nmf"),
+    "rank": ((int,), REQUIRED),
+    "max_iter": ((int,), 500),
+    "tol": ((float, int), 1e-6),
+    "random_state": ((int,), 0),
+    "checkpoint_every": ((int,), 10),
+}
+
+
+@dataclass(frozen=True)
+class Factorization:
+    """One factorization method: its options, where it runs and its ``cfact factor`` runner.
+
+    Parameters
+    ----------
+    name : str
+        ``factor.method`` of a job, ``cfact factor --method``.
+    options : mapping of str to (types, default)
+        The method's own options of the job's ``factor`` section, beside
+        :data:`COMMON_OPTIONS` (an option two methods share is declared with the same default).
+    job : bool
+        Accepted as ``factor.method`` by the job schema.
+    pipeline : bool
+        Runs inside :func:`~cfact_dask.factorize_recover` (else the pipeline refuses it and
+        points to ``cfact factor``).
+    semi : bool, optional
+        Forces ``semi`` of the NMF the pipeline runs (``semi-nmf``).
+    cli : callable or str, optional
+        The ``cfact factor`` runner ``(data, rank, options, client)`` returning a result with
+        ``to_zarr``, or ``"module:attribute"`` naming it (imported when the command runs, so
+        the job schema does not import the CLI). ``None``: not a ``cfact factor`` method.
+    validate : callable, optional
+        ``validate(options, source)`` raising :class:`ConfigError` for a bad job section.
+    summary : str
+        One line for help texts.
+    """
+
+    name: str
+    options: Mapping[str, Option] = field(default_factory=dict)
+    job: bool = True
+    pipeline: bool = False
+    semi: bool | None = None
+    cli: Runner | str | None = None
+    validate: Callable[[Mapping[str, Any], str], None] | None = None
+    summary: str = ""
+
+    def runner(self) -> Runner:
+        """The ``cfact factor`` runner (imported when it is named by a string)."""
+        if self.cli is None:
+            raise ConfigError(f"factorization {self.name!r} has no `cfact factor` runner")
+        if callable(self.cli):
+            return self.cli
+        module, _, attr = self.cli.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+#: factorization name -> :class:`Factorization`
+FACTORIZATIONS: Registry[Factorization] = Registry("factorization method")
+
+_NMF_OPTIONS: dict[str, Option] = {
+    "solver": ((str,), "hals"),
+    "init": ((str,), "nndsvda"),
+}
+
+FACTORIZATIONS.register("nmf", Factorization(
+    "nmf", _NMF_OPTIONS, pipeline=True, cli="cfact_dask.cli.factor:run_nmf",
+    summary="compressed NMF (ALS / HALS) on the sketch"))
+FACTORIZATIONS.register("semi-nmf", Factorization(
+    "semi-nmf", _NMF_OPTIONS, pipeline=True, semi=True,
+    summary="semi-NMF (W signed, H >= 0) on a signed sketch"))
+FACTORIZATIONS.register("svd", Factorization(
+    "svd", cli="cfact_dask.cli.factor:run_svd", summary="randomized truncated SVD"))
+FACTORIZATIONS.register("sparse-pca", Factorization(
+    "sparse-pca", cli="cfact_dask.cli.factor:run_sparse_pca", summary="sparse PCA"))
+FACTORIZATIONS.register("dgd-local", Factorization(
+    "dgd-local", {"n_nodes": ((int,), 4), "topology": ((str,), "ring")},
+    cli="cfact_dask.cli.factor:run_dgd_local",
+    summary="decentralized DGD+LOCAL over column blocks"))
+FACTORIZATIONS.register("cp", Factorization(
+    "cp", job=False, cli="cfact_dask.cli.factor:run_cp", summary="CP of a tensor"))
+
+
+def get(name: str) -> Factorization:
+    """The entry of ``name`` (:class:`ConfigError` naming the choices if there is none)."""
+    return FACTORIZATIONS.get(name)
+
+
+def job_methods() -> tuple[str, ...]:
+    """The ``factor.method`` values a job file accepts."""
+    return tuple(n for n, f in FACTORIZATIONS.items() if f.job)
+
+
+def pipeline_methods() -> tuple[str, ...]:
+    """The methods :func:`~cfact_dask.factorize_recover` runs."""
+    return tuple(n for n, f in FACTORIZATIONS.items() if f.pipeline)
+
+
+def job_options() -> dict[str, Option]:
+    """The job schema's ``factor`` section: :data:`COMMON_OPTIONS` and every job method's own
+    options (registration order)."""
+    out = dict(COMMON_OPTIONS)
+    for f in FACTORIZATIONS.names():
+        spec = FACTORIZATIONS.get(f)
+        if spec.job:
+            for key, opt in spec.options.items():
+                out.setdefault(key, opt)
+    return out
+
+
+def pipeline_defaults() -> dict[str, Any]:
+    """The ``factor=`` defaults of :func:`~cfact_dask.factorize_recover` (they are recorded in
+    a run store's parameters, so they must stay what they are for resumes to match)."""
+    out = {k: d for k, (_, d) in COMMON_OPTIONS.items() if d is not REQUIRED}
+    for name in pipeline_methods():
+        for key, (_, d) in FACTORIZATIONS.get(name).options.items():
+            out.setdefault(key, d)
+    return out
+
+
+def validate_options(section: Mapping[str, Any], source: str) -> None:
+    """Run the chosen method's own checks on a validated ``factor`` section."""
+    spec = FACTORIZATIONS.get(section["method"])
+    if spec.validate is not None:
+        spec.validate(section, source)
+
+
+class _Runners(MutableMapping):
+    """``cfact factor``'s runners by method name: a live view of :data:`FACTORIZATIONS`.
+
+    Setting an item replaces (or registers) the entry's runner; that is how
+    :func:`cfact_dask.cli.factor.register_method` and tests swap one.
+    """
+
+    def __getitem__(self, name: str) -> Runner:
+        if name not in FACTORIZATIONS or FACTORIZATIONS.get(name).cli is None:
+            raise KeyError(name)
+        return FACTORIZATIONS.get(name).runner()
+
+    def __setitem__(self, name: str, runner: Runner) -> None:
+        if name in FACTORIZATIONS:
+            FACTORIZATIONS.register(name, replace(FACTORIZATIONS.get(name), cli=runner),
+                                    replace=True)
+        else:
+            FACTORIZATIONS.register(name, Factorization(name, cli=runner, job=False))
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
+        FACTORIZATIONS.unregister(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in FACTORIZATIONS and FACTORIZATIONS.get(name).cli is not None  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([n for n, f in FACTORIZATIONS.items() if f.cli is not None])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"cli runners of {FACTORIZATIONS!r}"
+
+
+def cli_runners() -> MutableMapping[str, Runner]:
+    """The ``cfact factor`` runners, by method name (a live view of :data:`FACTORIZATIONS`)."""
+    return _Runners()

@@ -1,0 +1,200 @@
+"""The blockwise kernel of a sketch: ``x ×_axis P`` as a dask graph of one task per input chunk
+and a fixed-order tree sum, so the result is bitwise repeatable for a given chunking."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from .. import config
+from ..errors import InputError, NonFiniteError
+from .operators import SketchOperator, result_dtype, tile_cache_budget
+
+__all__ = ["project"]
+
+
+def _partial(
+    op: SketchOperator,
+    block: np.ndarray,
+    start: int,
+    axis: int,
+    check_finite: bool,
+    where: tuple[Any, ...],
+) -> np.ndarray:
+    with tile_cache_budget(getattr(block, "nbytes", 0)):
+        out = op.apply_block(block, start, axis)
+    if check_finite and not np.isfinite(out).all():
+        _raise_nonfinite(block, where)
+    return out
+
+
+def _raise_nonfinite(block: np.ndarray, where: tuple[Any, ...]) -> None:
+    source, idx, ranges = where
+    block = np.asarray(block)
+    n_nan = int(np.isnan(block).sum()) if block.dtype.kind == "f" else 0
+    n_inf = int(np.isinf(block).sum()) if block.dtype.kind == "f" else 0
+    span = ", ".join(f"{a}:{b}" for a, b in ranges)
+    if n_nan or n_inf:
+        first = np.argwhere(~np.isfinite(block))[0]
+        pos = tuple(int(r[0] + f) for r, f in zip(ranges, first, strict=True))
+        raise NonFiniteError(
+            f"chunk {idx} (index [{span}]) of {source} holds {n_nan} NaN and {n_inf} Inf "
+            f"values (first at index {pos}); clean or impute the data, or pass "
+            f"check_finite=False to sketch it anyway"
+        )
+    raise NonFiniteError(
+        f"sketching chunk {idx} (index [{span}]) of {source} overflowed to Inf although the chunk "
+        f"is finite; rescale the data or use float64"
+    )
+
+
+def _sum_list(parts: list[np.ndarray]) -> np.ndarray:
+    acc = np.array(parts[0], copy=True)
+    for p in parts[1:]:
+        acc += p
+    return acc
+
+
+def _take_copy(a: np.ndarray, sl: tuple[slice, ...]) -> np.ndarray:
+    return np.array(a[sl], copy=True)
+
+
+def _sample_groups(
+    chunks: tuple[tuple[int, ...], ...], axis: int, bytes_per_col: int, limit: int
+) -> tuple[int, list[range]] | None:
+    """Consecutive chunks of the last non-feature axis with several chunks, grouped so that each
+    group's partial (d × its columns) stays within ``limit`` bytes (at least one chunk per group).
+
+    ``None`` when there is nothing to group (a single chunk, or other axes split too: grouping
+    follows one axis only, and N-way tensors keep one tree per output block).
+    """
+    others = [a for a in range(len(chunks)) if a != axis and len(chunks[a]) > 1]
+    if len(others) != 1:
+        return None
+    g = others[0]
+    rest = math.prod(max(c) for a, c in enumerate(chunks) if a not in (axis, g))
+    per_col = bytes_per_col * rest
+    limit = min(int(limit), int(config.get("sketch.group-bytes", 16 * 2**20)))
+    groups: list[range] = []
+    start, used = 0, 0
+    for j, w in enumerate(chunks[g]):
+        if j > start and used + w * per_col > limit:
+            groups.append(range(start, j))
+            start, used = j, 0
+        used += w * per_col
+    groups.append(range(start, len(chunks[g])))
+    if len(groups) == len(chunks[g]):
+        return None
+    return g, groups
+
+
+def project(
+    x: da.Array,
+    op: SketchOperator,
+    axis: int = 0,
+    *,
+    offset: int = 0,
+    check_finite: bool = True,
+    split_every: int | None = None,
+    source: str = "the input",
+) -> da.Array:
+    """``x ×_axis P[:, offset:offset + x.shape[axis]]`` as a dask graph: one task per input chunk,
+    then a fixed-order tree sum of the d-sized partials over the chunks along ``axis``.
+
+    When one other axis is split, the partials of consecutive chunks along it are concatenated
+    per feature row (groups of at most chunk bytes / ``split_every`` of partials, capped by
+    ``cfact.sketch.group-bytes``) before the tree sum, and the summed groups are cut back into
+    the output chunks: the scheduler then runs the chunks of a feature row back to back and they
+    reuse the cached tiles of ``P``. Elementwise the same additions in the same order, so the
+    result is bitwise that of one tree per output chunk.
+
+    The graph depends only on the chunking, so the result is bitwise repeatable for a given
+    chunking whatever the scheduler or number of workers.
+    """
+    if any(math.isnan(c) for cs in x.chunks for c in cs):
+        raise InputError(
+            f"{source} has unknown chunk sizes {x.chunks}; call x.compute_chunk_sizes() first"
+        )
+    split_every = int(split_every or config.get("sketch.split-every", 8))
+    if split_every < 2:
+        raise InputError(f"split_every must be >= 2, got {split_every}")
+    dtype = result_dtype(x.dtype)
+    d = op.n_components
+    tok = tokenize(x, op, axis, offset, check_finite, split_every)
+    pname = "cfact-sketch-partial-" + tok
+    name = "cfact-sketch-" + tok
+    offsets = np.concatenate([[0], np.cumsum(x.chunks[axis])]).astype(int) + offset
+    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in x.chunks]
+    dsk: dict[Any, Any] = {}
+    for idx in itertools.product(*(range(n) for n in x.numblocks)):
+        ranges = tuple((int(b[i]), int(b[i + 1])) for b, i in zip(bounds, idx, strict=True))
+        where = (source, idx, ranges)
+        dsk[(pname,) + idx] = (
+            _partial, op, (x.name,) + idx, int(offsets[idx[axis]]), axis, check_finite, where
+        )
+    nb = x.numblocks[axis]
+    itemsize = np.dtype(dtype).itemsize
+    block_bytes = math.prod(max(c) for c in x.chunks) * np.dtype(x.dtype).itemsize
+    groups = _sample_groups(x.chunks, axis, d * itemsize, block_bytes // split_every)
+    gaxis = groups[0] if groups else None
+    out_numblocks = list(x.numblocks)
+    out_numblocks[axis] = 1
+    if gaxis is not None:
+        out_numblocks[gaxis] = len(groups[1])
+    gname = f"{pname}-row"
+    for gidx in itertools.product(*(range(n) for n in out_numblocks)):
+        # the column chunks of group g, summed together: each feature-row chunk's partials are
+        # concatenated first, so the scheduler runs the chunks of one row back to back and the
+        # tiles of P they share are generated once (row-major order), not once per column chunk
+        members = [None] if gaxis is None else list(groups[1][gidx[gaxis]])
+        keys = []
+        for i in range(nb):
+            parts = []
+            for j in members:
+                idx = list(gidx)
+                idx[axis] = i
+                if gaxis is not None:
+                    idx[gaxis] = j
+                parts.append((pname,) + tuple(idx))
+            if len(parts) == 1:
+                keys.append(parts[0])
+            else:
+                k = (gname,) + gidx[:axis] + (i,) + gidx[axis + 1 :]
+                dsk[k] = (np.concatenate, parts, gaxis)
+                keys.append(k)
+        level = 0
+        while len(keys) > split_every:
+            nxt = []
+            for g in range(0, len(keys), split_every):
+                k = (f"{pname}-tree{level}",) + gidx + (g // split_every,)
+                dsk[k] = (_sum_list, keys[g : g + split_every])
+                nxt.append(k)
+            keys = nxt
+            level += 1
+        if gaxis is None or len(members) == 1:
+            oidx = list(gidx)
+            if gaxis is not None:
+                oidx[gaxis] = members[0]
+            dsk[(name,) + tuple(oidx)] = (_sum_list, keys)
+            continue
+        root = (f"{pname}-sum",) + gidx
+        dsk[root] = (_sum_list, keys)
+        lo = 0
+        for j in members:
+            w = x.chunks[gaxis][j]
+            oidx = list(gidx)
+            oidx[gaxis] = j
+            sl = [slice(None)] * x.ndim
+            sl[gaxis] = slice(lo, lo + w)
+            dsk[(name,) + tuple(oidx)] = (_take_copy, root, tuple(sl))
+            lo += w
+    out_chunks = list(x.chunks)
+    out_chunks[axis] = (d,)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x])
+    return da.Array(graph, name, chunks=tuple(out_chunks), dtype=dtype)
