@@ -165,6 +165,15 @@ def main() -> None:
         if os.path.exists(out):
             shutil.rmtree(out)
         pids_before = set(client.run(os.getpid).values())
+        # the planner's prediction for the same job on this cluster, made before the run
+        job = {"cfact": {
+            "input": {"path": src, "variable": "M"},
+            "sketch": {"n_components": args.d, "seed": 0},
+            "factor": {"rank": args.rank, "max_iter": args.max_iter, "random_state": 0},
+            "recover": {"method": args.recover},
+            "output": {"path": out, "reconstruct": True},
+        }}
+        predicted = cf.plan(job, client=client)
         with RSSTrace(client) as trace:
             t_start = time.time()
             with warnings.catch_warnings():
@@ -186,6 +195,10 @@ def main() -> None:
         peaks = trace.peak(t, t + secs)
         stages[name] = {"seconds": secs, "peak_rss_bytes": max(peaks.values(), default=0)}
         t += secs
+    for name, st in stages.items():
+        pred = predicted.worker_peak.get(name)
+        st["planned_worker_bytes"] = pred
+        st["measured_over_planned"] = (st["peak_rss_bytes"] / pred) if pred else None
     overall = trace.peak(t_start, t_end)
     peak = max(overall.values(), default=0)
     restarts = len(trace.pids_seen | pids_after) - len(pids_before)
@@ -206,13 +219,17 @@ def main() -> None:
         "worker_restarts": restarts,
         "spilled_to_disk_bytes": spilled,
         "report": report,
+        "plan": predicted.to_dict(),
     }
     name = args.out if args.out != "bench_out_of_core" else (
         "bench_out_of_core" + ("" if args.gb == 16 else f"_{tag}"))
     path = write_results(name, payload)
-    print(f"{'stage':<12}{'seconds':>10}{'peak worker RSS':>18}")
+    print(f"{'stage':<12}{'seconds':>10}{'peak worker RSS':>18}{'planned':>12}{'ratio':>8}")
     for name, s in stages.items():
-        print(f"{name:<12}{s['seconds']:>10.1f}{gib(s['peak_rss_bytes']):>18}")
+        ratio = s["measured_over_planned"]
+        print(f"{name:<12}{s['seconds']:>10.1f}{gib(s['peak_rss_bytes']):>18}"
+              f"{gib(s['planned_worker_bytes'] or 0):>12}"
+              f"{'' if ratio is None else f'{ratio:.2f}':>8}")
     print(f"total {t_end - t_start:.1f} s; max worker RSS {gib(peak)} = {peak / limit:.0%} of the "
           f"{gib(limit)} limit; worker restarts {restarts}; spilled {spilled}")
     rec = report.get("reconstruction") or {}

@@ -112,6 +112,11 @@ class NoWorkersError(CfactError, RuntimeError):
     """The cluster lost every worker for longer than ``cfact.cluster.no-workers-timeout``."""
 
 
+class InsufficientMemoryError(ConfigError):
+    """The cluster's workers are smaller than the job's planned memory need
+    (``cfact.run.memory-check: refuse``); raised before anything is computed."""
+
+
 class WorkerLostError(CfactError, RuntimeError):
     """Workers holding a distributed solver's state were lost and the run could not replay."""
 

@@ -639,3 +639,120 @@ def test_a_task_whose_workers_keep_dying_stops_the_run_with_advice(store, tmp_pa
     msg = str(e.value)
     assert "stage 'sketch' of the run" in msg and "died while running" in msg
     assert "memory" in msg and "cfact plan" in msg
+
+
+# ------------------------------------------------------------------ memory that holds
+def _job(src, out, **recover):
+    return {"cfact": {
+        "input": {"path": src, "variable": "M"},
+        "sketch": {"n_components": 60},
+        "factor": {"rank": 3, "max_iter": 5},
+        "recover": {"method": "lstsq-data", **recover},
+        "output": {"path": out, "reconstruct": True},
+    }}
+
+
+def test_planner_counts_the_worker_process_itself(store):
+    """Every stage's per-worker peak includes the worker process (interpreter + libraries)."""
+    from cfact_dask.pipeline._plan import _WORKER_BASE_BYTES
+
+    p = cf.plan(_job(store, "unused.zarr"), n_workers=2, threads_per_worker=1,
+                memory_limit=2**30)
+    assert p.worker_base == _WORKER_BASE_BYTES > 100 * 2**20
+    assert all(v > _WORKER_BASE_BYTES for v in p.worker_peak.values())
+    assert p.to_dict()["worker_base_bytes"] == _WORKER_BASE_BYTES
+
+
+def test_run_on_workers_too_small_for_the_plan_is_refused_before_compute(store, tmp_path):
+    out = tmp_path / "run.zarr"
+    with process_cluster(1, memory_limit="150MiB") as client:
+        with pytest.raises(cf.errors.InsufficientMemoryError) as e:
+            cf.run_job(_job(store, str(out)), client=client)
+        assert client.run(lambda: 1)  # nothing was lost on the way
+    msg = str(e.value)
+    assert "per worker" in msg and "150" in msg and "memory-check" in msg
+    assert not out.exists()  # refused before anything was written
+
+
+def test_memory_check_warn_and_off_do_not_refuse(store, caplog):
+    import logging
+
+    from cfact_dask.pipeline._plan import check_memory
+
+    p = cf.plan(_job(store, "unused.zarr"), n_workers=1, threads_per_worker=1,
+                memory_limit=150 * 2**20)
+    with pytest.raises(cf.errors.InsufficientMemoryError):
+        check_memory(p, mode="refuse")
+    with caplog.at_level(logging.WARNING, logger="cfact_dask.pipeline._plan"):
+        check_memory(p, mode="warn")
+    assert any("per worker" in r.getMessage() for r in caplog.records)
+    check_memory(p, mode="off")
+    big = cf.plan(_job(store, "unused.zarr"), n_workers=1, threads_per_worker=1,
+                  memory_limit=4 * 2**30)
+    check_memory(big, mode="refuse")  # fits: nothing said
+
+
+def test_memory_check_setting_is_validated(store, tmp_path):
+    with process_cluster(1, memory_limit="150MiB") as client, \
+            dask.config.set({"cfact.run.memory-check": "sometimes"}), \
+            pytest.raises(cf.ConfigError, match="memory-check"):
+        cf.run_job(_job(store, str(tmp_path / "r.zarr")), client=client)
+
+
+def test_cli_run_refuses_too_small_workers_in_one_paragraph(store, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(_job(store, str(tmp_path / "run.zarr"))))
+    env = {**ENV, "DASK_CFACT__CLUSTER__EMBEDDED": "always",
+           "DASK_CFACT__CLUSTER__MEMORY_LIMIT": "150MiB", "DASK_CFACT__CLUSTER__N_WORKERS": "1"}
+    r = subprocess.run([sys.executable, "-m", "cfact_dask.cli", "run", str(job), "--quiet"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert "embedded cluster" in r.stderr and "memory-check" in r.stderr
+    assert not (tmp_path / "run.zarr").exists()
+
+
+def _slow_block(block):
+    time.sleep(0.3)
+    return block
+
+
+@pytest.mark.timeout(180)
+def test_workers_that_keep_dying_stop_the_stage_with_advice(store):
+    """Workers killed again and again (as for memory, where no single task reaches distributed's
+    allowed-failures) stop the stage after cfact.cluster.max-worker-losses, not loop."""
+    import threading
+
+    import cloudpickle
+    import dask.array as da
+
+    from cfact_dask._runtime.workers import stage, watch_workers
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    X = da.ones((400, 10), chunks=(1, 10)).map_blocks(_slow_block, dtype=float)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1000,
+                          "cfact.cluster.max-worker-losses": 3}):
+        cluster = process_cluster(2, memory_limit="1GiB")
+        with cluster as client:
+            stop = threading.Event()
+
+            def killer():
+                while not stop.wait(1.0):
+                    with contextlib.suppress(Exception):
+                        pids = list(client.run(os.getpid).values())
+                        os.kill(pids[0], signal.SIGKILL)
+
+            t = threading.Thread(target=killer, daemon=True)
+            t0 = time.monotonic()
+            try:
+                with pytest.raises(cf.errors.WorkerLostError) as e, \
+                        watch_workers(client, "the test"), stage("stage 'sketch' of the run"):
+                    t.start()
+                    client.compute(X.sum()).result()
+            finally:
+                stop.set()
+                t.join()
+    assert time.monotonic() - t0 < 120
+    msg = str(e.value)
+    assert "workers were lost during stage 'sketch' of the run" in msg
+    assert "max-worker-losses" in msg and "cfact plan" in msg

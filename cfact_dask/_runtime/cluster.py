@@ -25,7 +25,7 @@ from .. import config
 from ..errors import ConfigError, SchedulerConnectionError
 
 __all__ = ["client_context", "compute", "connect", "detach", "is_embedded", "local_progress",
-           "persist", "show_progress", "use_client"]
+           "current_client", "persist", "show_progress", "use_client", "would_embed"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +101,28 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _current_client() -> Any:
+def current_client() -> Any:
+    """The default distributed client (a user's `Client()`), or None."""
     try:
         from distributed import default_client
 
         return default_client()
     except (ImportError, ValueError):
         return None
+
+
+def would_embed(nbytes: int | None) -> bool:
+    """Whether :func:`client_context` without a client (and no current one) starts the embedded
+    LocalCluster for an input of ``nbytes`` (``cfact.cluster.embedded``, the input's size, a
+    scheduler the user set in ``dask.config``); False means dask's local threaded scheduler."""
+    policy = str(config.get("cluster.embedded", "auto"))
+    if policy not in ("auto", "always", "never"):
+        raise ConfigError(
+            f"cfact.cluster.embedded must be 'auto', 'always' or 'never', got {policy!r}"
+        )
+    user_scheduler = dask.config.get("scheduler", None)
+    big = nbytes is None or nbytes >= int(config.get("cluster.embedded-min-bytes", 2**28))
+    return not (policy == "never" or user_scheduler is not None or (policy == "auto" and not big))
 
 
 @contextlib.contextmanager
@@ -134,19 +149,12 @@ def client_context(client: Any = None, *, nbytes: int | None = None,
             with watch_workers(client, stage):
                 yield client
         return
-    current = _current_client()
+    current = current_client()
     if current is not None:
         with watch_workers(current, stage):
             yield current
         return
-    policy = str(config.get("cluster.embedded", "auto"))
-    if policy not in ("auto", "always", "never"):
-        raise ConfigError(
-            f"cfact.cluster.embedded must be 'auto', 'always' or 'never', got {policy!r}"
-        )
-    user_scheduler = dask.config.get("scheduler", None)
-    big = nbytes is None or nbytes >= int(config.get("cluster.embedded-min-bytes", 2**28))
-    if policy == "never" or user_scheduler is not None or (policy == "auto" and not big):
+    if not would_embed(nbytes):
         yield None
         return
     unguarded = _unguarded_main_script()

@@ -28,7 +28,8 @@ from dask.utils import parse_timedelta
 from .. import config
 from ..errors import ConfigError, NoWorkersError, WorkerLostError
 
-__all__ = ["live_workers", "n_workers", "no_workers_timeout", "stage", "watch_workers"]
+__all__ = ["live_workers", "max_worker_losses", "n_workers", "no_workers_timeout", "stage",
+           "watch_workers"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,27 +65,89 @@ def no_workers_timeout() -> float | None:
     return float(seconds)
 
 
+def max_worker_losses(n: int) -> int | None:
+    """``cfact.cluster.max-worker-losses`` for a cluster of ``n`` workers (None: no limit)."""
+    value = config.get("cluster.max-worker-losses", "auto")
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return max(6, 3 * n)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"cfact.cluster.max-worker-losses must be 'auto', an int >= 1 or null, got {value!r}")
+    return int(value)
+
+
 class _Watch:
     """One polling thread per (client, thread of the guarded call); nested guards relabel it."""
 
-    def __init__(self, client: Any, timeout: float, stage: str) -> None:
+    #: seconds between two looks at the workers' identities (worker losses)
+    LOSS_INTERVAL = 2.0
+
+    def __init__(self, client: Any, timeout: float | None, stage: str) -> None:
         self.client, self.timeout, self.stage = client, timeout, stage
         self.before = set(client.futures)  # the caller's own futures are never cancelled
         self.expired_stage: str | None = None
         self.failed_stage: str | None = None
         self.gone_since: float | None = None
+        # worker losses (a worker that died, restarted or not, is gone under its old id)
+        self.seen: set[tuple[str, str]] = set()
+        self.lost: set[tuple[str, str]] = set()
+        self.loss_label: str | None = None
+        self.loss_limit: int | None = None
+        self.losses_stage: str | None = None
+        self.n_lost = 0
+        self.next_look = 0.0
+        self.count_losses = max_worker_losses(1) is not None  # config checked in the caller
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="cfact-watch-workers", daemon=True)
 
+    def _cancel_mine(self, reason: str) -> None:
+        mine = [k for k in list(self.client.futures) if k not in self.before]
+        if mine:
+            from distributed import Future
+
+            with contextlib.suppress(Exception):
+                self.client.cancel([Future(k, self.client) for k in mine], force=True,
+                                   reason=reason)
+
+    def _look_for_losses(self, now: float) -> None:
+        """Count workers lost during the current stage; stop it when they keep dying."""
+        if now < self.next_look:
+            return
+        self.next_look = now + self.LOSS_INTERVAL
+        workers = live_workers(self.client)
+        current = {(addr, str(w.get("id", ""))) for addr, w in workers.items()}
+        if self.loss_limit is None and current:
+            self.loss_limit = max_worker_losses(len(current)) or 0
+        if self.loss_label != self.stage:  # a new stage: count afresh
+            self.loss_label, self.n_lost = self.stage, 0
+        gone = self.seen - current - self.lost
+        if gone:
+            self.lost |= gone
+            self.n_lost += len(gone)
+            logger.warning("%d worker(s) lost during %s (%s)", len(gone), self.stage,
+                           ", ".join(sorted(a for a, _ in gone)))
+        self.seen |= current
+        if self.loss_limit and self.n_lost >= self.loss_limit and self.losses_stage is None:
+            self.losses_stage = self.stage
+            logger.error("%d workers lost during %s; stopping", self.n_lost, self.stage)
+        if self.losses_stage is not None:
+            self._cancel_mine("cfact: workers keep dying")
+
     def _run(self) -> None:
-        interval = min(1.0, self.timeout / 5)
+        interval = min(1.0, self.timeout / 5) if self.timeout else 1.0
         while not self.stop.wait(interval):
             try:
                 n = n_workers(self.client)
+                now = time.monotonic()
+                if self.count_losses:
+                    self._look_for_losses(now)
             except Exception:  # noqa: BLE001 - a closing client / scheduler: not ours to judge
                 logger.debug("worker count unavailable", exc_info=True)
                 continue
-            now = time.monotonic()
+            if self.timeout is None:
+                continue
             if n > 0:
                 if self.gone_since is not None:
                     logger.info("workers are back (%d) after %.1f s without any", n,
@@ -101,13 +164,18 @@ class _Watch:
                     logger.error("no worker for %.0f s during %s; stopping", self.timeout,
                                  self.stage)
                 # keep cancelling: a computation started after expiry would wait forever too
-                mine = [k for k in list(self.client.futures) if k not in self.before]
-                if mine:
-                    from distributed import Future
+                self._cancel_mine("cfact: no workers")
 
-                    with contextlib.suppress(Exception):
-                        self.client.cancel([Future(k, self.client) for k in mine], force=True,
-                                           reason="cfact: no workers")
+    def losses_error(self) -> WorkerLostError:
+        return WorkerLostError(
+            f"{self.n_lost} workers were lost during {self.losses_stage} (the limit is "
+            f"{self.loss_limit}, cfact.cluster.max-worker-losses), so the run stopped instead of "
+            f"looping on restarted workers. The usual cause is workers exceeding their memory "
+            f"limit (the nanny kills them at 95 %): `cfact plan JOB` (cf.plan) prints the memory "
+            f"each worker needs for each stage; give the workers more memory, use smaller input "
+            f"chunks or fewer threads per worker. If the workers' logs show another cause, fix "
+            f"that; a run with an output store continues with resume=True (CLI: --resume)."
+        )
 
     def error(self) -> NoWorkersError:
         address = getattr(getattr(self.client, "scheduler", None), "address", "?")
@@ -155,7 +223,8 @@ def watch_workers(client: Any, stage: str) -> Iterator[None]:
     """Stop the block with :class:`NoWorkersError` once ``client``'s cluster has had no worker for
     ``cfact.cluster.no-workers-timeout``; ``stage`` names what ran (in the error)."""
     timeout = no_workers_timeout()
-    if client is None or timeout is None or not hasattr(client, "scheduler"):
+    if client is None or not hasattr(client, "scheduler") or (
+            timeout is None and max_worker_losses(1) is None):
         yield
         return
     key = (id(client), threading.get_ident())
@@ -175,6 +244,8 @@ def watch_workers(client: Any, stage: str) -> Iterator[None]:
     except Exception as e:
         if watch.expired_stage is not None:
             raise watch.error() from e
+        if watch.losses_stage is not None:
+            raise watch.losses_error() from e
         if _is_killed_worker(e):
             raise _killed_error(e, watch.failed_stage or watch.stage) from e
         raise

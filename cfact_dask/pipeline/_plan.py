@@ -14,15 +14,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import config
+from ..errors import ConfigError, InsufficientMemoryError
 from ..io import open_array
 from ..sketching.operators import kind_spec
 from .job import load_job
 
-__all__ = ["Plan", "plan"]
+__all__ = ["Plan", "check_memory", "plan"]
 
 #: what an S3 client's connection pool and buffers add to a worker reading object storage
 #: (measured: benchmarks/bench_s3.py, botocore / aiohttp on Linux)
 _REMOTE_CLIENT_BYTES = 16 * 2**20
+
+#: a worker process before any task: python, numpy, dask, distributed, zarr and cfact_dask
+#: imported (measured: 191 MiB RSS per worker of a LocalCluster, Linux, Python 3.11)
+_WORKER_BASE_BYTES = 192 * 2**20
+
+#: the nanny kills a worker above this fraction of its memory limit (distributed's default)
+_TERMINATE_FRACTION = 0.95
 
 
 def _reads_data(method: str) -> bool:
@@ -59,6 +67,8 @@ class Plan:
     #: passes that happen only in some runs (``recover: auto`` reads the data once more when
     #: the sparse recovery's certificate fails), by stage
     conditional_passes: dict[str, int] = field(default_factory=dict)
+    #: the worker process itself (interpreter and libraries), included in ``worker_peak``
+    worker_base: int = _WORKER_BASE_BYTES
 
     @property
     def total_passes(self) -> int:
@@ -83,6 +93,7 @@ class Plan:
             "worker_peak_bytes": self.worker_peak, "outputs_bytes": self.outputs,
             "n_workers": self.n_workers, "threads_per_worker": self.threads_per_worker,
             "worker_limit_bytes": self.worker_limit, "warnings": self.warnings,
+            "worker_base_bytes": self.worker_base,
         }
 
     def __str__(self) -> str:
@@ -111,7 +122,10 @@ class Plan:
 def _worker_setup(client: Any, n_workers: int | None, threads: int | None,
                   memory_limit: int | None) -> tuple[int, int, int | None]:
     if client is not None:
-        info = client.scheduler_info()["workers"]
+        from .._runtime.workers import live_workers
+
+        # asked of the scheduler: the client's cached scheduler_info() can list no worker
+        info = live_workers(client)
         if info:
             ws = list(info.values())
             return (len(ws), int(ws[0].get("nthreads", 1)),
@@ -214,16 +228,23 @@ def plan(
         conditional["recover: auto falls back to lstsq-data"] = 1
     if _reads_data(method):
         passes["recover"] = 1
-        task_peak["recover"] = chunk_elems * 8 * 2 + rows * r * 8 + remote_task
+        # the chunk as read and as float64, the residual and the product (bench_out_of_core:
+        # 1.07x of the measured per-worker peak above the worker's own memory)
+        task_peak["recover"] = (chunk_elems * (2 * inp.dtype.itemsize + 16) + rows * r * 8
+                                + remote_task)
         worker_peak["recover"] = th * task_peak["recover"] + remote_worker
     outputs = {"sketch": sk_bytes + dh * m * out_isz, "factors": d * r * 8 + h_bytes,
                "recovered W": w_bytes}
     if job["output"]["reconstruct"]:
         passes["reconstruct"] = 1
-        task_peak["reconstruct"] = (chunk_elems * (out_isz + inp.dtype.itemsize + 8)
+        # the chunk as read (compressed and decoded), W_b H in float64, the difference and its
+        # squares for the error statistics, the output block (bench_out_of_core: measured 35
+        # bytes per element of a float32 chunk above the worker's own memory)
+        task_peak["reconstruct"] = (chunk_elems * (2 * inp.dtype.itemsize + out_isz + 24)
                                     + rows * r * 8 + remote_task)
         worker_peak["reconstruct"] = th * task_peak["reconstruct"] + remote_worker
         outputs["reconstruction"] = n * m * out_isz
+    worker_peak = {k: v + _WORKER_BASE_BYTES for k, v in worker_peak.items()}
     warnings = []
     if limit:
         for stage, b in worker_peak.items():
@@ -248,3 +269,40 @@ def plan(
         n_workers=nw, threads_per_worker=th, worker_limit=limit, warnings=warnings,
         conditional_passes=conditional,
     )
+
+
+def check_memory(p: Plan, *, mode: str | None = None, where: str = "the cluster") -> None:
+    """Refuse (or warn about) a job whose planned peak per worker exceeds the workers' limit.
+
+    ``mode`` is ``cfact.run.memory-check``: ``"refuse"`` raises
+    :class:`~cfact_dask.errors.InsufficientMemoryError` naming the stage, the need, the limit and
+    the fix, before anything is computed; ``"warn"`` logs the same as a warning; ``"off"`` does
+    nothing. A stage needs more than the limit when its planned peak is above the fraction at
+    which the nanny kills a worker (95 %): such a run would loop on restarted workers.
+    """
+    import logging
+
+    mode = str(mode if mode is not None else config.get("run.memory-check", "refuse")).lower()
+    if mode not in ("refuse", "warn", "off"):
+        raise ConfigError(
+            f"cfact.run.memory-check must be refuse, warn or off, got {mode!r}")
+    if mode == "off" or not p.worker_limit:
+        return
+    over = {k: v for k, v in p.worker_peak.items() if v > _TERMINATE_FRACTION * p.worker_limit}
+    if not over:
+        return
+    stage, need = max(over.items(), key=lambda kv: kv[1])
+    msg = (
+        f"the job needs about {_fmt(need)} per worker in stage {stage!r} (the planner's "
+        f"estimate, `cfact plan`), more than the {_fmt(_TERMINATE_FRACTION * p.worker_limit)} "
+        f"at which a worker of {where} is killed ({_TERMINATE_FRACTION:.0%} of its "
+        f"{_fmt(p.worker_limit)} limit), so the run would loop on killed workers. Give the "
+        f"workers at least {_fmt(need / _TERMINATE_FRACTION)} each (dask worker --memory-limit, "
+        f"cfact.cluster.memory-limit for the embedded cluster), use smaller input chunks "
+        f"(rechunk the store once) or fewer threads per worker; set cfact.run.memory-check to "
+        f"'warn' to run anyway."
+    )
+    if mode == "warn":
+        logging.getLogger(__name__).warning("%s", msg)
+        return
+    raise InsufficientMemoryError(msg)

@@ -728,6 +728,17 @@ def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bo
     inp = open_array(cfg["input"]["path"], feature_axis=cfg["input"]["feature_axis"],
                      variable=cfg["input"]["variable"],
                      storage_options=cfg["input"]["storage_options"])
+    if not resume:  # a resumed run was checked when it started
+        from ._plan import check_memory, plan
+
+        from .._runtime.cluster import current_client, would_embed
+
+        # the cluster the run will use: the one given, the current one, or the embedded
+        # LocalCluster it would start (planned from cfact.cluster.*); none on dask's threads
+        c = client if client is not None and not isinstance(client, str) else current_client()
+        if c is not None or (client is None and would_embed(int(inp.nbytes))):
+            check_memory(plan(cfg, client=c),
+                         where="the cluster" if c is not None else "the embedded cluster")
     factor = dict(cfg["factor"])
     rank = factor.pop("rank")
     # options of the job's other methods (dgd-local's n_nodes, topology) are not nmf keywords
