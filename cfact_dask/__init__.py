@@ -12,6 +12,7 @@ first use.
 from __future__ import annotations
 
 import importlib
+import sys as _sys
 from typing import Any
 
 from . import config as _config  # noqa: F401  (registers the cfact.* dask.config defaults)
@@ -72,11 +73,15 @@ from .factor import (
 from .io import InputArray, open_array
 from .metrics import match_factors, relative_error, support_recovery
 from .pipeline import Plan, RunResult, factorize_recover, plan, run_job
-from .reconstruct import ReconstructionStats, open_reconstruction, reconstruct
+from . import reconstruction as _reconstruction
+from .reconstruction import ReconstructionStats, open_reconstruction, reconstruct
 from .recovery import Certificate, Recovery, holdout_error, recover
 from .sketching import KINDS, Sketch, SketchOperator, make_operator, sketch, sketch_with
 
 _aliases.install()
+# the module was cfact_dask/reconstruct.py: `from cfact_dask.reconstruct import ...` keeps
+# working without rebinding the function cfact_dask.reconstruct over the module
+_sys.modules.setdefault(f"{__name__}.reconstruct", _reconstruction)
 
 _LAZY = {
     "CompressedNMF": "estimators",

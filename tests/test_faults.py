@@ -588,7 +588,7 @@ def test_every_store_cfact_writes_is_checksummed(store, run_store, tmp_path):
 def test_flipped_byte_in_a_cfact_output_is_detected_on_read(run_store, tmp_path, what):
     import shutil
 
-    from cfact_dask.reconstruct import open_reconstruction
+    from cfact_dask.reconstruction import open_reconstruction
 
     out = str(tmp_path / "copy.zarr")
     shutil.copytree(run_store, out)

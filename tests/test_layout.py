@@ -18,39 +18,18 @@ import cfact_dask
 PKG = Path(cfact_dask.__file__).parent
 MAX_LINES = 800
 
-#: modules still over the limit: being split by the recovery/consensus work
-TOO_LONG_KNOWN = {
-    "recovery/_recover.py",  # being split by the recovery/consensus work
-    "factor/consensus/_dgd_local.py",  # being split by the recovery/consensus work
-    "_runtime/outputs.py",  # being split by the recovery/consensus work
-    "embed/lp.py",  # being split by the recovery/consensus work (embed row pass, factor-embed)
-}
+#: modules still over the limit (none)
+TOO_LONG_KNOWN: set[str] = set()
 
-#: (importing module, imported private name): being fixed by the helpers of those areas
-PRIVATE_IMPORTS_KNOWN = {
-    # the pipeline's recovery writer/reader move to recovery/ (the recovery work)
-    ("cli/pipeline.py", "_save_recovery"),
-    ("cli/pipeline.py", "_load_recovery"),
-    # the shared row pass moves to embed/_rows.py (the factor-embed work)
-    ("embed/clustering.py", "_fix_signs"),
-    ("embed/clustering.py", "_prepare_rows"),
-    ("embed/clustering.py", "_reduce"),
-    # factor/ helpers shared by two modules (the factor-embed work)
-    ("factor/_cp.py", "_read_attrs"),
-    ("factor/_nmf.py", "_sq_error"),
-    ("factor/_sparse_pca.py", "_check_rank"),
-    ("factor/_sparse_pca.py", "_sign_vector"),
-    ("factor/_sparse_pca.py", "_signs"),
-}
+#: (importing module, imported private name) (none)
+PRIVATE_IMPORTS_KNOWN: set[tuple[str, str]] = set()
 
-#: modules named like a function they export, kept: reconstruct.py is its own stage at the top of
-#: the tree (docs/ARCHITECTURE.md); _runtime/fingerprint.py is private and not re-exported under
-#: its name
-SAME_NAME_KNOWN = {"reconstruct.py", "_runtime/fingerprint.py"}
+#: modules named like a function they export (none)
+SAME_NAME_KNOWN: set[str] = set()
 
 #: reaching into distributed's internals: the consensus work replaces these by a worker plugin
 INTERNALS = ("worker.handlers[", "client._gather")
-INTERNALS_KNOWN = {"factor/consensus/_dgd_local.py"}  # being split by the recovery/consensus work
+INTERNALS_KNOWN: set[str] = set()
 
 
 def _modules() -> list[Path]:

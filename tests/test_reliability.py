@@ -39,7 +39,7 @@ import cfact_dask as cf
 from cfact_dask.datasets import planted_nmf_zarr
 from cfact_dask.errors import StoreExistsError, StoreNotFoundError
 from cfact_dask.factor._nmf import NMFResult
-from cfact_dask.reconstruct import is_complete, open_reconstruction
+from cfact_dask.reconstruction import is_complete, open_reconstruction
 
 # the slow block functions below run on worker processes, which cannot import this test module
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -44,7 +44,7 @@ from cfact_dask.errors import (
 )
 from cfact_dask.factor._nmf import NMFResult
 from cfact_dask.pipeline.job import validate_job
-from cfact_dask.reconstruct import is_complete, open_reconstruction
+from cfact_dask.reconstruction import is_complete, open_reconstruction
 from cfact_dask.sketching._sketch import Sketch
 
 s3fs = pytest.importorskip("s3fs")

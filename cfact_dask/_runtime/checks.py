@@ -8,13 +8,15 @@ needs ``rank < min(shape)`` (``inclusive=False``), a full-rank one allows ``rank
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, RankError
+from ..errors import ConfigError, InputError, RankError
 
-__all__ = ["check_positive_int", "check_rank", "is_int", "resolve_float_dtype"]
+__all__ = ["check_positive_int", "check_rank", "check_spec_match", "is_int",
+           "resolve_float_dtype"]
 
 
 def is_int(value: Any) -> bool:
@@ -79,3 +81,18 @@ def resolve_float_dtype(dtype: Any) -> np.dtype:
     if dt.kind != "f":
         raise ConfigError(f"dtype must be a float dtype (float64 or float32), got {dt}")
     return dt
+
+
+def check_spec_match(expected: Mapping[str, Any] | None, given: Mapping[str, Any] | None,
+                     what: str, fix: str) -> None:
+    """Refuse two recorded specs (operator, input) that disagree, naming the keys."""
+    if not expected or not given:
+        return
+    import json
+
+    expected = json.loads(json.dumps(dict(expected), default=str))
+    given = json.loads(json.dumps(dict(given), default=str))
+    keys = sorted(k for k in set(expected) | set(given) if expected.get(k) != given.get(k))
+    if keys:
+        detail = "; ".join(f"{k}: {expected.get(k)!r} vs {given.get(k)!r}" for k in keys[:6])
+        raise InputError(f"{what} do not belong together ({detail}); {fix}")

@@ -29,18 +29,18 @@ compress-embedding, the results' ``to_zarr``, checkpoints, plots) goes through t
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, InputError, OutputError, StoreExistsError, StoreNotFoundError
+from ..errors import ConfigError, OutputError, StoreExistsError, StoreNotFoundError
+from .consolidation import consolidate, deferred_consolidation, unconsolidate  # noqa: F401 (re-exported)
+from .jsonattrs import to_json as _jsonable
 
 __all__ = [
     "TMP_TAG",
@@ -583,66 +583,6 @@ def mark_root(store: str, storage_options: Mapping[str, Any] | None) -> None:
         root.attrs["cfact"] = {"type": "store", "cfact_dask": __version__}
 
 
-#: set while a run writes several groups of one store: they are consolidated once, at its end
-_DEFER_CONSOLIDATION: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "cfact_defer_consolidation", default=False)
-
-
-@contextlib.contextmanager
-def deferred_consolidation() -> Iterator[None]:
-    """Inside the block, finished groups do not consolidate their store (the caller does, once,
-    when the whole store is finished): a consolidated listing taken between two stages would be
-    stale for the next stage's writes (a checkpoint group invisible to ``name in root``)."""
-    token = _DEFER_CONSOLIDATION.set(True)
-    try:
-        yield
-    finally:
-        _DEFER_CONSOLIDATION.reset(token)
-
-
-def unconsolidate(store: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Drop a store's consolidated metadata before cfact writes into it (no stale listing)."""
-    import zarr
-
-    kw = {"storage_options": dict(storage_options)} if storage_options and is_url(store) else {}
-    try:
-        if zarr.open_group(store, mode="r", **kw).metadata.consolidated_metadata is None:
-            return
-        root = zarr.open_group(store, mode="r+", use_consolidated=False, **kw)
-    except Exception:  # noqa: BLE001 - no store (yet), or not a group: nothing to drop
-        return
-    # rewriting the attributes from a group opened without it drops the consolidated listing
-    root.attrs.put(dict(root.attrs))
-
-
-def consolidate(store: str, storage_options: Mapping[str, Any] | None = None, *,
-                force: bool = False) -> None:
-    """Consolidate the metadata of a finished store (what ``xr.open_zarr`` reads first).
-
-    Called when a group cfact writes is finished (unless inside
-    :func:`deferred_consolidation`, whose caller consolidates at its end with ``force``).
-    Writers that look groups up through the root while they work (a run's stages, checkpoints)
-    drop the listing first (:func:`unconsolidate`), so it is never stale for them. A failure
-    only costs readers the listing, never the written data.
-    """
-    import warnings
-
-    import zarr
-
-    if _DEFER_CONSOLIDATION.get() and not force:
-        return
-    kw = {"storage_options": dict(storage_options)} if storage_options and is_url(store) else {}
-    try:
-        root = zarr.open_group(store, mode="r+", use_consolidated=False, **kw)
-        with warnings.catch_warnings():
-            # zarr: "Consolidated metadata is currently not part in the Zarr format 3
-            # specification"; xarray and zarr-python read it, and it is what they look for
-            warnings.filterwarnings("ignore", message="Consolidated metadata")
-            zarr.consolidate_metadata(root.store, path=root.path or None)
-    except Exception:  # noqa: BLE001
-        logger.debug("could not consolidate the metadata of %s", store, exc_info=True)
-
-
 class GroupWriter:
     """Write one group safely: under a temporary name (local) or with an incomplete marker
     (object storage), moved into place and marked complete by :meth:`finish`.
@@ -769,12 +709,6 @@ def remove_late(path: str, settle: float = 0.5, limit: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def _jsonable(x: Any) -> Any:
-    from .jsonattrs import to_json
-
-    return to_json(x)
-
-
 # ---------------------------------------------------------------------------- staleness
 def group_id(store: str, group: str, storage_options: Mapping[str, Any] | None = None
              ) -> str | None:
@@ -825,21 +759,6 @@ def check_upstream(store: str, group: str, meta: Mapping[str, Any]) -> None:
                 f"in the store (recorded id {rid[:8]}, now {cur[:8]}); it is stale: recompute "
                 f"{group!r} (e.g. rerun its command with --overwrite)"
             )
-
-
-def check_spec_match(expected: Mapping[str, Any] | None, given: Mapping[str, Any] | None,
-                     what: str, fix: str) -> None:
-    """Refuse two recorded specs (operator, input) that disagree, naming the keys."""
-    if not expected or not given:
-        return
-    import json
-
-    expected = json.loads(json.dumps(dict(expected), default=str))
-    given = json.loads(json.dumps(dict(given), default=str))
-    keys = sorted(k for k in set(expected) | set(given) if expected.get(k) != given.get(k))
-    if keys:
-        detail = "; ".join(f"{k}: {expected.get(k)!r} vs {given.get(k)!r}" for k in keys[:6])
-        raise InputError(f"{what} do not belong together ({detail}); {fix}")
 
 
 def open_complete_group(store: str, group: str, kind: str, fix: str = "write it again"

@@ -319,7 +319,7 @@ def reconstruct_cmd(session: Session, store: str, like: str, out: str | None, co
     """Write W H (from STORE/recovered and STORE/factors) on the input's chunk grid."""
     from .._runtime.outputs import group_id
     from ..factor._nmf import NMFResult
-    from ..reconstruct import reconstruct
+    from ..reconstruction import reconstruct
     from ..recovery import load_recovery
 
     res = NMFResult.from_zarr(store, "factors", lazy=True)

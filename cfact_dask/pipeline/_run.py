@@ -179,7 +179,7 @@ class _RunStore:
                  overwrite: bool, inputs: tuple[Any, ...] = (),
                  fingerprint: dict[str, Any] | None = None,
                  storage_options: Mapping[str, Any] | None = None):
-        from .._runtime.fingerprint import compare
+        from .._runtime.fingerprints import compare
         from .._runtime.outputs import clear_store, prepare_store, store_path, sweep_temporaries
 
         self.path = None if path is None else store_path(path)
@@ -641,13 +641,13 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
     })
     fp = None
     if out is not None:
-        from .._runtime.fingerprint import fingerprint
+        from .._runtime.fingerprints import fingerprint
 
         fp = fingerprint(inp)
     rs = _RunStore(out, params, resume, overwrite, inputs=(inp,), fingerprint=fp,
                    storage_options=storage_options)
     timings: dict[str, float] = {}
-    from .._runtime.outputs import deferred_consolidation, unconsolidate
+    from .._runtime.consolidation import deferred_consolidation, unconsolidate
 
     if rs.path is not None:
         unconsolidate(rs.path)  # a resumed store: no listing goes stale while stages write
@@ -676,7 +676,7 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
             if rs.done("reconstruct"):
                 stats = rs.meta.get("metrics", {}).get("reconstruct")
             else:
-                from ..reconstruct import reconstruct as _reconstruct
+                from ..reconstruction import reconstruct as _reconstruct
 
                 target = rs.path if rs.path is not None else None
                 if target is None:
@@ -729,9 +729,8 @@ def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bo
                      variable=cfg["input"]["variable"],
                      storage_options=cfg["input"]["storage_options"])
     if not resume:  # a resumed run was checked when it started
-        from ._plan import check_memory, plan
-
         from .._runtime.cluster import current_client, would_embed
+        from ._plan import check_memory, plan
 
         # the cluster the run will use: the one given, the current one, or the embedded
         # LocalCluster it would start (planned from cfact.cluster.*); none on dask's threads

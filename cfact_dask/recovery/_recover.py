@@ -600,7 +600,7 @@ def recover(
         )
     spec = getattr(result_or_Wtilde, "operator", None)
     if operator is not None and isinstance(spec, Mapping) and spec:
-        from .._runtime.outputs import check_spec_match
+        from .._runtime.checks import check_spec_match
 
         check_spec_match(
             dict(spec), operator.to_dict(),

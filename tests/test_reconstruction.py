@@ -17,7 +17,7 @@ import xarray as xr
 import cfact_dask as cf
 from cfact_dask.datasets import planted_nmf
 from cfact_dask.errors import InputError, StoreExistsError, StoreNotFoundError
-from cfact_dask.reconstruct import is_complete, open_reconstruction, reconstruct
+from cfact_dask.reconstruction import is_complete, open_reconstruction, reconstruct
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_interrupted_write_never_looks_complete(tmp_path):
     target = tmp_path / "big.zarr"
     script = textwrap.dedent(f"""
         import time, numpy as np, dask.array as da
-        from cfact_dask.reconstruct import reconstruct
+        from cfact_dask.reconstruction import reconstruct
         def slow(b):
             time.sleep(0.05)
             return b
