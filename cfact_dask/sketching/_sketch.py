@@ -17,7 +17,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .._runtime.cluster import client_context, compute
+from .._runtime.cluster import client_context, compute, persist
 from .._runtime.codecs import xarray_encoding
 from .._runtime.display import SKIP, summary_html, summary_repr
 from .._runtime.random import SeedLike
@@ -198,7 +198,7 @@ class Sketch:
     # ------------------------------------------------------------------ compute / persist
     def persist(self, client: Any = None) -> Sketch:
         with client_context(client, nbytes=self.data.nbytes) as c:
-            data = c.persist(self.data) if c is not None else self.data.persist()
+            (data,) = persist(self.data, client=c)
         return replace(self, data=data)
 
     def compute(self, client: Any = None, progress: bool | None = None) -> np.ndarray:

@@ -23,7 +23,7 @@ import yaml
 
 from cfact_dask.datasets import planted_nmf_zarr
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAX_STDERR_LINES = 25
 
 
