@@ -756,3 +756,46 @@ def test_workers_that_keep_dying_stop_the_stage_with_advice(store):
     msg = str(e.value)
     assert "workers were lost during stage 'sketch' of the run" in msg
     assert "max-worker-losses" in msg and "cfact plan" in msg
+
+
+# ------------------------------------------------------------------ no "different run_spec"
+def _record_scheduler_warnings(dask_scheduler=None):
+    import logging
+
+    class _Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    handler = _Keep()
+    logging.getLogger("distributed.scheduler").addHandler(handler)
+    dask_scheduler.cfact_test_log = handler
+
+
+def _scheduler_warnings(dask_scheduler=None):
+    import logging
+
+    handler = dask_scheduler.cfact_test_log
+    logging.getLogger("distributed.scheduler").removeHandler(handler)
+    return handler.messages
+
+
+@pytest.mark.timeout(240)
+def test_repeated_runs_on_one_client_submit_every_key_once(store):
+    """Two ``factorize_recover`` runs iterating on the cluster and two raw-data ``nmf`` calls on
+    one client: no key reaches the scheduler as two different tasks (distributed's "Detected
+    different `run_spec`" warning, which it says can cause failures and deadlocks). The
+    NNDSVD init's U / Vt were computed unfused inside its norms, then persisted fused in W0 / H0."""
+    with process_cluster(2, memory_limit="1GiB") as client:
+        client.run_on_scheduler(_record_scheduler_warnings)
+        kept = [_run(store, client, max_iter=5, on_cluster=True) for _ in range(2)]
+        X = cf.open_array(store, variable="M")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", cf.ConvergenceWarning)
+            kept += [cf.nmf(X, 3, max_iter=5, client=client) for _ in range(2)]
+        logged = client.run_on_scheduler(_scheduler_warnings)
+        assert len(kept) == 4
+    assert not [m for m in logged if "run_spec" in m], logged[:1]
