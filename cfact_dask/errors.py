@@ -114,7 +114,8 @@ class NoWorkersError(CfactError, RuntimeError):
 
 class InsufficientMemoryError(ConfigError):
     """The cluster's workers are smaller than the job's planned memory need
-    (``cfact.run.memory-check: refuse``); raised before anything is computed."""
+    (``cfact.run.memory-check: refuse``, or ``adapt`` when no block size fits); raised before
+    anything is computed."""
 
 
 class WorkerLostError(CfactError, RuntimeError):

@@ -756,3 +756,106 @@ def test_workers_that_keep_dying_stop_the_stage_with_advice(store):
     msg = str(e.value)
     assert "workers were lost during stage 'sketch' of the run" in msg
     assert "max-worker-losses" in msg and "cfact plan" in msg
+
+
+# ------------------------------------------------------------------ no "different run_spec"
+def _record_scheduler_warnings(dask_scheduler=None):
+    import logging
+
+    class _Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    handler = _Keep()
+    logging.getLogger("distributed.scheduler").addHandler(handler)
+    dask_scheduler.cfact_test_log = handler
+
+
+def _scheduler_warnings(dask_scheduler=None):
+    import logging
+
+    handler = dask_scheduler.cfact_test_log
+    logging.getLogger("distributed.scheduler").removeHandler(handler)
+    return handler.messages
+
+
+@pytest.mark.timeout(240)
+def test_repeated_runs_on_one_client_submit_every_key_once(store):
+    """Two ``factorize_recover`` runs iterating on the cluster and two raw-data ``nmf`` calls on
+    one client: no key reaches the scheduler as two different tasks (distributed's "Detected
+    different `run_spec`" warning, which it says can cause failures and deadlocks). The
+    NNDSVD init's U / Vt were computed unfused inside its norms, then persisted fused in W0 / H0."""
+    with process_cluster(2, memory_limit="1GiB") as client:
+        client.run_on_scheduler(_record_scheduler_warnings)
+        kept = [_run(store, client, max_iter=5, on_cluster=True) for _ in range(2)]
+        X = cf.open_array(store, variable="M")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", cf.ConvergenceWarning)
+            kept += [cf.nmf(X, 3, max_iter=5, client=client) for _ in range(2)]
+        logged = client.run_on_scheduler(_scheduler_warnings)
+        assert len(kept) == 4
+    assert not [m for m in logged if "run_spec" in m], logged[:1]
+
+
+@pytest.fixture(scope="module")
+def big_chunks(tmp_path_factory):
+    """A 4000 x 2000 float32 input stored as one 30.5 MiB chunk."""
+    path = tmp_path_factory.mktemp("adapt") / "input.zarr"
+    planted_nmf_zarr(str(path), 4000, 2000, 3, density=0.1, noise=0.05, random_state=3,
+                     chunks=(4000, 2000), progress=False)
+    return str(path)
+
+
+def _adapt_job(src, out):
+    job = _job(src, out)
+    job["cfact"]["factor"]["max_iter"] = 20
+    return job
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.filterwarnings("ignore::cfact_dask.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::cfact_dask.RecoveryWarning")
+def test_memory_check_adapt_reads_smaller_blocks_that_fit(big_chunks, tmp_path, caplog):
+    """Workers too small for the input's chunks: ``refuse`` refuses the job; ``adapt`` reads the
+    input in row blocks the plan fits, logs that in one line, and finishes without a worker
+    killed, equal (to float rounding: the sketch's sums over row blocks are ordered
+    differently) to the run on the input's own chunks with ample memory."""
+    import logging
+
+    with process_cluster(2, memory_limit="2GiB") as client:
+        ref = cf.run_job(_adapt_job(big_chunks, str(tmp_path / "ref.zarr")), client=client)
+        ref_W, ref_H = _np(ref.W, client), _np(ref.H, client)
+        ref_Y = _np(ref.sketch.data, client)
+    with process_cluster(2, memory_limit="400MiB") as client:
+        with pytest.raises(cf.errors.InsufficientMemoryError):
+            cf.run_job(_adapt_job(big_chunks, str(tmp_path / "refused.zarr")), client=client)
+        pids = sorted(client.run(os.getpid).values())
+        with dask.config.set({"cfact.run.memory-check": "adapt"}), \
+                caplog.at_level(logging.WARNING, logger="cfact_dask.pipeline._run"):
+            got = cf.run_job(_adapt_job(big_chunks, str(tmp_path / "adapted.zarr")),
+                             client=client)
+        W, H, Y = _np(got.W, client), _np(got.H, client), _np(got.sketch.data, client)
+        assert sorted(client.run(os.getpid).values()) == pids  # no worker was restarted
+    said = [r.getMessage() for r in caplog.records if "memory-check adapt" in r.getMessage()]
+    assert len(said) == 1 and "blocks of" in said[0] and "4000" in said[0]
+    assert got.factors.n_iter_ == ref.factors.n_iter_
+    # the float32 sketch: its sums over 2 row blocks instead of 1 differ in the last bits only
+    assert Y.dtype == ref_Y.dtype == np.float32 and not np.array_equal(Y, ref_Y)
+    np.testing.assert_allclose(Y, ref_Y, rtol=0, atol=64 * np.finfo(np.float32).eps
+                               * np.abs(ref_Y).max())
+    # ... which the factorization carries into W and H at that relative size
+    for a, b in ((W, ref_W), (H, ref_H)):
+        assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b)
+
+
+def test_memory_check_adapt_refuses_when_no_block_fits(store, tmp_path):
+    """The worker process alone is above 150 MiB: no block size helps, adapt refuses."""
+    with process_cluster(1, memory_limit="150MiB") as client, \
+            dask.config.set({"cfact.run.memory-check": "adapt"}), \
+            pytest.raises(cf.errors.InsufficientMemoryError, match="per worker"):
+        cf.run_job(_job(store, str(tmp_path / "r.zarr")), client=client)
+    assert not (tmp_path / "r.zarr").exists()

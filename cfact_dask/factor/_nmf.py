@@ -338,6 +338,11 @@ def _nndsvd(X: Any, r: int, seed: int, variant: str, mean: float, backend: Backe
     without a pass over ``X``); ``nndsvda`` fills zeros with the data mean. Returns W (p × r) and
     H (r × m), chunked like X for dask inputs."""
     U, s, Vt = randomized_svd(X, r, seed, backend, lowrank=lowrank)
+    # U and Vt are persisted before anything reads them: submitted once, as outputs, their keys
+    # always name the same (fused) task; computed as intermediates of the norms first and
+    # persisted inside W0 / H0 later, one key would reach the scheduler as two different tasks
+    # (distributed's "different run_spec" warning, which it says can deadlock)
+    U, Vt = backend.persist(U, Vt)
     Up, Un = np.maximum(U, 0), np.maximum(-U, 0)
     Vp, Vn = np.maximum(Vt, 0), np.maximum(-Vt, 0)
     norms = backend.compute((Up * Up).sum(axis=0), (Un * Un).sum(axis=0),

@@ -19,7 +19,7 @@ from ..io import open_array
 from ..sketching.operators import kind_spec
 from .job import load_job
 
-__all__ = ["Plan", "check_memory", "plan"]
+__all__ = ["Plan", "adapt_rows", "check_memory", "memory_check_mode", "plan"]
 
 #: what an S3 client's connection pool and buffers add to a worker reading object storage
 #: (measured: benchmarks/bench_s3.py, botocore / aiohttp on Linux)
@@ -171,12 +171,22 @@ def plan(
     inp = open_array(job["input"]["path"], feature_axis=job["input"]["feature_axis"],
                      variable=job["input"]["variable"],
                      storage_options=job["input"]["storage_options"])
+    nw, th, limit = _worker_setup(client, n_workers, threads_per_worker, memory_limit)
+    return _plan_input(job, inp, nw, th, limit)
+
+
+def _plan_input(job: dict[str, Any], inp: Any, nw: int, th: int, limit: int | None,
+                rows: int | None = None) -> Plan:
+    """:func:`plan` of a loaded job and its opened input; ``rows``: as if the input were read
+    in blocks of that many rows along its feature axis (the peaks scale with them)."""
     ax = inp.feature_axis
     shape = inp.shape
     n = shape[ax]
     m = math.prod(shape) // n
     out_isz = 4 if inp.dtype.itemsize <= 4 and inp.dtype.kind == "f" else 8
     chunk = tuple(max(c) for c in inp.chunks)
+    if rows is not None:
+        chunk = tuple(min(rows, c) if i == ax else c for i, c in enumerate(chunk))
     chunk_elems = math.prod(chunk)
     rows = chunk[ax]
     m_chunk = chunk_elems // rows
@@ -188,7 +198,6 @@ def plan(
     tile = int(config.get("sketch.tile-size", 4096))
     cache = int(config.get("sketch.tile-cache-bytes", 128 * 2**20))
     split = int(config.get("sketch.split-every", 8))
-    nw, th, limit = _worker_setup(client, n_workers, threads_per_worker, memory_limit)
 
     # --- sketch pass: chunk + P columns + partials (main and hold-out) + one tree-sum group
     p_cols = kind.block_bytes(d, s, tile if kind.dense else rows, out_isz)
@@ -271,24 +280,78 @@ def plan(
     )
 
 
+_MEMORY_CHECK_MODES = ("refuse", "warn", "adapt", "off")
+
+
+def memory_check_mode(mode: str | None = None) -> str:
+    """``mode``, or ``cfact.run.memory-check`` when None, checked against the known modes."""
+    mode = str(mode if mode is not None else config.get("run.memory-check", "refuse")).lower()
+    if mode not in _MEMORY_CHECK_MODES:
+        raise ConfigError(
+            f"cfact.run.memory-check must be refuse, warn, adapt or off, got {mode!r}")
+    return mode
+
+
+def _over(p: Plan, extra: dict[str, int] | None = None) -> dict[str, int]:
+    """The stages whose planned peak (plus ``extra``) is above the nanny's kill threshold."""
+    if not p.worker_limit:
+        return {}
+    extra = extra or {}
+    return {k: v + extra.get(k, 0) for k, v in p.worker_peak.items()
+            if v + extra.get(k, 0) > _TERMINATE_FRACTION * p.worker_limit}
+
+
+def adapt_rows(job: Any, p: Plan) -> int | None:
+    """``memory-check: adapt``: the largest block of rows (along the input's feature axis) to
+    read the input in so that every stage's planned per-worker peak fits the workers.
+
+    Returns None when the plan fits as it is, or when no block size helps (even one-row
+    blocks, or a stage that does not scale with the input's chunks, such as ``factor``); then
+    :func:`check_memory` decides. A stored chunk is still read whole before it is split into
+    blocks (held while its blocks are worked on), so one stored chunk per thread is counted on
+    top of the block-sized plan of every stage that reads the input.
+    """
+    if not _over(p):
+        return None
+    job = load_job(job)
+    inp = open_array(job["input"]["path"], feature_axis=job["input"]["feature_axis"],
+                     variable=job["input"]["variable"],
+                     storage_options=job["input"]["storage_options"])
+    native = max(inp.chunks[inp.feature_axis])
+    held = p.threads_per_worker * math.prod(p.input_chunks) * p.itemsize
+    reads = {"sketch", "reconstruct"} | ({"recover"} if p.passes.get("recover") else set())
+    extra = {k: held for k in reads}
+
+    def fits(rows: int) -> bool:
+        q = _plan_input(job, inp, p.n_workers, p.threads_per_worker, p.worker_limit, rows)
+        return not _over(q, extra)
+
+    if native <= 1 or not fits(1):
+        return None
+    lo, hi = 1, native - 1  # fits(lo); the native rows do not fit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
 def check_memory(p: Plan, *, mode: str | None = None, where: str = "the cluster") -> None:
     """Refuse (or warn about) a job whose planned peak per worker exceeds the workers' limit.
 
     ``mode`` is ``cfact.run.memory-check``: ``"refuse"`` raises
     :class:`~cfact_dask.errors.InsufficientMemoryError` naming the stage, the need, the limit and
     the fix, before anything is computed; ``"warn"`` logs the same as a warning; ``"off"`` does
-    nothing. A stage needs more than the limit when its planned peak is above the fraction at
-    which the nanny kills a worker (95 %): such a run would loop on restarted workers.
+    nothing; ``"adapt"`` (after :func:`adapt_rows` found no block size that fits) refuses as
+    ``"refuse"`` does. A stage needs more than the limit when its planned peak is above the
+    fraction at which the nanny kills a worker (95 %): such a run would loop on restarted
+    workers.
     """
     import logging
 
-    mode = str(mode if mode is not None else config.get("run.memory-check", "refuse")).lower()
-    if mode not in ("refuse", "warn", "off"):
-        raise ConfigError(
-            f"cfact.run.memory-check must be refuse, warn or off, got {mode!r}")
+    mode = memory_check_mode(mode)
     if mode == "off" or not p.worker_limit:
         return
-    over = {k: v for k, v in p.worker_peak.items() if v > _TERMINATE_FRACTION * p.worker_limit}
+    over = _over(p)
     if not over:
         return
     stage, need = max(over.items(), key=lambda kv: kv[1])
@@ -300,7 +363,9 @@ def check_memory(p: Plan, *, mode: str | None = None, where: str = "the cluster"
         f"workers at least {_fmt(need / _TERMINATE_FRACTION)} each (dask worker --memory-limit, "
         f"cfact.cluster.memory-limit for the embedded cluster), use smaller input chunks "
         f"(rechunk the store once) or fewer threads per worker; set cfact.run.memory-check to "
-        f"'warn' to run anyway."
+        + ("'warn' to run anyway (no block size of the input fits under 'adapt')."
+           if mode == "adapt" else
+           "'adapt' to read the input in smaller blocks, or 'warn' to run anyway.")
     )
     if mode == "warn":
         logging.getLogger(__name__).warning("%s", msg)

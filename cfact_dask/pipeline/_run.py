@@ -719,6 +719,43 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
                      labels=Labels.from_input(inp))
 
 
+def _check_memory(cfg: dict[str, Any], inp: InputArray, client: Any, mode: str
+                  ) -> InputArray:
+    """``cfact.run.memory-check`` before a job computes: refuse / warn when a stage's planned
+    peak per worker does not fit the workers; ``adapt`` reads the input in row blocks that fit
+    (the sketch is chunking-invariant) and refuses when none does."""
+    import dataclasses
+
+    from .._runtime.cluster import current_client, would_embed
+    from ._plan import adapt_rows, check_memory, plan
+
+    # the cluster the run will use: the one given, the current one, or the embedded
+    # LocalCluster it would start (planned from cfact.cluster.*); none on dask's threads
+    c = client if client is not None and not isinstance(client, str) else current_client()
+    if c is None and not (client is None and would_embed(int(inp.nbytes))):
+        return inp
+    p = plan(cfg, client=c)
+    rows = adapt_rows(cfg, p) if mode == "adapt" else None
+    if rows is None:
+        check_memory(p, mode=mode, where="the cluster" if c is not None else "the embedded cluster")
+        return inp
+    ax = inp.feature_axis
+    logger.warning(
+        "memory-check adapt: reading %s in blocks of %d rows along axis %d instead of its "
+        "chunks of %d (planned peak per worker %.0f MiB, above the workers' limit of %.0f MiB)",
+        inp.source, rows, ax, max(inp.chunks[ax]), p.max_worker_peak / 2**20,
+        (p.worker_limit or 0) / 2**20)
+    # each stored chunk split on its own (no block spans two chunks), into near-equal blocks
+    blocks = tuple(b for c in inp.chunks[ax] for b in _split(c, -(-c // rows)))
+    return dataclasses.replace(inp, data=inp.data.rechunk({ax: blocks}))
+
+
+def _split(n: int, k: int) -> tuple[int, ...]:
+    """``n`` rows in ``k`` blocks whose sizes differ by at most one."""
+    q, r = divmod(n, k)
+    return (q + 1,) * r + (q,) * (k - r)
+
+
 def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bool = False,
             progress: bool | None = None) -> RunResult:
     """Run a YAML job file (or the equivalent dict) through :func:`factorize_recover`."""
@@ -728,16 +765,13 @@ def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bo
     inp = open_array(cfg["input"]["path"], feature_axis=cfg["input"]["feature_axis"],
                      variable=cfg["input"]["variable"],
                      storage_options=cfg["input"]["storage_options"])
-    if not resume:  # a resumed run was checked when it started
-        from .._runtime.cluster import current_client, would_embed
-        from ._plan import check_memory, plan
+    from ._plan import memory_check_mode
 
-        # the cluster the run will use: the one given, the current one, or the embedded
-        # LocalCluster it would start (planned from cfact.cluster.*); none on dask's threads
-        c = client if client is not None and not isinstance(client, str) else current_client()
-        if c is not None or (client is None and would_embed(int(inp.nbytes))):
-            check_memory(plan(cfg, client=c),
-                         where="the cluster" if c is not None else "the embedded cluster")
+    mode = memory_check_mode()
+    # a resumed run was checked when it started; under adapt it is adapted again (the same
+    # blocks on the same cluster: the run store's recorded chunks must match)
+    if not resume or mode == "adapt":
+        inp = _check_memory(cfg, inp, client, mode)
     factor = dict(cfg["factor"])
     rank = factor.pop("rank")
     # options of the job's other methods (dgd-local's n_nodes, topology) are not nmf keywords
