@@ -37,7 +37,7 @@ import numpy as np
 
 from .._runtime import storage
 from .._runtime import workers as _workers
-from .._runtime.cluster import client_context, use_client
+from .._runtime.cluster import client_context, persist, use_client
 from .._runtime.display import SKIP, fmt_value, summary_html, summary_repr
 from .._runtime.jsonattrs import to_json
 from .._runtime.labels import Labels
@@ -390,7 +390,9 @@ def sketch_with_holdout(
     from dataclasses import replace
 
     arrays = [main.data] + ([hold.data] if hold is not None else [])
-    persisted = _persist(arrays, client, progress)
+    # wait: a failed task of the pass surfaces here, not at a later use of the sketch
+    persisted = persist(*arrays, client=client, progress=progress, wait=True,
+                        desc="sketching (one pass over the input)")
     main = replace(main, data=persisted[0])
     if hold is not None:
         hold = replace(hold, data=persisted[1])
@@ -512,26 +514,6 @@ def _above(rec: Any, opts: Mapping[str, Any]) -> bool:
     est = rec.certificate.estimated_error
     return (rec.method != "lstsq-data" and est is not None
             and est > float(opts["warn_above"]))
-
-
-def _persist(arrays: list[Any], client: Any, progress: bool | None) -> list[Any]:
-    from .. import config
-
-    show = bool(config.get("progress", True)) if progress is None else progress
-    if client is not None:
-        out = client.persist(arrays)
-        if show:
-            from .._runtime.cluster import show_progress
-
-            show_progress(out, client, "sketching (one pass over the input)")
-        client.gather(client.compute([a.sum() for a in out]))  # wait; surface task errors
-        return list(out)
-    if show:
-        from .._runtime.cluster import local_progress
-
-        with local_progress("sketching (one pass over the input)"):
-            return list(dask.persist(*arrays))
-    return list(dask.persist(*arrays))
 
 
 def _fmt(x: Any) -> str:
