@@ -23,6 +23,11 @@ Usage::
     # holds between its two products; the single pass streams)
     python benchmarks/bench_factorize_svd_cp.py --skip cp --rows 1048576 --memory-limit 1.5GiB \
         --repeats 2 --tag _out-of-core
+    # accuracy only, in memory (threads, no cluster, no store): error ratio of cf.svd(passes=1)
+    # over svd_compressed(n_power_iter=0) at the same rank and seed, per seed, on the noisy
+    # 3 000 x 400 rank-6 matrices (uniform noise, centred and nonnegative) and on the README's
+    # (b) data (its generator, fewer rows), plus the in-memory time ratio
+    python benchmarks/bench_factorize_svd_cp.py --accuracy [--seeds 5]
 
 A read pass (``open_array(p).data.sum()``) is timed alongside: in one graph dask reads each chunk
 once and keeps it in memory for its second product when the data fits, so on data that fits no
@@ -154,6 +159,75 @@ def bench_svd(client, args) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------- accuracy (in memory)
+def noisy_lowrank(seed: int, centred: bool = True, n: int = 3_000, m: int = 400,
+                  rank: int = 6) -> np.ndarray:
+    """Rank ``rank`` plus uniform noise: ``G H + U(-1, 1)`` (Gaussian factors) or, nonnegative,
+    ``W H + U(0, 1)`` (uniform factors)."""
+    rng = np.random.default_rng(100 + seed)
+    if centred:
+        return (rng.standard_normal((n, rank)) @ rng.standard_normal((rank, m))
+                + rng.uniform(-1, 1, (n, m)))
+    return rng.random((n, rank)) @ rng.random((rank, m)) + rng.random((n, m))
+
+
+def readme_case(n: int, m: int = 1_024, chunk_rows: int = 16_384) -> np.ndarray:
+    """The (b) data in memory: the store's generator (planted rank 20, decay 0.7, noise 0.3)."""
+    norm = da.core.normalize_chunks((chunk_rows, 512), (n, m))
+    return da.map_blocks(lambda block_id=None: _block(block_id, norm, 20, 0), chunks=norm,
+                         dtype=np.float32).compute(scheduler="threads")
+
+
+def accuracy(args) -> dict:
+    """Per-seed error ratio and in-memory time ratio, cf.svd(passes=1) / svd_compressed."""
+
+    def rel_err(A, U, s, Vt):
+        U, Vt = np.asarray(U, dtype=np.float64), np.asarray(Vt, dtype=np.float64)
+        return float(np.linalg.norm(A - (U * np.asarray(s)) @ Vt) / np.linalg.norm(A))
+
+    cases = {
+        "noisy 3000x400 rank 6, centred uniform noise": (
+            lambda s: noisy_lowrank(s, True), 6, (500, 200)),
+        "noisy 3000x400 rank 6, nonnegative uniform noise": (
+            lambda s: noisy_lowrank(s, False), 6, (500, 200)),
+        f"README (b) data, {args.accuracy_rows} x 1024 float32, rank 10": (
+            lambda s: readme_case(args.accuracy_rows), 10, (16_384, 512)),
+    }
+    out: dict = {}
+    with dask.config.set(scheduler="threads"):
+        # warm-up (imports, thread pool, tile caches) so the first timed case does not pay it
+        Xw = da.from_array(noisy_lowrank(0), chunks=(500, 200))
+        res_w = svd(Xw, 6, passes=1, progress=False)
+        dask.compute(res_w.U, res_w.Vt)
+        dask.compute(*da.linalg.svd_compressed(Xw, 6, n_power_iter=0, seed=0))
+        for name, (make, rank, chunks) in cases.items():
+            errs: dict[str, list[float]] = {"ours": [], "dask": []}
+            times: dict[str, list[float]] = {"ours": [], "dask": []}
+            params = {}
+            A = None
+            for seed in range(args.seeds):
+                if A is None or "README" not in name:
+                    A = make(seed)
+                X = da.from_array(A, chunks=chunks)
+                t = time.perf_counter()
+                res = svd(X, rank, passes=1, random_state=seed, progress=False)
+                U, Vt = dask.compute(res.U, res.Vt)
+                times["ours"].append(time.perf_counter() - t)
+                errs["ours"].append(rel_err(A, U, res.s, Vt))
+                params = res.params
+                t = time.perf_counter()
+                u, s, v = da.linalg.svd_compressed(X, rank, n_power_iter=0, seed=seed)
+                u, s, v = dask.compute(u, s, v)
+                times["dask"].append(time.perf_counter() - t)
+                errs["dask"].append(rel_err(A, u, s, v))
+            ratios = [a / b for a, b in zip(errs["ours"], errs["dask"], strict=True)]
+            out[name] = {"errors": errs, "error_ratios": ratios,
+                         "mean_error_ratio": float(np.mean(ratios)),
+                         "time_ratio_in_memory": median(times["ours"]) / median(times["dask"]),
+                         "times": times, "k": params.get("k"), "l": params.get("l")}
+    return out
+
+
 def _bytes(limit: str) -> int:
     from dask.utils import parse_bytes
 
@@ -247,7 +321,26 @@ def main() -> None:
                     help="rows of the SVD store (default 262 144: 1 GiB; 1 048 576: 4 GiB,\n"
                          "more than 2 workers x 1.5 GiB hold: the out-of-core case)")
     ap.add_argument("--tag", default="", help="suffix of the results file")
+    ap.add_argument("--accuracy", action="store_true",
+                    help="only the in-memory error ratio of cf.svd(passes=1) over\n"
+                         "svd_compressed(n_power_iter=0), per seed, on noisy rank-6 data and\n"
+                         "the README's (b) data (no cluster, no store)")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds of --accuracy")
+    ap.add_argument("--accuracy-rows", type=int, default=32_768,
+                    help="rows of the README-case matrix of --accuracy")
     args = ap.parse_args()
+    if args.accuracy:
+        acc = accuracy(args)
+        for name, a in acc.items():
+            print(f"{name} (k={a['k']}, l={a['l']})")
+            print(f"  error ratio per seed {np.round(a['error_ratios'], 3).tolist()}  "
+                  f"mean {a['mean_error_ratio']:.3f}x  time ratio in memory "
+                  f"{a['time_ratio_in_memory']:.2f}x")
+        path = write_results("bench_factorize_svd_cp_accuracy",
+                             {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+                              "machine": machine(), "accuracy": acc})
+        print(f"\nwrote {path}")
+        return
     if args.small:
         args.n, args.m, args.chunk_rows, args.chunk_cols = 65_536, 512, 8_192, 512
         args.cp_shape, args.cp_d = [2_000, 40, 30], 200

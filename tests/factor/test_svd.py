@@ -168,13 +168,14 @@ def test_ill_conditioned_range_is_still_orthonormal(rng, monkeypatch, decades, t
     calls = []
     orth = svd_mod._orth
     monkeypatch.setattr(svd_mod, "_orth", lambda Y: calls.append(1) or orth(Y))
-    n, m, r = 400, 120, 13  # rank 13 = k for rank 6: the range sketch is exact and full-rank
+    # rank 13 = k for rank 6 with oversample=7: the range sketch is exact and full-rank
+    n, m, r = 400, 120, 13
     u, _ = np.linalg.qr(rng.standard_normal((n, r)))
     v, _ = np.linalg.qr(rng.standard_normal((m, r)))
     sv = np.logspace(0, -decades, r)
     A = (u * sv) @ v.T
-    res = svd(da.from_array(A, chunks=(100, 60)), rank=6, passes=1, random_state=0,
-              progress=False)
+    res = svd(da.from_array(A, chunks=(100, 60)), rank=6, passes=1, oversample=7,
+              random_state=0, progress=False)
     U, s, Vt = _dense(res)
     assert bool(calls) == tsqr
     np.testing.assert_allclose(U.T @ U, np.eye(6), atol=1e-10)
@@ -196,7 +197,7 @@ def test_data_of_lower_rank_than_asked(rng):
 
 
 def test_countsketch_co_range_default_is_as_accurate(rng):
-    """The default (CountSketch Ψ with l = 8k + 1) against the all-Gaussian setting of the
+    """The default (CountSketch Ψ with l = 16k + 1) against the all-Gaussian setting of the
     theory (l = 4k + 1), over seeds, on a noisy matrix with a slowly decaying spectrum."""
     n, m, r = 600, 300, 5
     A = _lowrank(rng, n, m, 20, decay=0.05, noise=0.02)
@@ -208,9 +209,9 @@ def test_countsketch_co_range_default_is_as_accurate(rng):
             U, s, Vt = _dense(res)
             errs[name].append(np.linalg.norm(A - (U * s) @ Vt))
     res = svd(Ad, rank=r, passes=1, progress=False)
-    k = 2 * r + 1
+    k = r + 20  # max(2 r + 1, r + 20)
     assert res.params["co_range_kind"] == "countsketch" and res.params["k"] == k
-    assert res.params["l"] == 8 * k + 1
+    assert res.params["l"] == min(16 * k + 1, n)
     assert np.mean(errs["default"]) <= 1.02 * np.mean(errs["gaussian"])
 
 
@@ -227,3 +228,27 @@ def test_countsketch_error_estimate_is_unbiased(rng):
     # a ratio of two estimates with 16 rows: mean within a few standard errors of 1
     assert 0.85 < np.mean(ratios) < 1.15
     assert np.std(ratios) < 0.6
+
+
+@pytest.mark.parametrize("centred", [True, False])
+def test_single_pass_as_accurate_as_svd_compressed_on_noise(centred):
+    """Rank 6 plus uniform noise, 3 000 × 400: the single pass's error is at most that of
+    dask's two-pass ``svd_compressed`` (``n_power_iter=0``) at the same rank and seed, in the
+    mean over three seeds (issue #18). Measured: 0.955× (centred noise) and 0.989× (nonnegative
+    data and noise) over five seeds; before the default ``k = rank + 20`` (it was ``2 rank + 1``
+    with ``l = 8k + 1``) 1.18× and 1.08×."""
+    ratios = []
+    for seed in range(3):
+        rng = np.random.default_rng(100 + seed)
+        n, m, r = 3000, 400, 6
+        if centred:
+            A = rng.standard_normal((n, r)) @ rng.standard_normal((r, m))
+            A += rng.uniform(-1, 1, (n, m))
+        else:
+            A = rng.random((n, r)) @ rng.random((r, m)) + rng.random((n, m))
+        X = da.from_array(A, chunks=(500, 200))
+        U, s, Vt = _dense(svd(X, rank=r, passes=1, random_state=seed, progress=False))
+        u, s0, vt = da.linalg.svd_compressed(X, r, n_power_iter=0, seed=seed)
+        u, s0, vt = dask.compute(u, s0, vt)
+        ratios.append(np.linalg.norm(A - (U * s) @ Vt) / np.linalg.norm(A - (u * s0) @ vt))
+    assert np.mean(ratios) <= 1.0
