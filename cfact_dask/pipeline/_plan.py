@@ -29,6 +29,19 @@ _REMOTE_CLIENT_BYTES = 16 * 2**20
 #: imported (measured: 191 MiB RSS per worker of a LocalCluster, Linux, Python 3.11)
 _WORKER_BASE_BYTES = 192 * 2**20
 
+#: scheduler tasks per input chunk of each pass (a task-stream count of a 128-chunk run and
+#: benchmarks/bench_scaling.py: the sketch pass is 2.15-2.19 tasks per chunk from 64 to 16 384
+#: chunks; an exact recovery pass 7, a reconstruction pass 5)
+_TASKS_PER_CHUNK = {"sketch": 2.2, "recover": 7.0, "reconstruct": 5.0}
+
+#: what the client holds per task of a pass it submits (graph and its serialisation; measured
+#: with benchmarks/bench_scaling.py: 9.4, 6.6 and 5.7 KiB per task at 2 192, 8 800 and 35 136
+#: tasks): the client's memory grows with the number of chunks, never with their bytes
+_CLIENT_BYTES_PER_TASK = 6 * 2**10
+
+#: a plan warns when the client would hold more task graph than this
+_CLIENT_WARN_BYTES = 2 * 2**30
+
 #: the nanny kills a worker above this fraction of its memory limit (distributed's default)
 _TERMINATE_FRACTION = 0.95
 
@@ -69,6 +82,21 @@ class Plan:
     conditional_passes: dict[str, int] = field(default_factory=dict)
     #: the worker process itself (interpreter and libraries), included in ``worker_peak``
     worker_base: int = _WORKER_BASE_BYTES
+    #: scheduler tasks of each pass over the input (by stage)
+    tasks: dict[str, int] = field(default_factory=dict)
+    #: input chunks
+    n_chunks: int = 0
+
+    @property
+    def bytes_per_worker(self) -> int:
+        """Bytes each worker reads over the run (the input's passes spread evenly)."""
+        return self.bytes_read // max(self.n_workers, 1)
+
+    @property
+    def client_peak(self) -> int:
+        """What the client holds while it submits the largest pass: its graph (the data never
+        goes through the client)."""
+        return int(max(self.tasks.values(), default=0) * _CLIENT_BYTES_PER_TASK)
 
     @property
     def total_passes(self) -> int:
@@ -93,7 +121,9 @@ class Plan:
             "worker_peak_bytes": self.worker_peak, "outputs_bytes": self.outputs,
             "n_workers": self.n_workers, "threads_per_worker": self.threads_per_worker,
             "worker_limit_bytes": self.worker_limit, "warnings": self.warnings,
-            "worker_base_bytes": self.worker_base,
+            "worker_base_bytes": self.worker_base, "n_chunks": self.n_chunks,
+            "tasks_per_pass": self.tasks, "bytes_per_worker": self.bytes_per_worker,
+            "client_peak_bytes": self.client_peak,
         }
 
     def __str__(self) -> str:
@@ -103,9 +133,12 @@ class Plan:
             f"passes over the input: {self.total_passes} ("
             + ", ".join(f"{k}: {v}" for k, v in self.passes.items() if v) + ")"
             + "".join(f", + {v} if {k}" for k, v in self.conditional_passes.items() if v),
-            f"bytes read: {_fmt(self.bytes_read)}",
+            f"bytes read: {_fmt(self.bytes_read)} ({_fmt(self.bytes_per_worker)} per worker)",
             f"workers: {self.n_workers} x {self.threads_per_worker} thread(s), limit "
             f"{_fmt(self.worker_limit) if self.worker_limit else 'none'}",
+            f"scheduler tasks per pass over the {self.n_chunks} chunks: "
+            + ", ".join(f"{k}: {v:,}" for k, v in self.tasks.items())
+            + f"; the client holds about {_fmt(self.client_peak)} while it submits a pass",
             "peak memory per task / per worker:",
         ]
         for stage in self.task_peak:
@@ -188,6 +221,7 @@ def _plan_input(job: dict[str, Any], inp: Any, nw: int, th: int, limit: int | No
     if rows is not None:
         chunk = tuple(min(rows, c) if i == ax else c for i, c in enumerate(chunk))
     chunk_elems = math.prod(chunk)
+    n_chunks = math.prod(-(-size // c) for size, c in zip(shape, chunk, strict=True))
     rows = chunk[ax]
     m_chunk = chunk_elems // rows
     d = job["sketch"]["n_components"]
@@ -269,6 +303,15 @@ def _plan_input(job: dict[str, Any], inp: Any, nw: int, th: int, limit: int | No
                     f"stage {stage!r} needs about {_fmt(b)} per worker, above 80% of the "
                     f"{_fmt(limit)} limit: {fix}"
                 )
+    client_graph = max(_TASKS_PER_CHUNK[k] * n_chunks for k, v in passes.items() if v) \
+        * _CLIENT_BYTES_PER_TASK
+    if client_graph > _CLIENT_WARN_BYTES:
+        warnings.append(
+            f"the client holds about {_fmt(client_graph)} of task graph while it submits a pass "
+            f"over the {n_chunks:,} input chunks (the client's memory grows with the number of "
+            f"chunks, not their bytes): use larger input chunks (rechunk the store once) or run "
+            f"the client where it has that memory"
+        )
     return Plan(
         input_shape=tuple(shape), input_chunks=chunk, itemsize=inp.dtype.itemsize,
         passes=passes, bytes_read=int(sum(passes.values()) * inp.nbytes),
@@ -277,6 +320,9 @@ def _plan_input(job: dict[str, Any], inp: Any, nw: int, th: int, limit: int | No
         outputs={k: int(v) for k, v in outputs.items()},
         n_workers=nw, threads_per_worker=th, worker_limit=limit, warnings=warnings,
         conditional_passes=conditional,
+        tasks={k: int(math.ceil(_TASKS_PER_CHUNK[k] * n_chunks)) for k, v in passes.items()
+               if v},
+        n_chunks=n_chunks,
     )
 
 
