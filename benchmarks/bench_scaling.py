@@ -10,10 +10,11 @@ overhead, not arithmetic:
 
 - **tasks**: the tasks of the pass's graph after dask's optimisation (what the scheduler gets);
 - **scheduler time per pass**: the wall time of ``client.compute(sketch).result()``, and per task;
-- **client RSS**: measured apart, on a cluster of 2 worker *processes* (so that the workers'
-  memory is not the client's): the client process's peak resident memory while a pass runs,
-  sampled every 10 ms, above its RSS before, for inputs growing in bytes (more chunks, and the
-  same chunks 8x larger). The client holds the graph and the small result, never the data.
+- **client memory**: measured apart, on a cluster of 2 worker *processes* (so that the workers'
+  memory is not the client's): the client's peak Python allocations (``tracemalloc``) while it
+  builds, submits and gathers a pass, for inputs growing in bytes (more chunks, and the same
+  chunks 8x larger); its RSS is recorded too. The client holds the graph and the small result,
+  never the data.
 
 The claims checked: tasks and time grow at most linearly with the number of chunks (the ratio
 per chunk stays flat), and the client's memory does not grow with the input's bytes.
@@ -84,10 +85,15 @@ class _PeakRSS:
         self.peak = max(self.peak, _rss())
 
 
-def _cell(client, n_chunks: int, rows: int, cols: int, d: int, repeats: int) -> dict:
+def _cell(client, n_chunks: int, rows: int, cols: int, d: int, repeats: int,
+          traced: bool = False) -> dict:
+    import tracemalloc
+
     X = _input(n_chunks, rows, cols)
     gc.collect()
     times = []
+    if traced:
+        tracemalloc.start()
     with _PeakRSS() as mem:
         sk = cf.sketch(X, d, kind="expander", seed=0)
         (opt,) = dask.optimize(sk.data)
@@ -97,12 +103,16 @@ def _cell(client, n_chunks: int, rows: int, cols: int, d: int, repeats: int) -> 
             client.compute(sk.data).result()
             times.append(time.perf_counter() - t0)
     rss0, rss_peak = mem.start, mem.peak
+    traced_peak = tracemalloc.get_traced_memory()[1] if traced else None
+    if traced:
+        tracemalloc.stop()
     t = float(np.median(times))
     return {
         "chunks": int(X.npartitions), "shape": list(X.shape), "input_bytes": int(X.nbytes),
         "tasks": tasks, "tasks_per_chunk": tasks / X.npartitions,
         "seconds_per_pass": t, "ms_per_task": 1e3 * t / tasks,
         "client_rss_above_bytes": int(rss_peak - rss0), "client_rss_bytes": int(rss_peak),
+        "client_traced_peak_bytes": traced_peak,
         "times": times,
     }
 
@@ -116,6 +126,8 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=64, help="sketch size")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="chunks 64 256 1024, workers 2 8 32")
+    ap.add_argument("--part", choices=["all", "client", "scheduler"], default="all",
+                    help="client memory (worker processes), scheduler time (threads), or both")
     ap.add_argument("--out", default="bench_scaling")
     args = ap.parse_args()
     if args.quick:
@@ -126,29 +138,33 @@ def main() -> None:
     warnings.simplefilter("ignore")
     cells = []
     with dask.config.set({"cfact.progress": False, "cfact.cluster.embedded": "never"}):
-        for w in args.workers:
-            with LocalCluster(n_workers=w, threads_per_worker=1, processes=False,
+        if args.part in ("all", "client"):
+            # first, in a fresh process: the client's heap has not grown for anything else yet
+            # client memory against input bytes: worker processes, so theirs is not the client's
+            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                               dashboard_address=None) as cluster, Client(cluster) as client:
                 _cell(client, 16, args.rows, args.cols, args.d, 1)  # warm-up
                 for n in args.chunks:
-                    c = _cell(client, n, args.rows, args.cols, args.d, args.repeats)
-                    c["workers"] = w
-                    cells.append(c)
-                    print(f"workers {w:>3}  chunks {c['chunks']:>6}  tasks {c['tasks']:>7} "
-                          f"({c['tasks_per_chunk']:.2f}/chunk)  pass {c['seconds_per_pass']:.2f} s"
-                          f" ({c['ms_per_task']:.3f} ms/task)", flush=True)
-        # client memory against input bytes: worker processes, so theirs is not the client's
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            _cell(client, 16, args.rows, args.cols, args.d, 1)  # warm-up
-            for n in args.chunks:
-                for grow in (1, 8):
-                    c = _cell(client, n, args.rows * grow, args.cols, args.d, 1)
-                    c["workers"], c["grow"], c["processes"] = 2, grow, True
-                    cells.append(c)
-                    print(f"client memory: chunks {c['chunks']:>6}, input "
-                          f"{c['input_bytes'] / 2**20:.0f} MiB: client RSS +"
-                          f"{c['client_rss_above_bytes'] / 2**20:.1f} MiB", flush=True)
+                    for grow in (1, 8):
+                        c = _cell(client, n, args.rows * grow, args.cols, args.d, 1, traced=True)
+                        c["workers"], c["grow"], c["processes"] = 2, grow, True
+                        cells.append(c)
+                        print(f"client memory: chunks {c['chunks']:>6}, input "
+                              f"{c['input_bytes'] / 2**20:.0f} MiB: client peak allocations "
+                              f"{c['client_traced_peak_bytes'] / 2**20:.1f} MiB (RSS +"
+                              f"{c['client_rss_above_bytes'] / 2**20:.1f} MiB)", flush=True)
+        if args.part in ("all", "scheduler"):
+            for w in args.workers:
+                with LocalCluster(n_workers=w, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, Client(cluster) as client:
+                    _cell(client, 16, args.rows, args.cols, args.d, 1)  # warm-up
+                    for n in args.chunks:
+                        c = _cell(client, n, args.rows, args.cols, args.d, args.repeats)
+                        c["workers"] = w
+                        cells.append(c)
+                        print(f"workers {w:>3}  chunks {c['chunks']:>6}  tasks {c['tasks']:>7} "
+                              f"({c['tasks_per_chunk']:.2f}/chunk)  pass {c['seconds_per_pass']:.2f} s"
+                              f" ({c['ms_per_task']:.3f} ms/task)", flush=True)
     payload = {"machine": machine(), "command": " ".join(["python"] + sys.argv),
                "args": vars(args), "cells": cells}
     path = write_results(args.out, payload)
@@ -165,12 +181,12 @@ def _table(cells: list[dict]) -> None:
             continue
         print(f"| {c['workers']} | {c['chunks']} | {c['tasks']} | {c['tasks_per_chunk']:.2f} | "
               f"{c['seconds_per_pass']:.2f} | {c['ms_per_task']:.3f} |")
-    print("\n| chunks | input | client peak RSS above its start (2 worker processes) |")
+    print("\n| chunks | input | client peak allocations during the pass (tracemalloc) |")
     print("|---|---|---|")
     for c in cells:
         if "grow" in c:
             print(f"| {c['chunks']} | {c['input_bytes'] / 2**20:.0f} MiB | "
-                  f"{c['client_rss_above_bytes'] / 2**20:.1f} MiB |")
+                  f"{c['client_traced_peak_bytes'] / 2**20:.1f} MiB |")
 
 
 def _plot(cells: list[dict], path: str) -> None:
@@ -189,7 +205,7 @@ def _plot(cells: list[dict], path: str) -> None:
     for grow in (1, 8):
         cs = sorted((c for c in cells if c.get("grow") == grow), key=lambda c: c["input_bytes"])
         axes[2].semilogx([c["input_bytes"] / 2**20 for c in cs],
-                         [c["client_rss_above_bytes"] / 2**20 for c in cs], "o-",
+                         [c["client_traced_peak_bytes"] / 2**20 for c in cs], "o-",
                          label=f"chunks x{grow} rows")
     x = np.array(sorted({c["chunks"] for c in cells}))
     for ax, key in ((axes[0], "tasks"), (axes[1], "seconds_per_pass")):
@@ -199,7 +215,7 @@ def _plot(cells: list[dict], path: str) -> None:
             ax.loglog(x, y0 * x / x[0], "k:", label="linear")
     axes[0].set(xlabel="input chunks", ylabel="scheduler tasks per pass")
     axes[1].set(xlabel="input chunks", ylabel="seconds per pass (scheduler-bound)")
-    axes[2].set(xlabel="input MiB", ylabel="client peak RSS above start (MiB)")
+    axes[2].set(xlabel="input MiB", ylabel="client peak allocations (MiB)")
     axes[2].legend(fontsize=7)
     axes[0].legend(fontsize=7)
     fig.suptitle("cf.sketch: one pass, task count / scheduler time / client memory")
