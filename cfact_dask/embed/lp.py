@@ -245,19 +245,38 @@ def _eval_kernel(X: np.ndarray, V: np.ndarray, p: float) -> np.ndarray:
     return np.array([float(np.sum(np.sqrt(d2) ** p)), d2.sum(), n2.sum()])
 
 
+_SLAB_ROWS = 2048  # rows per slab of the ellipsoid pass (its n × D temporaries stay in cache)
+
+
 def _ellipsoid_kernel(X: np.ndarray, Y: np.ndarray, V: np.ndarray, p: float) -> np.ndarray:
     """``‖X y_i‖_p^p`` and the unnormalised gradients ``Xᵀ(sign(X y)|X y|^{p−1})`` for every
-    column ``y_i`` of ``Y``, plus the row-wise objective of the subspace ``V``: one read."""
-    Z = X @ Y.astype(X.dtype, copy=False)
-    aZ = np.abs(Z)
-    fp = np.sum(aZ.astype(np.float64) ** p, axis=0)
-    if p == 1.0:
-        Gz = np.sign(Z)
-    else:
-        Gz = np.sign(Z) * aZ ** (p - 1.0)
-    Gr = X.T @ Gz.astype(X.dtype, copy=False)
-    stats = _eval_kernel(X, V, p)
-    return np.concatenate([fp, np.asarray(Gr, np.float64).ravel(), stats])
+    column ``y_i`` of ``Y``, plus the row-wise objective of the subspace ``V``: one read.
+
+    Slab by slab of rows, ``X [Y | V]`` is one GEMM and its float64 sums stay in cache; the
+    row-wise statistics of ``V`` come from the same product (no second GEMM against ``V``)."""
+    m = Y.shape[1]
+    W = np.concatenate([Y, V], axis=1).astype(X.dtype, copy=False)
+    Vx = V.astype(X.dtype, copy=False)
+    fp = np.zeros(m)
+    Gr = np.zeros((X.shape[1], m))
+    obj = r2 = n2 = 0.0
+    for a in range(0, X.shape[0], _SLAB_ROWS):
+        Xs = X[a : a + _SLAB_ROWS]
+        ZW = Xs @ W
+        Z = ZW[:, :m]
+        aZ = np.abs(Z).astype(np.float64)
+        if p == 1.0:
+            fp += aZ.sum(axis=0)
+            Gz = np.sign(Z)
+        else:
+            fp += np.sum(aZ**p, axis=0)
+            Gz = np.sign(Z) * np.abs(Z) ** (p - 1.0)
+        Gr += Xs.T @ Gz.astype(X.dtype, copy=False)
+        sn2, sd2 = _residual_stats(Xs, ZW[:, m:], Vx)
+        obj += float(np.sum(np.sqrt(sd2) ** p))
+        r2 += float(sd2.sum())
+        n2 += float(sn2.sum())
+    return np.concatenate([fp, Gr.ravel(), [obj, r2, n2]])
 
 
 def _robust_rows(X: np.ndarray, V: np.ndarray, p: float, delta: float, n_inner: int
@@ -679,9 +698,10 @@ class _Solver:
             self.notify(0, d2, V0, t0)
             return V0, [d2], rel0, 0, True, _g_from_axes(Lax), {
                 "objective": d2, "cuts": 0, "logvol": logvol, "certified": True}
+        Lax, s = _orthogonal_axes(Lax)
         for it in range(1, max_iter + 1):
             t0 = time.perf_counter()
-            Lax, s = _orthogonal_axes(Lax)
+            # Lax holds E's orthogonal semi-axes (set before the loop and after every cut)
             order = np.argsort(s)  # shortest axes first: the candidate top-k of G
             V = fix_signs(Lax[:, order[:k]] / s[order[:k]])
             out = self.reduce(_ellipsoid_kernel, Lax, V, p)
@@ -697,20 +717,10 @@ class _Solver:
             if not np.any(beta * f > 1.0 + 1e-12):
                 converged = certified = True  # E/√(D(D+1)) ⊆ K ⊆ E
                 break
-            n_cuts = 0
             # every gradient gives a valid slab K ⊆ {|gᵀx| ≤ 1}: apply each one deep enough to
             # shrink the volume, most violated axis first (same pass, no extra read)
-            for i in np.argsort(-f):
-                g = Gr[:, i] / max(f[i], 1e-300) ** (p - 1.0)
-                h = Lax.T @ g  # L^T g in the current (possibly already cut) frame
-                hn = float(np.linalg.norm(h))
-                if not np.isfinite(hn) or hn == 0.0:
-                    continue
-                alpha = 1.0 / hn
-                if alpha * math.sqrt(D) >= 1.0 - 1e-9:
-                    continue  # cut too shallow to shrink the volume
-                Lax = _shallow_cut(Lax, h / hn, alpha, D)
-                n_cuts += 1
+            Gs = Gr / np.maximum(f, 1e-300)[None, :] ** (p - 1.0)
+            Lax, n_cuts = _apply_cuts(Lax, Gs, np.argsort(-f), D)
             n_cuts_total += n_cuts
             Lax, s = _orthogonal_axes(Lax)
             logvol.append(float(np.sum(np.log(s))))
@@ -751,6 +761,54 @@ def _orthogonal_axes(L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     U, s, _ = np.linalg.svd(L, full_matrices=False)
     s = np.maximum(s, s.max() * 1e-15)
     return U * s, s
+
+
+_CUT_BLOCK = 64  # cuts accumulated in the compact form before they are applied to L
+
+
+def _apply_cuts(L: np.ndarray, G: np.ndarray, order: np.ndarray, D: int
+                ) -> tuple[np.ndarray, int]:
+    """Apply the slab cuts ``{|g_iᵀx| ≤ 1}`` (columns of ``G``, in ``order``) one after the other
+    to ``E = {L z : ‖z‖ ≤ 1}``, each as :func:`_shallow_cut` would, skipping those too shallow
+    to shrink the volume. Returns the new ``L`` and the number of cuts applied.
+
+    The rank-one updates ``L ← b L (I − c ĝĝᵀ)`` are accumulated as ``L = L₀ s (I − U Wᵀ)``
+    (a compact product, applied to ``L₀`` every :data:`_CUT_BLOCK` cuts), so a cut costs
+    O(D m) instead of the O(D²) of forming ``L`` (m cuts since the last flush)."""
+    n_cuts = 0
+    sq = math.sqrt(D)
+    todo = list(order)
+    while todo:
+        H0 = L.T @ G[:, todo]  # L₀ᵀ g for every remaining cut
+        U = np.zeros((D, _CUT_BLOCK))
+        W = np.zeros((D, _CUT_BLOCK))
+        sc, m, used = 1.0, 0, 0
+        for col in range(len(todo)):
+            used = col + 1
+            h0 = H0[:, col]
+            h = sc * (h0 - W[:, :m] @ (U[:, :m].T @ h0)) if m else sc * h0
+            hn = float(np.linalg.norm(h))
+            if not np.isfinite(hn) or hn == 0.0:
+                continue
+            alpha = 1.0 / hn
+            if alpha * sq >= 1.0 - 1e-9:
+                continue  # cut too shallow to shrink the volume
+            ghat = h / hn
+            a = sq * alpha
+            b = math.sqrt(D * (1.0 - alpha * alpha) / (D - 1.0))
+            c = 1.0 - a / b
+            u = ghat - U[:, :m] @ (W[:, :m].T @ ghat) if m else ghat.copy()
+            U[:, m] = c * u
+            W[:, m] = ghat
+            sc *= b
+            m += 1
+            n_cuts += 1
+            if m == _CUT_BLOCK:
+                break
+        if m:
+            L = sc * (L - (L @ U[:, :m]) @ W[:, :m].T)
+        todo = todo[used:]
+    return L, n_cuts
 
 
 def _shallow_cut(L: np.ndarray, ghat: np.ndarray, alpha: float, D: int) -> np.ndarray:
