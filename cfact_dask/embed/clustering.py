@@ -121,27 +121,26 @@ def _init_kernel(X: np.ndarray, start: int, k: int, seed: int, restarts: tuple[i
 _DIST_ROWS = 2048  # rows per slab of the distance GEMM (its n × Σm product stays in cache)
 
 
-def _dist_operator(bases: np.ndarray, dims: tuple[int, ...]
+def _dist_operator(bases: np.ndarray, comps: list[list[np.ndarray]], dims: tuple[int, ...]
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stacked columns that give every squared distance with one GEMM.
 
     ``dist²(a, S_l) = ‖a‖² − ‖B_l a‖²`` needs ``dims[l]`` columns; when ``dims[l] > D/2`` the
-    orthogonal complement ``B_l⊥`` (``D − dims[l]`` columns, ``dist² = ‖B_l⊥ a‖²``) is cheaper
-    and loses no digits to cancellation. Returns ``W`` (D × M, float64), the first column of
-    every (restart, cluster) segment and whether the segment is a complement."""
+    orthogonal complement ``B_l⊥`` (``comps[r][l]``, ``D − dims[l]`` orthonormal rows from the
+    same eigendecomposition as ``B_l``; ``dist² = ‖B_l⊥ a‖²``) is cheaper and loses no digits to
+    cancellation. Returns ``W`` (D × M, float64), the first column of every (restart, cluster)
+    segment and whether the segment is a complement."""
     R, k, _, D = bases.shape
     cols, starts, comp = [], [], []
     m = 0
     for r in range(R):
         for c_ in range(k):
             j = dims[c_]
-            Bl = bases[r, c_, :j]
             if 2 * j > D:
-                Q = np.linalg.qr(Bl.T, mode="complete")[0]
-                cols.append(Q[:, j:])
+                cols.append(comps[r][c_].T)
                 comp.append(True)
             else:
-                cols.append(Bl.T)
+                cols.append(bases[r, c_, :j].T)
                 comp.append(False)
             starts.append(m)
             m += cols[-1].shape[1]
@@ -456,8 +455,9 @@ def projective_clustering(
         for r in restarts:
             blk = out[1 + r * per : 1 + (r + 1) * per]
             jobs.append((blk[k:].reshape(k, D, D), blk[:k], np.zeros(k), bases[r], r))
-        for r, B_r in zip(restarts, _refit_many(jobs, dims), strict=True):
-            bases[r] = B_r
+        comps: list[list[np.ndarray]] = [[] for _ in restarts]
+        for r, (B_r, C_r) in zip(restarts, _refit_many(jobs, dims), strict=True):
+            bases[r], comps[r] = B_r, C_r
         logger.info("projective_clustering: initial split of %d restarts (%.2fs)", len(restarts),
                     time.perf_counter() - t0)
         hist: list[list[float]] = [[] for _ in restarts]
@@ -470,7 +470,7 @@ def projective_clustering(
         for it in range(1, max_iter + 1):
             t0 = time.perf_counter()
             sub = bases[active]
-            op = _dist_operator(sub, dims)
+            op = _dist_operator(sub, [comps[r] for r in active], dims)
             out = reduce_rows(x, _em_kernel, (op, len(active), k, loss, float(p), cscale, delta),
                               c, source=source)
             passes += 1
@@ -495,8 +495,8 @@ def projective_clustering(
                     continue
                 jobs.append((S, counts, ccost, bases[r], r))
                 still.append(r)
-            for r, B_r in zip(still, _refit_many(jobs, dims), strict=True):
-                bases[r] = B_r
+            for r, (B_r, C_r) in zip(still, _refit_many(jobs, dims), strict=True):
+                bases[r], comps[r] = B_r, C_r
             costs = [hist[r][-1] for r in restarts if hist[r]]
             logger.debug("projective_clustering pass %d: costs %s (%.2fs)", it,
                         [f"{v:.6g}" for v in costs], time.perf_counter() - t0)
@@ -562,6 +562,13 @@ def _check_sums(out: np.ndarray, source: str) -> None:
 
 
 def _top(S: np.ndarray, j: int) -> np.ndarray:
+    """The top-j eigenvectors of ``S`` as rows (descending, deterministic signs)."""
+    return _eig_split(S, j)[0]
+
+
+def _eig_split(S: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-j eigenvectors of ``S`` as rows (descending, deterministic signs) and the other
+    ``D − j`` (an orthonormal basis of the complement, for the distances)."""
     S = 0.5 * (S + S.T)
     D = S.shape[0]
     # the full divide-and-conquer eigh with one BLAS thread, then the top j: measured on a
@@ -573,7 +580,7 @@ def _top(S: np.ndarray, j: int) -> np.ndarray:
     else:
         with blas_threads():
             _, V = scipy.linalg.eigh(S, driver="evd")
-    return fix_signs(V[:, D - j:][:, ::-1]).T
+    return fix_signs(V[:, D - j:][:, ::-1]).T, V[:, : D - j].T
 
 
 class _RefitState(threading.local):
@@ -583,11 +590,12 @@ class _RefitState(threading.local):
 _REFITS = _RefitState()
 
 
-def _refit_many(jobs: list[tuple[Any, ...]], dims: tuple[int, ...]) -> list[np.ndarray]:
+def _refit_many(jobs: list[tuple[Any, ...]], dims: tuple[int, ...]
+                ) -> list[tuple[np.ndarray, list[np.ndarray]]]:
     """:func:`_refit` of every ``(S, counts, ccost, old, restart)`` job, the restarts in
     parallel threads (LAPACK releases the GIL) under one BLAS-thread limit: the k·n_init
     D × D eigendecompositions of a pass otherwise run one after the other on one core."""
-    def one(job: tuple[Any, ...]) -> np.ndarray:
+    def one(job: tuple[Any, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
         _REFITS.active = True
         try:
             return _refit(job[0], job[1], job[2], dims, job[3], job[4])
@@ -604,16 +612,18 @@ def _refit_many(jobs: list[tuple[Any, ...]], dims: tuple[int, ...]) -> list[np.n
 
 
 def _refit(S: np.ndarray, counts: np.ndarray, ccost: np.ndarray, dims: tuple[int, ...],
-           old: np.ndarray, restart: int) -> np.ndarray:
-    """New bases from the cluster scatters; clusters with fewer rows than their dimension are
-    re-seeded from the complement of the worst-fitting cluster's subspace."""
+           old: np.ndarray, restart: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """New bases from the cluster scatters, and the orthogonal complement of each; clusters
+    with fewer rows than their dimension are re-seeded from the complement of the
+    worst-fitting cluster's subspace."""
     k, D, _ = S.shape
     jmax = max(dims)
     B = np.zeros((k, jmax, D))
+    C: list[np.ndarray] = [np.empty((0, D))] * k
     small = [c_ for c_ in range(k) if counts[c_] < dims[c_]]
     for c_ in range(k):
         if c_ not in small:
-            B[c_, : dims[c_]] = _top(S[c_], dims[c_])
+            B[c_, : dims[c_]], C[c_] = _eig_split(S[c_], dims[c_])
     donors = [c_ for c_ in np.argsort(-ccost) if c_ not in small]
     for i, c_ in enumerate(small):
         if not donors:
@@ -624,7 +634,7 @@ def _refit(S: np.ndarray, counts: np.ndarray, ccost: np.ndarray, dims: tuple[int
         dnr = int(donors[i % len(donors)])
         Bd = B[dnr, : dims[dnr]]
         Pc = np.eye(D) - Bd.T @ Bd
-        B[c_, : dims[c_]] = _top(Pc @ S[dnr] @ Pc, dims[c_])
+        B[c_, : dims[c_]], C[c_] = _eig_split(Pc @ S[dnr] @ Pc, dims[c_])
         logger.info("restart %d: cluster %d had %d rows (< dim %d); re-seeded from cluster %d",
                     restart, c_, int(counts[c_]), dims[c_], dnr)
-    return B
+    return B, C

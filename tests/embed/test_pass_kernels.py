@@ -19,12 +19,15 @@ from cfact_dask.embed.lp import _apply_cuts, _ellipsoid_kernel, _eval_kernel, _s
 
 
 def _bases(rng, R, k, dims, D):
+    """Random orthonormal bases and their complements (as the refit's eigh gives them)."""
     jmax = max(dims)
     B = np.zeros((R, k, jmax, D))
+    C = [[None] * k for _ in range(R)]
     for r in range(R):
         for c, j in enumerate(dims):
-            B[r, c, :j] = np.linalg.qr(rng.standard_normal((D, j)))[0].T
-    return B
+            Q = np.linalg.qr(rng.standard_normal((D, D)))[0]
+            B[r, c, :j], C[r][c] = Q[:, :j].T, Q[:, j:].T
+    return B, C
 
 
 @pytest.mark.parametrize("dims", [(3, 3, 3), (14, 14, 14), (3, 14, 9)])
@@ -34,8 +37,8 @@ def test_complement_distances_equal_direct(dims, dtype):
     rng = np.random.default_rng(0)
     D, n = 20, 5000  # more rows than one slab
     X = rng.standard_normal((n, D)).astype(dtype)
-    B = _bases(rng, 2, 3, dims, D)
-    d2, n2 = _sq_dists(X, _dist_operator(B, dims), 2, 3)
+    B, C = _bases(rng, 2, 3, dims, D)
+    d2, n2 = _sq_dists(X, _dist_operator(B, C, dims), 2, 3)
     Bz = B.copy()
     ref = np.stack([np.stack([np.sum((X.astype(np.float64)
                                       - X.astype(np.float64) @ Bz[r, c, :j].T @ Bz[r, c, :j]) ** 2,
