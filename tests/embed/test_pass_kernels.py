@@ -8,6 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
+from cfact_dask.embed._ellipsoid import apply_cuts, shallow_cut
 from cfact_dask.embed._rows import reduce_rows
 from cfact_dask.embed.clustering import (
     _cluster_scatters,
@@ -15,7 +16,7 @@ from cfact_dask.embed.clustering import (
     _distances,
     _sq_dists,
 )
-from cfact_dask.embed.lp import _apply_cuts, _ellipsoid_kernel, _eval_kernel, _shallow_cut
+from cfact_dask.embed.lp import _ellipsoid_kernel, _eval_kernel
 
 
 def _bases(rng, R, k, dims, D):
@@ -78,9 +79,9 @@ def test_compact_cuts_equal_sequential_cuts():
         hn = float(np.linalg.norm(h))
         if (1.0 / hn) * math.sqrt(D) >= 1.0 - 1e-9:
             continue
-        ref = _shallow_cut(ref, h / hn, 1.0 / hn, D)
+        ref = shallow_cut(ref, h / hn, 1.0 / hn, D)
         n_ref += 1
-    out, n_cuts = _apply_cuts(L, G, order, D)
+    out, n_cuts = apply_cuts(L, G, order, D)
     assert n_cuts == n_ref > 64
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
 
