@@ -151,8 +151,8 @@ def row_reduction(
     One task per row chunk (a pass over fewer than four chunks splits them into row slices of at
     least 4096 rows, so one in-memory chunk still uses several cores), then a fixed-order tree sum
     (fan-in ``split_every``), so the result is bitwise the same for a given chunking whatever the
-    scheduler or number of workers. With
-    ``with_offset`` the kernel is called as ``func(chunk, first_row, *args)``.
+    scheduler or number of workers. With ``with_offset`` the kernel is called as
+    ``func(chunk, first_row, *args)``.
     """
     split_every = int(split_every or config.get("sketch.split-every", 8))
     tok = tokenize(x.name, func, args, check_finite, split_every, with_offset)

@@ -1,10 +1,11 @@
 """Projective clustering ("MESSI"): k subspaces of dimension j fitted to the rows, out of core.
 
 Each EM step is **one pass** over the row chunks of ``A``: every chunk assigns its rows to the
-closest subspace with one GEMM against the stacked bases (``dist² = ‖a‖² − ‖X_l a‖²``) and returns
-the per-cluster weighted D × D scatters, which are tree-summed; the client refits each subspace by
-an eigendecomposition. All restarts advance in the same pass, so ``n_init`` restarts cost no extra
-reads.
+closest subspace with one GEMM against the stacked bases (``dist² = ‖a‖² − ‖X_l a‖²``, or
+``‖X_l⊥ a‖²`` from the orthogonal complement when j > D/2, the smaller product) and returns the
+per-cluster weighted D × D scatters (one sort by label, one ``syrk`` per cluster), which are
+tree-summed; the client refits each subspace by an eigendecomposition (the restarts in parallel
+threads). All restarts advance in the same pass, so ``n_init`` restarts cost no extra reads.
 
 References
 ----------
