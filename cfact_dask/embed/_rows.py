@@ -74,7 +74,10 @@ def _partial(
     source: str,
     info: dict[str, Any],
     with_offset: bool = False,
+    rows: tuple[int, int] | None = None,
 ) -> np.ndarray:
+    if rows is not None:
+        block = block[rows[0] : rows[1]]
     if check_finite and not np.isfinite(block).all():
         _raise_nonfinite(block, info, source)
     with one_blas_thread():
@@ -108,6 +111,24 @@ def one_blas_thread() -> Iterator[None]:
 _CONTROLLER: Any = None
 
 
+#: a pass over fewer row chunks than this splits them into row slices (tasks) of at least
+#: :data:`_MIN_SLICE_ROWS` rows, so an in-memory matrix of one chunk still keeps every core
+#: busy; a fixed rule (not the machine's cores) keeps the sum bitwise the same everywhere
+_MIN_TASKS = 4
+_MIN_SLICE_ROWS = 4096
+
+
+def _slices(m: int, n_chunks: int) -> list[tuple[int, int]] | None:
+    """Row slices of a chunk of ``m`` rows when the pass has too few chunks (else None)."""
+    if n_chunks >= _MIN_TASKS:
+        return None
+    pieces = min(-(-_MIN_TASKS // n_chunks), m // _MIN_SLICE_ROWS)
+    if pieces <= 1:
+        return None
+    edges = np.linspace(0, m, pieces + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
 def _sum_list(parts: list[np.ndarray]) -> np.ndarray:
     acc = np.array(parts[0], copy=True)
     for p in parts[1:]:
@@ -127,9 +148,11 @@ def row_reduction(
 ) -> Delayed:
     """``Σ_chunks func(chunk, *args)`` (the flattened partials) as a dask ``Delayed``.
 
-    One task per row chunk, then a fixed-order tree sum (fan-in ``split_every``), so the result is
-    bitwise the same for a given chunking whatever the scheduler or number of workers. With
-    ``with_offset`` the kernel is called as ``func(chunk, first_row, *args)``.
+    One task per row chunk (a pass over fewer than four chunks splits them into row slices of at
+    least 4096 rows, so one in-memory chunk still uses several cores), then a fixed-order tree sum
+    (fan-in ``split_every``), so the result is bitwise the same for a given chunking whatever the
+    scheduler or number of workers. With ``with_offset`` the kernel is called as
+    ``func(chunk, first_row, *args)``.
     """
     split_every = int(split_every or config.get("sketch.split-every", 8))
     tok = tokenize(x.name, func, args, check_finite, split_every, with_offset)
@@ -139,10 +162,19 @@ def row_reduction(
     dsk: dict[Any, Any] = {}
     keys = []
     for i in range(x.numblocks[0]):
-        info = {"array-location": [(int(bounds[i]), int(bounds[i + 1]))], "chunk-location": (i,)}
-        dsk[(pname, i)] = (_partial, (x.name, i, 0), func, args, check_finite, source, info,
-                           with_offset)
-        keys.append((pname, i))
+        r0, r1 = int(bounds[i]), int(bounds[i + 1])
+        info = {"array-location": [(r0, r1)], "chunk-location": (i,)}
+        pieces = _slices(r1 - r0, x.numblocks[0])
+        if pieces is None:
+            dsk[(pname, i)] = (_partial, (x.name, i, 0), func, args, check_finite, source, info,
+                               with_offset)
+            keys.append((pname, i))
+            continue
+        for s_, (a, b) in enumerate(pieces):
+            info_s = {"array-location": [(r0 + a, r0 + b)], "chunk-location": (i,)}
+            dsk[(pname, i, s_)] = (_partial, (x.name, i, 0), func, args, check_finite, source,
+                                   info_s, with_offset, (a, b))
+            keys.append((pname, i, s_))
     level = 0
     while len(keys) > split_every:
         nxt = []
@@ -163,7 +195,11 @@ def reduce_rows(x: da.Array, func: Callable[..., np.ndarray], args: tuple[Any, .
     """:func:`row_reduction` computed (on ``client``): the summed partials as numpy."""
     arr = row_reduction(x, func, args, check_finite=check_finite, source=source,
                         with_offset=with_offset)
-    return np.asarray(compute(arr, client=client, progress=False)[0])
+    # the limit is held around the whole pass too: the tasks' own limits are entered and left
+    # concurrently by the scheduler's threads, and the first to leave would otherwise restore
+    # the multithreaded pools under the tasks still running
+    with one_blas_thread():
+        return np.asarray(compute(arr, client=client, progress=False)[0])
 
 
 def fix_signs(V: np.ndarray) -> np.ndarray:

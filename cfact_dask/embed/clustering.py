@@ -1,10 +1,11 @@
 """Projective clustering ("MESSI"): k subspaces of dimension j fitted to the rows, out of core.
 
 Each EM step is **one pass** over the row chunks of ``A``: every chunk assigns its rows to the
-closest subspace with one GEMM against the stacked bases (``dist² = ‖a‖² − ‖X_l a‖²``) and returns
-the per-cluster weighted D × D scatters, which are tree-summed; the client refits each subspace by
-an eigendecomposition. All restarts advance in the same pass, so ``n_init`` restarts cost no extra
-reads.
+closest subspace with one GEMM against the stacked bases (``dist² = ‖a‖² − ‖X_l a‖²``, or
+``‖X_l⊥ a‖²`` from the orthogonal complement when j > D/2, the smaller product) and returns the
+per-cluster weighted D × D scatters (one sort by label, one ``syrk`` per cluster), which are
+tree-summed; the client refits each subspace by an eigendecomposition (the restarts in parallel
+threads). All restarts advance in the same pass, so ``n_init`` restarts cost no extra reads.
 
 References
 ----------
@@ -19,9 +20,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -80,15 +83,28 @@ def _init_labels(start: int, stop: int, k: int, seed: int, restart: int) -> np.n
 
 def _cluster_scatters(X: np.ndarray, labels: np.ndarray, w: np.ndarray | None, k: int
                       ) -> np.ndarray:
+    """Per-cluster (weighted) scatters ``Σ_{i ∈ l} w_i a_i a_iᵀ`` (k × D × D, float64).
+
+    The rows are gathered by label once (one stable sort, one copy) and each cluster's scatter is
+    a symmetric rank-update (``syrk``: half the flops of ``Xᵀ X``) of its contiguous slice; the
+    weights enter as ``√w_i a_i`` (all weights are positive)."""
     D = X.shape[1]
     S = np.zeros((k, D, D))
+    counts = np.bincount(labels, minlength=k)
+    order = np.argsort(labels, kind="stable")
+    Xs = X[order]
+    if w is not None:
+        Xs *= np.sqrt(w[order]).astype(X.dtype, copy=False)[:, None]
+    syrk = scipy.linalg.blas.get_blas_funcs("syrk", (Xs,))
+    bounds = np.concatenate([[0], np.cumsum(counts)])
     for c_ in range(k):
-        m = labels == c_
-        if not m.any():
+        a, b = int(bounds[c_]), int(bounds[c_ + 1])
+        if a == b:
             continue
-        Xl = X[m]
-        Wl = Xl if w is None else Xl * w[m, None].astype(X.dtype, copy=False)
-        S[c_] = Xl.T @ Wl
+        # Xs[a:b] is C-ordered, so its transpose is a Fortran D × m matrix: C = Aᵀ A (upper)
+        C = syrk(1.0, Xs[a:b].T, trans=0, lower=0)
+        S[c_] = np.triu(C)
+        S[c_] += np.triu(C, 1).T
     return S
 
 
@@ -103,21 +119,60 @@ def _init_kernel(X: np.ndarray, start: int, k: int, seed: int, restarts: tuple[i
     return np.concatenate(out)
 
 
-def _distances(X: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Squared distances (n × R × k) of the rows to every subspace, the projections
-    (n × R × k × j) and the squared row norms, from one GEMM against the stacked bases."""
-    R, k, j, D = bases.shape
-    P = X @ bases.reshape(R * k * j, D).T.astype(X.dtype, copy=False)
-    P = P.reshape(X.shape[0], R, k, j)
-    n2 = np.einsum("ij,ij->i", X, X).astype(np.float64)
-    p2 = np.einsum("nrkj,nrkj->nrk", P, P).astype(np.float64)
-    return np.maximum(n2[:, None, None] - p2, 0.0), P, n2
+_DIST_ROWS = 2048  # rows per slab of the distance GEMM (its n × Σm product stays in cache)
 
 
-def _em_kernel(X: np.ndarray, bases: np.ndarray, loss: str, p: float, c: float, delta: float
-               ) -> np.ndarray:
+def _dist_operator(bases: np.ndarray, comps: list[list[np.ndarray]], dims: tuple[int, ...]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stacked columns that give every squared distance with one GEMM.
+
+    ``dist²(a, S_l) = ‖a‖² − ‖B_l a‖²`` needs ``dims[l]`` columns; when ``dims[l] > D/2`` the
+    orthogonal complement ``B_l⊥`` (``comps[r][l]``, ``D − dims[l]`` orthonormal rows from the
+    same eigendecomposition as ``B_l``; ``dist² = ‖B_l⊥ a‖²``) is cheaper and loses no digits to
+    cancellation. Returns ``W`` (D × M, float64), the first column of every (restart, cluster)
+    segment and whether the segment is a complement."""
     R, k, _, D = bases.shape
-    d2, _, n2 = _distances(X, bases)
+    cols, starts, comp = [], [], []
+    m = 0
+    for r in range(R):
+        for c_ in range(k):
+            j = dims[c_]
+            if 2 * j > D:
+                cols.append(comps[r][c_].T)
+                comp.append(True)
+            else:
+                cols.append(bases[r, c_, :j].T)
+                comp.append(False)
+            starts.append(m)
+            m += cols[-1].shape[1]
+    return np.concatenate(cols, axis=1), np.array(starts), np.array(comp)
+
+
+def _sq_dists(X: np.ndarray, op: tuple[np.ndarray, np.ndarray, np.ndarray], R: int, k: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distances (n × R × k, float64) of the rows to every subspace and the squared row
+    norms, from the stacked operator of :func:`_dist_operator`, slab by slab of rows."""
+    W, starts, comp = op
+    W = W.astype(X.dtype, copy=False)
+    n = X.shape[0]
+    n2 = np.einsum("ij,ij->i", X, X).astype(np.float64)
+    d2 = np.empty((n, R * k))
+    widths = np.diff(np.append(starts, W.shape[1]))
+    for a in range(0, n, _DIST_ROWS):
+        P = X[a : a + _DIST_ROWS] @ W
+        if np.all(widths == widths[0]):  # equal dims: one fused square-and-sum
+            P3 = P.reshape(P.shape[0], R * k, int(widths[0]))
+            d2[a : a + _DIST_ROWS] = np.einsum("nsw,nsw->ns", P3, P3)
+        else:
+            P *= P
+            d2[a : a + _DIST_ROWS] = np.add.reduceat(P, starts, axis=1)
+    d2 = np.where(comp[None, :], d2, n2[:, None] - d2)
+    return np.maximum(d2, 0.0).reshape(n, R, k), n2
+
+
+def _em_kernel(X: np.ndarray, op: tuple[np.ndarray, np.ndarray, np.ndarray], R: int, k: int,
+               loss: str, p: float, c: float, delta: float) -> np.ndarray:
+    d2, n2 = _sq_dists(X, op, R, k)
     out = [np.array([n2.sum()])]
     for r in range(R):
         lab = np.argmin(d2[:, r, :], axis=1)
@@ -128,6 +183,17 @@ def _em_kernel(X: np.ndarray, bases: np.ndarray, loss: str, p: float, c: float, 
         S = _cluster_scatters(X, lab, None if loss == "l2" else w, k)
         out += [np.array([val.sum(), dmin.sum()]), counts, ccost, S.ravel()]
     return np.concatenate(out)
+
+
+def _distances(X: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Squared distances (n × R × k) of the rows to every subspace, the projections
+    (n × R × k × j) and the squared row norms, from one GEMM against the stacked bases."""
+    R, k, j, D = bases.shape
+    P = X @ bases.reshape(R * k * j, D).T.astype(X.dtype, copy=False)
+    P = P.reshape(X.shape[0], R, k, j)
+    n2 = np.einsum("ij,ij->i", X, X).astype(np.float64)
+    p2 = np.einsum("nrkj,nrkj->nrk", P, P).astype(np.float64)
+    return np.maximum(n2[:, None, None] - p2, 0.0), P, n2
 
 
 def _assign_block(X: np.ndarray, bases: np.ndarray) -> np.ndarray:
@@ -386,11 +452,13 @@ def projective_clustering(
         delta = 1e-6 * max(rms, 1e-300)
         per = k + k * D * D
         bases = np.zeros((len(restarts), k, jmax, D))
+        jobs = []
         for r in restarts:
             blk = out[1 + r * per : 1 + (r + 1) * per]
-            counts = blk[:k]
-            S = blk[k:].reshape(k, D, D)
-            bases[r] = _refit(S, counts, np.zeros(k), dims, bases[r], r)
+            jobs.append((blk[k:].reshape(k, D, D), blk[:k], np.zeros(k), bases[r], r))
+        comps: list[list[np.ndarray]] = [[] for _ in restarts]
+        for r, (B_r, C_r) in zip(restarts, _refit_many(jobs, dims), strict=True):
+            bases[r], comps[r] = B_r, C_r
         logger.info("projective_clustering: initial split of %d restarts (%.2fs)", len(restarts),
                     time.perf_counter() - t0)
         hist: list[list[float]] = [[] for _ in restarts]
@@ -403,12 +471,15 @@ def projective_clustering(
         for it in range(1, max_iter + 1):
             t0 = time.perf_counter()
             sub = bases[active]
-            out = reduce_rows(x, _em_kernel, (sub, loss, float(p), cscale, delta), c, source=source)
+            op = _dist_operator(sub, [comps[r] for r in active], dims)
+            out = reduce_rows(x, _em_kernel, (op, len(active), k, loss, float(p), cscale, delta),
+                              c, source=source)
             passes += 1
             _check_sums(out, source)
             n2 = float(out[0])
             per = 2 + 2 * k + k * D * D
             still = []
+            jobs = []
             for i, r in enumerate(active):
                 blk = out[1 + i * per : 1 + (i + 1) * per]
                 cost, d2 = float(blk[0]), float(blk[1])
@@ -423,8 +494,10 @@ def projective_clustering(
                 if len(h) > 1 and (h[-2] - h[-1]) <= tol * max(abs(h[-2]), 1e-300):
                     done[r] = True
                     continue
-                bases[r] = _refit(S, counts, ccost, dims, bases[r], r)
+                jobs.append((S, counts, ccost, bases[r], r))
                 still.append(r)
+            for r, (B_r, C_r) in zip(still, _refit_many(jobs, dims), strict=True):
+                bases[r], comps[r] = B_r, C_r
             costs = [hist[r][-1] for r in restarts if hist[r]]
             logger.debug("projective_clustering pass %d: costs %s (%.2fs)", it,
                         [f"{v:.6g}" for v in costs], time.perf_counter() - t0)
@@ -490,27 +563,68 @@ def _check_sums(out: np.ndarray, source: str) -> None:
 
 
 def _top(S: np.ndarray, j: int) -> np.ndarray:
+    """The top-j eigenvectors of ``S`` as rows (descending, deterministic signs)."""
+    return _eig_split(S, j)[0]
+
+
+def _eig_split(S: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-j eigenvectors of ``S`` as rows (descending, deterministic signs) and the other
+    ``D − j`` (an orthonormal basis of the complement, for the distances)."""
     S = 0.5 * (S + S.T)
     D = S.shape[0]
     # the full divide-and-conquer eigh with one BLAS thread, then the top j: measured on a
     # busy 2-core machine at D = 384, j = 216: 22 ms against 160 ms for the subset driver with
-    # the default BLAS pools (the refits were 84 % of a MESSI run)
-    with blas_threads():
+    # the default BLAS pools (the refits were 84 % of a MESSI run). The caller holds the limit
+    # (see _refit_many) so that several refits can run in threads; alone, take it here.
+    if _REFITS.active:
         _, V = scipy.linalg.eigh(S, driver="evd")
-    return fix_signs(V[:, D - j:][:, ::-1]).T
+    else:
+        with blas_threads():
+            _, V = scipy.linalg.eigh(S, driver="evd")
+    return fix_signs(V[:, D - j:][:, ::-1]).T, V[:, : D - j].T
+
+
+class _RefitState(threading.local):
+    active = False
+
+
+_REFITS = _RefitState()
+
+
+def _refit_many(jobs: list[tuple[Any, ...]], dims: tuple[int, ...]
+                ) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """:func:`_refit` of every ``(S, counts, ccost, old, restart)`` job, the restarts in
+    parallel threads (LAPACK releases the GIL) under one BLAS-thread limit: the k·n_init
+    D × D eigendecompositions of a pass otherwise run one after the other on one core."""
+    def one(job: tuple[Any, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+        _REFITS.active = True
+        try:
+            return _refit(job[0], job[1], job[2], dims, job[3], job[4])
+        finally:
+            _REFITS.active = False
+
+    workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                  else os.cpu_count() or 1)
+    with blas_threads():
+        if workers <= 1:
+            return [one(j) for j in jobs]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(one, jobs))
 
 
 def _refit(S: np.ndarray, counts: np.ndarray, ccost: np.ndarray, dims: tuple[int, ...],
-           old: np.ndarray, restart: int) -> np.ndarray:
-    """New bases from the cluster scatters; clusters with fewer rows than their dimension are
-    re-seeded from the complement of the worst-fitting cluster's subspace."""
+           old: np.ndarray, restart: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """New bases from the cluster scatters, and the orthogonal complement of each; clusters
+    with fewer rows than their dimension are re-seeded from the complement of the
+    worst-fitting cluster's subspace."""
     k, D, _ = S.shape
     jmax = max(dims)
     B = np.zeros((k, jmax, D))
+    C: list[np.ndarray] = [np.empty((0, D))] * k
     small = [c_ for c_ in range(k) if counts[c_] < dims[c_]]
     for c_ in range(k):
         if c_ not in small:
-            B[c_, : dims[c_]] = _top(S[c_], dims[c_])
+            B[c_, : dims[c_]], C[c_] = _eig_split(S[c_], dims[c_])
     donors = [c_ for c_ in np.argsort(-ccost) if c_ not in small]
     for i, c_ in enumerate(small):
         if not donors:
@@ -521,7 +635,7 @@ def _refit(S: np.ndarray, counts: np.ndarray, ccost: np.ndarray, dims: tuple[int
         dnr = int(donors[i % len(donors)])
         Bd = B[dnr, : dims[dnr]]
         Pc = np.eye(D) - Bd.T @ Bd
-        B[c_, : dims[c_]] = _top(Pc @ S[dnr] @ Pc, dims[c_])
+        B[c_, : dims[c_]], C[c_] = _eig_split(Pc @ S[dnr] @ Pc, dims[c_])
         logger.info("restart %d: cluster %d had %d rows (< dim %d); re-seeded from cluster %d",
                     restart, c_, int(counts[c_]), dims[c_], dnr)
-    return B
+    return B, C

@@ -34,6 +34,7 @@ from .._runtime.cluster import client_context, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike
 from ..errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError
+from ._ellipsoid import apply_cuts, g_from_axes, orthogonal_axes
 from ._rows import fix_signs, prepare_rows, reduce_rows
 
 __all__ = ["LpLowRankResult", "lp_lowrank", "lp_objective"]
@@ -245,19 +246,38 @@ def _eval_kernel(X: np.ndarray, V: np.ndarray, p: float) -> np.ndarray:
     return np.array([float(np.sum(np.sqrt(d2) ** p)), d2.sum(), n2.sum()])
 
 
+_SLAB_ROWS = 2048  # rows per slab of the ellipsoid pass (its n × D temporaries stay in cache)
+
+
 def _ellipsoid_kernel(X: np.ndarray, Y: np.ndarray, V: np.ndarray, p: float) -> np.ndarray:
     """``‖X y_i‖_p^p`` and the unnormalised gradients ``Xᵀ(sign(X y)|X y|^{p−1})`` for every
-    column ``y_i`` of ``Y``, plus the row-wise objective of the subspace ``V``: one read."""
-    Z = X @ Y.astype(X.dtype, copy=False)
-    aZ = np.abs(Z)
-    fp = np.sum(aZ.astype(np.float64) ** p, axis=0)
-    if p == 1.0:
-        Gz = np.sign(Z)
-    else:
-        Gz = np.sign(Z) * aZ ** (p - 1.0)
-    Gr = X.T @ Gz.astype(X.dtype, copy=False)
-    stats = _eval_kernel(X, V, p)
-    return np.concatenate([fp, np.asarray(Gr, np.float64).ravel(), stats])
+    column ``y_i`` of ``Y``, plus the row-wise objective of the subspace ``V``: one read.
+
+    Slab by slab of rows, ``X [Y | V]`` is one GEMM and its float64 sums stay in cache; the
+    row-wise statistics of ``V`` come from the same product (no second GEMM against ``V``)."""
+    m = Y.shape[1]
+    W = np.concatenate([Y, V], axis=1).astype(X.dtype, copy=False)
+    Vx = V.astype(X.dtype, copy=False)
+    fp = np.zeros(m)
+    Gr = np.zeros((X.shape[1], m))
+    obj = r2 = n2 = 0.0
+    for a in range(0, X.shape[0], _SLAB_ROWS):
+        Xs = X[a : a + _SLAB_ROWS]
+        ZW = Xs @ W
+        Z = ZW[:, :m]
+        aZ = np.abs(Z).astype(np.float64)
+        if p == 1.0:
+            fp += aZ.sum(axis=0)
+            Gz = np.sign(Z)
+        else:
+            fp += np.sum(aZ**p, axis=0)
+            Gz = np.sign(Z) * np.abs(Z) ** (p - 1.0)
+        Gr += Xs.T @ Gz.astype(X.dtype, copy=False)
+        sn2, sd2 = _residual_stats(Xs, ZW[:, m:], Vx)
+        obj += float(np.sum(np.sqrt(sd2) ** p))
+        r2 += float(sd2.sum())
+        n2 += float(sn2.sum())
+    return np.concatenate([fp, Gr.ravel(), [obj, r2, n2]])
 
 
 def _robust_rows(X: np.ndarray, V: np.ndarray, p: float, delta: float, n_inner: int
@@ -677,11 +697,12 @@ class _Solver:
         if p == 2.0:
             # K is E0 itself: no axis point can violate; the answer is the SVD
             self.notify(0, d2, V0, t0)
-            return V0, [d2], rel0, 0, True, _g_from_axes(Lax), {
+            return V0, [d2], rel0, 0, True, g_from_axes(Lax), {
                 "objective": d2, "cuts": 0, "logvol": logvol, "certified": True}
+        Lax, s = orthogonal_axes(Lax)
         for it in range(1, max_iter + 1):
             t0 = time.perf_counter()
-            Lax, s = _orthogonal_axes(Lax)
+            # Lax holds E's orthogonal semi-axes (set before the loop and after every cut)
             order = np.argsort(s)  # shortest axes first: the candidate top-k of G
             V = fix_signs(Lax[:, order[:k]] / s[order[:k]])
             out = self.reduce(_ellipsoid_kernel, Lax, V, p)
@@ -697,22 +718,12 @@ class _Solver:
             if not np.any(beta * f > 1.0 + 1e-12):
                 converged = certified = True  # E/√(D(D+1)) ⊆ K ⊆ E
                 break
-            n_cuts = 0
             # every gradient gives a valid slab K ⊆ {|gᵀx| ≤ 1}: apply each one deep enough to
             # shrink the volume, most violated axis first (same pass, no extra read)
-            for i in np.argsort(-f):
-                g = Gr[:, i] / max(f[i], 1e-300) ** (p - 1.0)
-                h = Lax.T @ g  # L^T g in the current (possibly already cut) frame
-                hn = float(np.linalg.norm(h))
-                if not np.isfinite(hn) or hn == 0.0:
-                    continue
-                alpha = 1.0 / hn
-                if alpha * math.sqrt(D) >= 1.0 - 1e-9:
-                    continue  # cut too shallow to shrink the volume
-                Lax = _shallow_cut(Lax, h / hn, alpha, D)
-                n_cuts += 1
+            Gs = Gr / np.maximum(f, 1e-300)[None, :] ** (p - 1.0)
+            Lax, n_cuts = apply_cuts(Lax, Gs, np.argsort(-f), D)
             n_cuts_total += n_cuts
-            Lax, s = _orthogonal_axes(Lax)
+            Lax, s = orthogonal_axes(Lax)
             logvol.append(float(np.sum(np.log(s))))
             if stop or n_cuts == 0:
                 converged = True
@@ -721,7 +732,7 @@ class _Solver:
                 converged = True
                 break
         obj, V, rel, Lbest = best
-        return V, hist, rel, it, converged or max_iter == 0, _g_from_axes(Lbest), {
+        return V, hist, rel, it, converged or max_iter == 0, g_from_axes(Lbest), {
             "objective": obj, "cuts": n_cuts_total, "logvol": logvol, "certified": certified}
 
 
@@ -743,28 +754,3 @@ def _ritz_step(Q: np.ndarray, Y: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     Qn = np.linalg.qr(Qn)[0]
     Qn[:, :k] = V  # keep the basis itself as the first k columns (it defines the weights)
     return V, Qn
-
-
-def _orthogonal_axes(L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Re-express ``E = {L z : ‖z‖ ≤ 1}`` by its orthogonal semi-axes ``U diag(s)`` (SVD of L),
-    which keeps the square-root factor well conditioned across many rank-one updates."""
-    U, s, _ = np.linalg.svd(L, full_matrices=False)
-    s = np.maximum(s, s.max() * 1e-15)
-    return U * s, s
-
-
-def _shallow_cut(L: np.ndarray, ghat: np.ndarray, alpha: float, D: int) -> np.ndarray:
-    """Minimum-volume ellipsoid containing ``E ∩ {|gᵀx| ≤ 1}`` for the symmetric slab whose
-    half-width in E's normalised coordinates is ``alpha < 1/√D``. In those coordinates the new
-    ellipsoid has semi-axis ``a = √D α`` along ``ĝ`` and ``b = √(D(1−α²)/(D−1))`` across it;
-    applied as ``L ← b L (I − (1 − a/b) ĝ ĝᵀ)``, which stays invertible since ``a > 0``."""
-    a = math.sqrt(D) * alpha
-    b = math.sqrt(D * (1.0 - alpha * alpha) / (D - 1.0))
-    c = 1.0 - a / b
-    return b * (L - c * np.outer(L @ ghat, ghat))
-
-
-def _g_from_axes(L: np.ndarray) -> np.ndarray:
-    """``G`` with ``E = {x : ‖G x‖₂ ≤ 1}`` for ``E = {L z : ‖z‖ ≤ 1}``: ``G = (L Lᵀ)^{-1/2}``."""
-    U, s, _ = np.linalg.svd(L, full_matrices=False)
-    return (U / s) @ U.T
