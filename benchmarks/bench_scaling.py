@@ -204,9 +204,10 @@ def _plot(cells: list[dict], path: str) -> None:
         axes[1].loglog(x, [c["seconds_per_pass"] for c in cs], "o-", label=f"{w} workers")
     for grow in (1, 8):
         cs = sorted((c for c in cells if c.get("grow") == grow), key=lambda c: c["input_bytes"])
-        axes[2].semilogx([c["input_bytes"] / 2**20 for c in cs],
-                         [c["client_traced_peak_bytes"] / 2**20 for c in cs], "o-",
-                         label=f"chunks x{grow} rows")
+        axes[2].loglog([c["chunks"] for c in cs],
+                       [c["client_traced_peak_bytes"] / 2**20 for c in cs],
+                       "o-" if grow == 1 else "s--",
+                       label="chunks of the base size" if grow == 1 else "chunks 8x larger")
     x = np.array(sorted({c["chunks"] for c in cells}))
     for ax, key in ((axes[0], "tasks"), (axes[1], "seconds_per_pass")):
         base = [c for c in cells if c["chunks"] == x[0] and "grow" not in c]
@@ -215,7 +216,7 @@ def _plot(cells: list[dict], path: str) -> None:
             ax.loglog(x, y0 * x / x[0], "k:", label="linear")
     axes[0].set(xlabel="input chunks", ylabel="scheduler tasks per pass")
     axes[1].set(xlabel="input chunks", ylabel="seconds per pass (scheduler-bound)")
-    axes[2].set(xlabel="input MiB", ylabel="client peak allocations (MiB)")
+    axes[2].set(xlabel="input chunks", ylabel="client peak allocations (MiB)")
     axes[2].legend(fontsize=7)
     axes[0].legend(fontsize=7)
     fig.suptitle("cf.sketch: one pass, task count / scheduler time / client memory")
