@@ -4,7 +4,8 @@ The debias refits each recovered column by least squares (nonnegative for ``nnla
 support, with the support's columns of ``P`` gathered (they are few: the support is sparse) and
 kept sparse: Cholesky of the normal equations, and for the NNLS an exact shortcut (a nonnegative
 least-squares solution is the NNLS solution) or a KKT-certified active set; scipy's ``nnls`` /
-numpy's ``lstsq`` where the solution may not be unique.
+numpy's ``lstsq`` where the solution may not be unique. The exact (nonnegative) LASSO of the
+working set's small dense problems (:func:`lasso_active_set`) is an active set of the same kind.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import math
 from typing import Any
 
 import numpy as np
+import scipy.linalg as sla
 import scipy.sparse as sp
 from dask import delayed
 
 from ..sketching.operators import SketchOperator
 from ._blocks import Blocks, absmax, cols, matvec_block, tree_sum
 
-__all__ = ["debias_support", "nnls"]
+__all__ = ["debias_support", "lasso_active_set", "nnls"]
 
 logger = logging.getLogger(__name__)
 
@@ -240,3 +242,131 @@ def _set_rows(x: np.ndarray, rows: np.ndarray, vals: np.ndarray, done: np.ndarra
     if rows.size:
         x[np.ix_(rows, np.flatnonzero(done))] = vals[:, done]
     return x
+
+
+def lasso_active_set(A: np.ndarray, y: np.ndarray, lam_w: np.ndarray, z0: np.ndarray, nonneg: bool,
+                 max_iter: int | None = None) -> np.ndarray:
+    """The exact solution of a small dense problem min ½‖y − A z‖² + Σ lam_w |z| (z ≥ 0 if
+    nonneg), by an active set (Lawson & Hanson's NNLS [1]_ with the linear term ``Aᵀy − λw``;
+    a signed z is split as ``z⁺ − z⁻``), warm-started from the support of ``z0``.
+
+    The restricted problems of the working set are ill-conditioned (a support of a few hundred
+    columns in d rows), where first-order steps crawl: FISTA took its 20 000 iterations per
+    column at n = 131 072, d = 400 without reaching a 1e-12 relative change (minutes per outer
+    step). The active set takes one step per entry entering or leaving the support whatever the
+    conditioning, and ends at the solution (to rounding). Its Cholesky factor grows by one row
+    per entry (O(p²)) and is refactored only when entries leave; the Gram matrix is formed only
+    for the columns that enter (the working set may hold thousands of candidates).
+
+    Parameters
+    ----------
+    A : ndarray (d, k)
+        The candidate columns of ``P``.
+    y : ndarray (d,)
+    lam_w : ndarray (k,)
+        The penalty per entry (λ times the entry's weight), ≥ 0.
+    z0 : ndarray (k,)
+        Warm start; its support is the first active set.
+    nonneg : bool
+    max_iter : int, optional
+        Active-set steps at most (default 10 k).
+
+    Returns
+    -------
+    ndarray (k,)
+
+    References
+    ----------
+    .. [1] C. L. Lawson, R. J. Hanson. "Solving least squares problems". Prentice-Hall, 1974,
+       chapter 23 (the NNLS active set).
+    """
+    k0 = A.shape[1]
+    if k0 == 0:
+        return z0
+    if not nonneg:
+        A = np.hstack([A, -A])
+        lam_w = np.concatenate([lam_w, lam_w])
+        z0 = np.concatenate([np.maximum(z0, 0.0), np.maximum(-z0, 0.0)])
+    c = A.T @ y - lam_w
+    gram = _GramColumns(A)
+    z = np.maximum(np.asarray(z0, dtype=np.float64), 0.0)
+    act = [int(i) for i in np.flatnonzero(z > 0)]
+    chol = gram.cholesky(act)
+    if chol is None:  # a warm start on dependent columns: start from zero
+        z[:], act, chol = 0.0, [], gram.cholesky([])
+    gtol = 1e-12 * max(float(np.abs(c + lam_w).max()), float(np.abs(lam_w).max()), 1e-300)
+    max_iter = 10 * A.shape[1] if max_iter is None else int(max_iter)
+    steps = 0
+    solve_first = bool(act)  # the warm start's support is solved before anything enters
+    while steps < max_iter:
+        if not solve_first:
+            g = c - A.T @ (A[:, act] @ z[act]) if act else c.copy()
+            g[act] = -np.inf
+            j = int(np.argmax(g))
+            if g[j] <= gtol:
+                break
+            col = gram.column(j)
+            l_ = sla.solve_triangular(chol, col[act], lower=True, check_finite=False)
+            delta = float(col[j] - l_ @ l_)
+            if delta <= 1e-12 * max(float(col[j]), 1e-300):
+                break  # column j is in the span of the support (to rounding): nothing to gain
+            p = len(act)
+            grown = np.zeros((p + 1, p + 1))
+            grown[:p, :p], grown[p, :p], grown[p, p] = chol, l_, math.sqrt(delta)
+            chol = grown
+            act.append(j)
+        solve_first = False
+        while steps < max_iter:
+            steps += 1
+            idx = np.asarray(act, dtype=np.int64)
+            s = sla.cho_solve((chol, True), c[idx], check_finite=False)
+            if np.all(s > 0):
+                z[:] = 0.0
+                z[idx] = s
+                break
+            # move towards s until the first entry reaches 0; drop it (and any other at 0)
+            zi = z[idx]
+            neg = s <= 0
+            ratio = np.full(idx.size, np.inf)
+            ratio[neg] = zi[neg] / (zi[neg] - s[neg])
+            b = int(np.argmin(ratio))
+            zi = zi + ratio[b] * (s - zi)
+            drop = neg & (zi <= 1e-15 * max(float(np.abs(zi).max()), 1e-300))
+            drop[b] = True
+            z[:] = 0.0
+            z[idx[~drop]] = zi[~drop]
+            act = [int(i) for i in idx[~drop]]
+            chol = gram.cholesky(act)
+            if chol is None:  # lost definiteness to rounding: keep what was solved
+                break
+    return z[:k0] - z[k0:] if not nonneg else z
+
+
+class _GramColumns:
+    """Columns of ``AᵀA``, computed when first needed and kept (only the entries that enter the
+    active set need theirs), and the Cholesky factor of its block on a set of entries."""
+
+    def __init__(self, A: np.ndarray) -> None:
+        self.A = A
+        self.cols: dict[int, np.ndarray] = {}
+
+    def column(self, j: int) -> np.ndarray:
+        if j not in self.cols:
+            self.cols[j] = self.A.T @ self.A[:, j]
+        return self.cols[j]
+
+    def cholesky(self, act: list[int]) -> np.ndarray | None:
+        """Lower Cholesky factor of ``(AᵀA)[act, act]``; None if it is not positive definite."""
+        if not act:
+            return np.zeros((0, 0))
+        missing = [j for j in act if j not in self.cols]
+        if missing:
+            block = self.A.T @ self.A[:, missing]
+            for i, j in enumerate(missing):
+                self.cols[j] = block[:, i]
+        idx = np.asarray(act, dtype=np.int64)
+        G = np.stack([self.cols[j][idx] for j in act], axis=1)
+        try:
+            return np.linalg.cholesky(G)
+        except np.linalg.LinAlgError:
+            return None
