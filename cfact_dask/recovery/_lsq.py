@@ -39,6 +39,9 @@ _KKT_TOL = 1e-10
 #: steps with an unchanged support after which it is taken as found
 _PG_MAX_ITER = 2000
 _PG_STABLE = 30
+#: the active-set LASSO (:func:`lasso_active_set`) lets this many of the worst violators of
+#: the optimality conditions enter at once
+_AS_BATCH = 16
 #: rounds of support exchange (drop x_F ≤ 0, add KKT violators) before giving up
 _POLISH_ROUNDS = 10
 
@@ -302,19 +305,37 @@ def lasso_active_set(A: np.ndarray, y: np.ndarray, lam_w: np.ndarray, z0: np.nda
         if not solve_first:
             g = c - A.T @ (A[:, act] @ z[act]) if act else c.copy()
             g[act] = -np.inf
-            j = int(np.argmax(g))
-            if g[j] <= gtol:
+            # the worst violators enter together (each through the factor's new row; one
+            # gradient per batch instead of per entry); the inner loop drops what must leave
+            top = np.argsort(-g)[:_AS_BATCH]
+            top = top[g[top] > gtol]
+            if top.size == 0:
                 break
-            col = gram.column(j)
-            l_ = sla.solve_triangular(chol, col[act], lower=True, check_finite=False)
-            delta = float(col[j] - l_ @ l_)
-            if delta <= 1e-12 * max(float(col[j]), 1e-300):
-                break  # column j is in the span of the support (to rounding): nothing to gain
-            p = len(act)
-            grown = np.zeros((p + 1, p + 1))
-            grown[:p, :p], grown[p, :p], grown[p, p] = chol, l_, math.sqrt(delta)
-            chol = grown
-            act.append(j)
+            changed = False
+            for j in (int(t) for t in top):
+                col = gram.column(j)
+                l_ = sla.solve_triangular(chol, col[act], lower=True, check_finite=False)
+                delta = float(col[j] - l_ @ l_)
+                if delta <= 1e-12 * max(float(col[j]), 1e-300):
+                    # column j is in the span of the support (a support of d entries): only the
+                    # largest violator, from the restricted optimum, enters by an exchange
+                    if changed:
+                        continue
+                    swapped = _exchange(gram, chol, act, z, j, l_)
+                    if swapped is None:
+                        continue
+                    chol, act = swapped
+                    changed = True
+                    continue
+                p = len(act)
+                grown = np.zeros((p + 1, p + 1))
+                grown[:p, :p], grown[p, :p], grown[p, p] = chol, l_, math.sqrt(delta)
+                chol = grown
+                act.append(j)
+                z[j] = 0.0
+                changed = True
+            if not changed:
+                break  # every violator is in the span of the support: nothing to gain
         solve_first = False
         while steps < max_iter:
             steps += 1
@@ -336,10 +357,46 @@ def lasso_active_set(A: np.ndarray, y: np.ndarray, lam_w: np.ndarray, z0: np.nda
             z[:] = 0.0
             z[idx[~drop]] = zi[~drop]
             act = [int(i) for i in idx[~drop]]
-            chol = gram.cholesky(act)
+            chol = gram.cholesky_without(chol, idx, drop)
             if chol is None:  # lost definiteness to rounding: keep what was solved
                 break
     return z[:k0] - z[k0:] if not nonneg else z
+
+
+def _exchange(gram: _GramColumns, chol: np.ndarray, act: list[int], z: np.ndarray, j: int,
+              l_: np.ndarray) -> tuple[np.ndarray, list[int]] | None:
+    """Bring the dependent column ``j`` into the support ``act`` (at its restricted optimum
+    ``z``, updated in place): along ``u = e_j − G_PP⁻¹ G_Pj`` (``A u = 0``, so the objective
+    falls by ``g_j`` per unit) until a support entry reaches 0, which leaves. Returns the new
+    factor and support, or None when no entry blocks (no exchange)."""
+    w = sla.solve_triangular(chol.T, l_, lower=False, check_finite=False)
+    pos = w > 0
+    if not pos.any():
+        return None
+    idx = np.asarray(act, dtype=np.int64)
+    ratio = np.full(idx.size, np.inf)
+    ratio[pos] = z[idx[pos]] / w[pos]
+    b = int(np.argmin(ratio))
+    t = float(ratio[b])
+    moved = np.maximum(z[idx] - t * w, 0.0)
+    moved[b] = 0.0
+    drop = np.zeros(idx.size, dtype=bool)
+    drop[b] = True
+    chol = gram.cholesky_without(chol, idx, drop)
+    if chol is None:
+        return None
+    act = [int(i) for i in idx[~drop]]
+    col = gram.column(j)
+    l2 = sla.solve_triangular(chol, col[act], lower=True, check_finite=False)
+    delta = float(col[j] - l2 @ l2)
+    if delta <= 1e-12 * max(float(col[j]), 1e-300):
+        return None
+    p = len(act)
+    grown = np.zeros((p + 1, p + 1))
+    grown[:p, :p], grown[p, :p], grown[p, p] = chol, l2, math.sqrt(delta)
+    z[idx] = moved
+    z[j] = t
+    return grown, act + [j]
 
 
 class _GramColumns:
@@ -348,25 +405,57 @@ class _GramColumns:
 
     def __init__(self, A: np.ndarray) -> None:
         self.A = A
-        self.cols: dict[int, np.ndarray] = {}
+        self.slot = np.full(A.shape[1], -1, dtype=np.int64)
+        self.G = np.empty((A.shape[1], min(A.shape[1], 64)))
+        self.used = 0
+
+    def _add(self, js: list[int]) -> None:
+        need = self.used + len(js)
+        if need > self.G.shape[1]:
+            grown = np.empty((self.G.shape[0], max(need, 2 * self.G.shape[1])))
+            grown[:, : self.used] = self.G[:, : self.used]
+            self.G = grown
+        self.G[:, self.used : need] = self.A.T @ self.A[:, js]
+        self.slot[js] = np.arange(self.used, need)
+        self.used = need
 
     def column(self, j: int) -> np.ndarray:
-        if j not in self.cols:
-            self.cols[j] = self.A.T @ self.A[:, j]
-        return self.cols[j]
+        if self.slot[j] < 0:
+            self._add([j])
+        return self.G[:, self.slot[j]]
 
     def cholesky(self, act: list[int]) -> np.ndarray | None:
         """Lower Cholesky factor of ``(AᵀA)[act, act]``; None if it is not positive definite."""
         if not act:
             return np.zeros((0, 0))
-        missing = [j for j in act if j not in self.cols]
-        if missing:
-            block = self.A.T @ self.A[:, missing]
-            for i, j in enumerate(missing):
-                self.cols[j] = block[:, i]
         idx = np.asarray(act, dtype=np.int64)
-        G = np.stack([self.cols[j][idx] for j in act], axis=1)
+        missing = idx[self.slot[idx] < 0]
+        if missing.size:
+            self._add([int(j) for j in missing])
         try:
-            return np.linalg.cholesky(G)
+            return np.linalg.cholesky(self.G[np.ix_(idx, self.slot[idx])])
         except np.linalg.LinAlgError:
             return None
+
+    def cholesky_without(self, chol: np.ndarray, idx: np.ndarray,
+                         drop: np.ndarray) -> np.ndarray | None:
+        """The factor of ``(AᵀA)[idx, idx]`` (``chol``) with the entries ``drop`` removed: the
+        rows before the first removed one keep theirs; only the block after it is refactored
+        (its Schur complement), which is small when recent entries leave."""
+        i0 = int(np.argmax(drop))
+        keep = np.flatnonzero(~drop)
+        rest = keep[keep > i0]
+        out = np.zeros((keep.size, keep.size))
+        out[:i0, :i0] = chol[:i0, :i0]
+        if rest.size == 0:
+            return out
+        L21 = chol[np.ix_(rest, np.arange(i0))]
+        r = idx[rest]
+        S = self.G[np.ix_(r, self.slot[r])] - L21 @ L21.T
+        try:
+            L22 = np.linalg.cholesky(S)
+        except np.linalg.LinAlgError:
+            return None
+        out[i0:, :i0] = L21
+        out[i0:, i0:] = L22
+        return out
