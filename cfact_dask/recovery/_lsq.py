@@ -4,7 +4,8 @@ The debias refits each recovered column by least squares (nonnegative for ``nnla
 support, with the support's columns of ``P`` gathered (they are few: the support is sparse) and
 kept sparse: Cholesky of the normal equations, and for the NNLS an exact shortcut (a nonnegative
 least-squares solution is the NNLS solution) or a KKT-certified active set; scipy's ``nnls`` /
-numpy's ``lstsq`` where the solution may not be unique.
+numpy's ``lstsq`` where the solution may not be unique. The exact (nonnegative) LASSO of the
+working set's small dense problems (:func:`lasso_active_set`) is an active set of the same kind.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import math
 from typing import Any
 
 import numpy as np
+import scipy.linalg as sla
 import scipy.sparse as sp
 from dask import delayed
 
+from .._runtime.blas import blas_threads
 from ..sketching.operators import SketchOperator
 from ._blocks import Blocks, absmax, cols, matvec_block, tree_sum
 
-__all__ = ["debias_support", "nnls"]
+__all__ = ["debias_support", "lasso_active_set", "nnls"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,9 @@ _KKT_TOL = 1e-10
 #: steps with an unchanged support after which it is taken as found
 _PG_MAX_ITER = 2000
 _PG_STABLE = 30
+#: the active-set LASSO (:func:`lasso_active_set`) lets this many of the worst violators of
+#: the optimality conditions enter at once
+_AS_BATCH = 16
 #: rounds of support exchange (drop x_F ≤ 0, add KKT violators) before giving up
 _POLISH_ROUNDS = 10
 
@@ -205,17 +211,20 @@ def debias_support(
     vals = np.zeros((rows.size, r))
     done = np.zeros(r, dtype=bool)
     routes: list[str] = []
-    for j in range(r):
-        sel = np.flatnonzero(mask[:, j])
-        if sel.size >= d:
-            continue
-        done[j] = True
-        if sel.size == 0:
-            continue
-        A = P[:, sel]
-        coef, route = _nnls_support(A, Wt[:, j]) if nonneg else _lstsq_support(A, Wt[:, j])
-        routes.append(route)
-        vals[sel, j] = coef
+    # small dense solves on the client, latency-bound: a multithreaded BLAS only adds
+    # contention (measured ~20x slower Cholesky factorizations on a busy 2-core machine)
+    with blas_threads():
+        for j in range(r):
+            sel = np.flatnonzero(mask[:, j])
+            if sel.size >= d:
+                continue
+            done[j] = True
+            if sel.size == 0:
+                continue
+            A = P[:, sel]
+            coef, route = _nnls_support(A, Wt[:, j]) if nonneg else _lstsq_support(A, Wt[:, j])
+            routes.append(route)
+            vals[sel, j] = coef
     logger.debug("recover: debias solves by %s", routes)
     out = []
     for (a, b), x in zip(blocks.ranges, xs, strict=True):
@@ -240,3 +249,217 @@ def _set_rows(x: np.ndarray, rows: np.ndarray, vals: np.ndarray, done: np.ndarra
     if rows.size:
         x[np.ix_(rows, np.flatnonzero(done))] = vals[:, done]
     return x
+
+
+def lasso_active_set(A: np.ndarray, y: np.ndarray, lam_w: np.ndarray, z0: np.ndarray, nonneg: bool,
+                 max_iter: int | None = None) -> np.ndarray:
+    """The exact solution of a small dense problem min ½‖y − A z‖² + Σ lam_w |z| (z ≥ 0 if
+    nonneg), by an active set (Lawson & Hanson's NNLS [1]_ with the linear term ``Aᵀy − λw``;
+    a signed z is split as ``z⁺ − z⁻``), warm-started from the support of ``z0``.
+
+    The restricted problems of the working set are ill-conditioned (a support of a few hundred
+    columns in d rows), where first-order steps crawl: FISTA took its 20 000 iterations per
+    column at n = 131 072, d = 400 without reaching a 1e-12 relative change (minutes per outer
+    step). The active set takes one step per entry entering or leaving the support whatever the
+    conditioning, and ends at the solution (to rounding). Its Cholesky factor grows by one row
+    per entry (O(p²)) and is refactored only when entries leave; the Gram matrix is formed only
+    for the columns that enter (the working set may hold thousands of candidates).
+
+    Parameters
+    ----------
+    A : ndarray (d, k)
+        The candidate columns of ``P``.
+    y : ndarray (d,)
+    lam_w : ndarray (k,)
+        The penalty per entry (λ times the entry's weight), ≥ 0.
+    z0 : ndarray (k,)
+        Warm start; its support is the first active set.
+    nonneg : bool
+    max_iter : int, optional
+        Active-set steps at most (default 10 k).
+
+    Returns
+    -------
+    ndarray (k,)
+
+    References
+    ----------
+    .. [1] C. L. Lawson, R. J. Hanson. "Solving least squares problems". Prentice-Hall, 1974,
+       chapter 23 (the NNLS active set).
+    """
+    k0 = A.shape[1]
+    if k0 == 0:
+        return z0
+    if not nonneg:
+        A = np.hstack([A, -A])
+        lam_w = np.concatenate([lam_w, lam_w])
+        z0 = np.concatenate([np.maximum(z0, 0.0), np.maximum(-z0, 0.0)])
+    c = A.T @ y - lam_w
+    gram = _GramColumns(A)
+    z = np.maximum(np.asarray(z0, dtype=np.float64), 0.0)
+    act = [int(i) for i in np.flatnonzero(z > 0)]
+    chol = gram.cholesky(act)
+    if chol is None:  # a warm start on dependent columns: start from zero
+        z[:], act, chol = 0.0, [], gram.cholesky([])
+    gtol = 1e-12 * max(float(np.abs(c + lam_w).max()), float(np.abs(lam_w).max()), 1e-300)
+    max_iter = 10 * A.shape[1] if max_iter is None else int(max_iter)
+    steps = 0
+    solve_first = bool(act)  # the warm start's support is solved before anything enters
+    while steps < max_iter:
+        if not solve_first:
+            g = c - A.T @ (A[:, act] @ z[act]) if act else c.copy()
+            g[act] = -np.inf
+            # the worst violators enter together (each through the factor's new row; one
+            # gradient per batch instead of per entry); the inner loop drops what must leave
+            top = np.argsort(-g)[:_AS_BATCH]
+            top = top[g[top] > gtol]
+            if top.size == 0:
+                break
+            changed = False
+            for j in (int(t) for t in top):
+                col = gram.column(j)
+                l_ = sla.solve_triangular(chol, col[act], lower=True, check_finite=False)
+                delta = float(col[j] - l_ @ l_)
+                if delta <= 1e-12 * max(float(col[j]), 1e-300):
+                    # column j is in the span of the support (a support of d entries): only the
+                    # largest violator, from the restricted optimum, enters by an exchange
+                    if changed:
+                        continue
+                    swapped = _exchange(gram, chol, act, z, j, l_)
+                    if swapped is None:
+                        continue
+                    chol, act = swapped
+                    changed = True
+                    continue
+                p = len(act)
+                grown = np.zeros((p + 1, p + 1))
+                grown[:p, :p], grown[p, :p], grown[p, p] = chol, l_, math.sqrt(delta)
+                chol = grown
+                act.append(j)
+                z[j] = 0.0
+                changed = True
+            if not changed:
+                break  # every violator is in the span of the support: nothing to gain
+        solve_first = False
+        while steps < max_iter:
+            steps += 1
+            idx = np.asarray(act, dtype=np.int64)
+            s = sla.cho_solve((chol, True), c[idx], check_finite=False)
+            if np.all(s > 0):
+                z[:] = 0.0
+                z[idx] = s
+                break
+            # move towards s until the first entry reaches 0; drop it (and any other at 0)
+            zi = z[idx]
+            neg = s <= 0
+            ratio = np.full(idx.size, np.inf)
+            ratio[neg] = zi[neg] / (zi[neg] - s[neg])
+            b = int(np.argmin(ratio))
+            zi = zi + ratio[b] * (s - zi)
+            drop = neg & (zi <= 1e-15 * max(float(np.abs(zi).max()), 1e-300))
+            drop[b] = True
+            z[:] = 0.0
+            z[idx[~drop]] = zi[~drop]
+            act = [int(i) for i in idx[~drop]]
+            chol = gram.cholesky_without(chol, idx, drop)
+            if chol is None:  # lost definiteness to rounding: keep what was solved
+                break
+    return z[:k0] - z[k0:] if not nonneg else z
+
+
+def _exchange(gram: _GramColumns, chol: np.ndarray, act: list[int], z: np.ndarray, j: int,
+              l_: np.ndarray) -> tuple[np.ndarray, list[int]] | None:
+    """Bring the dependent column ``j`` into the support ``act`` (at its restricted optimum
+    ``z``, updated in place): along ``u = e_j − G_PP⁻¹ G_Pj`` (``A u = 0``, so the objective
+    falls by ``g_j`` per unit) until a support entry reaches 0, which leaves. Returns the new
+    factor and support, or None when no entry blocks (no exchange)."""
+    w = sla.solve_triangular(chol.T, l_, lower=False, check_finite=False)
+    pos = w > 0
+    if not pos.any():
+        return None
+    idx = np.asarray(act, dtype=np.int64)
+    ratio = np.full(idx.size, np.inf)
+    ratio[pos] = z[idx[pos]] / w[pos]
+    b = int(np.argmin(ratio))
+    t = float(ratio[b])
+    moved = np.maximum(z[idx] - t * w, 0.0)
+    moved[b] = 0.0
+    drop = np.zeros(idx.size, dtype=bool)
+    drop[b] = True
+    chol = gram.cholesky_without(chol, idx, drop)
+    if chol is None:
+        return None
+    act = [int(i) for i in idx[~drop]]
+    col = gram.column(j)
+    l2 = sla.solve_triangular(chol, col[act], lower=True, check_finite=False)
+    delta = float(col[j] - l2 @ l2)
+    if delta <= 1e-12 * max(float(col[j]), 1e-300):
+        return None
+    p = len(act)
+    grown = np.zeros((p + 1, p + 1))
+    grown[:p, :p], grown[p, :p], grown[p, p] = chol, l2, math.sqrt(delta)
+    z[idx] = moved
+    z[j] = t
+    return grown, act + [j]
+
+
+class _GramColumns:
+    """Columns of ``AᵀA``, computed when first needed and kept (only the entries that enter the
+    active set need theirs), and the Cholesky factor of its block on a set of entries."""
+
+    def __init__(self, A: np.ndarray) -> None:
+        self.A = A
+        self.slot = np.full(A.shape[1], -1, dtype=np.int64)
+        self.G = np.empty((A.shape[1], min(A.shape[1], 64)))
+        self.used = 0
+
+    def _add(self, js: list[int]) -> None:
+        need = self.used + len(js)
+        if need > self.G.shape[1]:
+            grown = np.empty((self.G.shape[0], max(need, 2 * self.G.shape[1])))
+            grown[:, : self.used] = self.G[:, : self.used]
+            self.G = grown
+        self.G[:, self.used : need] = self.A.T @ self.A[:, js]
+        self.slot[js] = np.arange(self.used, need)
+        self.used = need
+
+    def column(self, j: int) -> np.ndarray:
+        if self.slot[j] < 0:
+            self._add([j])
+        return self.G[:, self.slot[j]]
+
+    def cholesky(self, act: list[int]) -> np.ndarray | None:
+        """Lower Cholesky factor of ``(AᵀA)[act, act]``; None if it is not positive definite."""
+        if not act:
+            return np.zeros((0, 0))
+        idx = np.asarray(act, dtype=np.int64)
+        missing = idx[self.slot[idx] < 0]
+        if missing.size:
+            self._add([int(j) for j in missing])
+        try:
+            return np.linalg.cholesky(self.G[np.ix_(idx, self.slot[idx])])
+        except np.linalg.LinAlgError:
+            return None
+
+    def cholesky_without(self, chol: np.ndarray, idx: np.ndarray,
+                         drop: np.ndarray) -> np.ndarray | None:
+        """The factor of ``(AᵀA)[idx, idx]`` (``chol``) with the entries ``drop`` removed: the
+        rows before the first removed one keep theirs; only the block after it is refactored
+        (its Schur complement), which is small when recent entries leave."""
+        i0 = int(np.argmax(drop))
+        keep = np.flatnonzero(~drop)
+        rest = keep[keep > i0]
+        out = np.zeros((keep.size, keep.size))
+        out[:i0, :i0] = chol[:i0, :i0]
+        if rest.size == 0:
+            return out
+        L21 = chol[np.ix_(rest, np.arange(i0))]
+        r = idx[rest]
+        S = self.G[np.ix_(r, self.slot[r])] - L21 @ L21.T
+        try:
+            L22 = np.linalg.cholesky(S)
+        except np.linalg.LinAlgError:
+            return None
+        out[i0:, :i0] = L21
+        out[i0:, i0:] = L22
+        return out

@@ -270,3 +270,44 @@ def test_local_fista_regenerating_a_dense_operator_matches(monkeypatch):
         ref = cf.recover(Wt, op, "lasso", lam=0.02, chunks=128)
     _assert_same_recovery(fast, ref, exact=True)
     assert np.linalg.norm(fast.compute() - W) < 0.1 * np.linalg.norm(W)
+
+
+def _fista_reference(A, y, lam_w, nonneg, n_iter=20000):
+    """Restarted FISTA run long: the reference of the working set's small LASSO problems."""
+    step = 1.0 / np.linalg.eigvalsh(A.T @ A)[-1]
+    z = zp = np.zeros(A.shape[1])
+    t = 1.0
+    for _ in range(n_iter):
+        tn = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        v = z + (t - 1) / tn * (z - zp)
+        u = v - step * (A.T @ (A @ v - y))
+        th = step * lam_w
+        zn = np.maximum(u - th, 0) if nonneg else np.sign(u) * np.maximum(np.abs(u) - th, 0)
+        if (v - zn) @ (zn - z) > 0:
+            tn = 1.0
+        zp, z, t = z, zn, tn
+    return z
+
+
+@pytest.mark.parametrize("nonneg", [True, False])
+@pytest.mark.parametrize("shape", [(40, 25), (30, 120), (12, 90)])
+def test_active_set_lasso_is_the_lasso_solution(nonneg, shape):
+    """The working set's restricted problems (``lasso_active_set``): the exact minimiser, from
+    any warm start, also when the support fills all d rows (the exchange of a dependent
+    violator) — the objective of a long restarted FISTA, to rounding."""
+    rng = np.random.default_rng(sum(shape) + nonneg)
+    d, k = shape
+    A = rng.standard_normal((d, k))
+    y = 3 * rng.standard_normal(d)
+    lam_w = 0.05 * np.abs(rng.standard_normal(k))
+    ref = _fista_reference(A, y, lam_w, nonneg)
+
+    def objective(z):
+        r = y - A @ z
+        return 0.5 * r @ r + np.sum(lam_w * np.abs(z))
+
+    for z0 in (np.zeros(k), np.where(rng.random(k) < 0.3, rng.random(k), 0.0)):
+        z = L.lasso_active_set(A, y, lam_w, z0, nonneg)
+        if nonneg:
+            assert (z >= 0).all()
+        assert objective(z) <= objective(ref) * (1 + 1e-9) + 1e-12
