@@ -136,7 +136,8 @@ def main() -> None:
     client.close()
     client = Client(cluster)
     base = median(times["read pass"])
-    # the planner's prediction of the sketch pass's memory per worker, against the measured
+    # the planner's prediction of the sketch pass's memory per worker above the worker process
+    # itself (the plan's worker_peak includes the process, worker_base), against the measured
     # peak above the workers' idle RSS
     plans = {}
     for kind in cf.KINDS:
@@ -144,7 +145,7 @@ def main() -> None:
                                                               "kind": kind, "holdout": 0},
                          "factor": {"rank": 10}, "output": {"path": store + ".run"}}}
         p = cf.plan(job, n_workers=args.workers, threads_per_worker=1)
-        plans[f"cf.sketch {kind}"] = p.worker_peak["sketch"]
+        plans[f"cf.sketch {kind}"] = p.worker_peak["sketch"] - p.worker_base
     budget = 3 * (chunk_bytes + args.d * args.chunk_cols * 4)
     rows = []
     print(f"\nidle worker RSS {gib(idle)}")
