@@ -642,7 +642,7 @@ def test_a_task_whose_workers_keep_dying_stops_the_run_with_advice(store, tmp_pa
 
 
 # ------------------------------------------------------------------ memory that holds
-def _job(src, out, **recover):
+def _small_job(src, out, **recover):
     return {"cfact": {
         "input": {"path": src, "variable": "M"},
         "sketch": {"n_components": 60},
@@ -656,7 +656,7 @@ def test_planner_counts_the_worker_process_itself(store):
     """Every stage's per-worker peak includes the worker process (interpreter + libraries)."""
     from cfact_dask.pipeline._plan import _WORKER_BASE_BYTES
 
-    p = cf.plan(_job(store, "unused.zarr"), n_workers=2, threads_per_worker=1,
+    p = cf.plan(_small_job(store, "unused.zarr"), n_workers=2, threads_per_worker=1,
                 memory_limit=2**30)
     assert p.worker_base == _WORKER_BASE_BYTES > 100 * 2**20
     assert all(v > _WORKER_BASE_BYTES for v in p.worker_peak.values())
@@ -667,7 +667,7 @@ def test_run_on_workers_too_small_for_the_plan_is_refused_before_compute(store, 
     out = tmp_path / "run.zarr"
     with process_cluster(1, memory_limit="150MiB") as client:
         with pytest.raises(cf.errors.InsufficientMemoryError) as e:
-            cf.run_job(_job(store, str(out)), client=client)
+            cf.run_job(_small_job(store, str(out)), client=client)
         assert client.run(lambda: 1)  # nothing was lost on the way
     msg = str(e.value)
     assert "per worker" in msg and "150" in msg and "memory-check" in msg
@@ -679,7 +679,7 @@ def test_memory_check_warn_and_off_do_not_refuse(store, caplog):
 
     from cfact_dask.pipeline._plan import check_memory
 
-    p = cf.plan(_job(store, "unused.zarr"), n_workers=1, threads_per_worker=1,
+    p = cf.plan(_small_job(store, "unused.zarr"), n_workers=1, threads_per_worker=1,
                 memory_limit=150 * 2**20)
     with pytest.raises(cf.errors.InsufficientMemoryError):
         check_memory(p, mode="refuse")
@@ -687,7 +687,7 @@ def test_memory_check_warn_and_off_do_not_refuse(store, caplog):
         check_memory(p, mode="warn")
     assert any("per worker" in r.getMessage() for r in caplog.records)
     check_memory(p, mode="off")
-    big = cf.plan(_job(store, "unused.zarr"), n_workers=1, threads_per_worker=1,
+    big = cf.plan(_small_job(store, "unused.zarr"), n_workers=1, threads_per_worker=1,
                   memory_limit=4 * 2**30)
     check_memory(big, mode="refuse")  # fits: nothing said
 
@@ -696,12 +696,12 @@ def test_memory_check_setting_is_validated(store, tmp_path):
     with process_cluster(1, memory_limit="150MiB") as client, \
             dask.config.set({"cfact.run.memory-check": "sometimes"}), \
             pytest.raises(cf.ConfigError, match="memory-check"):
-        cf.run_job(_job(store, str(tmp_path / "r.zarr")), client=client)
+        cf.run_job(_small_job(store, str(tmp_path / "r.zarr")), client=client)
 
 
 def test_cli_run_refuses_too_small_workers_in_one_paragraph(store, tmp_path):
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump(_job(store, str(tmp_path / "run.zarr"))))
+    job.write_text(yaml.safe_dump(_small_job(store, str(tmp_path / "run.zarr"))))
     env = {**ENV, "DASK_CFACT__CLUSTER__EMBEDDED": "always",
            "DASK_CFACT__CLUSTER__MEMORY_LIMIT": "150MiB", "DASK_CFACT__CLUSTER__N_WORKERS": "1"}
     r = subprocess.run([sys.executable, "-m", "cfact_dask.cli", "run", str(job), "--quiet"],
@@ -811,7 +811,7 @@ def big_chunks(tmp_path_factory):
 
 
 def _adapt_job(src, out):
-    job = _job(src, out)
+    job = _small_job(src, out)
     job["cfact"]["factor"]["max_iter"] = 20
     return job
 
@@ -857,5 +857,5 @@ def test_memory_check_adapt_refuses_when_no_block_fits(store, tmp_path):
     with process_cluster(1, memory_limit="150MiB") as client, \
             dask.config.set({"cfact.run.memory-check": "adapt"}), \
             pytest.raises(cf.errors.InsufficientMemoryError, match="per worker"):
-        cf.run_job(_job(store, str(tmp_path / "r.zarr")), client=client)
+        cf.run_job(_small_job(store, str(tmp_path / "r.zarr")), client=client)
     assert not (tmp_path / "r.zarr").exists()
