@@ -293,6 +293,27 @@ def detach(x: Any, client: Any, what: str = "the result") -> Any:
     return da.from_array(value, chunks=x.chunks)
 
 
+def _run_lazy(collections: tuple[Any, ...], on_client: Any, local: Any,
+              progress: bool | None, desc: str, client: Any, scheduler: Any) -> list[Any]:
+    """Run the dask collections among ``collections`` with ``on_client(todo)`` (distributed) or
+    ``local(*todo, **kw)`` (dask's scheduler, ``scheduler=`` if given, a bar with ``progress``);
+    the other values pass through, in place."""
+    if progress is None:
+        progress = bool(config.get("progress", True))
+    lazy = [dask.is_dask_collection(x) for x in collections]
+    if not any(lazy):
+        return list(collections)
+    todo = [x for x, f in zip(collections, lazy, strict=True) if f]
+    if client is not None:
+        done = on_client(todo, progress)
+    else:
+        kw = {"scheduler": scheduler} if scheduler is not None else {}
+        with local_progress(desc) if progress else contextlib.nullcontext():
+            done = local(*todo, **kw)
+    it = iter(done)
+    return [next(it) if f else x for x, f in zip(collections, lazy, strict=True)]
+
+
 def compute(
     *collections: Any, client: Any = None, progress: bool | None = None, desc: str = "",
     scheduler: Any = None,
@@ -304,26 +325,13 @@ def compute(
     current scheduler is used, or ``scheduler`` (e.g. a local thread pool for small in-process
     work). ``progress`` shows a bar for long passes (``None``: ``cfact.progress``).
     """
-    if progress is None:
-        progress = bool(config.get("progress", True))
-    lazy = [dask.is_dask_collection(x) for x in collections]
-    if not any(lazy):
-        return list(collections)
-    todo = [x for x, f in zip(collections, lazy, strict=True) if f]
-    if client is not None:
+    def on_client(todo: list[Any], show: bool) -> Any:
         futures = client.compute(todo)
-        if progress:
+        if show:
             show_progress(futures, client, desc)
-        done = client.gather(futures)
-    else:
-        kw = {"scheduler": scheduler} if scheduler is not None else {}
-        if progress:
-            with local_progress(desc):
-                done = dask.compute(*todo, **kw)
-        else:
-            done = dask.compute(*todo, **kw)
-    it = iter(done)
-    return [next(it) if f else x for x, f in zip(collections, lazy, strict=True)]
+        return client.gather(futures)
+
+    return _run_lazy(collections, on_client, dask.compute, progress, desc, client, scheduler)
 
 
 def persist(
@@ -336,15 +344,9 @@ def persist(
     as futures-backed collections; ``wait`` blocks until they are in memory and raises the first
     task error (a persisted pass that failed must fail here, not at a later use).
     """
-    if progress is None:
-        progress = bool(config.get("progress", True))
-    lazy = [dask.is_dask_collection(x) for x in collections]
-    if not any(lazy):
-        return list(collections)
-    todo = [x for x, f in zip(collections, lazy, strict=True) if f]
-    if client is not None:
+    def on_client(todo: list[Any], show: bool) -> Any:
         done = client.persist(todo)
-        if progress:
+        if show:
             show_progress(done, client, desc)
         if wait:
             from distributed import futures_of
@@ -354,12 +356,6 @@ def persist(
             for fut in futures_of(done):
                 if fut.status == "error":
                     fut.result()  # raises the task's exception
-    else:
-        kw = {"scheduler": scheduler} if scheduler is not None else {}
-        if progress:
-            with local_progress(desc):
-                done = list(dask.persist(*todo, **kw))
-        else:
-            done = list(dask.persist(*todo, **kw))
-    it = iter(done)
-    return [next(it) if f else x for x, f in zip(collections, lazy, strict=True)]
+        return done
+
+    return _run_lazy(collections, on_client, dask.persist, progress, desc, client, scheduler)
