@@ -34,7 +34,8 @@ from ._runtime.codecs import xarray_encoding
 from ._runtime.display import SKIP, fmt_value, summary_html, summary_repr
 from .errors import InputError, StoreExistsError, StoreNotFoundError
 
-__all__ = ["ReconstructionStats", "is_complete", "open_reconstruction", "reconstruct"]
+__all__ = ["ReconstructionStats", "is_complete", "open_reconstruction", "product", "reconstruct",
+           "write_reconstruction"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,9 @@ def _block_stats(X: np.ndarray, R: np.ndarray) -> np.ndarray:
     X = np.asarray(X)
     D = np.subtract(X, R, dtype=np.float64)
     ssd = float(np.vdot(D, D))
-    # blocks are matrices; einsum accumulates float32 input in float64 without a full copy
-    ssx = float(np.einsum("ij,ij->", X, X, dtype=np.float64))
+    # einsum accumulates float32 input in float64 without a full copy (any number of dims)
+    ix = "abcdefghij"[:X.ndim]
+    ssx = float(np.einsum(f"{ix},{ix}->", X, X, dtype=np.float64))
     mx = float(np.abs(D, out=D).max()) if D.size else 0.0
     return np.array([ssd, ssx, mx]).reshape((1,) * X.ndim + (3,))
 
@@ -206,16 +208,31 @@ def reconstruct(
     .. [1] V. Sharan, K. S. Tai, P. Bailis, G. Valiant. "Compressed factorization". ICML 2019,
        arXiv:1706.08146.
     """
-    import xarray as xr
-    import zarr
 
     from .io import InputArray, open_array
 
     store = os.fspath(target)
     inp = like if isinstance(like, InputArray) else open_array(like)
+    R = product(W, H, inp, dtype=dtype)
+    return write_reconstruction(
+        R, store, inp, compare_to, overwrite=overwrite, group=group, name=name, client=client,
+        progress=progress, upstream=upstream, rank=int(_factor(W, "W").shape[1]),
+        inputs=[W, H])
+
+
+def product(W: Any, H: Any, like: Any, *, dtype: Any = None) -> da.Array:
+    """``W H`` as a lazy dask array in ``like``'s axis order, on ``like``'s chunk grid made
+    Zarr-compatible: one task per output chunk from its rows of ``W`` and columns of ``H``.
+
+    ``W`` is features × r, ``H`` r × samples (a Recovery or xarray objects are taken too);
+    ``like`` is anything :func:`~cfact_dask.open_array` takes (a matrix).
+    """
+    from .io import InputArray, open_array
+
+    inp = like if isinstance(like, InputArray) else open_array(like)
     if inp.ndim != 2:
         raise InputError(
-            f"reconstruct writes a matrix W H; like={inp.source} has shape {inp.shape}"
+            f"W H is a matrix; like={inp.source} has shape {inp.shape}"
         )
     Wd, Hd = _factor(W, "W"), _factor(H, "H")
     fa = inp.feature_axis
@@ -228,28 +245,8 @@ def reconstruct(
     if dtype is None:
         dtype = inp.dtype if inp.dtype.kind == "f" else np.dtype(np.float64)
     dtype = np.dtype(dtype)
-    from ._runtime.outputs import prepare_group, prepare_store
-
-    ins = [inp, W, H] + ([compare_to] if compare_to is not None else [])
-    if group is None:
-        tgt = prepare_store(store, overwrite=overwrite, inputs=ins, what="reconstruction output")
-    else:
-        tgt = prepare_group(store, group, overwrite=overwrite, inputs=ins,
-                            what="reconstruction output")
-    store = tgt.store
-    if group is None and not tgt.remote:
-        parent = os.path.dirname(os.path.abspath(store)) or "."
-        for e in os.scandir(parent):  # temporaries of an interrupted write of this target
-            if e.name.startswith(os.path.basename(store) + _TMP_TAG) and e.is_dir():
-                _cleanup(e.path)
-
     # the output grid: the input's chunks, made Zarr-compatible (regular) without moving data
-    grid = inp.chunks
-    zchunks = tuple(_zarr_chunk(c) for c in grid)
-    out_chunks = tuple(
-        c if _regular(c) else da.core.normalize_chunks((z,), (sum(c),))[0]
-        for c, z in zip(grid, zchunks, strict=True)
-    )
+    out_chunks = _out_chunks(inp.chunks)
     f_chunks, s_chunks = out_chunks[fa], out_chunks[1 - fa]
     Wd = Wd.rechunk((f_chunks, Wd.shape[1]))
     Hd = Hd.rechunk((Hd.shape[0], s_chunks))
@@ -269,6 +266,90 @@ def reconstruct(
         dtype=dtype,
         meta=np.empty((0, 0), dtype),
     )
+    return R
+
+
+def _out_chunks(grid: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
+    """The input's chunk grid made Zarr-compatible (regular) without moving data."""
+    return tuple(c if _regular(c) else da.core.normalize_chunks((_zarr_chunk(c),), (sum(c),))[0]
+                 for c in grid)
+
+
+def write_reconstruction(
+    R: Any,
+    target: str | os.PathLike,
+    like: Any,
+    compare_to: Any = None,
+    *,
+    overwrite: bool = False,
+    group: str | None = None,
+    name: str = "reconstruction",
+    client: Any = None,
+    progress: bool | None = None,
+    upstream: Any = None,
+    rank: int | None = None,
+    inputs: Any = (),
+) -> ReconstructionStats:
+    """Stream a lazy reconstruction ``R`` (a dask array of ``like``'s shape, in ``like``'s axis
+    order) into Zarr on ``like``'s chunk grid, with error statistics against ``compare_to`` from
+    the same pass.
+
+    This is what :func:`reconstruct` does after building ``R = W H``; methods whose model is not
+    a product of two factors (CP's N-way sum of outer products, MESSI's per-row subspaces, the ℓp
+    projection ``A V Vᵀ``) build their own ``R`` blockwise and write it here. ``R`` should be
+    built from ``compare_to``'s own chunks where it reads the input, so the write and the
+    statistics share one read of it. Any number of dimensions.
+
+    Parameters
+    ----------
+    R : dask.array.Array
+        The reconstruction, same shape as ``like`` (feature axis where ``like`` has it).
+    target, like, compare_to, overwrite, group, name, client, progress
+        As for :func:`reconstruct`.
+    upstream : dict, optional
+        Group ids this reconstruction was computed from (recorded; see the output policy).
+    rank : int, optional
+        Recorded in the group's attributes.
+    inputs : sequence, optional
+        Further stores the output must not touch (the factors' stores), beside ``like`` and
+        ``compare_to``.
+
+    Returns
+    -------
+    ReconstructionStats
+    """
+    import xarray as xr
+    import zarr
+
+    from .io import InputArray, open_array
+
+    store = os.fspath(target)
+    inp = like if isinstance(like, InputArray) else open_array(like)
+    fa = inp.feature_axis
+    if not isinstance(R, da.Array):
+        R = da.from_array(np.asarray(R))
+    if tuple(R.shape) != tuple(inp.shape):
+        raise InputError(
+            f"the reconstruction has shape {tuple(R.shape)}, like={inp.source} {tuple(inp.shape)}"
+        )
+    from ._runtime.outputs import prepare_group, prepare_store
+
+    ins = [inp, *inputs] + ([compare_to] if compare_to is not None else [])
+    if group is None:
+        tgt = prepare_store(store, overwrite=overwrite, inputs=ins, what="reconstruction output")
+    else:
+        tgt = prepare_group(store, group, overwrite=overwrite, inputs=ins,
+                            what="reconstruction output")
+    store = tgt.store
+    if group is None and not tgt.remote:
+        parent = os.path.dirname(os.path.abspath(store)) or "."
+        for e in os.scandir(parent):  # temporaries of an interrupted write of this target
+            if e.name.startswith(os.path.basename(store) + _TMP_TAG) and e.is_dir():
+                _cleanup(e.path)
+    out_chunks = _out_chunks(inp.chunks)
+    zchunks = tuple(int(c[0]) for c in out_chunks)
+    if R.chunks != out_chunks and compare_to is None:
+        R = R.rechunk(out_chunks)
 
     stats_arr = None
     if compare_to is not None:
@@ -283,24 +364,27 @@ def reconstruct(
         if X.chunks != R.chunks:
             # only when the grids differ (irregular input); R is generated, so follow X's grid
             R = R.rechunk(X.chunks)
+        ix = "abcdefghij"[:R.ndim]
         stats_arr = da.blockwise(
             _block_stats,
-            "ijk",
+            ix + "z",
             X,
-            "ij",
+            ix,
             R,
-            "ij",
-            new_axes={"k": 3},
+            ix,
+            new_axes={"z": 3},
             dtype=np.float64,
-            meta=np.empty((0, 0, 0)),
+            meta=np.empty((0,) * (R.ndim + 1)),
         )
         if R.chunks != out_chunks:
             R = R.rechunk(out_chunks)
 
     if inp.dims is not None:
         dims = tuple(inp.dims)
-    else:
+    elif R.ndim == 2:
         dims = ("feature", "sample") if fa == 0 else ("sample", "feature")
+    else:
+        dims = tuple(f"mode_{i}" for i in range(R.ndim))
     coords: dict[str, Any] = {k: v for k, v in inp.coords.items() if k in dims}
     # non-index coordinates (``batch`` along ``cell``) and the input's attributes come along
     coords.update({k: (d, v) for k, (d, v) in getattr(inp, "aux_coords", {}).items()
@@ -341,7 +425,7 @@ def reconstruct(
         "complete": False,
         "shape": list(R.shape),
         "feature_axis": fa,
-        "rank": int(Wd.shape[1]),
+        "rank": None if rank is None else int(rank),
     }
     ds.attrs = {"cfact": attrs, INCOMPLETE_ATTR: INCOMPLETE_TEXT}
     try:

@@ -50,7 +50,35 @@ class RecoveryMethodChoice(click.Choice):
         pass
 
 
+def _fmt_generic(report: dict[str, Any]) -> str:
+    """The report of a method of the generic pipeline (svd, sparse-pca, cp, dgd-local, lp,
+    messi): its factor line, its certificate's verdict, the reconstruction's error."""
+    fac, cert = report.get("factor") or {}, report.get("certificate") or {}
+    recon = report.get("reconstruction") or {}
+    est = cert.get("estimated_relative_error")
+    it = f", {fac['n_iter']} iterations" if fac.get("n_iter") else ""
+    lines = [
+        f"input      {report['input']}  shape {tuple(report['shape'])}",
+        f"factor     {fac.get('method')}, rank {report['rank']}{it}",
+        f"error      estimated relative error {'n/a' if est is None else f'{est:.4f}'}"
+        f"{' (' + cert['basis'] + ')' if cert.get('basis') else ''}",
+    ]
+    if not cert.get("ok", True):
+        lines.append("           [certificate: NOT OK] " + "; ".join(cert.get("messages") or []))
+        if cert.get("fix"):
+            lines.append(f"           fix: {cert['fix']}")
+    if recon:
+        lines.append(f"reconstruct relative error {recon['relative_error']:.4f} -> {recon['path']}")
+    sec = report.get("seconds", {})
+    lines.append("seconds    " + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()))
+    if report.get("out"):
+        lines.append(f"output     {report['out']}")
+    return "\n".join(lines)
+
+
 def _fmt_report(report: dict[str, Any]) -> str:
+    if "certificate" in report:
+        return _fmt_generic(report)
     rec = report.get("recover") or {}
     recon = report.get("reconstruction") or {}
     sec = report.get("seconds", {})
@@ -91,10 +119,13 @@ def _write_plots(result: Any, plots: str | None) -> list[str]:
 
     os.makedirs(plots, exist_ok=True)  # checked by _check_plots before the run
     out = []
-    hist = list(result.factors.history)
-    path = os.path.join(plots, "convergence.png")
-    P.plot_convergence({"relative error (sketch)": hist}, ylabel="relative error", path=path)
-    out.append(path)
+    hist = list(getattr(result.factors, "history", None) or [])
+    if hist:
+        generic = "certificate" in (result.report or {})
+        label = "relative error" if generic else "relative error (sketch)"
+        path = os.path.join(plots, "convergence.png")
+        P.plot_convergence({label: hist}, ylabel="relative error", path=path)
+        out.append(path)
     if result.W is not None and result.W.shape[0] <= 2_000_000:
         path = os.path.join(plots, "factors.png")
         P.plot_factor_heatmap(np.asarray(result.W.compute()), path=path)

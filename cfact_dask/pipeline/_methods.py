@@ -21,9 +21,9 @@ from typing import Any
 from .._runtime.registry import Registry
 from ..errors import ConfigError
 
-__all__ = ["COMMON_OPTIONS", "FACTORIZATIONS", "REQUIRED", "Factorization", "Option",
-           "cli_runners", "get", "job_methods", "job_options", "pipeline_defaults",
-           "pipeline_methods", "validate_options"]
+__all__ = ["COMMON_OPTIONS", "FACTORIZATIONS", "ITERATIVE_OPTIONS", "REQUIRED", "Factorization",
+           "Option", "cli_runners", "get", "job_methods", "job_options", "method_options",
+           "pipeline_defaults", "pipeline_methods", "validate_options"]
 
 
 class _Required:
@@ -77,6 +77,16 @@ class Factorization:
         ``validate(options, source)`` raising :class:`ConfigError` for a bad job section.
     summary : str
         One line for help texts.
+    stages : MethodStages or str, optional
+        The method's stages in the resumable pipeline of every other method
+        (:func:`~cfact_dask.pipeline.run_method`), or ``"module:attribute"`` naming them.
+        NMF / semi-NMF (``pipeline=True``) run Factorize-Recover instead.
+    sketch : bool
+        The job's ``sketch`` section applies to this method (otherwise giving one is refused).
+    recover : bool
+        The job's ``recover`` section applies to this method (otherwise giving one is refused).
+    iterative : bool
+        The method iterates: it takes ``max_iter``, ``tol`` and ``checkpoint_every``.
     """
 
     name: str
@@ -87,6 +97,10 @@ class Factorization:
     cli: Runner | str | None = None
     validate: Callable[[Mapping[str, Any], str], None] | None = None
     summary: str = ""
+    stages: Any = None
+    sketch: bool = False
+    recover: bool = False
+    iterative: bool = True
 
     def runner(self) -> Runner:
         """The ``cfact factor`` runner (imported when it is named by a string)."""
@@ -107,13 +121,18 @@ _NMF_OPTIONS: dict[str, Option] = {
 }
 
 FACTORIZATIONS.register("nmf", Factorization(
-    "nmf", _NMF_OPTIONS, pipeline=True, cli="cfact_dask.cli.factor:run_nmf",
-    summary="compressed NMF (ALS / HALS) on the sketch"))
+    "nmf", _NMF_OPTIONS, pipeline=True, sketch=True, recover=True,
+    cli="cfact_dask.cli.factor:run_nmf", summary="compressed NMF (ALS / HALS) on the sketch"))
 FACTORIZATIONS.register("semi-nmf", Factorization(
-    "semi-nmf", _NMF_OPTIONS, pipeline=True, semi=True,
+    "semi-nmf", _NMF_OPTIONS, pipeline=True, semi=True, sketch=True, recover=True,
     summary="semi-NMF (W signed, H >= 0) on a signed sketch"))
 FACTORIZATIONS.register("svd", Factorization(
-    "svd", cli="cfact_dask.cli.factor:run_svd", summary="randomized truncated SVD"))
+    "svd", {"passes": ((int,), 1), "oversample": ((int, type(None)), None),
+            "co_range": ((int, type(None)), None), "kind": ((str,), "gaussian"),
+            "n_test": ((int,), 16), "warn_above": ((float, int), 0.25)},
+    iterative=False, stages="cfact_dask.pipeline._svd:STAGES",
+    validate=lambda o, src: _svd_check(o, src),
+    cli="cfact_dask.cli.factor:run_svd", summary="randomized truncated SVD (one pass)"))
 FACTORIZATIONS.register("sparse-pca", Factorization(
     "sparse-pca", cli="cfact_dask.cli.factor:run_sparse_pca", summary="sparse PCA"))
 FACTORIZATIONS.register("dgd-local", Factorization(
@@ -123,6 +142,18 @@ FACTORIZATIONS.register("dgd-local", Factorization(
 FACTORIZATIONS.register("cp", Factorization(
     "cp", job=False, cli="cfact_dask.cli.factor:run_cp", summary="CP of a tensor"))
 
+
+def _svd_check(o: Mapping[str, Any], source: str) -> None:
+    if o["passes"] not in (1, 2):
+        raise ConfigError(f"{source}: 'cfact.factor.passes' must be 1 or 2, got {o['passes']!r}")
+    from ..sketching.operators import SKETCH_KINDS
+
+    if o["kind"] not in SKETCH_KINDS:
+        raise ConfigError(f"{source}: 'cfact.factor.kind' is {o['kind']!r}; choose one of "
+                          f"{list(SKETCH_KINDS.names())}")
+    if o["n_test"] < 0 or float(o["warn_above"]) <= 0:
+        raise ConfigError(f"{source}: 'cfact.factor.n_test' must be >= 0 and "
+                          f"'cfact.factor.warn_above' > 0")
 
 def get(name: str) -> Factorization:
     """The entry of ``name`` (:class:`ConfigError` naming the choices if there is none)."""
@@ -137,6 +168,21 @@ def job_methods() -> tuple[str, ...]:
 def pipeline_methods() -> tuple[str, ...]:
     """The methods :func:`~cfact_dask.factorize_recover` runs."""
     return tuple(n for n, f in FACTORIZATIONS.items() if f.pipeline)
+
+
+#: the options of :data:`COMMON_OPTIONS` that only iterative methods take
+ITERATIVE_OPTIONS = ("max_iter", "tol", "checkpoint_every")
+
+
+def method_options(name: str) -> dict[str, Option]:
+    """The keys a job's ``factor`` section takes when ``method`` is ``name``: the common ones
+    (the iteration controls only for iterative methods) and the method's own, which may set
+    their own defaults."""
+    spec = FACTORIZATIONS.get(name)
+    out = {k: o for k, o in COMMON_OPTIONS.items()
+           if spec.iterative or k not in ITERATIVE_OPTIONS}
+    out.update(spec.options)
+    return out
 
 
 def job_options() -> dict[str, Option]:

@@ -23,12 +23,11 @@ References
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +35,6 @@ import dask
 import numpy as np
 
 from .._runtime import storage
-from .._runtime import workers as _workers
 from .._runtime.cluster import client_context, persist, use_client
 from .._runtime.display import SKIP, fmt_value, summary_html, summary_repr
 from .._runtime.jsonattrs import to_json
@@ -44,20 +42,18 @@ from .._runtime.labels import Labels
 from .._runtime.random import normalize_seed
 from .._version import __version__
 from ..errors import (
-    CfactError,
     ConfigError,
     InputError,
     RecoveryWarning,
-    ResumeError,
-    StoreExistsError,
 )
 from ..io import InputArray, open_array
 from ..sketching._sketch import Sketch, sketch, sketch_with
 from ..sketching.operators import make_operator
 from . import _methods
+from ._runstore import RunStore, run_stage
 from .job import defaults as stage_defaults
 
-__all__ = ["RunResult", "factorize_recover", "run_job"]
+__all__ = ["RunResult", "RunStore", "factorize_recover", "run_job", "run_stage"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +67,15 @@ class RunResult:
 
     Attributes
     ----------
-    W : dask.array.Array
-        The recovered n × r factor (chunked along the features).
-    H : numpy or dask array
+    W : dask.array.Array or None
+        The recovered n × r factor (chunked along the features); for other methods a two-factor
+        view where the model has one (SVD: ``U diag(s)``), else None.
+    H : numpy or dask array or None
         The r × m factor.
-    sketch : Sketch
-    factors : NMFResult
-    recovery : Recovery
+    sketch : Sketch or None
+        The sketch (Factorize-Recover only).
+    factors : NMFResult or the method's result
+    recovery : Recovery or None
     reconstruction : ReconstructionStats or None
     report : dict
         Errors, certificate, timings per stage, compression; also stored in the run's attrs.
@@ -87,7 +85,7 @@ class RunResult:
 
     W: Any
     H: Any
-    sketch: Sketch
+    sketch: Sketch | None
     factors: Any
     recovery: Any
     reconstruction: Any = None
@@ -115,6 +113,21 @@ class RunResult:
 
     def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
         r = self.report or {}
+        if "certificate" in r:  # a method of the generic pipeline (pipeline._generic)
+            fac, cert = r.get("factor") or {}, r.get("certificate") or {}
+            recon = r.get("reconstruction") or {}
+            rows: list[tuple[str, Any]] = [
+                ("input", f"{r.get('input', SKIP)}, shape {fmt_value(tuple(r.get('shape', ())))}"),
+                ("factor", f"{fac.get('method')}, rank {r.get('rank')}"
+                           + (f", {fac['n_iter']} iterations" if fac.get("n_iter") else "")),
+                ("estimated relative error", cert.get("estimated_relative_error")),
+                ("certificate", "ok" if cert.get("ok", True) else
+                 "NOT OK: " + "; ".join(cert.get("messages") or [])),
+            ]
+            if recon:
+                rows.append(("reconstruction relative error", recon.get("relative_error")))
+            rows.append(("store", self.out if self.out else SKIP))
+            return "cfact RunResult", rows
         sk, fac, rec = r.get("sketch") or {}, r.get("factor") or {}, r.get("recover") or {}
         recon = r.get("reconstruction") or {}
         rows: list[tuple[str, Any]] = [
@@ -166,201 +179,6 @@ def _merge(defaults: Mapping[str, Any], given: Any, name: str) -> dict[str, Any]
     return out
 
 
-# ---------------------------------------------------------------------------- run store
-class _RunStore:
-    """The run's Zarr store: checked by the output-safety policy before any compute.
-
-    A finished run store is replaced only with ``overwrite``; one left incomplete by an
-    interrupted run is replaced by a plain rerun, or continued with ``resume`` (refused when the
-    parameters or the input's content changed, unless ``resume="force"``).
-    """
-
-    def __init__(self, path: str | None, params: dict[str, Any], resume: bool | str,
-                 overwrite: bool, inputs: tuple[Any, ...] = (),
-                 fingerprint: dict[str, Any] | None = None,
-                 storage_options: Mapping[str, Any] | None = None):
-        from .._runtime.fingerprints import compare
-        from .._runtime.outputs import clear_store, prepare_store, store_path, sweep_temporaries
-
-        self.path = None if path is None else store_path(path)
-        self.options = dict(storage_options or {})
-        self.params = params
-        self.stages: list[str] = []
-        self.meta: dict[str, Any] = {}
-        self.options = dict(storage_options or {})
-        if self.path is None:
-            return
-        import zarr
-
-        if resume not in (True, False, "force"):
-            raise ConfigError(f"resume must be True, False or 'force', got {resume!r}")
-        target = prepare_store(path, overwrite=overwrite, inputs=inputs, what="run store",
-                               flag="overwrite=True (--overwrite)", allow_complete=bool(resume),
-                               storage_options=self.options)
-        meta = target.meta
-        if (not resume and not overwrite and target.state == "incomplete"
-                and meta.get("type") == "run" and meta.get("params") == params
-                and compare(meta.get("input_fingerprint"), fingerprint) is None):
-            # a plain rerun of an interrupted run with the same parameters and unchanged input:
-            # continue it (its completed stages are exactly what this run would compute)
-            logger.warning("continuing the interrupted run in %s from its completed stages %s "
-                           "(pass overwrite=True / --overwrite to start afresh)",
-                           self.path, meta.get("stages", []))
-            resume = True
-        if resume and target.state != "absent":
-            if meta.get("type") != "run":
-                if not overwrite:
-                    raise StoreExistsError(
-                        f"{self.path!r} is a cfact {meta.get('type')!r} store, not a run store, so "
-                        f"there is nothing to resume; choose another output, or pass "
-                        f"overwrite=True (--overwrite) to replace it"
-                    )
-            else:
-                if meta.get("params") != params:
-                    saved = meta.get("params", {})
-                    diff = sorted(k for k in set(saved) | set(params)
-                                  if saved.get(k) != params.get(k))
-                    detail = "; ".join(f"{k}: {saved.get(k)!r} -> {params.get(k)!r}"
-                                       for k in diff)
-                    raise ResumeError(
-                        f"cannot resume {self.path!r}: it was started with different parameters "
-                        f"({detail}); rerun with the original parameters, or pass overwrite "
-                        f"(--overwrite) to start afresh"
-                    )
-                changed = compare(meta.get("input_fingerprint"), fingerprint)
-                if changed and resume != "force":
-                    raise ResumeError(
-                        f"cannot resume {self.path!r}: the input changed since the run started "
-                        f"({changed}); its completed stages were computed from the old data. "
-                        f"Start afresh with overwrite (--overwrite), or, if the change is known "
-                        f"to be harmless, force the resume with resume='force' (--force-resume)"
-                    )
-                if changed:
-                    logger.warning("resuming %s over a changed input (%s), as forced",
-                                   self.path, changed)
-                sweep_temporaries(self.path)
-                self.stages = list(meta.get("stages", []))
-                self.meta = meta
-                if fingerprint is not None and changed:
-                    self.meta["input_fingerprint"] = fingerprint
-                logger.info("resuming %s after stages %s", self.path, self.stages or "none")
-                return
-        if target.state == "incomplete" and not overwrite:
-            logger.warning("replacing the incomplete run store %s left by an interrupted run "
-                           "with other parameters or input", self.path)
-        try:
-            clear_store(target, self.options)
-        except Exception as e:
-            err = storage.storage_error(e, self.path, "replacing the run store", self.options,
-                                        write=True)
-            if err is None:
-                raise
-            raise err from e
-        self.meta = {"type": "run", "params": params, "stages": [], "metrics": {},
-                     "cfact_dask": __version__, "complete": False,
-                     "input_fingerprint": fingerprint}
-        if storage.is_remote(self.path):
-            # how the store was reached (endpoint, region), never the credentials
-            self.meta["storage"] = storage.public_options(self.path, self.options)
-        try:
-            root = zarr.open_group(self.path, mode="w", zarr_format=3)
-            root.attrs["cfact"] = _json(self.meta)
-        except Exception as e:
-            err = storage.storage_error(e, self.path, "creating the run store", self.options,
-                                        write=True)
-            if err is not None:
-                raise err from e
-            if not isinstance(e, OSError):
-                raise
-            raise _os_error(
-                e, f"cannot create the run store {self.path!r}: {e.strerror or e}; choose a "
-                   f"writable location for the output (output.path / out=)"
-            ) from e
-
-    def group_id(self, group: str) -> str | None:
-        from .._runtime.outputs import group_id
-
-        return None if self.path is None else group_id(self.path, group)
-
-    def done(self, stage: str) -> bool:
-        return stage in self.stages
-
-    def commit(self, stage: str, metrics: Mapping[str, Any] | None = None) -> None:
-        if self.path is None:
-            return
-        import zarr
-
-        self.stages.append(stage)
-        self.meta["stages"] = list(self.stages)
-        if metrics:
-            self.meta.setdefault("metrics", {})[stage] = _json(metrics)
-        root = zarr.open_group(self.path, mode="r+")
-        root.attrs["cfact"] = self.meta
-
-    def finish(self, report: Mapping[str, Any]) -> None:
-        if self.path is None:
-            return
-        import zarr
-
-        # the completion marker goes last: on object storage (no rename) this attribute is
-        # what makes the store complete
-        self.meta["report"] = _json(storage.scrub(report))
-        self.meta["complete"] = True
-        zarr.open_group(self.path, mode="r+").attrs["cfact"] = self.meta
-        from .._runtime.outputs import consolidate
-
-        # the whole run is written: one consolidated listing (xr.open_zarr / open_datatree)
-        consolidate(self.path, force=True)
-
-
-def _os_error(e: OSError, message: str) -> OSError:
-    """The same OSError subclass and errno (callers catching PermissionError keep working),
-    with a message that says which store / stage and what to do."""
-    if e.errno is not None:
-        return type(e)(e.errno, message)
-    return type(e)(message)
-
-
-@contextlib.contextmanager
-def _stage(rs: _RunStore, stage: str) -> Iterator[None]:
-    """Turn an OSError while a stage runs (disk full, permissions, a vanished mount) into one that
-    names the stage and the store and says that the completed stages are kept."""
-    try:
-        with _workers.stage(f"stage {stage!r} of the run"):
-            yield
-    except CfactError:
-        raise  # already clear (StoreNotFoundError / StoreExistsError are OSErrors too)
-    except Exception as e:
-        if rs.path is None:
-            raise
-        err = storage.storage_error(e, rs.path, f"stage {stage!r} writing the run in", rs.options,
-                                    write=True)
-        if err is None and storage.is_remote(rs.path):
-            # zarr reports a bucket that vanished (or became unreadable) as a missing key or
-            # node: ask the store itself what is wrong before showing a stack trace
-            try:
-                storage.check_bucket(rs.path, rs.options)
-            except CfactError as probe:
-                err = probe
-        if err is not None:
-            raise type(err)(
-                f"stage {stage!r} stopped: {err}; the completed stages {rs.stages} are kept if "
-                f"the store still exists"
-            ) from e
-        if not isinstance(e, OSError):
-            raise
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        raise _os_error(
-            e, f"{e.strerror or e}{where} while running stage {stage!r} of the run in "
-               f"{rs.path!r}; the completed stages {rs.stages} are intact: free disk space or fix "
-               f"the permissions, then rerun with resume=True (CLI: --resume)"
-        ) from e
-
-
-def _json(x: Any) -> Any:
-    return to_json(x)
-
-
 # ---------------------------------------------------------------------------- stages
 def _holdout_operator(n: int, d_h: int, seed: int) -> Any:
     return make_operator("gaussian", d_h, n,
@@ -399,7 +217,7 @@ def sketch_with_holdout(
     return main, hold
 
 
-def _sketch_stage(inp: InputArray, opts: dict[str, Any], rs: _RunStore, client: Any,
+def _sketch_stage(inp: InputArray, opts: dict[str, Any], rs: RunStore, client: Any,
                   progress: bool | None) -> tuple[Sketch, Sketch | None]:
     if rs.done("sketch"):
         main = Sketch.from_zarr(rs.path, "sketch")
@@ -420,7 +238,7 @@ def _sketch_stage(inp: InputArray, opts: dict[str, Any], rs: _RunStore, client: 
     return main, hold
 
 
-def _factor_stage(sk: Sketch, rank: int, opts: dict[str, Any], rs: _RunStore, client: Any,
+def _factor_stage(sk: Sketch, rank: int, opts: dict[str, Any], rs: RunStore, client: Any,
                   callback: Any, labels: Labels | None = None) -> Any:
     from ..factor._nmf import NMFResult, nmf
 
@@ -455,7 +273,7 @@ def _factor_stage(sk: Sketch, rank: int, opts: dict[str, Any], rs: _RunStore, cl
 
 
 def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
-                   opts: dict[str, Any], rs: _RunStore, client: Any,
+                   opts: dict[str, Any], rs: RunStore, client: Any,
                    labels: Labels | None = None) -> Any:
     from ..recovery import load_recovery, recover, save_recovery
 
@@ -614,7 +432,7 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
         raise ConfigError("sketch=dict(n_components=...) is required (the sketch size d)")
     f_opts = _merge(stage_defaults("factor"), factor, "factor")
     r_opts = _merge(stage_defaults("recover"), recover, "recover")
-    params = _json({
+    params = to_json({
         "input": {"source": inp.source, "shape": list(inp.shape), "chunks": [list(c) for c in
                                                                              inp.chunks],
                   "dtype": str(inp.dtype), "feature_axis": inp.feature_axis},
@@ -626,7 +444,7 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
         from .._runtime.fingerprints import fingerprint
 
         fp = fingerprint(inp)
-    rs = _RunStore(out, params, resume, overwrite, inputs=(inp,), fingerprint=fp,
+    rs = RunStore(out, params, resume, overwrite, inputs=(inp,), fingerprint=fp,
                    storage_options=storage_options)
     timings: dict[str, float] = {}
     from .._runtime.consolidation import deferred_consolidation, unconsolidate
@@ -639,16 +457,16 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
         # when it was given as client= without being the default client: graphs that hold its
         # persisted futures cannot run on a local scheduler ("Missing dependency")
         t0 = time.perf_counter()
-        with _stage(rs, "sketch"):
+        with run_stage(rs, "sketch"):
             sk, hold = _sketch_stage(inp, sk_opts, rs, c, progress)
         timings["sketch"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        with _stage(rs, "factor"):
+        with run_stage(rs, "factor"):
             res = _factor_stage(sk, int(rank), f_opts, rs, c, callback,
                                 labels=Labels.from_input(inp))
         timings["factor"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        with _stage(rs, "recover"):
+        with run_stage(rs, "recover"):
             rec = _recover_stage(res, sk, hold, inp, r_opts, rs, c,
                                  labels=Labels.from_input(inp))
         timings["recover"] = time.perf_counter() - t0
@@ -663,7 +481,7 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
                 target = rs.path if rs.path is not None else None
                 if target is None:
                     raise ConfigError("reconstruct=True needs out= (the store to write W H into)")
-                with _stage(rs, "reconstruct"):
+                with run_stage(rs, "reconstruct"):
                     stats = _reconstruct(rec.W, res.H, target, like=inp, compare_to=inp,
                                          group="reconstruction", overwrite=True, client=c,
                                          progress=progress,
@@ -694,7 +512,7 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
         "out": rs.path,
         "cfact_dask": __version__, "dask": dask.__version__,
     }
-    with _stage(rs, "finish"):
+    with run_stage(rs, "finish"):
         rs.finish(report)
     return RunResult(W=None if rec is None else rec.W, H=res.H, sketch=sk, factors=res,
                      recovery=rec, reconstruction=stats, report=report, out=rs.path,
@@ -750,12 +568,23 @@ def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bo
     from ._plan import memory_check_mode
 
     mode = memory_check_mode()
+    factor = dict(cfg["factor"])
+    rank = factor.pop("rank")
+    if not _methods.get(factor["method"]).pipeline:
+        # every other method: its own stages in the same run store layout (pipeline._generic)
+        from ._generic import run_method, stages_of
+
+        if stages_of(factor["method"]).plan is not None and (not resume or mode == "adapt"):
+            inp = _check_memory(cfg, inp, client, "warn" if mode == "adapt" else mode)
+        return run_method(
+            inp, rank, factor, sketch=cfg["sketch"], out=cfg["output"]["path"],
+            reconstruct=cfg["output"]["reconstruct"], resume=resume,
+            overwrite=overwrite or cfg["output"]["overwrite"], client=client,
+            progress=progress, storage_options=cfg["output"]["storage_options"])
     # a resumed run was checked when it started; under adapt it is adapted again (the same
     # blocks on the same cluster: the run store's recorded chunks must match)
     if not resume or mode == "adapt":
         inp = _check_memory(cfg, inp, client, mode)
-    factor = dict(cfg["factor"])
-    rank = factor.pop("rank")
     # options of the job's other methods (dgd-local's n_nodes, topology) are not nmf keywords
     for k in set(factor) - set(stage_defaults("factor")):
         factor.pop(k)

@@ -31,10 +31,11 @@ import yaml
 from .. import config
 from ..errors import ConfigError
 from ..sketching.operators import SKETCH_KINDS
-from ._methods import REQUIRED, Option, job_methods, job_options, pipeline_defaults
+from ._methods import REQUIRED, Option, job_methods, job_options, method_options, pipeline_defaults
+from ._methods import get as get_method
 from ._methods import validate_options as _validate_factor
 
-__all__ = ["SCHEMA", "defaults", "load_job", "schema", "validate_job"]
+__all__ = ["SCHEMA", "defaults", "load_job", "schema", "validate_factor", "validate_job"]
 
 _REQ = REQUIRED  # marker: required key
 
@@ -148,38 +149,30 @@ def validate_job(
             f"{source}: unknown section(s) {unknown} under 'cfact'; valid sections are "
             f"{sorted(sections)}"
         )
+    given_factor = job.get("factor", {}) or {}
+    method = given_factor.get("method", "nmf") if isinstance(given_factor, Mapping) else "nmf"
+    if method not in choices_of[("factor", "method")]:
+        raise ConfigError(
+            f"{source}: 'cfact.factor.method' is {method!r}; choose one of "
+            f"{list(choices_of[('factor', 'method')])}"
+        )
+    spec = get_method(method)
     out: dict[str, Any] = {}
     for section, fields in sections.items():
         given = job.get(section, {}) or {}
-        if not isinstance(given, Mapping):
-            raise ConfigError(f"{source}: 'cfact.{section}' must be a mapping, got {given!r}")
-        bad = sorted(set(given) - set(fields))
-        if bad:
-            raise ConfigError(
-                f"{source}: unknown key(s) {bad} in 'cfact.{section}'; valid keys are "
-                f"{sorted(fields)}"
-            )
-        sec: dict[str, Any] = {}
-        for key, (types, default) in fields.items():
-            if key in given:
-                val = given[key]
-                ok = isinstance(val, types) and not (isinstance(val, bool) and bool not in types)
-                if not ok:
-                    raise ConfigError(
-                        f"{source}: 'cfact.{section}.{key}' must be {_type_names(types)}, got "
-                        f"{val!r} ({type(val).__name__})"
-                    )
-                choices = choices_of.get((section, key))
-                if choices and val not in choices:
-                    raise ConfigError(
-                        f"{source}: 'cfact.{section}.{key}' is {val!r}; choose one of {list(choices)}"
-                    )
-                sec[key] = val
-            elif default is _REQ:
-                raise ConfigError(f"{source}: 'cfact.{section}.{key}' is required")
-            else:
-                sec[key] = copy.deepcopy(default)
-        out[section] = sec
+        if section == "factor":
+            fields = method_options(method)
+        elif section in ("sketch", "recover") and not getattr(spec, section):
+            if given:
+                raise ConfigError(
+                    f"{source}: 'cfact.{section}' does not apply to factor.method {method!r} "
+                    f"(it has no {section} stage); remove the section, or choose one of "
+                    f"{[m for m in job_methods() if getattr(get_method(m), section)]}"
+                )
+            out[section] = None
+            continue
+        out[section] = _section(section, given, fields, choices_of, source,
+                                f" for factor.method {method!r}" if section == "factor" else "")
     for section in ("input", "output"):
         so = out[section]["storage_options"]
         if so is not None:
@@ -197,11 +190,63 @@ def validate_job(
                     f"use a URL"
                 )
     for section, key in (("sketch", "n_components"), ("factor", "rank")):
-        if out[section][key] < 1:
+        if out[section] is not None and out[section][key] < 1:
             raise ConfigError(f"{source}: 'cfact.{section}.{key}' must be >= 1, got {out[section][key]}")
     _validate_factor(out["factor"], source)
     if check_paths:
         _check_paths(out, source)
+    return out
+
+
+def _section(section: str, given: Any, fields: Mapping[str, Option],
+             choices_of: Mapping[tuple[str, str], tuple[str, ...]], source: str,
+             what: str = "") -> dict[str, Any]:
+    """One validated section with defaults filled in."""
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"{source}: 'cfact.{section}' must be a mapping, got {given!r}")
+    bad = sorted(set(given) - set(fields))
+    if bad:
+        raise ConfigError(
+            f"{source}: unknown key(s) {bad} in 'cfact.{section}'{what}; valid keys are "
+            f"{sorted(fields)}"
+        )
+    sec: dict[str, Any] = {}
+    for key, (types, default) in fields.items():
+        if key in given:
+            val = given[key]
+            ok = isinstance(val, types) and not (isinstance(val, bool) and bool not in types)
+            if not ok:
+                raise ConfigError(
+                    f"{source}: 'cfact.{section}.{key}' must be {_type_names(types)}, got "
+                    f"{val!r} ({type(val).__name__})"
+                )
+            choices = choices_of.get((section, key))
+            if choices and val not in choices:
+                raise ConfigError(
+                    f"{source}: 'cfact.{section}.{key}' is {val!r}; choose one of "
+                    f"{list(choices)}"
+                )
+            sec[key] = val
+        elif default is _REQ:
+            raise ConfigError(f"{source}: 'cfact.{section}.{key}' is required")
+        else:
+            sec[key] = copy.deepcopy(default)
+    return sec
+
+
+def validate_factor(section: Mapping[str, Any], source: str = "factor=") -> dict[str, Any]:
+    """A ``factor`` section (``method``, ``rank`` and the method's options) validated and
+    completed with the method's defaults, as a job file's is: unknown keys, wrong types and bad
+    values are :class:`ConfigError` naming the key."""
+    method = section.get("method", "nmf")
+    methods = job_methods()
+    if method not in methods:
+        raise ConfigError(f"{source}: factor method is {method!r}; choose one of {list(methods)}")
+    out = _section("factor", section, method_options(method), _choices(), source,
+                   f" for factor.method {method!r}")
+    if out["rank"] < 1:
+        raise ConfigError(f"{source}: 'cfact.factor.rank' must be >= 1, got {out['rank']}")
+    _validate_factor(out, source)
     return out
 
 
