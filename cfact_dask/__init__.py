@@ -72,7 +72,7 @@ from .factor import (
 )
 from .io import InputArray, open_array
 from .metrics import match_factors, relative_error, support_recovery
-from .pipeline import Plan, RunResult, factorize_recover, plan, run_job
+from .pipeline import Plan, RunResult, factorize_recover, plan, run_job, run_method
 from . import reconstruction as _reconstruction
 from .reconstruction import ReconstructionStats, open_reconstruction, reconstruct
 from .recovery import Certificate, Recovery, holdout_error, recover
@@ -165,6 +165,7 @@ __all__ = [
     "recover",
     "relative_error",
     "run_job",
+    "run_method",
     "sketch",
     "sketch_with",
     "support_recovery",

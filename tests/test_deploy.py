@@ -82,6 +82,24 @@ def test_example_job_file_shape():
     assert isinstance(job["factor"]["tol"], float)  # 1.0e-4, not the string "1e-4"
 
 
+def test_one_job_file_per_method_and_each_validates():
+    """deploy/config/ holds a job file for every factorization a job accepts (issue 16), each
+    validates against the schema of its method, and uses the /data paths the recipes mount."""
+    from cfact_dask.pipeline._methods import job_methods
+    from cfact_dask.pipeline.job import validate_job
+
+    for method in job_methods():
+        rel = "config/job.yaml" if method == "nmf" else f"config/job-{method}.yaml"
+        assert (DEPLOY / rel).is_file(), f"no job file for factor.method {method!r}: {rel}"
+        raw = _load(rel)
+        job = validate_job(raw, source=rel, check_paths=False)
+        assert job["factor"]["method"] == method, rel
+        assert job["input"]["path"].startswith("/data/"), rel
+        assert job["output"]["path"].startswith("/data/"), rel
+        readme = (DEPLOY / "README.md").read_text()
+        assert f"`{rel}`" in readme, f"{rel} is not listed in deploy/README.md"
+
+
 # --------------------------------------------------------------------------- Docker
 def _dockerfile_instructions() -> list[tuple[str, str]]:
     text = (DEPLOY / "docker/Dockerfile").read_text()

@@ -4,8 +4,9 @@ records and resume, the job-file schema (:mod:`.job`), the factorization registr
 
 from ._methods import FACTORIZATIONS, Factorization
 from ._plan import Plan, plan
+from ._generic import run_method
 from ._run import RunResult, factorize_recover, run_job
 from .job import load_job, validate_job
 
 __all__ = ["FACTORIZATIONS", "Factorization", "Plan", "RunResult", "factorize_recover",
-           "load_job", "plan", "run_job", "validate_job"]
+           "load_job", "plan", "run_job", "run_method", "validate_job"]
