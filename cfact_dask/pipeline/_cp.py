@@ -227,6 +227,7 @@ def _certificate(res: CPResult, ctx: StageContext) -> Certificate:
             details["sketch_relative_error"] = rec.get("sketch_relative_error")
     else:
         c = rec["certificate"]
+        est = c.get("holdout_error")  # None without a hold-out sketch (holdout: 0)
         d, n = int(rec["sketch_size"]), int(ctx.inp.shape[rec["mode"]])
         details.update(sketch_relative_error=rec.get("sketch_relative_error"),
                        holdout_baseline=c.get("holdout_baseline"),
@@ -283,7 +284,12 @@ def cp_model(res: CPResult, like: Any, *, dtype: Any = None) -> da.Array:
 
 def _summary(res: CPResult) -> dict[str, Any]:
     rec = res.params.get("recovery") or {}
-    return {"weights": [float(w) for w in res.weights],
+    out: dict[str, Any] = {}
+    if rec:
+        # the full tensor's error (exact after a refit, the hold-out estimate after a sparse
+        # recovery, None without one), not the sketched tensor's last sweep
+        out["relative_error"] = None if res.error is None else float(res.error)
+    return {**out, "weights": [float(w) for w in res.weights],
             "nonnegative": bool(res.params.get("nonnegative")),
             "sketch_mode": rec.get("mode"), "recovery": rec.get("method"),
             "sketch_relative_error": rec.get("sketch_relative_error")}

@@ -122,6 +122,7 @@ def test_sketched_mode_refit_error_is_exact_and_run_job_goes_through_run_method(
     _, _, measured = _measured(sparse_store, out)
     cert = res.report["certificate"]
     assert cert["ok"] and "refit" in cert["basis"]
+    assert res.report["factor"]["relative_error"] == cert["estimated_relative_error"]
     assert abs(cert["estimated_relative_error"] - measured) <= cert["tolerance"] * measured
     # the error of the sketched tensor's fit is not the full tensor's: both are reported
     assert cert["sketch_relative_error"] != pytest.approx(measured, rel=1e-3)
@@ -155,6 +156,15 @@ def test_sparse_recovery_certificate_flags_too_much_compression(dense_mode_store
     assert "sketch_size = 12" in cert["messages"][0]
     assert "sketch_size" in cert["fix"] and "recovery: refit" in cert["fix"]
     assert abs(cert["estimated_relative_error"] - measured) <= cert["tolerance"] * measured
+    # without a hold-out sketch the recovery's density check decides, and no error is claimed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        blind = cf.run_job(_job(dense_mode_store, str(tmp_path / "blind.zarr"), sketch_mode=0,
+                                sketch_size=12, nonnegative=True, recovery="nnlasso",
+                                holdout=0), progress=False)
+    c = blind.report["certificate"]
+    assert not c["ok"] and c["estimated_relative_error"] is None and c["tolerance"] is None
+    assert "dense" in c["messages"][0] and blind.report["factor"]["relative_error"] is None
     # and the fix works: the same tensor and sketch, refit instead
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
