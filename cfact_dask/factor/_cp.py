@@ -53,7 +53,7 @@ from ..sketching._sketch import Sketch
 from ..sketching._sketch import sketch as _sketch
 from ..sketching.operators import SketchOperator
 
-__all__ = ["CPResult", "cp", "refit_mode"]
+__all__ = ["CPResult", "cp", "refit_mode", "with_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,12 @@ class CPResult:
         The operator that compressed ``mode`` (None without compression).
     mode : int or None
         The compressed mode.
+    params : dict
+        The call's parameters (and, after a recovery of the compressed mode, how it was done).
+    error : float or None
+        The relative error ``‖T − T̂‖_F / ‖T‖_F`` of these factors against the full tensor when
+        it is not ``errors[-1]``: after :func:`refit_mode` the exact error measured in the
+        refit's pass; after a sparse recovery of the compressed mode, its estimate.
     """
 
     weights: np.ndarray
@@ -93,6 +99,7 @@ class CPResult:
     operator: SketchOperator | None = None
     mode: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    error: float | None = None
 
     # TensorLy-style unpacking: ``weights, factors = result``
     def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
@@ -130,6 +137,10 @@ class CPResult:
 
     @property
     def reconstruction_err_(self) -> float:
+        """Relative error against the full tensor (:attr:`error`) when known, else the last
+        sweep's (of the compressed tensor when a mode was sketched)."""
+        if self.error is not None:
+            return float(self.error)
         return self.errors[-1] if self.errors else float("nan")
 
     def to_tensorly(self) -> Any:
@@ -162,6 +173,7 @@ class CPResult:
             "mode": self.mode,
             "operator": self.operator.to_dict() if self.operator is not None else None,
             "params": _jsonable(self.params),
+            "error": None if self.error is None else float(self.error),
         }, overwrite=overwrite, dims=dims, upstream=upstream, what="CP output")
 
     @classmethod
@@ -174,7 +186,7 @@ class CPResult:
             weights=np.asarray(arrays["weights"]), factors=factors,
             errors=list(meta.get("errors", [])), n_iter=int(meta.get("n_iter", 0)),
             operator=SketchOperator.from_dict(op) if op else None, mode=meta.get("mode"),
-            params=dict(meta.get("params", {})),
+            params=dict(meta.get("params", {})), error=meta.get("error"),
         )
 
 
@@ -399,7 +411,8 @@ def cp(
     ----------
     T : array-like, InputArray or Sketch
         An N-way tensor (N >= 3): a Zarr path / array, xarray, dask or numpy array, or a sketch
-        of one. Chunks are used as they are.
+        of one (:func:`cfact_dask.sketch` with ``axis=k``: the result then records its
+        ``operator`` and ``mode`` as with ``sketch=``). Chunks are used as they are.
     rank : int
         Number of components, ``1 <= rank``; must be below the product of the other modes' sizes
         for every mode (otherwise the problem is trivially exact and not identifiable).
@@ -483,6 +496,12 @@ def cp(
         )
         operator = sk.operator
         X = sk.data
+    elif isinstance(T, Sketch):
+        # a one-mode sketch of a tensor taken beforehand (e.g. with a hold-out sketch in the
+        # same pass): its factor of the sketched axis is P A_k, recoverable like the above
+        operator, mode = T.operator, int(T.axis) % X.ndim
+        sketch_params = {"n_components": int(operator.n_components), "mode": mode,
+                         "operator": operator.to_dict()}
     shape = tuple(int(s) for s in X.shape)
     for i, s in enumerate(shape):
         rest = math.prod(shape) // s
@@ -612,11 +631,14 @@ def refit_mode(T: Any, result: CPResult, mode: int | None = None, *,
     With the other factors fixed, the least-squares factor of ``mode`` is
     ``X_(mode) (⊙ A_k) (∘ A_kᵀ A_k)⁻¹``: one MTTKRP, i.e. one blockwise pass over ``T``. Use it
     after a compressed CP (``mode`` defaults to the compressed one) while the data is still there.
+    The same pass also sums ``‖T‖²``, so the refit model's exact relative error against ``T``
+    (``‖T‖² − 2⟨T, T̂⟩ + ‖T̂‖²`` from the MTTKRP and the factors' Gram matrices) comes for free.
 
     Returns
     -------
     CPResult
-        The same weights / other factors, ``factors[mode]`` replaced (unit norm), no operator.
+        The same weights / other factors, ``factors[mode]`` replaced (unit norm), no operator;
+        ``error`` (and ``reconstruction_err_``) is the exact ``‖T − T̂‖_F / ‖T‖_F``.
     """
     X, source = _as_tensor(T)
     mode = result.mode if mode is None else mode
@@ -629,14 +651,45 @@ def refit_mode(T: Any, result: CPResult, mode: int | None = None, *,
     factors = [f * (result.weights[None, :] if i == (1 if mode == 0 else 0) else 1.0)
                for i, f in enumerate(result.factors)]
     factors[mode] = np.zeros((X.shape[mode], result.rank))
+    Xd = X if isinstance(X, da.Array) else da.asarray(X)
     with client_context(client, nbytes=int(X.nbytes)) as c:
-        be = _Backend(X if isinstance(X, da.Array) else da.asarray(X), c)
-        M = be.mttkrp(factors, mode)
+        # one read of T: the MTTKRP and ‖T‖² share the chunk-read tasks
+        M, norm2 = _Backend(Xd, c).compute(_mttkrp_da(Xd, factors, mode),
+                                           (Xd.astype(np.float64) ** 2).sum())
+    M, norm2 = np.asarray(M, dtype=np.float64), float(norm2)
     grams = [f.T @ f for f in factors]
     V = _hadamard_grams(grams, mode)
     nonneg = bool(result.params.get("nonnegative")) if nonnegative is None else nonnegative
     A = _hals_update(np.maximum(_ls_update(M, V), 0), M, V, 20) if nonneg else _ls_update(M, V)
     factors[mode] = A
+    grams[mode] = A.T @ A
+    inner = float(np.sum(M * A))
+    model2 = float(np.sum(_hadamard_grams(grams, None)))
+    err = math.sqrt(max(norm2 - 2 * inner + model2, 0.0) / norm2) if norm2 > 0 else math.nan
     weights, factors = _normalise(factors)
     return CPResult(weights=weights, factors=factors, errors=list(result.errors),
-                    n_iter=result.n_iter, operator=None, mode=None, params=dict(result.params))
+                    n_iter=result.n_iter, operator=None, mode=None, params=dict(result.params),
+                    error=err)
+
+
+def with_mode(result: CPResult, A: Any, mode: int | None = None, *,
+              error: float | None = None, params: Mapping[str, Any] | None = None) -> CPResult:
+    """The result with one mode's factor replaced by a full-size ``A`` (e.g. recovered from the
+    compressed factor ``P A`` by sparse recovery), renormalised.
+
+    ``A`` is that mode's factor in the result's model ``Σ_j w_j a_j ∘ …`` (the result's
+    ``weights`` still apply); ``mode`` defaults to the compressed one. The returned result has no
+    operator (its factors are all full size), ``error`` and ``params`` as given.
+    """
+    mode = result.mode if mode is None else mode
+    if mode is None:
+        raise InputError("with_mode needs mode= (the result was not compressed)")
+    A = np.asarray(A, dtype=np.float64)
+    if A.ndim != 2 or A.shape[1] != result.rank:
+        raise InputError(f"A must be a matrix with {result.rank} columns, got shape {A.shape}")
+    factors = list(result.factors)
+    factors[mode] = A * result.weights[None, :]
+    weights, factors = _normalise(factors)
+    return CPResult(weights=weights, factors=factors, errors=list(result.errors),
+                    n_iter=result.n_iter, operator=None, mode=None,
+                    params=dict(result.params if params is None else params), error=error)

@@ -140,7 +140,16 @@ FACTORIZATIONS.register("dgd-local", Factorization(
     cli="cfact_dask.cli.factor:run_dgd_local",
     summary="decentralized DGD+LOCAL over column blocks"))
 FACTORIZATIONS.register("cp", Factorization(
-    "cp", job=False, cli="cfact_dask.cli.factor:run_cp", summary="CP of a tensor"))
+    "cp", {"max_iter": ((int,), 100), "tol": ((float, int), 1e-8),
+           "nonnegative": ((bool,), False), "init": ((str,), "svd"),
+           "sketch_mode": ((int, type(None)), None), "sketch_size": ((int, type(None)), None),
+           "sketch_kind": ((str,), "expander"), "recovery": ((str,), "refit"),
+           "holdout": ((int,), 32), "sparsity": ((int, type(None)), None),
+           "warn_above": ((float, int), 0.25)},
+    stages="cfact_dask.pipeline._cp:STAGES",
+    validate=lambda o, src: importlib.import_module("cfact_dask.pipeline._cp").validate(o, src),
+    cli="cfact_dask.cli.factor:run_cp", summary="CP of an N-way tensor (ALS; optionally one "
+    "mode sketched and recovered)"))
 
 
 def _svd_check(o: Mapping[str, Any], source: str) -> None:

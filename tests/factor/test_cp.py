@@ -20,7 +20,7 @@ from cfact_dask.errors import (
     ResumeError,
     StoreExistsError,
 )
-from cfact_dask.factor._cp import CPResult, cp, refit_mode
+from cfact_dask.factor._cp import CPResult, cp, refit_mode, with_mode
 
 
 def congruence(F, G):
@@ -183,3 +183,44 @@ def test_reported_error_is_the_true_error_for_float32_data():
     # and as good as on the same data in float64
     res64 = cp(T64, 5, max_iter=300, tol=1e-7)
     assert res.reconstruction_err_ == pytest.approx(res64.reconstruction_err_, rel=1e-3)
+
+
+def test_refit_reports_its_exact_error_from_the_same_pass(rng, tmp_path):
+    T, F = planted(rng, shape=(120, 15, 10), r=3, noise=0.05)
+    X = da.from_array(T, chunks=(40, 15, 5))
+    res = cp(X, 3, sketch=dict(n_components=30, mode=0, kind="gaussian"), max_iter=100,
+             tol=1e-9)
+    assert res.error is None and res.reconstruction_err_ == res.errors[-1]
+    from conftest import CountingArray
+
+    counted = CountingArray(T)
+    full = refit_mode(da.from_array(counted, chunks=(40, 15, 5), asarray=False), res)
+    # one read of T: the MTTKRP and ‖T‖² share the chunk reads
+    assert len(counted.reads) == 6 and set(counted.reads.values()) == {1}
+    exact = np.linalg.norm(T - full.to_tensor()) / np.linalg.norm(T)
+    assert full.error == pytest.approx(exact, rel=1e-9)
+    assert full.reconstruction_err_ == full.error != res.errors[-1]
+    full.to_zarr(tmp_path / "r.zarr")
+    assert CPResult.from_zarr(tmp_path / "r.zarr").error == full.error
+
+
+def test_cp_of_a_tensor_sketch_records_operator_and_mode(rng):
+    import cfact_dask as cf
+
+    T, F = planted(rng, shape=(80, 12, 10), r=3)
+    X = da.from_array(T, chunks=(40, 12, 10))
+    kw = dict(max_iter=60, tol=1e-10)
+    a = cp(X, 3, sketch=dict(n_components=20, mode=0, kind="gaussian", seed=5), **kw)
+    sk = cf.sketch(X, 20, kind="gaussian", seed=5, axis=0)
+    b = cp(sk, 3, **kw)
+    assert b.mode == 0 and b.operator == a.operator
+    for x, y in zip(a.factors, b.factors, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-10)
+    # with_mode puts a full-size factor back: the model is the one with A in that mode
+    A = rng.random((80, 3))
+    c = with_mode(b, A, error=0.5)
+    assert c.mode is None and c.operator is None and c.error == 0.5
+    want = np.einsum("az,bz,cz,z->abc", A, b.factors[1], b.factors[2], b.weights)
+    np.testing.assert_allclose(c.to_tensor(), want, rtol=1e-12)
+    with pytest.raises(InputError, match="columns"):
+        with_mode(b, A[:, :2])
