@@ -61,7 +61,9 @@ class Factorization:
         ``factor.method`` of a job, ``cfact factor --method``.
     options : mapping of str to (types, default)
         The method's own options of the job's ``factor`` section, beside
-        :data:`COMMON_OPTIONS` (an option two methods share is declared with the same default).
+        :data:`COMMON_OPTIONS` (a job is validated against its own method's options, see
+        :func:`method_options`, so two methods may give one key different defaults; an entry may
+        also override a common default, e.g. `max_iter`).
     job : bool
         Accepted as ``factor.method`` by the job schema.
     pipeline : bool
