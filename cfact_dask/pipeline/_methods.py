@@ -154,6 +154,12 @@ def _svd_check(o: Mapping[str, Any], source: str) -> None:
     if o["n_test"] < 0 or float(o["warn_above"]) <= 0:
         raise ConfigError(f"{source}: 'cfact.factor.n_test' must be >= 0 and "
                           f"'cfact.factor.warn_above' > 0")
+    if (o["oversample"] is not None and o["oversample"] < 0) or (
+            o["co_range"] is not None and o["co_range"] < 1):
+        raise ConfigError(f"{source}: 'cfact.factor.oversample' must be >= 0 and "
+                          f"'cfact.factor.co_range' >= 1 (or null for the defaults), got "
+                          f"{o['oversample']!r} and {o['co_range']!r}")
+
 
 def get(name: str) -> Factorization:
     """The entry of ``name`` (:class:`ConfigError` naming the choices if there is none)."""
