@@ -78,6 +78,10 @@ class SparsePCAResult:
         iteration's pass (no extra read; ``nan`` when no iteration ran). Exact up to the
         cancellation of ``‖M_c‖² − 2⟨M_c, W H⟩ + ‖W H‖²`` in float64: see
         :func:`relative_error_tolerance`.
+    norms : dict
+        ``{"data": ‖M‖_F, "centred": ‖M_c‖_F, "residual": ‖M_c − W H‖_F}`` from the same
+        quantities (the mean alone can make :attr:`relative_error` small: ``residual /
+        centred`` is the share of the variation about the mean the model leaves out).
     operator : SketchOperator or None
         The sketch's operator when the input was a :class:`~cfact_dask.Sketch` (then ``W`` is the
         compressed ``P W``; recover ``W`` with sparse recovery or :func:`refit_components`).
@@ -92,6 +96,7 @@ class SparsePCAResult:
     operator: Any = None
     params: dict[str, Any] = field(default_factory=dict)
     relative_error: float = float("nan")
+    norms: dict[str, float] = field(default_factory=dict)
 
     def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
         return "cfact SparsePCAResult", [
@@ -144,6 +149,7 @@ class SparsePCAResult:
             store, group, {"W": self.W, "H": self.H, "mean": self.mean},
             {"type": "sparse-pca", "errors": self.errors, "n_iter": self.n_iter,
              "params": self.params, "relative_error": self.reconstruction_err_,
+             "norms": dict(self.norms),
              "operator": self.operator.to_dict() if self.operator is not None else None},
             overwrite=overwrite, upstream=upstream,
             dims={"W": (row, "component"), "H": ("component", "sample"), "mean": (row,)})
@@ -162,7 +168,8 @@ class SparsePCAResult:
                    errors=[float(e) for e in meta.get("errors") or []],
                    n_iter=int(meta.get("n_iter", 0)), alpha=float(params.get("alpha", 1.0)),
                    operator=SketchOperator.from_dict(op) if op else None, params=params,
-                   relative_error=float("nan") if rel is None else float(rel))
+                   relative_error=float("nan") if rel is None else float(rel),
+                   norms={k: float(v) for k, v in (meta.get("norms") or {}).items()})
 
 
 # ---------------------------------------------------------------------- numpy kernels
@@ -507,8 +514,11 @@ def sparse_pca(
     # the residual of the returned (W, H) (the sign flip leaves W H as it is) over ‖M‖
     rel = (float(np.sqrt(max(resid2, 0.0) / ops.raw_norm2)) if ops.raw_norm2 > 0
            else (0.0 if resid2 == resid2 else float("nan")))
+    norms = {"data": float(np.sqrt(ops.raw_norm2)), "centred": float(np.sqrt(ops.norm2))}
+    if resid2 == resid2:
+        norms["residual"] = float(np.sqrt(max(resid2, 0.0)))
     return SparsePCAResult(W=W, H=H, mean=mean, errors=errors, n_iter=it, alpha=float(alpha),
-                           operator=operator, params=params, relative_error=rel)
+                           operator=operator, params=params, relative_error=rel, norms=norms)
 
 
 def relative_error_tolerance(relative_error: float) -> float:
