@@ -37,6 +37,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from .._runtime.checkpoint import as_checkpoint
 from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, compute, persist
 from .._runtime.display import summary_html, summary_repr
@@ -47,7 +48,7 @@ from ._input import as_features_first
 from ._signs import sign_stats, sign_vector
 from ._svd import svd
 
-__all__ = ["SparsePCAResult", "sparse_pca", "sparse_pca_transform"]
+__all__ = ["SparsePCAResult", "relative_error_tolerance", "sparse_pca", "sparse_pca_transform"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,16 @@ class SparsePCAResult:
     errors : list of float
         Objective ``½‖M_c − W H‖² + α‖W‖₁`` after each iteration.
     n_iter : int
+    relative_error : float
+        ``‖M − (mean 1ᵀ + W H)‖_F / ‖M‖_F`` of the returned factors against the matrix
+        factorized (the raw input, or the sketch), from the Gram quantities of the last
+        iteration's pass (no extra read; ``nan`` when no iteration ran). Exact up to the
+        cancellation of ``‖M_c‖² − 2⟨M_c, W H⟩ + ‖W H‖²`` in float64: see
+        :func:`relative_error_tolerance`.
+    norms : dict
+        ``{"data": ‖M‖_F, "centred": ‖M_c‖_F, "residual": ‖M_c − W H‖_F}`` from the same
+        quantities (the mean alone can make :attr:`relative_error` small: ``residual /
+        centred`` is the share of the variation about the mean the model leaves out).
     operator : SketchOperator or None
         The sketch's operator when the input was a :class:`~cfact_dask.Sketch` (then ``W`` is the
         compressed ``P W``; recover ``W`` with sparse recovery or :func:`refit_components`).
@@ -84,6 +95,8 @@ class SparsePCAResult:
     alpha: float = 1.0
     operator: Any = None
     params: dict[str, Any] = field(default_factory=dict)
+    relative_error: float = float("nan")
+    norms: dict[str, float] = field(default_factory=dict)
 
     def _summary(self) -> tuple[str, list[tuple[str, Any]]]:
         return "cfact SparsePCAResult", [
@@ -113,9 +126,10 @@ class SparsePCAResult:
         return self.n_iter
 
     @property
-    def reconstruction_err_(self) -> None:
-        """None: the run records its objective (:attr:`error_`), not a reconstruction error."""
-        return None
+    def reconstruction_err_(self) -> float | None:
+        """:attr:`relative_error` (None when no iteration ran; the objective is :attr:`error_`)."""
+        e = float(self.relative_error)
+        return None if e != e else e
 
     @property
     def error_(self) -> list[float]:
@@ -134,7 +148,8 @@ class SparsePCAResult:
         return write_result(
             store, group, {"W": self.W, "H": self.H, "mean": self.mean},
             {"type": "sparse-pca", "errors": self.errors, "n_iter": self.n_iter,
-             "params": self.params,
+             "params": self.params, "relative_error": self.reconstruction_err_,
+             "norms": dict(self.norms),
              "operator": self.operator.to_dict() if self.operator is not None else None},
             overwrite=overwrite, upstream=upstream,
             dims={"W": (row, "component"), "H": ("component", "sample"), "mean": (row,)})
@@ -148,10 +163,13 @@ class SparsePCAResult:
         arrays, meta = read_result(store, group, "sparse-pca", lazy=True)
         params = dict(meta.get("params") or {})
         op = meta.get("operator")
+        rel = meta.get("relative_error")
         return cls(W=arrays["W"], H=arrays["H"], mean=arrays["mean"],
                    errors=[float(e) for e in meta.get("errors") or []],
                    n_iter=int(meta.get("n_iter", 0)), alpha=float(params.get("alpha", 1.0)),
-                   operator=SketchOperator.from_dict(op) if op else None, params=params)
+                   operator=SketchOperator.from_dict(op) if op else None, params=params,
+                   relative_error=float("nan") if rel is None else float(rel),
+                   norms={k: float(v) for k, v in (meta.get("norms") or {}).items()})
 
 
 # ---------------------------------------------------------------------- numpy kernels
@@ -215,9 +233,10 @@ def _dict_coefficients(
 class _NumpyOps:
     """The iteration on one in-memory block."""
 
-    def __init__(self, Mc: np.ndarray) -> None:
+    def __init__(self, Mc: np.ndarray, M: np.ndarray) -> None:
         self.Mc = Mc
         self.norm2 = float(np.sum(Mc * Mc))
+        self.raw_norm2 = float(np.sum(M * M))
 
     def gram(self, H: np.ndarray) -> np.ndarray:
         return H @ H.T
@@ -242,10 +261,12 @@ class _NumpyOps:
 class _DaskOps:
     """The iteration on a chunked matrix: small reductions, factors chunked like the data."""
 
-    def __init__(self, Mc: da.Array, client: Any) -> None:
+    def __init__(self, Mc: da.Array, M: da.Array, client: Any) -> None:
         self.Mc = Mc
         self.client = client
-        self.norm2 = float(self.compute((Mc * Mc).sum())[0])
+        # ‖M‖² (the relative error's denominator) from the same read as ‖M_c‖²
+        n2, raw = self.compute((Mc * Mc).sum(), (M.astype(np.float64) ** 2).sum())
+        self.norm2, self.raw_norm2 = float(n2), float(raw)
 
     def compute(self, *xs: Any) -> list[Any]:
         return compute(*xs, client=self.client, progress=False)
@@ -313,6 +334,7 @@ def sparse_pca(
     random_state: SeedLike = 0,
     callback: Callable[[dict[str, Any]], bool | None] | None = None,
     client: Any = None,
+    checkpoint: Any = None,
 ) -> SparsePCAResult:
     """Sparse PCA of a features × samples matrix or a sketch (scikit-learn's objective).
 
@@ -341,6 +363,14 @@ def sparse_pca(
         ``callback(state) -> bool | None`` after each iteration, with ``state`` a dict holding
         ``iteration``, ``error``, ``elapsed``; returning True stops.
     client : distributed.Client, optional
+    checkpoint : str, dict or Checkpoint, optional
+        ``dict(store=..., every=k[, group=...])``: the iterate (``W``, ``H`` and the next
+        code step's Gram ``H Hᵀ``) is written to Zarr every ``k`` iterations; running again
+        with the same store and parameters resumes there and ends with the same result as an
+        uninterrupted run (bitwise on the same path: in memory, or the same chunking). A
+        checkpoint made with another rank, ``alpha``, ``center``, seed, input shape, dtype or
+        chunking is refused (:class:`~cfact_dask.ResumeError`); ``max_iter`` and ``tol`` may
+        change.
 
     Returns
     -------
@@ -369,6 +399,16 @@ def sparse_pca(
         raise InputError(f"max_iter must be an int >= 0, got {max_iter!r}")
     seed = normalize_seed(random_state)
     M = M.astype(np.float64) if M.dtype != np.float64 and M.dtype != np.float32 else M
+    ck_params: dict[str, Any] = dict(
+        method="sparse-pca", rank=int(rank), alpha=float(alpha), center=bool(center), seed=seed,
+        shape=[int(x) for x in M.shape], dtype=str(M.dtype), source=source,
+        chunks=[list(map(int, c)) for c in M.chunks],
+        operator=operator.to_dict() if operator is not None else None,
+        init="svd" if init is None else "custom")
+    if init is not None:
+        ck_params["init_sum"] = [float(np.asarray(a).sum()) for a in init]
+    ck = as_checkpoint(checkpoint, ck_params)
+    state = ck.load() if ck is not None else None
     t0 = time.perf_counter()
     with client_context(client, nbytes=int(M.nbytes)) as c:
         small = c is None and M.size <= _IN_MEMORY_ENTRIES
@@ -377,8 +417,10 @@ def sparse_pca(
             _check_finite_np(Mn, source)
             mean = Mn.mean(axis=1) if center else np.zeros(Mn.shape[0])
             Mc = Mn - mean[:, None]
-            ops: Any = _NumpyOps(Mc)
-            if init is None:
+            ops: Any = _NumpyOps(Mc, Mn)
+            if state is not None:
+                W, H = state.arrays["W"], state.arrays["H"]
+            elif init is None:
                 u, s, vt = np.linalg.svd(Mc, full_matrices=False)
                 sg = _svd_flip_cols(u)
                 u, vt = u * sg, vt * sg[:, None]
@@ -386,26 +428,42 @@ def sparse_pca(
             else:
                 W, H = (np.array(np.asarray(a), dtype=np.float64) for a in init)
         else:
-            mean = M.mean(axis=1) if center else da.zeros(M.shape[0], chunks=M.chunks[0])
-            Mc = (M - mean[:, None]).astype(np.float64)
+            # in float64 from the start: the model mean 1ᵀ + W H is then exactly what the
+            # relative error below measures, whatever the input's dtype
+            M64 = M.astype(np.float64)
+            mean = M64.mean(axis=1) if center else da.zeros(M.shape[0], chunks=M.chunks[0])
+            Mc = M64 - mean[:, None]
             if isinstance(X, Sketch):
                 (Mc,) = persist(Mc, client=c)
-            ops = _DaskOps(Mc, c)
+            ops = _DaskOps(Mc, M64, c)
             if not np.isfinite(ops.norm2):
                 raise NonFiniteError(
                     f"{source} holds NaN or Inf values; clean or impute the data first"
                 )
-            if init is None:
+            if state is not None:
+                # the chunking the iteration gives them: a resumed run adds in the same order
+                W = da.from_array(state.arrays["W"], chunks=(Mc.chunks[0], -1))
+                H = da.from_array(state.arrays["H"], chunks=(-1, Mc.chunks[1]))
+            elif init is None:
                 W, H = _dask_init(Mc, rank, seed, c)
             else:
                 W = da.asarray(init[0]).rechunk({0: Mc.chunks[0]})
                 H = da.asarray(init[1]).rechunk({1: Mc.chunks[1]})
         _check_init(W, H, M.shape, rank)
-        errors: list[float] = []
-        it = 0
-        converged = False
-        G = ops.gram(H)
-        for it in range(1, max_iter + 1):
+        if state is not None:
+            G = np.asarray(state.arrays["G"], dtype=np.float64)
+            errors: list[float] = [float(e) for e in state.history.get("errors", [])]
+            resid2 = float((state.history.get("resid2") or [float("nan")])[-1])
+            start = state.iteration
+        else:
+            G = ops.gram(H)
+            errors = []
+            resid2 = float("nan")
+            start = 0
+        it = start
+        # a checkpoint of the iteration that converged: the uninterrupted run stopped there
+        converged = len(errors) >= 2 and errors[-2] - errors[-1] < tol * errors[-1]
+        for it in range(start + 1, (start if converged else max_iter) + 1):
             W = ops.code_step(W, H, G, alpha)
             A, GZ, Z, l1 = ops.dict_step(W, H)
             Cf, unused = _dict_coefficients(A, GZ)
@@ -422,6 +480,8 @@ def sparse_pca(
             if not np.isfinite(cost):
                 raise NonFiniteError(f"sparse_pca objective became {cost} at iteration {it}")
             errors.append(float(cost))
+            if ck is not None and ck.should_save(it):
+                ck.save(it, {"W": W, "H": H, "G": G}, {"errors": errors, "resid2": [resid2]})
             logger.debug("sparse_pca iteration %d: objective %.6g (%.1fs)", it, cost,
                         time.perf_counter() - t0)
             stop = False
@@ -451,8 +511,28 @@ def sparse_pca(
             mean = ops.persist(mean)[0]
     params = dict(rank=rank, alpha=alpha, ridge_alpha=ridge_alpha, max_iter=max_iter, tol=tol,
                   center=center, seed=seed)
+    # the residual of the returned (W, H) (the sign flip leaves W H as it is) over ‖M‖
+    rel = (float(np.sqrt(max(resid2, 0.0) / ops.raw_norm2)) if ops.raw_norm2 > 0
+           else (0.0 if resid2 == resid2 else float("nan")))
+    norms = {"data": float(np.sqrt(ops.raw_norm2)), "centred": float(np.sqrt(ops.norm2))}
+    if resid2 == resid2:
+        norms["residual"] = float(np.sqrt(max(resid2, 0.0)))
     return SparsePCAResult(W=W, H=H, mean=mean, errors=errors, n_iter=it, alpha=float(alpha),
-                           operator=operator, params=params)
+                           operator=operator, params=params, relative_error=rel, norms=norms)
+
+
+def relative_error_tolerance(relative_error: float) -> float:
+    """How far :attr:`SparsePCAResult.relative_error` may be from the exact error (relative).
+
+    The squared residual is ``‖M_c‖² − 2 tr(Wᵀ M_c Hᵀ) + tr(WᵀW H Hᵀ)`` from float64 Gram
+    quantities; its terms are at most about ``4 ‖M_c‖² ≤ 4 ‖M‖²`` (``‖W H‖ ≤ ‖M_c‖`` for the
+    shrunk least-squares fit), each rounded to about ``250 ε`` (summation over the entries and
+    the ``r`` components). The squared relative error is then off by at most ``1000 ε``, the
+    relative error by ``1000 ε / (2 e²)`` of itself: ``2e-9`` at ``e = 0.01``, but large when
+    the fit is near exact (``e ≲ 1e-6``), where the estimate is only an upper bound's order.
+    """
+    e2 = max(float(relative_error) ** 2, 1e-300)
+    return float(min(1000.0 * np.finfo(np.float64).eps / (2.0 * e2), 1.0))
 
 
 def _check_init(W: Any, H: Any, shape: tuple[int, ...], rank: int) -> None:

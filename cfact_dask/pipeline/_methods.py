@@ -136,7 +136,11 @@ FACTORIZATIONS.register("svd", Factorization(
     validate=lambda o, src: _svd_check(o, src),
     cli="cfact_dask.cli.factor:run_svd", summary="randomized truncated SVD (one pass)"))
 FACTORIZATIONS.register("sparse-pca", Factorization(
-    "sparse-pca", cli="cfact_dask.cli.factor:run_sparse_pca", summary="sparse PCA"))
+    "sparse-pca", {"alpha": ((float, int), 1.0), "ridge_alpha": ((float, int), 0.01),
+                   "center": ((bool,), True), "warn_above": ((float, int), 0.25)},
+    iterative=True, stages="cfact_dask.pipeline._sparse_pca:STAGES",
+    validate=lambda o, src: _sparse_pca_check(o, src),
+    cli="cfact_dask.cli.factor:run_sparse_pca", summary="sparse PCA"))
 FACTORIZATIONS.register("dgd-local", Factorization(
     "dgd-local", {"n_nodes": ((int,), 4), "topology": ((str,), "ring")},
     cli="cfact_dask.cli.factor:run_dgd_local",
@@ -165,6 +169,18 @@ def _svd_check(o: Mapping[str, Any], source: str) -> None:
     if o["n_test"] < 0 or float(o["warn_above"]) <= 0:
         raise ConfigError(f"{source}: 'cfact.factor.n_test' must be >= 0 and "
                           f"'cfact.factor.warn_above' > 0")
+    if (o["oversample"] is not None and o["oversample"] < 0) or (
+            o["co_range"] is not None and o["co_range"] < 1):
+        raise ConfigError(f"{source}: 'cfact.factor.oversample' must be >= 0 and "
+                          f"'cfact.factor.co_range' >= 1 (or null for the defaults), got "
+                          f"{o['oversample']!r} and {o['co_range']!r}")
+
+
+def _sparse_pca_check(o: Mapping[str, Any], source: str) -> None:
+    from ._sparse_pca import validate
+
+    validate(o, source)
+
 
 def get(name: str) -> Factorization:
     """The entry of ``name`` (:class:`ConfigError` naming the choices if there is none)."""

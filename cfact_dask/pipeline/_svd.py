@@ -1,7 +1,7 @@
 """``factor.method: svd`` in the pipeline: the single-pass (or two-pass) randomized SVD.
 
-The fit reads the input once (``passes: 1``) and takes a small CountSketch test sketch in the same
-read; its error certificate is the test sketch's estimate of ``‖A − U Σ Vᵀ‖_F / ‖A‖_F``
+The fit reads the input once (``passes: 1``) and takes a small CountSketch test sketch ``Θ A`` and
+the exact ``‖A‖_F`` in the same read; its error certificate is ``‖Θ (A − U Σ Vᵀ)‖_F / ‖A‖_F``
 (:attr:`~cfact_dask.SVDResult.error_estimate`), so it costs no extra pass. The reconstruction is
 ``(U Σ) Vᵀ`` streamed on the input's chunk grid.
 """
@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .._runtime.checks import check_rank
 from ..factor._svd import SVDResult, svd
 from ..reconstruction import product
 from ._generic import Certificate, MethodStages, StageContext
@@ -25,9 +26,10 @@ def estimate_tolerance(n_test: int) -> float:
 
     The squared norm of a CountSketch / Gaussian sketch of ``E`` is unbiased with relative
     standard deviation at most ``sqrt(2 / n_test)`` (the worst case, ``E`` of rank one); the norm's
-    is half of that. Three standard deviations: the estimate lies within this fraction of the
-    exact error except with probability ~ 0.3 %, and far closer when ``E`` is noise (high stable
-    rank).
+    is half of that. The denominator ``‖A‖_F`` is exact (summed in the same read), so this is the
+    estimate's only randomness. Three standard deviations: the estimate lies within this fraction
+    of the exact error except with probability ~ 0.3 %, and far closer when ``E`` is noise (high
+    stable rank).
     """
     return 3.0 * 0.5 * math.sqrt(2.0 / max(1, int(n_test)))
 
@@ -49,7 +51,8 @@ def _certificate(res: SVDResult, ctx: StageContext) -> Certificate:
     if est is None:
         return Certificate(None, True, "no test sketch (n_test: 0)", None,
                            ("no error estimate was taken (n_test: 0)",), None, details)
-    basis = f"a {int(ctx.options['n_test'])}-row test sketch of the same pass"
+    basis = (f"a {int(ctx.options['n_test'])}-row CountSketch of the residual over the exact "
+             f"‖A‖_F, both from the fit's first read")
     if est <= warn:
         return Certificate(est, True, basis, tol, (), None, details)
     # the spectrum says whether more components would help: a last singular value still a
@@ -72,6 +75,8 @@ def _check(inp: Any, rank: int, options: Any) -> None:
 
         raise InputError(f"factor.method svd factorizes matrices; {inp.source} has shape "
                          f"{inp.shape} (use factor.method cp for tensors)")
+    # before the run store is made: a rank the SVD cannot take is refused without a trace
+    check_rank(rank, min(inp.shape), source=f"{inp.source} of shape {tuple(inp.shape)}")
 
 
 #: the pipeline stages of ``factor.method: svd``

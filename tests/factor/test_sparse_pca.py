@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import dask.array as da
 import numpy as np
@@ -11,8 +12,13 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import SparsePCA
 
 spca_mod = importlib.import_module("cfact_dask.factor._sparse_pca")  # the module, not cf.sparse_pca
-from cfact_dask.errors import ConvergenceWarning, InputError, NonFiniteError, RankError
-from cfact_dask.factor._sparse_pca import refit_components, sparse_pca, sparse_pca_transform
+from cfact_dask.errors import ConvergenceWarning, InputError, NonFiniteError, RankError, ResumeError
+from cfact_dask.factor._sparse_pca import (
+    refit_components,
+    relative_error_tolerance,
+    sparse_pca,
+    sparse_pca_transform,
+)
 from cfact_dask.sketching._sketch import sketch
 
 
@@ -117,3 +123,71 @@ def test_bad_input(rng):
         sparse_pca(X.T, 2, alpha=-1)
     with pytest.raises(InputError):
         sparse_pca(np.ones((3, 4, 5)), 1)
+
+
+def _dense(a):
+    return np.asarray(a.compute() if hasattr(a, "compute") else a)
+
+
+def test_relative_error_is_that_of_the_returned_factors(rng, path):
+    """The error from the last pass's Gram quantities is ‖X − (mean 1ᵀ + W H)‖ / ‖X‖ of the
+    factors returned (not of the previous iterate), to the stated tolerance."""
+    X, _ = _planted(rng, noise=0.05)
+    X = X + 5.0  # a mean that matters: it must be in the model
+    M = X.T if path == "numpy" else da.from_array(X.T, chunks=(10, 25))
+
+    def exact(res):
+        W, H, mean = _dense(res.W), _dense(res.H), _dense(res.mean)
+        return np.linalg.norm(X.T - mean[:, None] - W @ H) / np.linalg.norm(X)
+
+    runs = {}
+    for it in (3, 4, 200):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            runs[it] = sparse_pca(M, 3, alpha=0.5, max_iter=it)
+        e = exact(runs[it])
+        assert runs[it].reconstruction_err_ == runs[it].relative_error
+        assert relative_error_tolerance(e) < 1e-6
+        assert abs(runs[it].relative_error - e) <= relative_error_tolerance(e) * e
+    # the previous iterate's error is far outside that tolerance: the figure is the 4th's
+    e3, e4 = exact(runs[3]), exact(runs[4])
+    assert abs(e3 - e4) > 1e3 * relative_error_tolerance(e4) * e4
+
+
+@pytest.mark.filterwarnings("ignore::cfact_dask.errors.ConvergenceWarning")
+def test_checkpoint_resume_equals_uninterrupted(rng, path, tmp_path):
+    X, _ = _planted(rng)
+    M = X.T if path == "numpy" else da.from_array(X.T, chunks=(10, 25))
+    ref = sparse_pca(M, 3, alpha=1.0, max_iter=12, tol=0)
+    ck = {"store": str(tmp_path / "ck.zarr"), "every": 3}
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_8(state):
+        if state["iteration"] == 8:
+            raise Stop
+
+    with pytest.raises(Stop):
+        sparse_pca(M, 3, alpha=1.0, max_iter=12, tol=0, checkpoint=ck, callback=stop_at_8)
+    seen = []
+    res = sparse_pca(M, 3, alpha=1.0, max_iter=12, tol=0, checkpoint=ck,
+                     callback=lambda s: seen.append(s["iteration"]))
+    assert seen == [7, 8, 9, 10, 11, 12]  # continued from the checkpoint of iteration 6
+    for a in ("W", "H", "mean"):
+        np.testing.assert_array_equal(_dense(getattr(res, a)), _dense(getattr(ref, a)))
+    assert res.errors == ref.errors and res.n_iter == ref.n_iter == 12
+    assert res.relative_error == ref.relative_error
+    with pytest.raises(ResumeError, match="alpha"):
+        sparse_pca(M, 3, alpha=0.5, max_iter=12, tol=0, checkpoint=ck)
+
+
+def test_checkpoint_of_the_converged_iteration_does_not_iterate_again(rng, tmp_path):
+    X, _ = _planted(rng)
+    ck = {"store": str(tmp_path / "ck.zarr"), "every": 1}
+    ref = sparse_pca(X.T, 3, alpha=1.0, checkpoint=ck)
+    seen = []
+    again = sparse_pca(X.T, 3, alpha=1.0, checkpoint=ck, callback=lambda s: seen.append(1))
+    assert seen == [] and again.n_iter == ref.n_iter and again.errors == ref.errors
+    np.testing.assert_array_equal(again.W, ref.W)
+    assert again.relative_error == ref.relative_error
