@@ -137,7 +137,13 @@ def _check(inp: Any, rank: int, options: Mapping[str, Any]) -> None:
     if rank > min(n, m):
         raise ConfigError(f"'cfact.factor.rank' = {rank} exceeds min(n, m) = {min(n, m)} of "
                           f"{inp.source} ({n} × {m}); lower the rank")
-    check_topology(options)
+    topo = check_topology(options)
+    if options["lazy"] is False and topo.n_nodes > 1 and topo.eigenvalues[0] <= -1.0 + 1e-6:
+        raise ConfigError(
+            f"'cfact.factor.lazy' is false but the mixing matrix of {topo.name!r} on "
+            f"{topo.n_nodes} nodes has eigenvalue -1 (a bipartite graph with zero self-weights), "
+            f"so the copies of U would oscillate forever; drop lazy (it is then used only where "
+            f"needed) or set weights: metropolis")
 
 
 def _fit(ctx: StageContext) -> DGDResult:

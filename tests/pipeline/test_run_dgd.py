@@ -292,3 +292,12 @@ def test_more_nodes_than_columns_is_refused_before_compute(tmp_path):
     with pytest.raises(ConfigError, match="n_nodes <= 12"):
         run_method(src, 2, dict(method="dgd-local", n_nodes=16), out=str(tmp_path / "r.zarr"))
     assert not (tmp_path / "r.zarr").exists()
+
+
+def test_an_oscillating_mixing_matrix_is_refused_before_compute(tmp_path):
+    """An even ring with max-degree weights has eigenvalue -1; with lazy: false DGD+LOCAL
+    would never settle, so the run is refused before the run store exists."""
+    src = _store(tmp_path / "in.zarr", _lowrank())
+    with pytest.raises(ConfigError, match="eigenvalue -1"):
+        run_method(src, 4, dict(method="dgd-local", lazy=False), out=str(tmp_path / "r.zarr"))
+    assert not (tmp_path / "r.zarr").exists()
