@@ -142,7 +142,22 @@ FACTORIZATIONS.register("sparse-pca", Factorization(
     validate=lambda o, src: _sparse_pca_check(o, src),
     cli="cfact_dask.cli.factor:run_sparse_pca", summary="sparse PCA"))
 FACTORIZATIONS.register("dgd-local", Factorization(
-    "dgd-local", {"n_nodes": ((int,), 4), "topology": ((str,), "ring")},
+    "dgd-local", {
+        "n_nodes": ((int,), 8), "topology": ((str,), "ring"),
+        "weights": ((str,), "max-degree"), "lazy": ((bool, type(None)), None),
+        "edge_probability": ((float, int), 0.3), "graph_seed": ((int,), 0),
+        "solver": ((str,), "auto"), "step": ((float, int, str), "auto"),
+        "step_schedule": ((str,), "constant"), "step_decay": ((float, int), 1e-3),
+        "consensus_weight": ((float, int), 4.0), "polish": ((bool,), True),
+        "mode": ((str,), "workers"),
+        # a stall of 1e-6 (relative change of cost + consensus over 10 iterations) ends a run on
+        # noisy data once its fit has settled; the CLI's 1e-10 runs max_iter on any noisy data
+        "max_iter": ((int,), 3000), "tol": ((float, int), 1e-6),
+        # a checkpoint is also an anchor (every node's state is pulled to the client)
+        "checkpoint_every": ((int,), 100),
+        "warn_above": ((float, int), 0.25), "consensus_tol": ((float, int), 1e-3)},
+    stages="cfact_dask.pipeline._dgd:STAGES",
+    validate=lambda o, src: importlib.import_module("cfact_dask.pipeline._dgd").validate(o, src),
     cli="cfact_dask.cli.factor:run_dgd_local",
     summary="decentralized DGD+LOCAL over column blocks"))
 FACTORIZATIONS.register("cp", Factorization(

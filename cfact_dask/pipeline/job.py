@@ -287,5 +287,9 @@ def load_job(path: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
         p = job[section]["path"]
         if "://" not in p and not os.path.isabs(p):
             job[section]["path"] = os.path.join(base, p)
+    # a factor option naming a file (dgd-local's .npy topology) is taken from there too
+    topo = job["factor"].get("topology")
+    if isinstance(topo, str) and topo.endswith(".npy") and not os.path.isabs(topo):
+        job["factor"]["topology"] = os.path.join(base, topo)
     _check_paths(job, f"job file {path!r}")
     return job
