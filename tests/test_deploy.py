@@ -471,6 +471,34 @@ def test_slurm_runner_runs_a_job(tmp_path):
     assert (tmp_path / "run.zarr").is_dir()
 
 
+@pytest.mark.slow
+def test_slurm_runner_runs_a_dgd_local_job_file(tmp_path):
+    """deploy/config/job-dgd-local.yaml (issue 16: a non-NMF method as a SLURM batch job)
+    through the SLURMRunner script: 4 simulated tasks, so DGD's nodes spread over 2 workers."""
+    pytest.importorskip("dask_jobqueue")
+    import zarr
+
+    rng = np.random.default_rng(0)
+    Y = np.abs(rng.standard_normal((400, 4))) @ np.abs(rng.standard_normal((4, 160)))
+    z = zarr.create_array(str(tmp_path / "input.zarr"), shape=Y.shape, chunks=(200, 20),
+                          dtype="f8")
+    z[:] = Y
+    job = _load("config/job-dgd-local.yaml")
+    job["cfact"]["input"]["path"] = str(tmp_path / "input.zarr")
+    job["cfact"]["output"]["path"] = str(tmp_path / "run.zarr")
+    job["cfact"]["factor"].update(rank=4, max_iter=200)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    codes, outs, errs = _simulate_slurm(tmp_path, [str(tmp_path / "job.yaml"), "--check"],
+                                        n_tasks=4, job_id="779", timeout=280)
+    assert codes == [0, 0, 0, 0], [(c, e[-3000:]) for c, e in zip(codes, errs, strict=True)]
+    summary = json.loads(outs[1].strip().splitlines()[-1])
+    assert summary["check"]["ok"] is True and summary["check"]["n_workers"] == 2
+    rep = summary["report"]
+    assert rep["factor"]["method"] == "dgd-local" and rep["certificate"]["ok"] is True
+    meta = zarr.open_group(str(tmp_path / "run.zarr"), mode="r").attrs["cfact"]
+    assert meta["complete"] and "factor" in meta["stages"]
+
+
 def _load_script(name: str) -> Any:
     import importlib.util
 
