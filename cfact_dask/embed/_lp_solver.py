@@ -104,13 +104,13 @@ class LpSolver:
         st = self.ckpt.load() if self.ckpt is not None else None
         if st is not None:
             self.resumed_from = st.iteration
-            self.passes = int(st.arrays["passes"])
+            self.passes = int(st.arrays["passes"][0])
             logger.info("lp_lowrank: resuming after iteration %d", st.iteration)
         return st
 
     def _save(self, it: int, arrays: dict[str, Any], history: dict[str, list[float]]) -> None:
         if self.ckpt is not None and self.ckpt.should_save(it):
-            self.ckpt.save(it, {**arrays, "passes": np.array(self.passes, np.int64)}, history)
+            self.ckpt.save(it, {**arrays, "passes": np.array([self.passes], np.int64)}, history)
 
     @staticmethod
     def _best_arrays(best: tuple[Any, ...]) -> dict[str, Any]:
@@ -132,7 +132,7 @@ class LpSolver:
         st = self._load()
         if st is not None:
             a = st.arrays
-            V, delta = a["V"], float(a["delta"])
+            V, delta = a["V"], float(a["delta"][0])
             Q = a.get("Q") if update == "subspace" else None
             hist = [float(v) for v in st.history.get("objective", [])]
             best = self._best_from(a)
@@ -178,7 +178,7 @@ class LpSolver:
                 _, V = top_eigvecs(S, k)
             else:
                 V, Q = ritz_step(Q, out[HEAD:].reshape(self.D, Q.shape[1]), k)
-            state = {"V": V, "delta": np.array(delta), **self._best_arrays(best)}
+            state = {"V": V, "delta": np.array([delta]), **self._best_arrays(best)}
             if Q is not None:
                 state["Q"] = Q
             self._save(it, state, {"objective": hist})
@@ -210,7 +210,7 @@ class LpSolver:
         st = self._load()
         if st is not None:
             a = st.arrays
-            V, delta = a["V"], float(a["delta"])
+            V, delta = a["V"], float(a["delta"][0])
             hist = [float(v) for v in st.history.get("objective", [])]
             best = self._best_from(a)
             start = st.iteration + 1
@@ -238,7 +238,7 @@ class LpSolver:
             ridge = 1e-12 * max(float(np.trace(N.sum(0))), 1e-300) / k * np.eye(k)
             Vn = np.linalg.solve(N + ridge, b[..., None])[..., 0]
             V = fix_signs(np.linalg.qr(Vn)[0])
-            self._save(it, {"V": V, "delta": np.array(delta), **self._best_arrays(best)},
+            self._save(it, {"V": V, "delta": np.array([delta]), **self._best_arrays(best)},
                        {"objective": hist})
         obj, V, rel, prof = best
         return V, hist, rel, it, converged or max_iter == 0, None, {
@@ -256,7 +256,7 @@ class LpSolver:
             hist = [float(v) for v in st.history.get("objective", [])]
             logvol = [float(v) for v in st.history.get("logvol", [])]
             best = (*self._best_from(a), a["best_axes"])
-            n_cuts_total = int(a["cuts"])
+            n_cuts_total = int(a["cuts"][0])
             start = st.iteration + 1
         else:
             S, n2 = self.svd_pass()
@@ -315,7 +315,7 @@ class LpSolver:
             if abs(logvol[-2] - logvol[-1]) <= tol * max(abs(logvol[-2]), 1.0):
                 converged = True
                 break
-            self._save(it, {"axes": Lax, "semi_axes": s, "cuts": np.array(n_cuts_total),
+            self._save(it, {"axes": Lax, "semi_axes": s, "cuts": np.array([n_cuts_total]),
                             "best_axes": best[4], **self._best_arrays(best)},
                        {"objective": hist, "logvol": logvol})
         obj, V, rel, prof, Lbest = best
