@@ -167,11 +167,14 @@ def _messi_certificate(res: ProjectiveClusteringResult, ctx: StageContext) -> Ce
                "restart_costs": [float(c) for c in res.restart_costs],
                "converged": bool(res.converged), "n_passes": int(res.n_passes)}
     fix = ("raise factor.n_subspaces (the rows lie on more subspaces than k) or factor.rank "
-           "(each subspace has more dimensions than j); the EM can also stop in a local "
-           "minimum from its random splits: raise factor.n_init or try another "
-           "factor.random_state (restart costs "
-           f"{sorted(round(float(c), 4) for c in res.restart_costs)}); if the data is noise "
-           "at this size, raise factor.warn_above")
+           "(each subspace has more dimensions than j)")
+    costs = sorted(float(c) for c in res.restart_costs)
+    if len(costs) == 1 or costs[-1] > 1.01 * costs[0]:
+        # the restarts disagree (or there is one): the EM may have stopped in a local minimum
+        fix += ("; the EM can also stop in a local minimum from its random splits (restart "
+                f"costs {[round(c, 4) for c in costs]}): raise factor.n_init or try another "
+                "factor.random_state")
+    fix += "; if the data is noise at this size, raise factor.warn_above"
     if not res.converged:
         fix += "; the EM also stopped at factor.max_iter: raise it"
     return _verdict(est, prof, float(ctx.options["warn_above"]), res.loss != "l2",
