@@ -64,6 +64,13 @@ from _common import (  # noqa: E402
 )
 
 from cfact_dask._runtime.blas import blas_threads  # noqa: E402
+from cfact_dask.embed._lp_kernels import (  # noqa: E402
+    irls_kernel as _irls_kernel,
+)
+from cfact_dask.embed._lp_kernels import (  # noqa: E402
+    irls_subspace_kernel as _irls_subspace_kernel,
+)
+from cfact_dask.embed._lp_kernels import top_eigvecs as _top_eigvecs  # noqa: E402
 from cfact_dask.embed._rows import prepare_rows, reduce_rows  # noqa: E402
 from cfact_dask.embed.budget import lowrank_params, messi_params  # noqa: E402
 from cfact_dask.embed.clustering import projective_clustering  # noqa: E402
@@ -73,12 +80,7 @@ from cfact_dask.embed.datasets import (  # noqa: E402
     load_wordsim353,
     similarity_spearman,
 )
-from cfact_dask.embed.lp import (  # noqa: E402
-    _irls_kernel,
-    _irls_subspace_kernel,
-    _top_eigvecs,
-    lp_lowrank,
-)
+from cfact_dask.embed.lp import lp_lowrank  # noqa: E402
 from cfact_dask.embed.nn import choose_budget, dense_params  # noqa: E402
 from cfact_dask.errors import ConvergenceWarning  # noqa: E402
 

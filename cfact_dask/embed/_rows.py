@@ -25,7 +25,8 @@ from .._runtime.cluster import compute
 from ..errors import InputError, NonFiniteError
 from ..io import open_array
 
-__all__ = ["fix_signs", "one_blas_thread", "prepare_rows", "reduce_rows", "row_reduction"]
+__all__ = ["PROFILE_BINS", "fix_signs", "one_blas_thread", "prepare_rows", "profile_quantile",
+           "reduce_rows", "residual_profile", "row_reduction"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,3 +211,35 @@ def fix_signs(V: np.ndarray) -> np.ndarray:
     return V * s
 
 
+
+
+#: bins of :func:`residual_profile` (relative row residuals in [0, 1], width 0.05)
+PROFILE_BINS = 20
+
+
+def residual_profile(n2: np.ndarray, d2: np.ndarray) -> np.ndarray:
+    """Histogram of the rows' relative residuals ``‖a_i − â_i‖ / ‖a_i‖`` (``d2``, ``n2``: the
+    squared residual and row norms) in :data:`PROFILE_BINS` equal bins of [0, 1] (float64
+    counts, so chunk partials add up in the same tree sum as the other statistics; a residual
+    above the row's norm, possible for robust entrywise fits, lands in the last bin, a zero
+    row in the first).
+
+    A certificate reads a quantile off it (:func:`profile_quantile`): whether the typical row
+    is fitted, which the Frobenius error does not say when a few outlier rows carry it."""
+    n2 = np.asarray(n2, np.float64)
+    rho = np.sqrt(np.divide(np.asarray(d2, np.float64), n2, out=np.zeros_like(n2),
+                            where=n2 > 0))
+    idx = np.minimum((rho * PROFILE_BINS).astype(np.int64), PROFILE_BINS - 1)
+    return np.bincount(idx, minlength=PROFILE_BINS).astype(np.float64)
+
+
+def profile_quantile(hist: Any, q: float) -> float | None:
+    """Upper bound of the ``q``-quantile of the relative row residuals of a
+    :func:`residual_profile` (the upper edge of the bin where the cumulative count reaches
+    ``q``; ``None`` for an empty profile)."""
+    h = np.asarray(hist, np.float64).ravel()
+    total = float(h.sum())
+    if h.size == 0 or total <= 0:
+        return None
+    i = int(np.searchsorted(np.cumsum(h), q * total - 1e-9 * total))
+    return min(1.0, (min(i, h.size - 1) + 1) / h.size)

@@ -37,7 +37,7 @@ from .._runtime.cluster import client_context, persist
 from .._runtime.display import fmt_value, summary_html, summary_repr
 from .._runtime.random import SeedLike, generator, normalize_seed
 from ..errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError, RankError
-from ._rows import fix_signs, prepare_rows, reduce_rows
+from ._rows import PROFILE_BINS, fix_signs, prepare_rows, reduce_rows, residual_profile
 
 __all__ = ["LOSSES", "ProjectiveClusteringResult", "projective_clustering"]
 
@@ -181,7 +181,8 @@ def _em_kernel(X: np.ndarray, op: tuple[np.ndarray, np.ndarray, np.ndarray], R: 
         counts = np.bincount(lab, minlength=k).astype(np.float64)
         ccost = np.bincount(lab, weights=val, minlength=k)
         S = _cluster_scatters(X, lab, None if loss == "l2" else w, k)
-        out += [np.array([val.sum(), dmin.sum()]), counts, ccost, S.ravel()]
+        out += [np.array([val.sum(), dmin.sum()]), residual_profile(n2, dmin), counts, ccost,
+                S.ravel()]
     return np.concatenate(out)
 
 
@@ -357,6 +358,7 @@ def projective_clustering(
     client: Any = None,
     callback: Callable[[dict[str, Any]], bool | None] | None = None,
     check_finite: bool = True,
+    checkpoint: Any = None,
 ) -> ProjectiveClusteringResult:
     """Fit ``n_subspaces`` linear subspaces of dimension ``dim`` to the rows of ``A`` (MESSI).
 
@@ -396,10 +398,22 @@ def projective_clustering(
         ``seconds``); True stops.
     check_finite : bool
         Raise :class:`~cfact_dask.errors.NonFiniteError` naming the chunk for NaN / Inf.
+    checkpoint : str, dict or Checkpoint, optional
+        Save the EM state of every restart (bases, the complements the distances use, the best
+        iterate, the histories) every ``every`` passes into a Zarr store and resume from the
+        last saved state when one is there: ``dict(store=..., every=10, group="checkpoint")``
+        or a store path (see :mod:`cfact_dask._runtime.checkpoint`). A resume continues bitwise
+        as the uninterrupted run would have (for the same chunking) and skips the initial
+        split; one with other settings or data is refused
+        (:class:`~cfact_dask.errors.ResumeError`). ``info["resumed_from"]`` says where it
+        continued.
 
     Returns
     -------
     ProjectiveClusteringResult
+        ``info["profile"]`` is the histogram of the rows' relative residuals
+        ``‖a_i − â_i‖ / ‖a_i‖`` of the kept bases (20 bins of [0, 1]) from the pass that
+        assigned the rows to them.
 
     Notes
     -----
@@ -437,59 +451,54 @@ def projective_clustering(
     seed = normalize_seed(random_state)
     jmax = max(dims)
 
+    from .._runtime.checkpoint import as_checkpoint
+
+    ckpt = as_checkpoint(checkpoint, {
+        "method": "messi", "n_subspaces": k, "dims": list(dims), "n_init": int(n_init),
+        "loss": loss, "p": float(p), "scale": None if scale is None else float(scale),
+        "seed": seed, "shape": [n, D], "dtype": str(x.dtype),
+        "chunks": [list(c_) for c_ in x.chunks], "source": source,
+    })
+    restarts = tuple(range(int(n_init)))
     with client_context(client, nbytes=int(x.nbytes)) as c:
         if c is not None and in_memory:
             (x,) = persist(x, client=c)
-        t0 = time.perf_counter()
-        restarts = tuple(range(int(n_init)))
-        out = reduce_rows(x, _init_kernel, (k, seed, restarts), c, check_finite=check_finite,
-                          source=source, with_offset=True)
-        passes = 1
-        _check_sums(out, source)
-        n2 = float(out[0])
-        rms = math.sqrt(n2 / n)
-        cscale = float(scale) if scale is not None else 0.1 * rms
-        delta = 1e-6 * max(rms, 1e-300)
-        per = k + k * D * D
-        bases = np.zeros((len(restarts), k, jmax, D))
-        jobs = []
-        for r in restarts:
-            blk = out[1 + r * per : 1 + (r + 1) * per]
-            jobs.append((blk[k:].reshape(k, D, D), blk[:k], np.zeros(k), bases[r], r))
-        comps: list[list[np.ndarray]] = [[] for _ in restarts]
-        for r, (B_r, C_r) in zip(restarts, _refit_many(jobs, dims), strict=True):
-            bases[r], comps[r] = B_r, C_r
-        logger.info("projective_clustering: initial split of %d restarts (%.2fs)", len(restarts),
-                    time.perf_counter() - t0)
-        hist: list[list[float]] = [[] for _ in restarts]
-        best: list[tuple[float, np.ndarray, float, np.ndarray]] = [
-            (math.inf, bases[r], 1.0, np.zeros(k)) for r in restarts
-        ]
-        active = list(restarts)
-        done = [False] * len(restarts)
-        it = 0
-        for it in range(1, max_iter + 1):
+        loaded = ckpt.load() if ckpt is not None else None
+        if loaded is None:
+            st = _initial_state(x, k, D, dims, seed, restarts, scale, c, check_finite, source)
+        else:
+            st = _state_from(loaded, dims, restarts)
+            logger.info("projective_clustering: resuming after pass %d", loaded.iteration)
+        bases, comps, hist, best = st["bases"], st["comps"], st["hist"], st["best"]
+        active, done, passes = st["active"], st["done"], st["passes"]
+        cscale, delta = st["cscale"], st["delta"]
+        it = st["iteration"]
+        for it in range(st["iteration"] + 1, max_iter + 1):
             t0 = time.perf_counter()
             sub = bases[active]
             op = _dist_operator(sub, [comps[r] for r in active], dims)
             out = reduce_rows(x, _em_kernel, (op, len(active), k, loss, float(p), cscale, delta),
-                              c, source=source)
+                              c, source=source,
+                              check_finite=check_finite and loaded is not None and
+                              it == st["iteration"] + 1)
             passes += 1
             _check_sums(out, source)
             n2 = float(out[0])
-            per = 2 + 2 * k + k * D * D
+            per = 2 + PROFILE_BINS + 2 * k + k * D * D
             still = []
             jobs = []
             for i, r in enumerate(active):
                 blk = out[1 + i * per : 1 + (i + 1) * per]
                 cost, d2 = float(blk[0]), float(blk[1])
-                counts = blk[2 : 2 + k]
-                ccost = blk[2 + k : 2 + 2 * k]
-                S = blk[2 + 2 * k :].reshape(k, D, D)
+                prof = blk[2 : 2 + PROFILE_BINS]
+                blk = blk[2 + PROFILE_BINS:]
+                counts = blk[:k]
+                ccost = blk[k : 2 * k]
+                S = blk[2 * k :].reshape(k, D, D)
                 hist[r].append(cost)
                 rel = math.sqrt(d2 / n2) if n2 > 0 else 0.0
                 if cost < best[r][0]:
-                    best[r] = (cost, bases[r].copy(), rel, counts.copy())
+                    best[r] = (cost, bases[r].copy(), rel, counts.copy(), prof.copy())
                 h = hist[r]
                 if len(h) > 1 and (h[-2] - h[-1]) <= tol * max(abs(h[-2]), 1e-300):
                     done[r] = True
@@ -508,8 +517,12 @@ def projective_clustering(
                 if stop:
                     done = [True] * len(done)
                 break
+            if ckpt is not None and ckpt.should_save(it):
+                ckpt.save(it, _state_arrays(bases, comps, best, active, done, passes, cscale,
+                                            delta, dims),
+                          {f"cost_{r}": hist[r] for r in restarts})
     rbest = int(np.argmin([b[0] for b in best]))
-    cost, B, rel, counts = best[rbest]
+    cost, B, rel, counts, prof = best[rbest]
     converged = done[rbest] or max_iter == 0
     if not converged:
         warnings.warn(
@@ -529,8 +542,80 @@ def projective_clustering(
         relative_error=float(rel), counts=counts.astype(np.int64), loss=loss, n_iter=it,
         n_passes=passes, converged=bool(converged),
         info={"restart": rbest, "seed": seed, "scale": cscale if loss in ("huber", "cauchy")
-              else None},
+              else None, "profile": [float(v) for v in prof],
+              "resumed_from": 0 if loaded is None else int(loaded.iteration)},
     )
+
+
+def _initial_state(x: da.Array, k: int, D: int, dims: tuple[int, ...], seed: int,
+                   restarts: tuple[int, ...], scale: float | None, client: Any,
+                   check_finite: bool, source: str) -> dict[str, Any]:
+    """The initial random split of every restart (one pass) and its subspaces."""
+    t0 = time.perf_counter()
+    out = reduce_rows(x, _init_kernel, (k, seed, restarts), client, check_finite=check_finite,
+                      source=source, with_offset=True)
+    _check_sums(out, source)
+    rms = math.sqrt(float(out[0]) / int(x.shape[0]))
+    per = k + k * D * D
+    bases = np.zeros((len(restarts), k, max(dims), D))
+    jobs = []
+    for r in restarts:
+        blk = out[1 + r * per : 1 + (r + 1) * per]
+        jobs.append((blk[k:].reshape(k, D, D), blk[:k], np.zeros(k), bases[r], r))
+    comps: list[list[np.ndarray]] = [[] for _ in restarts]
+    for r, (B_r, C_r) in zip(restarts, _refit_many(jobs, dims), strict=True):
+        bases[r], comps[r] = B_r, C_r
+    logger.info("projective_clustering: initial split of %d restarts (%.2fs)", len(restarts),
+                time.perf_counter() - t0)
+    return {
+        "bases": bases, "comps": comps, "hist": [[] for _ in restarts],
+        "best": [(math.inf, bases[r], 1.0, np.zeros(k), np.zeros(PROFILE_BINS))
+                 for r in restarts],
+        "active": list(restarts), "done": [False] * len(restarts), "passes": 1,
+        "cscale": float(scale) if scale is not None else 0.1 * rms,
+        "delta": 1e-6 * max(rms, 1e-300), "iteration": 0,
+    }
+
+
+def _state_arrays(bases: np.ndarray, comps: list[list[np.ndarray]], best: list[tuple[Any, ...]],
+                  active: list[int], done: list[bool], passes: int, cscale: float, delta: float,
+                  dims: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The EM state as arrays for a checkpoint (the complements zero-padded to one shape)."""
+    R, k, _, D = bases.shape
+    C = np.zeros((R, k, D - min(dims), D))
+    for r in range(R):
+        for c_ in range(k):
+            C[r, c_, : D - dims[c_]] = comps[r][c_]
+    return {
+        "bases": bases, "comps": C,
+        "best_cost": np.array([b[0] for b in best], np.float64),
+        "best_bases": np.stack([b[1] for b in best]),
+        "best_rel": np.array([b[2] for b in best], np.float64),
+        "best_counts": np.stack([np.asarray(b[3], np.float64) for b in best]),
+        "best_profile": np.stack([np.asarray(b[4], np.float64) for b in best]),
+        "active": np.isin(np.arange(R), active), "done": np.array(done, bool),
+        "scalars": np.array([passes, cscale, delta], np.float64),
+    }
+
+
+def _state_from(loaded: Any, dims: tuple[int, ...], restarts: tuple[int, ...]
+                ) -> dict[str, Any]:
+    """The EM state of :func:`_state_arrays` read back from a checkpoint."""
+    a = loaded.arrays
+    k, D = a["bases"].shape[1], a["bases"].shape[3]
+    sc = a["scalars"]
+    return {
+        "bases": np.array(a["bases"]),
+        "comps": [[np.array(a["comps"][r, c_, : D - dims[c_]]) for c_ in range(k)]
+                  for r in restarts],
+        "hist": [[float(v) for v in loaded.history.get(f"cost_{r}", [])] for r in restarts],
+        "best": [(float(a["best_cost"][r]), np.array(a["best_bases"][r]),
+                  float(a["best_rel"][r]), np.array(a["best_counts"][r]),
+                  np.array(a["best_profile"][r])) for r in restarts],
+        "active": [r for r in restarts if bool(a["active"][r])],
+        "done": [bool(v) for v in a["done"]], "passes": int(sc[0]), "cscale": float(sc[1]),
+        "delta": float(sc[2]), "iteration": int(loaded.iteration),
+    }
 
 
 def _check_dims(dim: Any, k: int, D: int, source: str) -> tuple[int, ...]:

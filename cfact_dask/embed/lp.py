@@ -16,9 +16,7 @@ References
 from __future__ import annotations
 
 import logging
-import math
 import os
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,16 +24,17 @@ from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
-import scipy.linalg
 
 from .._runtime.blas import blas_threads
+from .._runtime.checkpoint import as_checkpoint
 from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike
-from ..errors import ConfigError, ConvergenceWarning, InputError, NonFiniteError
-from ._ellipsoid import apply_cuts, g_from_axes, orthogonal_axes
-from ._rows import fix_signs, prepare_rows, reduce_rows
+from ..errors import ConfigError, ConvergenceWarning, InputError
+from ._lp_kernels import entrywise_coef_block, eval_kernel, lowrank_block, project_block
+from ._lp_solver import LpSolver
+from ._rows import prepare_rows, reduce_rows
 
 __all__ = ["LpLowRankResult", "lp_lowrank", "lp_objective"]
 
@@ -52,21 +51,6 @@ def _check_rank(rank: Any, n: int, D: int, source: str, name: str = "rank") -> i
                       need="a basis of the rows")
 
 
-def _top_eigvecs(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k eigenpairs of a symmetric matrix, descending, with a deterministic sign."""
-    S = 0.5 * (S + S.T)
-    D = S.shape[0]
-    w, V = scipy.linalg.eigh(S, subset_by_index=[D - k, D - 1])
-    w, V = w[::-1], V[:, ::-1]
-    return w, fix_signs(V)
-
-
-def _project_block(block: np.ndarray, V: np.ndarray) -> np.ndarray:
-    return block @ V.astype(block.dtype, copy=False)
-
-
-def _lowrank_block(U: np.ndarray, V: np.ndarray) -> np.ndarray:
-    return U @ V.T.astype(U.dtype, copy=False)
 
 
 # ====================================================================== result
@@ -189,133 +173,7 @@ class LpLowRankResult:
         """``coefficients @ basis.T`` as a lazy n × D array on the row chunks of ``A``."""
         U = self.coefficients
         D = self.basis.shape[0]
-        return U.map_blocks(_lowrank_block, self.basis, chunks=(U.chunks[0], (D,)), dtype=U.dtype)
-
-
-# ====================================================================== kernels (one per pass)
-def _residual_stats(X: np.ndarray, XV: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Squared row norms of ``X`` and of the residual ``X − X V Vᵀ`` (V orthonormal).
-
-    ``‖a‖² − ‖Vᵀa‖²`` is used where it is accurate; rows close to the subspace, where that
-    difference loses the digits that matter (their IRLS weights are the largest), get the residual
-    computed directly. Sums of squares run in the data's precision (all terms positive, relative
-    error <= D eps); einsum with a wider ``dtype=`` leaves the vectorised path.
-    """
-    n2 = np.einsum("ij,ij->i", X, X).astype(np.float64)
-    d2 = n2 - np.einsum("ij,ij->i", XV, XV).astype(np.float64)
-    cut = 1e-2 if X.dtype.itemsize <= 4 else 1e-6
-    near = d2 < cut * n2
-    if near.any():
-        R = X[near] - XV[near] @ V.T.astype(X.dtype, copy=False)
-        d2[near] = np.einsum("ij,ij->i", R, R)
-    return n2, np.maximum(d2, 0.0)
-
-
-def _scatter_kernel(X: np.ndarray) -> np.ndarray:
-    S = X.T @ X
-    n2 = float(np.einsum("ij,ij->i", X, X).astype(np.float64).sum())
-    return np.concatenate([[n2], np.asarray(S, np.float64).ravel()])
-
-
-def _irls_kernel(X: np.ndarray, V: np.ndarray, p: float, delta: float) -> np.ndarray:
-    XV = X @ V.astype(X.dtype, copy=False)
-    n2, d2 = _residual_stats(X, XV, V)
-    d = np.sqrt(d2)
-    obj = float(np.sum(d**p))
-    w = np.maximum(d, delta) ** (p - 2.0)
-    S = X.T @ (X * w[:, None].astype(X.dtype, copy=False))
-    return np.concatenate([[obj, d2.sum(), n2.sum()], np.asarray(S, np.float64).ravel()])
-
-
-def _irls_subspace_kernel(X: np.ndarray, Q: np.ndarray, k: int, p: float, delta: float
-                          ) -> np.ndarray:
-    """IRLS weights for the basis ``Q[:, :k]`` and ``S_w Q = Xᵀ(w ⊙ X Q)`` (D × m) instead of the
-    D × D scatter: O(n D m) flops per chunk rather than O(n D²)."""
-    Z = X @ Q.astype(X.dtype, copy=False)
-    n2, d2 = _residual_stats(X, Z[:, :k], Q[:, :k])
-    d = np.sqrt(d2)
-    obj = float(np.sum(d**p))
-    w = np.maximum(d, delta) ** (p - 2.0)
-    Y = X.T @ (Z * w[:, None].astype(X.dtype, copy=False))
-    return np.concatenate([[obj, d2.sum(), n2.sum()], np.asarray(Y, np.float64).ravel()])
-
-
-def _eval_kernel(X: np.ndarray, V: np.ndarray, p: float) -> np.ndarray:
-    XV = X @ V.astype(X.dtype, copy=False)
-    n2, d2 = _residual_stats(X, XV, V)
-    return np.array([float(np.sum(np.sqrt(d2) ** p)), d2.sum(), n2.sum()])
-
-
-_SLAB_ROWS = 2048  # rows per slab of the ellipsoid pass (its n × D temporaries stay in cache)
-
-
-def _ellipsoid_kernel(X: np.ndarray, Y: np.ndarray, V: np.ndarray, p: float) -> np.ndarray:
-    """``‖X y_i‖_p^p`` and the unnormalised gradients ``Xᵀ(sign(X y)|X y|^{p−1})`` for every
-    column ``y_i`` of ``Y``, plus the row-wise objective of the subspace ``V``: one read.
-
-    Slab by slab of rows, ``X [Y | V]`` is one GEMM and its float64 sums stay in cache; the
-    row-wise statistics of ``V`` come from the same product (no second GEMM against ``V``)."""
-    m = Y.shape[1]
-    W = np.concatenate([Y, V], axis=1).astype(X.dtype, copy=False)
-    Vx = V.astype(X.dtype, copy=False)
-    fp = np.zeros(m)
-    Gr = np.zeros((X.shape[1], m))
-    obj = r2 = n2 = 0.0
-    for a in range(0, X.shape[0], _SLAB_ROWS):
-        Xs = X[a : a + _SLAB_ROWS]
-        ZW = Xs @ W
-        Z = ZW[:, :m]
-        aZ = np.abs(Z).astype(np.float64)
-        if p == 1.0:
-            fp += aZ.sum(axis=0)
-            Gz = np.sign(Z)
-        else:
-            fp += np.sum(aZ**p, axis=0)
-            Gz = np.sign(Z) * np.abs(Z) ** (p - 1.0)
-        Gr += Xs.T @ Gz.astype(X.dtype, copy=False)
-        sn2, sd2 = _residual_stats(Xs, ZW[:, m:], Vx)
-        obj += float(np.sum(np.sqrt(sd2) ** p))
-        r2 += float(sd2.sum())
-        n2 += float(sn2.sum())
-    return np.concatenate([fp, Gr.ravel(), [obj, r2, n2]])
-
-
-def _robust_rows(X: np.ndarray, V: np.ndarray, p: float, delta: float, n_inner: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Entrywise ℓp fit of every row on the basis ``V``: ``u_i = argmin Σ_j |a_ij − u_i·v_j|^p``
-    by a few IRLS steps from the least-squares fit. Returns ``U`` (n × k) and the weights."""
-    X = np.asarray(X, np.float64)
-    V = np.asarray(V, np.float64)
-    k = V.shape[1]
-    U = X @ V @ np.linalg.pinv(V.T @ V)
-    w = np.ones_like(X)
-    ridge = 1e-10 * np.eye(k)
-    for _ in range(n_inner):
-        R = X - U @ V.T
-        w = np.maximum(np.abs(R), delta) ** (p - 2.0)
-        M = np.einsum("nd,dk,dl->nkl", w, V, V, optimize=True) + ridge
-        b = (w * X) @ V
-        U = np.linalg.solve(M, b[..., None])[..., 0]
-    R = X - U @ V.T
-    w = np.maximum(np.abs(R), delta) ** (p - 2.0)
-    return U, w
-
-
-def _entrywise_kernel(X: np.ndarray, V: np.ndarray, p: float, delta: float, n_inner: int
-                      ) -> np.ndarray:
-    U, w = _robust_rows(X, V, p, delta, n_inner)
-    Xd = np.asarray(X, np.float64)
-    R = Xd - U @ V.T
-    obj = float(np.sum(np.abs(R) ** p))
-    N = np.einsum("nd,nk,nl->dkl", w, U, U, optimize=True)
-    b = np.einsum("nd,nk->dk", w * Xd, U, optimize=True)
-    return np.concatenate([[obj, float(np.sum(R * R)), float(np.sum(Xd * Xd))], N.ravel(),
-                           b.ravel()])
-
-
-def _entrywise_coef_block(X: np.ndarray, V: np.ndarray, p: float, delta: float, n_inner: int
-                          ) -> np.ndarray:
-    return _robust_rows(X, V, p, delta, n_inner)[0].astype(X.dtype, copy=False)
+        return U.map_blocks(lowrank_block, self.basis, chunks=(U.chunks[0], (D,)), dtype=U.dtype)
 
 
 # ====================================================================== public API
@@ -334,7 +192,7 @@ def lp_objective(A: Any, basis: np.ndarray, p: float = 1.0, *, client: Any = Non
         )
     Q = np.linalg.qr(B)[0]
     with client_context(client, nbytes=int(x.nbytes)) as c:
-        out = reduce_rows(x, _eval_kernel, (Q, float(p)), c, check_finite=True, source=source)
+        out = reduce_rows(x, eval_kernel, (Q, float(p)), c, check_finite=True, source=source)
     return float(out[0])
 
 
@@ -356,6 +214,7 @@ def lp_lowrank(
     select: Literal["best", "final"] = "best",
     callback: Callable[[dict[str, Any]], bool | None] | None = None,
     check_finite: bool = True,
+    checkpoint: Any = None,
 ) -> LpLowRankResult:
     """Robust rank-k ℓp approximation ``A ≈ (A V) Vᵀ`` of a tall row-chunked matrix.
 
@@ -421,10 +280,22 @@ def lp_lowrank(
     check_finite : bool
         Raise :class:`~cfact_dask.errors.NonFiniteError` naming the chunk for NaN / Inf (checked in
         the first pass, at no extra read).
+    checkpoint : str, dict or Checkpoint, optional
+        Save the solver state (the next iterate, the best so far, the histories; the
+        ellipsoid's axes) every ``every`` iterations into a Zarr store and resume from the last
+        saved state when one is there: ``dict(store=..., every=10, group="checkpoint")`` or a
+        store path (see :mod:`cfact_dask._runtime.checkpoint`). A resume continues bitwise as
+        the uninterrupted run would have (for the same chunking) and skips the initial pass;
+        one with other settings or data is refused
+        (:class:`~cfact_dask.errors.ResumeError`). ``info["resumed_from"]`` says where it
+        continued.
 
     Returns
     -------
     LpLowRankResult
+        ``info["profile"]`` is the histogram of the rows' relative residuals
+        ``‖a_i − â_i‖ / ‖a_i‖`` of the returned basis (20 bins of [0, 1]) from the pass that
+        evaluated it.
 
     Raises
     ------
@@ -498,10 +369,18 @@ def lp_lowrank(
     elif init != "svd":
         raise ConfigError(f"init={init!r} is unknown; use 'svd' or a D × k array")
 
+    ckpt = as_checkpoint(checkpoint, {
+        "method": "lp", "solver": method, "p": p, "rank": k, "entrywise": bool(entrywise),
+        "irls_delta": float(irls_delta), "irls_update": irls_update,
+        "oversample": int(oversample), "select": select,
+        "init": "svd" if isinstance(init, str) else float(np.asarray(init).sum()),
+        "shape": [n, D], "dtype": str(x.dtype), "chunks": [list(c_) for c_ in x.chunks],
+        "source": source,
+    })
     with client_context(client, nbytes=int(x.nbytes)) as c:
         if c is not None and in_memory:
             (x,) = persist(x, client=c)  # ship in-memory data once, not once per pass
-        solver = _Solver(x, source, k, p, c, callback, check_finite)
+        solver = LpSolver(x, source, k, p, c, callback, check_finite, ckpt)
         if method == "ellipsoid":
             # its D × D SVDs / cuts run here, in the client: one BLAS thread (cfact.blas; on a
             # busy 2-core machine the default pools made each 384 × 384 SVD ~5x slower)
@@ -515,10 +394,10 @@ def lp_lowrank(
     basis, hist, rel, n_iter, converged, G, extra = out
     if entrywise:
         delta = extra["delta"]
-        coef = x.map_blocks(_entrywise_coef_block, basis, p, delta, extra["n_inner"],
+        coef = x.map_blocks(entrywise_coef_block, basis, p, delta, extra["n_inner"],
                             chunks=(x.chunks[0], (k,)), dtype=x.dtype)
     else:
-        coef = x.map_blocks(_project_block, basis, chunks=(x.chunks[0], (k,)), dtype=x.dtype)
+        coef = x.map_blocks(project_block, basis, chunks=(x.chunks[0], (k,)), dtype=x.dtype)
     if not converged and max_iter > 0:
         warnings.warn(
             f"lp_lowrank({method}, p={p}) stopped at max_iter={max_iter} before the relative "
@@ -532,225 +411,8 @@ def lp_lowrank(
         basis=basis, coefficients=coef, objective=float(best), objective_history=hist,
         relative_error=float(rel), p=p, method=method, entrywise=bool(entrywise), rank=k,
         n_iter=n_iter, n_passes=solver.passes, converged=bool(converged), ellipsoid=G,
-        info={k_: v for k_, v in extra.items() if k_ != "objective"},
+        info={**{k_: v for k_, v in extra.items() if k_ != "objective"},
+              "resumed_from": solver.resumed_from},
     )
 
 
-class _Solver:
-    """The pass loop shared by the solvers (state kept on the client, data read per pass)."""
-
-    def __init__(self, x: da.Array, source: str, k: int, p: float, client: Any,
-                 callback: Callable[[dict[str, Any]], bool | None] | None,
-                 check_finite: bool) -> None:
-        self.x, self.source, self.k, self.p, self.client = x, source, k, p, client
-        self.callback = callback
-        self.check_finite = check_finite
-        self.passes = 0
-        self.n, self.D = (int(s) for s in x.shape)
-
-    def reduce(self, func: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
-        first = self.passes == 0
-        out = reduce_rows(self.x, func, args, self.client,
-                          check_finite=first and self.check_finite, source=self.source)
-        self.passes += 1
-        if not np.all(np.isfinite(out)):
-            raise NonFiniteError(
-                f"a pass over {self.source} produced non-finite sums (overflow); rescale the data "
-                f"or convert it to float64"
-            )
-        return out
-
-    def notify(self, it: int, obj: float, basis: np.ndarray, t0: float) -> bool:
-        dt = time.perf_counter() - t0
-        logger.debug("lp_lowrank pass %d: objective %.6g (%.2fs)", it, obj, dt)
-        if self.callback is None:
-            return False
-        return bool(self.callback({"iteration": it, "objective": obj, "basis": basis,
-                                   "seconds": dt}))
-
-    def svd_pass(self) -> tuple[np.ndarray, float]:
-        """``AᵀA`` and ``‖A‖_F²`` in one pass (the p = 2 solution and the IRLS start)."""
-        out = self.reduce(_scatter_kernel)
-        return out[1:].reshape(self.D, self.D), float(out[0])
-
-    # ------------------------------------------------------------------ IRLS (row-wise)
-    def irls(self, max_iter: int, tol: float, rel_delta: float, init: Any, select: str,
-             update: str = "eigh", oversample: int = 32):
-        k, p, D = self.k, self.p, self.D
-        t0 = time.perf_counter()
-        m = min(D, k + oversample)
-        Q: np.ndarray | None = None
-        if isinstance(init, np.ndarray):
-            V = fix_signs(np.linalg.qr(np.asarray(init, np.float64))[0])
-            n2 = None
-            if update == "subspace":
-                # pad the start with directions orthogonal to it (deterministic)
-                Q = np.linalg.qr(np.concatenate([V, np.eye(D)[:, : m - k]], axis=1))[0]
-                Q[:, :k] = V
-        else:
-            S, n2 = self.svd_pass()
-            w, V = _top_eigvecs(S, k)
-            if update == "subspace":
-                Q = _top_eigvecs(S, m)[1]
-                V = Q[:, :k]
-            if p == 2.0:
-                d2 = max(float(np.trace(S) - w.sum()), 0.0)
-                self.notify(0, d2, V, t0)
-                rel = math.sqrt(d2 / n2) if n2 > 0 else 0.0
-                return V, [d2], rel, 0, True, None, {"objective": d2, "delta": 0.0}
-        if n2 is None:
-            n2 = float(self.reduce(_eval_kernel, V, p)[2])
-        delta = rel_delta * math.sqrt(max(n2, 1e-300) / self.n)
-        hist: list[float] = []
-        best = (math.inf, V, 0.0)
-        converged = False
-        it = 0
-        for it in range(1, max_iter + 1):
-            t0 = time.perf_counter()
-            if Q is None:
-                out = self.reduce(_irls_kernel, V, p, delta)
-            else:
-                out = self.reduce(_irls_subspace_kernel, Q, k, p, delta)
-            best, converged = self._record(it, out, V, t0, hist, best, select, tol)
-            if converged:
-                break
-            if Q is None:
-                S = out[3:].reshape(self.D, self.D)
-                _, V = _top_eigvecs(S, k)
-            else:
-                V, Q = _ritz_step(Q, out[3:].reshape(self.D, Q.shape[1]), k)
-        obj, V, rel = best
-        return V, hist, rel, it, converged or max_iter == 0, None, {
-            "objective": obj, "delta": delta, "update": update}
-
-    def _record(self, it: int, out: np.ndarray, V: np.ndarray, t0: float, hist: list[float],
-                best: tuple[float, np.ndarray, float], select: str, tol: float
-                ) -> tuple[tuple[float, np.ndarray, float], bool]:
-        """Book-keeping of one IRLS iteration from its reduced ``out = (objective, residual²,
-        norm², ...)``: history, best iterate (or the last, ``select="final"``), progress
-        callback; returns ``(best, stop)`` where ``stop`` is convergence (relative change of
-        the objective ≤ ``tol``) or the callback asking to stop."""
-        obj, r2, n2 = float(out[0]), float(out[1]), float(out[2])
-        hist.append(obj)
-        rel = math.sqrt(r2 / n2) if n2 > 0 else 0.0
-        if obj < best[0] or select == "final":
-            best = (obj, V, rel)
-        stop = self.notify(it, obj, V, t0)
-        if len(hist) > 1 and abs(hist[-2] - obj) <= tol * max(abs(hist[-2]), 1e-300):
-            return best, True
-        return best, bool(stop)
-
-    # ------------------------------------------------------------------ IRLS (entrywise)
-    def entrywise(self, max_iter: int, tol: float, rel_delta: float, init: Any, select: str):
-        k, p, D = self.k, self.p, self.D
-        n_inner = 3
-        if isinstance(init, np.ndarray):
-            V = np.linalg.qr(np.asarray(init, np.float64))[0]
-            n2 = float(self.reduce(_eval_kernel, V, 2.0)[2])
-        else:
-            S, n2 = self.svd_pass()
-            _, V = _top_eigvecs(S, k)
-        delta = rel_delta * math.sqrt(max(n2, 1e-300) / (self.n * D))
-        hist: list[float] = []
-        best = (math.inf, V, 0.0)
-        converged = False
-        it = 0
-        for it in range(1, max_iter + 1):
-            t0 = time.perf_counter()
-            out = self.reduce(_entrywise_kernel, V, p, delta, n_inner)
-            best, converged = self._record(it, out, V, t0, hist, best, select, tol)
-            if converged:
-                break
-            N = out[3 : 3 + D * k * k].reshape(D, k, k)
-            b = out[3 + D * k * k :].reshape(D, k)
-            ridge = 1e-12 * max(float(np.trace(N.sum(0))), 1e-300) / k * np.eye(k)
-            Vn = np.linalg.solve(N + ridge, b[..., None])[..., 0]
-            V = fix_signs(np.linalg.qr(Vn)[0])
-        obj, V, rel = best
-        return V, hist, rel, it, converged or max_iter == 0, None, {
-            "objective": obj, "delta": delta, "n_inner": n_inner}
-
-    # ------------------------------------------------------------------ Löwner ellipsoid
-    def ellipsoid(self, max_iter: int, tol: float, select: str):
-        k, p, D = self.k, self.p, self.D
-        t0 = time.perf_counter()
-        S, n2 = self.svd_pass()
-        S = 0.5 * (S + S.T)
-        lam, U = scipy.linalg.eigh(S)
-        lam = lam[::-1]
-        U = U[:, ::-1]
-        # E0 = {x : ‖Ax‖₂ ≤ 1} ⊇ K for p ≤ 2; ridge keeps it bounded for rank-deficient A
-        ridge = max(lam[0], 1e-300) * 1e-12
-        s = 1.0 / np.sqrt(np.maximum(lam, 0.0) + ridge)  # semi-axes, ascending
-        Lax = U * s  # columns: the axis vectors of E (E = {L z : ‖z‖ ≤ 1})
-        V0 = fix_signs(U[:, :k].copy())
-        d2 = max(float(np.sum(lam) - np.sum(lam[:k])), 0.0)
-        rel0 = math.sqrt(d2 / n2) if n2 > 0 else 0.0
-        beta = 1.0 / math.sqrt(D + 1.0)
-        hist: list[float] = []
-        logvol = [float(np.sum(np.log(s)))]
-        best: tuple[float, np.ndarray, float, np.ndarray] = (math.inf, V0, rel0, Lax)
-        converged = False
-        it = 0
-        n_cuts_total = 0
-        certified = False
-        if p == 2.0:
-            # K is E0 itself: no axis point can violate; the answer is the SVD
-            self.notify(0, d2, V0, t0)
-            return V0, [d2], rel0, 0, True, g_from_axes(Lax), {
-                "objective": d2, "cuts": 0, "logvol": logvol, "certified": True}
-        Lax, s = orthogonal_axes(Lax)
-        for it in range(1, max_iter + 1):
-            t0 = time.perf_counter()
-            # Lax holds E's orthogonal semi-axes (set before the loop and after every cut)
-            order = np.argsort(s)  # shortest axes first: the candidate top-k of G
-            V = fix_signs(Lax[:, order[:k]] / s[order[:k]])
-            out = self.reduce(_ellipsoid_kernel, Lax, V, p)
-            fp = out[:D]
-            Gr = out[D : D + D * D].reshape(D, D)
-            obj, dd2, nn2 = (float(v) for v in out[D + D * D :])
-            hist.append(obj)
-            rel = math.sqrt(dd2 / nn2) if nn2 > 0 else 0.0
-            if obj < best[0] or select == "final":
-                best = (obj, V, rel, Lax.copy())
-            stop = self.notify(it, obj, V, t0)
-            f = fp ** (1.0 / p)  # ‖A axis_i‖_p
-            if not np.any(beta * f > 1.0 + 1e-12):
-                converged = certified = True  # E/√(D(D+1)) ⊆ K ⊆ E
-                break
-            # every gradient gives a valid slab K ⊆ {|gᵀx| ≤ 1}: apply each one deep enough to
-            # shrink the volume, most violated axis first (same pass, no extra read)
-            Gs = Gr / np.maximum(f, 1e-300)[None, :] ** (p - 1.0)
-            Lax, n_cuts = apply_cuts(Lax, Gs, np.argsort(-f), D)
-            n_cuts_total += n_cuts
-            Lax, s = orthogonal_axes(Lax)
-            logvol.append(float(np.sum(np.log(s))))
-            if stop or n_cuts == 0:
-                converged = True
-                break
-            if abs(logvol[-2] - logvol[-1]) <= tol * max(abs(logvol[-2]), 1.0):
-                converged = True
-                break
-        obj, V, rel, Lbest = best
-        return V, hist, rel, it, converged or max_iter == 0, g_from_axes(Lbest), {
-            "objective": obj, "cuts": n_cuts_total, "logvol": logvol, "certified": certified}
-
-
-def _ritz_step(Q: np.ndarray, Y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """One block power step with Rayleigh–Ritz for the top-k eigenvectors of ``S`` given
-    ``Y = S Q``: the Ritz vectors of ``QᵀSQ`` become the new basis, and the next search space
-    adds the dominant part of ``Y`` outside them (the power / Krylov direction)."""
-    m = Q.shape[1]
-    T = Q.T @ Y
-    T = 0.5 * (T + T.T)
-    _, U = scipy.linalg.eigh(T)
-    V = fix_signs(Q @ U[:, ::-1][:, :k])
-    V = np.linalg.qr(V)[0] * np.sign(np.diag(np.linalg.qr(V)[1]))[None, :]
-    V = fix_signs(V)
-    R = Y - V @ (V.T @ Y)
-    R = R - V @ (V.T @ R)  # second Gram–Schmidt sweep for orthogonality
-    Ur, _, _ = np.linalg.svd(R, full_matrices=False)
-    Qn = np.concatenate([V, Ur[:, : m - k]], axis=1)
-    Qn = np.linalg.qr(Qn)[0]
-    Qn[:, :k] = V  # keep the basis itself as the first k columns (it defines the weights)
-    return V, Qn

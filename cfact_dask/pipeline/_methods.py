@@ -135,6 +135,21 @@ FACTORIZATIONS.register("svd", Factorization(
     iterative=False, stages="cfact_dask.pipeline._svd:STAGES",
     validate=lambda o, src: _svd_check(o, src),
     cli="cfact_dask.cli.factor:run_svd", summary="randomized truncated SVD (one pass)"))
+FACTORIZATIONS.register("lp", Factorization(
+    "lp", {"p": ((float, int), 1.0), "solver": ((str,), "irls"),
+           "entrywise": ((bool,), False), "irls_update": ((str,), "eigh"),
+           "select": ((str,), "best"), "max_iter": ((int, type(None)), None),
+           "tol": ((float, int), 1e-5), "warn_above": ((float, int), 0.25)},
+    stages="cfact_dask.pipeline._embed:LP_STAGES", validate=lambda o, src: _lp_check(o, src),
+    summary="robust ℓp low-rank approximation of the rows (IRLS or Löwner ellipsoid)"))
+FACTORIZATIONS.register("messi", Factorization(
+    "messi", {"n_subspaces": ((int,), 5), "n_init": ((int,), 5), "loss": ((str,), "l2"),
+              "p": ((float, int), 1.0), "scale": ((float, int, type(None)), None),
+              "max_iter": ((int,), 20), "tol": ((float, int), 1e-4),
+              "warn_above": ((float, int), 0.25)},
+    stages="cfact_dask.pipeline._embed:MESSI_STAGES",
+    validate=lambda o, src: _messi_check(o, src),
+    summary="MESSI projective clustering: n_subspaces subspaces of dimension rank"))
 FACTORIZATIONS.register("sparse-pca", Factorization(
     "sparse-pca", {"alpha": ((float, int), 1.0), "ridge_alpha": ((float, int), 0.01),
                    "center": ((bool,), True), "warn_above": ((float, int), 0.25)},
@@ -195,6 +210,46 @@ def _sparse_pca_check(o: Mapping[str, Any], source: str) -> None:
     from ._sparse_pca import validate
 
     validate(o, source)
+
+
+def _choice(o: Mapping[str, Any], key: str, choices: tuple[str, ...], source: str) -> None:
+    if o[key] not in choices:
+        raise ConfigError(f"{source}: 'cfact.factor.{key}' is {o[key]!r} for factor.method "
+                          f"{o['method']!r}; choose one of {list(choices)}")
+
+
+def _embed_common(o: Mapping[str, Any], source: str) -> None:
+    if not 1.0 <= float(o["p"]) <= 2.0:
+        raise ConfigError(f"{source}: 'cfact.factor.p' is {o['p']!r}; it must lie in [1, 2] "
+                          f"(1 most robust, 2 least squares)")
+    if float(o["warn_above"]) <= 0 or float(o["tol"]) < 0:
+        raise ConfigError(f"{source}: 'cfact.factor.warn_above' must be > 0 and "
+                          f"'cfact.factor.tol' >= 0")
+    if o["max_iter"] is not None and o["max_iter"] < 0:
+        raise ConfigError(f"{source}: 'cfact.factor.max_iter' must be >= 0")
+
+
+def _lp_check(o: Mapping[str, Any], source: str) -> None:
+    _embed_common(o, source)
+    _choice(o, "solver", ("irls", "ellipsoid"), source)
+    _choice(o, "irls_update", ("eigh", "subspace"), source)
+    _choice(o, "select", ("best", "final"), source)
+    if o["entrywise"] and o["solver"] != "irls":
+        raise ConfigError(f"{source}: 'cfact.factor.entrywise' is solved by solver irls only; "
+                          f"set 'cfact.factor.solver: irls' or drop entrywise")
+
+
+def _messi_check(o: Mapping[str, Any], source: str) -> None:
+    from ..embed.clustering import LOSSES
+
+    _embed_common(o, source)
+    _choice(o, "loss", LOSSES, source)
+    for key in ("n_subspaces", "n_init"):
+        if o[key] < 1:
+            raise ConfigError(f"{source}: 'cfact.factor.{key}' must be >= 1, got {o[key]}")
+    if o["scale"] is not None and not float(o["scale"]) > 0:
+        raise ConfigError(f"{source}: 'cfact.factor.scale' must be > 0 (or null for 0.1 x "
+                          f"the rows' RMS norm), got {o['scale']!r}")
 
 
 def get(name: str) -> Factorization:

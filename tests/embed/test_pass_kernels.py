@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from cfact_dask.embed._ellipsoid import apply_cuts, shallow_cut
+from cfact_dask.embed._lp_kernels import ellipsoid_kernel as _ellipsoid_kernel
+from cfact_dask.embed._lp_kernels import eval_kernel as _eval_kernel
 from cfact_dask.embed._rows import reduce_rows
 from cfact_dask.embed.clustering import (
     _cluster_scatters,
@@ -16,7 +18,6 @@ from cfact_dask.embed.clustering import (
     _distances,
     _sq_dists,
 )
-from cfact_dask.embed.lp import _ellipsoid_kernel, _eval_kernel
 
 
 def _bases(rng, R, k, dims, D):
