@@ -565,7 +565,7 @@ def _initial_state(x: da.Array, k: int, D: int, dims: tuple[int, ...], seed: int
     comps: list[list[np.ndarray]] = [[] for _ in restarts]
     for r, (B_r, C_r) in zip(restarts, _refit_many(jobs, dims), strict=True):
         bases[r], comps[r] = B_r, C_r
-    logger.info("projective_clustering: initial split of %d restarts (%.2fs)", len(restarts),
+    logger.debug("projective_clustering: initial split of %d restarts (%.2fs)", len(restarts),
                 time.perf_counter() - t0)
     return {
         "bases": bases, "comps": comps, "hist": [[] for _ in restarts],

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import math
 import string
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
-from ..errors import ConfigError, InputError, RankError
+from ..errors import ConfigError, InputError, RankError, RecoveryWarning
 from ..factor._cp import CPResult, cp, refit_mode, with_mode
 from ._generic import Certificate, MethodStages, StageContext
 from ._svd import estimate_tolerance
@@ -172,8 +173,12 @@ def _sparse_recovery(ctx: StageContext, res: CPResult, hold: Any, mode: int,
     kw: dict[str, Any] = {}
     if o["nonnegative"]:
         kw["nonnegative"] = True
-    rec = recover(Wt, res.operator, o["recovery"], H=H, holdout=holdout,
-                  sparsity=o["sparsity"], client=ctx.client, **kw)
+    with warnings.catch_warnings():
+        # the recovery's own warning names NMF's job keys (n_components, recover=...); the
+        # stage's certificate repeats its verdict with CP's (factor.sketch_size, recovery: refit)
+        warnings.simplefilter("ignore", RecoveryWarning)
+        rec = recover(Wt, res.operator, o["recovery"], H=H, holdout=holdout,
+                      sparsity=o["sparsity"], client=ctx.client, **kw)
     A = np.asarray(rec.compute(), dtype=np.float64)
     cert = rec.certificate
     rec_p.update(method=rec.method, holdout=0 if hold is None else int(hold.shape[mode]),

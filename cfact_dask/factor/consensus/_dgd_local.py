@@ -349,7 +349,7 @@ def dgd_local(
     topo = make_topology(topology, J, weights=weights, lazy=bool(lazy), p=p, seed=graph_seed)
     lam_min = float(topo.eigenvalues[0])
     if lazy is None and J > 1 and lam_min <= _MIN_EIG:
-        logger.info("W of %r has eigenvalue %.3g; using the lazy weights (I + W)/2", topo.name,
+        logger.debug("W of %r has eigenvalue %.3g; using the lazy weights (I + W)/2", topo.name,
                     lam_min)
         topo = make_topology(topo, J, lazy=True)
         lam_min = float(topo.eigenvalues[0])
