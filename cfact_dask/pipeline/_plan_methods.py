@@ -362,7 +362,8 @@ def _lp(job: dict[str, Any], X: _In, nw: int, th: int) -> dict[str, Any]:
     n, D, rows = _rows(X)
     k = int(job["factor"]["rank"])
     p = float(_opt(job, "p", default=1.0))
-    solver = str(_opt(job, "solver", "method", default="irls"))
+    # lp_lowrank's `method` (irls / ellipsoid): factor.method is taken, so a job names it so
+    solver = str(_opt(job, "solver", "lp_method", "algorithm", default="irls"))
     iters = _opt(job, "max_iter")
     iters = int(iters if iters is not None else (50 if solver == "irls" else 100))
     if p == 2.0:
