@@ -199,6 +199,9 @@ def cases(quick: bool) -> list[dict[str, Any]]:
         {"name": "dgd-local", "input": "matrix",
          "factor": {"method": "dgd-local", "rank": 10, "n_nodes": 4, "topology": "ring",
                     "max_iter": 10 * it}},
+        {"name": "dgd-local J=8", "input": "matrix",
+         "factor": {"method": "dgd-local", "rank": 10, "n_nodes": 8, "topology": "ring",
+                    "max_iter": 10 * it}},
         {"name": "lp irls", "input": "rows",
          "factor": {"method": "lp", "rank": 8, "p": 1.0, "solver": "irls", "max_iter": it}},
         {"name": "lp ellipsoid", "input": "rows",
@@ -206,6 +209,9 @@ def cases(quick: bool) -> list[dict[str, Any]]:
                     "max_iter": it}},
         {"name": "messi", "input": "rows",
          "factor": {"method": "messi", "rank": 8, "n_subspaces": 4, "dim": 8, "n_init": 2,
+                    "max_iter": it}},
+        {"name": "messi k=16", "input": "rows",
+         "factor": {"method": "messi", "rank": 8, "n_subspaces": 16, "dim": 8, "n_init": 4,
                     "max_iter": it}},
     ]
 
@@ -243,7 +249,7 @@ def _call(f: dict[str, Any], inp: Any, client: Any) -> Any:
 
 
 def run_case(case: dict[str, Any], path: str, out: str, client: Any) -> dict[str, Any]:
-    from cfact_dask.pipeline._plan import plan
+    from cfact_dask.pipeline._plan import WORKER_BASE_BYTES, plan
     from cfact_dask.pipeline._plan_methods import plan_method
     from cfact_dask.pipeline._run import run_job
 
@@ -288,6 +294,10 @@ def run_case(case: dict[str, Any], path: str, out: str, client: Any) -> dict[str
         stages[name] = {
             "seconds": secs, "measured_peak_bytes": peak, "planned_peak_bytes": planned,
             "ratio": peak / planned if planned else None,
+            # what the stage adds to the idle worker, against the plan's part above the
+            # worker process (WORKER_BASE_BYTES)
+            "ratio_above_idle": (peak - idle) / (planned - WORKER_BASE_BYTES)
+            if planned else None,
             "measured_read_bytes": read, "measured_passes": read / stored,
             "planned_passes": passes, "planned_memory_passes": p.memory_passes.get(name, 0),
         }
@@ -341,7 +351,8 @@ def main() -> None:
         for st, s in r["stages"].items():
             print(f"{r['case']:<14} {st:<12} planned {s['planned_peak_bytes'] / 2**20:7.0f} MiB"
                   f"  measured {s['measured_peak_bytes'] / 2**20:7.0f} MiB  ratio "
-                  f"{s['ratio']:.2f}  passes {s['measured_passes']:.2f} / planned "
+                  f"{s['ratio']:.2f} (above idle {s['ratio_above_idle']:.2f})  passes "
+                  f"{s['measured_passes']:.2f} / planned "
                   f"{s['planned_passes']}  ({s['seconds']:.1f} s)", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     if not args.keep_data:
@@ -365,14 +376,16 @@ def main() -> None:
 def table(results: list[dict[str, Any]]) -> str:
     """The README's markdown table: planned vs measured peak per worker, and passes."""
     lines = ["| method | via | stage | planned peak / worker | measured | measured / planned "
+             "| above the idle worker: measured / planned "
              "| passes planned (storage + in memory) | measured from bytes read |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         for st, s in r["stages"].items():
             mem = s["planned_memory_passes"]
             lines.append(
                 f"| {r['case']} | {r['via']} | {st} | {s['planned_peak_bytes'] / 2**20:.0f} MiB "
                 f"| {s['measured_peak_bytes'] / 2**20:.0f} MiB | {s['ratio']:.2f} | "
+                f"{s['ratio_above_idle']:.2f} | "
                 f"{s['planned_passes']}{f' + {mem}' if mem else ''} | "
                 f"{s['measured_passes']:.2f} |")
     return "\n".join(lines)
