@@ -42,7 +42,7 @@ from ..sketching.operators import Kind, SketchOperator, make_operator, project
 from ._input import as_features_first
 from ._signs import sign_stats, sign_vector
 
-__all__ = ["SVDResult", "svd"]
+__all__ = ["SVDResult", "sketch_sizes", "svd"]
 
 logger = logging.getLogger(__name__)
 
@@ -321,11 +321,9 @@ def svd(
             f"passes={passes!r} is not possible: use 1 (single pass) or an even number 2 + 2q "
             f"(range finder with q power iterations)"
         )
-    if oversample is None:
-        oversample = max(rank + 1, _MIN_OVERSAMPLE_1PASS) if passes == 1 else 10
-    if oversample < 0:
+    if oversample is not None and oversample < 0:
         raise InputError(f"oversample must be >= 0, got {oversample}")
-    k = min(rank + int(oversample), n, m)
+    k, _ = sketch_sizes(n, m, rank, passes, oversample)
     seed = normalize_seed(random_state)
     with client_context(client, nbytes=int(A.nbytes)) as c:
         if passes == 1:
@@ -344,6 +342,19 @@ def svd(
         # an embedded cluster closes on return: bring the persisted factors back first
         res = dataclasses.replace(res, U=detach(res.U, c, "U"), Vt=detach(res.Vt, c, "Vt"))
     return res
+
+
+def sketch_sizes(n: int, m: int, rank: int, passes: int = 1, oversample: int | None = None,
+                 co_range: int | None = None, co_range_kind: str = "countsketch"
+                 ) -> tuple[int, int]:
+    """The range sketch size ``k`` and co-range size ``l`` :func:`svd` uses for an ``n × m``
+    matrix (``l`` is only used by ``passes=1``); the planner reads them from here."""
+    if oversample is None:
+        oversample = max(rank + 1, _MIN_OVERSAMPLE_1PASS) if passes == 1 else 10
+    k = min(rank + int(oversample), n, m)
+    lco = min(int(co_range) if co_range is not None else _default_co_range(k, m, co_range_kind),
+              n)
+    return k, lco
 
 
 def _default_co_range(k: int, m: int, co_kind: str) -> int:

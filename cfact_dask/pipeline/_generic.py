@@ -139,8 +139,11 @@ class MethodStages:
         A two-factor view of the result for :attr:`RunResult.W` / ``H`` (``None``: none).
     summary : callable ``(result) -> dict``, optional
         Extra entries of the report's ``factor`` section.
-    plan : callable, optional
-        ``(job, inp, n_workers, threads, limit) -> Plan`` for ``cfact plan``.
+
+    Notes
+    -----
+    ``cfact plan`` and the memory check before a run plan a method by its model in
+    :data:`cfact_dask.pipeline._plan_methods.METHOD_MODELS`.
     """
 
     fit: Callable[[StageContext], Any]
@@ -150,7 +153,6 @@ class MethodStages:
     check: Callable[[InputArray, int, Mapping[str, Any]], None] | None = None
     factors: Callable[[Any], tuple[Any, Any] | None] | None = None
     summary: Callable[[Any], dict[str, Any]] | None = None
-    plan: Callable[..., Any] | None = None
 
 
 def stages_of(method: str) -> MethodStages:

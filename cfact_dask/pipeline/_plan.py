@@ -19,15 +19,17 @@ from ..io import open_array
 from ..sketching.operators import kind_spec
 from .job import load_job
 
-__all__ = ["Plan", "adapt_rows", "check_memory", "memory_check_mode", "plan"]
+__all__ = ["CLIENT_BYTES_PER_TASK", "CLIENT_WARN_BYTES", "REMOTE_CLIENT_BYTES",
+           "TERMINATE_FRACTION", "WORKER_BASE_BYTES", "Plan", "adapt_rows", "check_memory",
+           "fmt_bytes", "memory_check_mode", "plan"]
 
 #: what an S3 client's connection pool and buffers add to a worker reading object storage
 #: (measured: benchmarks/bench_s3.py, botocore / aiohttp on Linux)
-_REMOTE_CLIENT_BYTES = 16 * 2**20
+REMOTE_CLIENT_BYTES = 16 * 2**20
 
 #: a worker process before any task: python, numpy, dask, distributed, zarr and cfact_dask
 #: imported (measured: 191 MiB RSS per worker of a LocalCluster, Linux, Python 3.11)
-_WORKER_BASE_BYTES = 192 * 2**20
+WORKER_BASE_BYTES = 192 * 2**20
 
 #: scheduler tasks per input chunk of each pass (a task-stream count of a 128-chunk run and
 #: benchmarks/bench_scaling.py: the sketch pass is 2.15-2.19 tasks per chunk from 64 to 16 384
@@ -37,13 +39,13 @@ _TASKS_PER_CHUNK = {"sketch": 2.2, "recover": 7.0, "reconstruct": 5.0}
 #: what the client holds per task of a pass it submits (graph and its serialisation; measured
 #: with benchmarks/bench_scaling.py: 9.4, 6.6 and 5.7 KiB per task at 2 192, 8 800 and 35 136
 #: tasks): the client's memory grows with the number of chunks, never with their bytes
-_CLIENT_BYTES_PER_TASK = 6 * 2**10
+CLIENT_BYTES_PER_TASK = 6 * 2**10
 
 #: a plan warns when the client would hold more task graph than this
-_CLIENT_WARN_BYTES = 2 * 2**30
+CLIENT_WARN_BYTES = 2 * 2**30
 
 #: the nanny kills a worker above this fraction of its memory limit (distributed's default)
-_TERMINATE_FRACTION = 0.95
+TERMINATE_FRACTION = 0.95
 
 
 def _reads_data(method: str) -> bool:
@@ -53,7 +55,8 @@ def _reads_data(method: str) -> bool:
     return method in RECOVERY_METHODS and RECOVERY_METHODS.get(method).reads_data
 
 
-def _fmt(b: float) -> str:
+def fmt_bytes(b: float) -> str:
+    """``b`` bytes in B / KiB / MiB / GiB / TiB, one decimal."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(b) < 1024 or unit == "TiB":
             return f"{b:.1f} {unit}" if unit != "B" else f"{int(b)} B"
@@ -68,7 +71,9 @@ class Plan:
     input_shape: tuple[int, ...]
     input_chunks: tuple[int, ...]
     itemsize: int
-    passes: dict[str, int]
+    #: reads of the input by stage (DGD+LOCAL's nodes that share an input chunk each read it:
+    #: a fraction then)
+    passes: dict[str, float]
     bytes_read: int
     task_peak: dict[str, int]
     worker_peak: dict[str, int]
@@ -81,11 +86,24 @@ class Plan:
     #: the sparse recovery's certificate fails), by stage
     conditional_passes: dict[str, int] = field(default_factory=dict)
     #: the worker process itself (interpreter and libraries), included in ``worker_peak``
-    worker_base: int = _WORKER_BASE_BYTES
+    worker_base: int = WORKER_BASE_BYTES
     #: scheduler tasks of each pass over the input (by stage)
     tasks: dict[str, int] = field(default_factory=dict)
     #: input chunks
     n_chunks: int = 0
+    #: the job's ``factor.method``
+    method: str = "nmf"
+    #: iterative stages: the most iterations they run (``max_iter``; ``passes`` counts them all)
+    iterations: dict[str, int] = field(default_factory=dict)
+    #: passes over the data each iteration makes, by stage
+    passes_per_iteration: dict[str, int] = field(default_factory=dict)
+    #: passes over a copy of the data persisted on the workers (they read no storage), by stage
+    memory_passes: dict[str, int] = field(default_factory=dict)
+    #: method-specific figures (DGD+LOCAL's bytes per node and nodes per worker, the partials
+    #: of a row pass...), printed one per line
+    details: dict[str, Any] = field(default_factory=dict)
+    #: what to do when a stage does not fit the workers, by stage (the refusal's advice)
+    fixes: dict[str, str] = field(default_factory=dict)
 
     @property
     def bytes_per_worker(self) -> int:
@@ -96,7 +114,7 @@ class Plan:
     def client_peak(self) -> int:
         """What the client holds while it submits the largest pass: its graph (the data never
         goes through the client)."""
-        return int(max(self.tasks.values(), default=0) * _CLIENT_BYTES_PER_TASK)
+        return int(max(self.tasks.values(), default=0) * CLIENT_BYTES_PER_TASK)
 
     @property
     def total_passes(self) -> int:
@@ -123,30 +141,41 @@ class Plan:
             "worker_limit_bytes": self.worker_limit, "warnings": self.warnings,
             "worker_base_bytes": self.worker_base, "n_chunks": self.n_chunks,
             "tasks_per_pass": self.tasks, "bytes_per_worker": self.bytes_per_worker,
-            "client_peak_bytes": self.client_peak,
+            "client_peak_bytes": self.client_peak, "method": self.method,
+            "iterations": self.iterations, "passes_per_iteration": self.passes_per_iteration,
+            "memory_passes": self.memory_passes, "details": self.details,
         }
 
     def __str__(self) -> str:
         lines = [
             f"input {self.input_shape} in chunks of {self.input_chunks} "
-            f"({_fmt(math.prod(self.input_chunks) * self.itemsize)} per chunk)",
+            f"({fmt_bytes(math.prod(self.input_chunks) * self.itemsize)} per chunk)",
             f"passes over the input: {self.total_passes} ("
             + ", ".join(f"{k}: {v}" for k, v in self.passes.items() if v) + ")"
             + "".join(f", + {v} if {k}" for k, v in self.conditional_passes.items() if v),
-            f"bytes read: {_fmt(self.bytes_read)} ({_fmt(self.bytes_per_worker)} per worker)",
+            *([f"method: {self.method}"] if self.method not in ("nmf", "semi-nmf") else []),
+            *[f"  {k}: at most {v} iterations x {self.passes_per_iteration.get(k, 1)} pass(es)"
+              for k, v in self.iterations.items()],
+            *([("passes over the copy persisted on the workers (no storage read): "
+                + ", ".join(f"{k}: {v}" for k, v in self.memory_passes.items() if v))]
+              if any(self.memory_passes.values()) else []),
+            f"bytes read: {fmt_bytes(self.bytes_read)} "
+            f"({fmt_bytes(self.bytes_per_worker)} per worker)",
             f"workers: {self.n_workers} x {self.threads_per_worker} thread(s), limit "
-            f"{_fmt(self.worker_limit) if self.worker_limit else 'none'}",
+            f"{fmt_bytes(self.worker_limit) if self.worker_limit else 'none'}",
             f"scheduler tasks per pass over the {self.n_chunks} chunks: "
             + ", ".join(f"{k}: {v:,}" for k, v in self.tasks.items())
-            + f"; the client holds about {_fmt(self.client_peak)} while it submits a pass",
+            + f"; the client holds about {fmt_bytes(self.client_peak)} while it submits a pass",
             "peak memory per task / per worker:",
         ]
         for stage in self.task_peak:
-            lines.append(f"  {stage:<12} {_fmt(self.task_peak[stage]):>11} / "
-                         f"{_fmt(self.worker_peak[stage]):>11}")
+            lines.append(f"  {stage:<12} {fmt_bytes(self.task_peak[stage]):>11} / "
+                         f"{fmt_bytes(self.worker_peak[stage]):>11}")
+        for name, v in self.details.items():
+            lines.append(f"  {name}: {fmt_bytes(v) if name.endswith('bytes') else v}")
         lines.append("outputs:")
         for name, b in self.outputs.items():
-            lines.append(f"  {name:<12} {_fmt(b):>11}")
+            lines.append(f"  {name:<12} {fmt_bytes(b):>11}")
         for w in self.warnings:
             lines.append(f"WARNING: {w}")
         return "\n".join(lines)
@@ -205,6 +234,13 @@ def plan(
                      variable=job["input"]["variable"],
                      storage_options=job["input"]["storage_options"])
     nw, th, limit = _worker_setup(client, n_workers, threads_per_worker, memory_limit)
+    from ._methods import get as get_method
+
+    if not get_method(job["factor"]["method"]).pipeline:
+        # every method but NMF / semi-NMF: its own model (sketch-free, or sketching itself)
+        from ._plan_methods import plan_method
+
+        return plan_method(job, inp, nw, th, limit)
     return _plan_input(job, inp, nw, th, limit)
 
 
@@ -243,7 +279,7 @@ def _plan_input(job: dict[str, Any], inp: Any, nw: int, th: int, limit: int | No
     # measured with benchmarks/bench_s3.py (+1.3 to 2 chunks above a local store's peak)
     remote = "://" in job["input"]["path"] and not job["input"]["path"].startswith("file://")
     remote_task = chunk_elems * inp.dtype.itemsize if remote else 0
-    remote_worker = _REMOTE_CLIENT_BYTES if remote else 0
+    remote_worker = REMOTE_CLIENT_BYTES if remote else 0
     sketch_task += remote_task
     # the tile cache is capped at a fraction of a chunk while sketching (operators._cache_limit)
     frac = float(config.get("sketch.tile-cache-chunk-fraction", 0.6))
@@ -287,7 +323,7 @@ def _plan_input(job: dict[str, Any], inp: Any, nw: int, th: int, limit: int | No
                                     + rows * r * 8 + remote_task)
         worker_peak["reconstruct"] = th * task_peak["reconstruct"] + remote_worker
         outputs["reconstruction"] = n * m * out_isz
-    worker_peak = {k: v + _WORKER_BASE_BYTES for k, v in worker_peak.items()}
+    worker_peak = {k: v + WORKER_BASE_BYTES for k, v in worker_peak.items()}
     warnings = []
     if limit:
         for stage, b in worker_peak.items():
@@ -300,16 +336,16 @@ def _plan_input(job: dict[str, Any], inp: Any, nw: int, th: int, limit: int | No
                     "reconstruct": "use smaller input chunks or fewer threads per worker",
                 }[stage]
                 warnings.append(
-                    f"stage {stage!r} needs about {_fmt(b)} per worker, above 80% of the "
-                    f"{_fmt(limit)} limit: {fix}"
+                    f"stage {stage!r} needs about {fmt_bytes(b)} per worker, above 80% of the "
+                    f"{fmt_bytes(limit)} limit: {fix}"
                 )
     client_graph = max(_TASKS_PER_CHUNK[k] * n_chunks for k, v in passes.items() if v) \
-        * _CLIENT_BYTES_PER_TASK
-    if client_graph > _CLIENT_WARN_BYTES:
+        * CLIENT_BYTES_PER_TASK
+    if client_graph > CLIENT_WARN_BYTES:
         warnings.append(
-            f"the client holds about {_fmt(client_graph)} of task graph while it submits a pass "
-            f"over the {n_chunks:,} input chunks (the client's memory grows with the number of "
-            f"chunks, not their bytes): use larger input chunks (rechunk the store once) or run "
+            f"the client holds about {fmt_bytes(client_graph)} of task graph while it submits a "
+            f"pass over the {n_chunks:,} input chunks (the client's memory grows with the number "
+            f"of chunks, not their bytes): use larger input chunks (rechunk the store once) or run "
             f"the client where it has that memory"
         )
     return Plan(
@@ -344,7 +380,7 @@ def _over(p: Plan, extra: dict[str, int] | None = None) -> dict[str, int]:
         return {}
     extra = extra or {}
     return {k: v + extra.get(k, 0) for k, v in p.worker_peak.items()
-            if v + extra.get(k, 0) > _TERMINATE_FRACTION * p.worker_limit}
+            if v + extra.get(k, 0) > TERMINATE_FRACTION * p.worker_limit}
 
 
 def adapt_rows(job: Any, p: Plan) -> int | None:
@@ -401,14 +437,31 @@ def check_memory(p: Plan, *, mode: str | None = None, where: str = "the cluster"
     if not over:
         return
     stage, need = max(over.items(), key=lambda kv: kv[1])
+    if p.method not in ("nmf", "semi-nmf"):
+        fix = p.fixes.get(stage) or "use more workers or give them more memory"
+        msg = (
+            f"the job ({p.method}) needs about {fmt_bytes(need)} per worker in stage {stage!r} "
+            f"(the planner's estimate, `cfact plan`), more than the "
+            f"{fmt_bytes(TERMINATE_FRACTION * p.worker_limit)} at which a worker of {where} is "
+            f"killed ({TERMINATE_FRACTION:.0%} of its {fmt_bytes(p.worker_limit)} limit), so the "
+            f"run would loop on killed workers. Give the workers at least "
+            f"{fmt_bytes(need / TERMINATE_FRACTION)} each (dask worker --memory-limit, "
+            f"cfact.cluster.memory-limit for the embedded cluster), or {fix}; set "
+            f"cfact.run.memory-check to 'warn' to run anyway."
+        )
+        if mode == "warn":
+            logging.getLogger(__name__).warning("%s", msg)
+            return
+        raise InsufficientMemoryError(msg)
     msg = (
-        f"the job needs about {_fmt(need)} per worker in stage {stage!r} (the planner's "
-        f"estimate, `cfact plan`), more than the {_fmt(_TERMINATE_FRACTION * p.worker_limit)} "
-        f"at which a worker of {where} is killed ({_TERMINATE_FRACTION:.0%} of its "
-        f"{_fmt(p.worker_limit)} limit), so the run would loop on killed workers. Give the "
-        f"workers at least {_fmt(need / _TERMINATE_FRACTION)} each (dask worker --memory-limit, "
-        f"cfact.cluster.memory-limit for the embedded cluster), use smaller input chunks "
-        f"(rechunk the store once) or fewer threads per worker; set cfact.run.memory-check to "
+        f"the job needs about {fmt_bytes(need)} per worker in stage {stage!r} (the planner's "
+        f"estimate, `cfact plan`), more than the {fmt_bytes(TERMINATE_FRACTION * p.worker_limit)} "
+        f"at which a worker of {where} is killed ({TERMINATE_FRACTION:.0%} of its "
+        f"{fmt_bytes(p.worker_limit)} limit), so the run would loop on killed workers. Give the "
+        f"workers at least {fmt_bytes(need / TERMINATE_FRACTION)} each (dask worker "
+        f"--memory-limit, cfact.cluster.memory-limit for the embedded cluster), use smaller "
+        f"input chunks (rechunk the store once) or fewer threads per worker; set "
+        f"cfact.run.memory-check to "
         + ("'warn' to run anyway (no block size of the input fits under 'adapt')."
            if mode == "adapt" else
            "'adapt' to read the input in smaller blocks, or 'warn' to run anyway.")

@@ -572,9 +572,14 @@ def run_job(job: Any, *, client: Any = None, resume: bool = False, overwrite: bo
     rank = factor.pop("rank")
     if not _methods.get(factor["method"]).pipeline:
         # every other method: its own stages in the same run store layout (pipeline._generic)
-        from ._generic import run_method, stages_of
+        from ._generic import run_method
+        from ._plan_methods import METHOD_MODELS
 
-        if stages_of(factor["method"]).plan is not None and (not resume or mode == "adapt"):
+        # planned by the method's model (pipeline._plan_methods) and refused / warned about
+        # before compute; `adapt` (reading the input in smaller row blocks) is planned for
+        # Factorize-Recover's stages only, so here it warns. A resumed run was checked when it
+        # started.
+        if not resume and factor["method"] in METHOD_MODELS:
             inp = _check_memory(cfg, inp, client, "warn" if mode == "adapt" else mode)
         return run_method(
             inp, rank, factor, sketch=cfg["sketch"], out=cfg["output"]["path"],
