@@ -22,34 +22,12 @@ from cfact_dask.pipeline._plan_methods import METHOD_MODELS, plan_method
 MiB = 2**20
 METHODS = ("svd", "sparse-pca", "cp", "dgd-local", "lp", "messi")
 
-#: job options the tests give, declared for methods whose registry entry does not yet make them
-#: job methods (their pipeline stages come in other branches; a real entry is used as it is)
-_STAND_IN = {
-    "cp": {"nonnegative": ((bool,), False), "sketch_mode": ((int, type(None)), None),
-           "sketch_size": ((int, type(None)), None)},
-    "lp": {"p": ((float, int), 1.0), "solver": ((str,), "irls")},
-    "messi": {"n_subspaces": ((int,), 2), "dim": ((int, type(None)), None),
-              "n_init": ((int,), 5)},
-}
-
-
 @pytest.fixture
 def job_methods():
-    """Every method accepted by the job schema for the test (stand-in entries where needed)."""
-    added, replaced = [], {}
-    for name, opts in _STAND_IN.items():
-        if name in FACTORIZATIONS and FACTORIZATIONS.get(name).job:
-            continue
-        if name in FACTORIZATIONS:
-            replaced[name] = FACTORIZATIONS.get(name)
-        FACTORIZATIONS.register(name, Factorization(name, opts), replace=True)
-        added.append(name)
+    """Every method the tests plan is a job method of the registry (issue 16)."""
+    missing = [m for m in METHODS if m not in FACTORIZATIONS or not FACTORIZATIONS.get(m).job]
+    assert not missing, missing
     yield
-    for name in added:
-        if name in replaced:
-            FACTORIZATIONS.register(name, replaced[name], replace=True)
-        else:
-            FACTORIZATIONS.unregister(name)
 
 
 def _array(path, shape, chunks):
