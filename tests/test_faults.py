@@ -637,7 +637,11 @@ def test_a_task_whose_workers_keep_dying_stops_the_run_with_advice(store, tmp_pa
         with cluster as client, pytest.raises(cf.errors.WorkerLostError) as e:
             _run(deadly, client)
     msg = str(e.value)
-    assert "stage 'sketch' of the run" in msg and "died while running" in msg
+    # distributed gives up on the task (allowed-failures), or, on a loaded machine where the
+    # nanny restarts lag behind, cfact's own guard (cfact.cluster.max-worker-losses) stops the
+    # stage first: both name the stage and give the same advice
+    assert "stage 'sketch' of the run" in msg
+    assert "died while running" in msg or "workers were lost during" in msg
     assert "memory" in msg and "cfact plan" in msg
 
 
