@@ -658,13 +658,13 @@ def _small_job(src, out, **recover):
 
 def test_planner_counts_the_worker_process_itself(store):
     """Every stage's per-worker peak includes the worker process (interpreter + libraries)."""
-    from cfact_dask.pipeline._plan import _WORKER_BASE_BYTES
+    from cfact_dask.pipeline._plan import WORKER_BASE_BYTES
 
     p = cf.plan(_small_job(store, "unused.zarr"), n_workers=2, threads_per_worker=1,
                 memory_limit=2**30)
-    assert p.worker_base == _WORKER_BASE_BYTES > 100 * 2**20
-    assert all(v > _WORKER_BASE_BYTES for v in p.worker_peak.values())
-    assert p.to_dict()["worker_base_bytes"] == _WORKER_BASE_BYTES
+    assert p.worker_base == WORKER_BASE_BYTES > 100 * 2**20
+    assert all(v > WORKER_BASE_BYTES for v in p.worker_peak.values())
+    assert p.to_dict()["worker_base_bytes"] == WORKER_BASE_BYTES
 
 
 def test_run_on_workers_too_small_for_the_plan_is_refused_before_compute(store, tmp_path):

@@ -259,7 +259,7 @@ def test_plan_counts_the_http_body_and_client_on_object_storage(s3_input, local_
                                                                 tmp_path):
     """The planner adds, for a remote input, one chunk per task (the response body held while it
     is decoded) and the S3 client's buffers per worker (both measured by bench_s3.py)."""
-    from cfact_dask.pipeline._plan import _REMOTE_CLIENT_BYTES
+    from cfact_dask.pipeline._plan import REMOTE_CLIENT_BYTES
 
     kw = dict(n_workers=2, threads_per_worker=1)
     remote = cf.plan(_job(s3_input, f"{s3_input}.run"), **kw)
@@ -267,7 +267,7 @@ def test_plan_counts_the_http_body_and_client_on_object_storage(s3_input, local_
     chunk = 60 * 50 * 4  # the inputs' chunks: (60, 50) float32
     assert remote.task_peak["sketch"] == local.task_peak["sketch"] + chunk
     assert remote.worker_peak["sketch"] == \
-        local.worker_peak["sketch"] + chunk + _REMOTE_CLIENT_BYTES
+        local.worker_peak["sketch"] + chunk + REMOTE_CLIENT_BYTES
     assert remote.bytes_read == local.bytes_read
 
 
