@@ -117,6 +117,26 @@ def rules(d_h: int = 32) -> list[tuple[str, Any]]:
     return out
 
 
+CHOSEN = """Chosen (cfact_dask/recovery/certificate.py, `holdout_limit`): accept when
+`est <= base x (HOLDOUT_RATIO + HOLDOUT_SLACK x sqrt(2/d_h) x (R² − 1)/(2R))` with R =
+HOLDOUT_RATIO = 1.15 and HOLDOUT_SLACK = 1 standard error: 1.185 x base for d_h = 32 (row
+"R = 1.15, z = 1" below). Why relative: `est² = base² + ‖Q E‖²/‖Q M‖²` exactly (E = (M H⁺ − Ŵ) H
+lies in H's row space, the baseline's residual in its complement), so est/base moves only with
+the projection of the rank ≤ r matrix E: its spread around the true ratio is 0.5 % at a ratio of
+1.03, ~2 % at 1.12, 4–6 % at 1.3, ~10 % above 1.7, against 8–14 % for est alone. The true ratio
+sp/base bounds sp/ls from above (lstsq-data, nonnegative, is at or above the unconstrained
+baseline), so a limit near 1.15 on it is the issue's 1.15x target, slightly conservative.
+Measured: false-accept 0.4 %, false-reject 0.6 % over independent hold-outs; 0/52 false accepts
+and 0/35 false rejects with the pipeline's own hold-out (the former rule: 77 % and 40/52 false
+accepts). Every 1 %-noise sparse recovery here is 1.6x the exact pass or worse: all rejected, so
+at low noise `recover: auto` now falls back. At 3 % noise the four runs at 1.10–1.12x (1 % dense
+W, 5x compression) are accepted, the rest (1.23x and worse) rejected. At 10 % noise every run at
+1.03–1.15x is accepted: the speed-up map's cells, the paper's case (2000 × 2000, 5 % dense, 5x:
+est/base 1.05–1.09), 10 000 × 2 000 (benchmark (a)'s regime: 1.04–1.07), ranks 5 and 20.
+
+"""
+
+
 def analyse(rows: list[dict[str, Any]]) -> str:
     lines = ["## Rates per rule", "",
              "bad := true error of the sparse recovery > 1.15 x the reference. Independent: "
@@ -187,7 +207,7 @@ def main() -> None:
     md = analyse(rows)
     with open(os.path.join(args.out, "certificate_rule.md"), "w") as f:
         f.write("<!-- python benchmarks/study_certificate_rule.py -->\n"
-                "# The recovery certificate's acceptance rule (errors only)\n\n" + md)
+                "# The recovery certificate's acceptance rule (errors only)\n\n" + CHOSEN + md)
     print(md)
 
 
