@@ -19,10 +19,10 @@ from ._recover import (
     recover,
     save_recovery,
 )
-from .certificate import Certificate, holdout_error
+from .certificate import Certificate, holdout_error, holdout_limit
 
 __all__ = [
     "METHODS", "RECOVERY_METHODS", "Certificate", "Recovery", "RecoveryMethod",
-    "RecoveryProblem", "RecoverySolution", "holdout_error", "load_recovery", "recover",
-    "save_recovery",
+    "RecoveryProblem", "RecoverySolution", "holdout_error", "holdout_limit", "load_recovery",
+    "recover", "save_recovery",
 ]

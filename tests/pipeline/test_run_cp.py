@@ -131,16 +131,20 @@ def test_sketched_mode_refit_error_is_exact_and_run_job_goes_through_run_method(
 # --------------------------------------------------------------------------- 3. certificate
 def test_sparse_recovery_certificate_quiet_when_it_works(sparse_store, tmp_path):
     out = str(tmp_path / "run.zarr")
+    # sketch_size 90: measured 0.0206 against 0.0201 for the exact refit. At 60 the nnlasso
+    # recovery measures 0.028, 1.41x the refit's error: the held-out rule of issue 18 (within
+    # ~1.19x of the best reachable with the other factors) flags it; the former absolute slack
+    # (1.5 x baseline + 0.05) did not
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = cf.run_job(_job(sparse_store, out, sketch_mode=0, sketch_size=60,
+        res = cf.run_job(_job(sparse_store, out, sketch_mode=0, sketch_size=90,
                               nonnegative=True, recovery="nnlasso"), progress=False)
     cert = res.report["certificate"]
     _, _, measured = _measured(sparse_store, out)
     assert cert["ok"] and not cert["messages"] and cert["fix"] is None
     assert "hold-out" in cert["basis"]
     assert abs(cert["estimated_relative_error"] - measured) <= cert["tolerance"] * measured
-    assert measured < 0.05  # the recovery is good: close to the 2 % noise
+    assert measured < 1.15 * 0.02  # the recovery is good: close to the 2 % noise
 
 
 def test_sparse_recovery_certificate_flags_too_much_compression(dense_mode_store, tmp_path):

@@ -16,7 +16,7 @@ import cfact_dask as cf
 from cfact_dask.datasets import planted_nmf
 from cfact_dask.errors import ConvergenceWarning, InputError, RecoveryWarning
 from cfact_dask.metrics import match_factors
-from cfact_dask.recovery import holdout_error, recover
+from cfact_dask.recovery import holdout_error, holdout_limit, recover
 
 
 def _sparse(n, k, r, seed, nonneg=True):
@@ -119,7 +119,10 @@ def test_holdout_decides_the_verdict_density_is_a_note():
     error is close to the baseline is ok (the heuristic is a note); without one, the heuristic
     is the only evidence and warns."""
     n, m, r, d = 2000, 200, 4, 400
-    M, W, H = planted_nmf(n, m, r, density=0.05, noise=0.1, random_state=0)
+    # 30 % noise: the perturbed recovery below adds an error the relative rule (issue 18:
+    # within ~1.19x of the baseline) accepts; at 10 % noise the same perturbation is 1.38x the
+    # baseline, which the former absolute slack (1.5 x baseline + 0.05) let through
+    M, W, H = planted_nmf(n, m, r, density=0.05, noise=0.3, random_state=0)
     op = cf.make_operator("expander", d, n, seed=1)
     Q = cf.make_operator("gaussian", 32, n, seed=7)
     Wt = (op.to_dense() @ M) @ np.linalg.pinv(H)
@@ -136,7 +139,8 @@ def test_holdout_decides_the_verdict_density_is_a_note():
     assert c.effective_support.max() >= d // 2
     true_err = np.linalg.norm(M - rec.compute() @ H) / np.linalg.norm(M)
     assert c.holdout_error == pytest.approx(true_err, rel=0.1)
-    assert c.holdout_error <= 1.5 * c.holdout_baseline + 0.05
+    assert c.holdout_limit == pytest.approx(holdout_limit(c.holdout_baseline, 32))
+    assert c.holdout_error <= c.holdout_limit < 1.2 * c.holdout_baseline
     assert c.ok and not c.messages
     assert len(c.notes) == 1 and "dense" in c.notes[0] and "decides the verdict" in c.notes[0]
     with pytest.warns(RecoveryWarning, match="dense: up to") as rec_w:
