@@ -78,18 +78,23 @@ class Trace:
                 pass
 
     def _loop(self) -> None:
-        procs = self._procs()
+        procs = self.procs = self._procs()
         last = time.time()
         while not self._stop.is_set():
             self._sample(procs)
             if time.time() - last > 1.0:
                 try:
-                    procs = self._procs()
+                    procs = self.procs = self._procs()
                 except Exception:  # noqa: BLE001
                     pass
                 last = time.time()
             time.sleep(self.interval)
         self._sample(procs)
+
+    def sample_now(self) -> None:
+        """One sample of every worker now (at a stage's start and end: its reads are counted
+        from there, not from the nearest periodic sample)."""
+        self._sample(getattr(self, "procs", []))
 
     def __enter__(self) -> Trace:
         self._t.start()
@@ -240,7 +245,8 @@ class StageClock:
     stage's peak and bytes read are its own, whatever the run does before and between stages
     (planning, the input's fingerprint, the run store's records)."""
 
-    def __init__(self) -> None:
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
         self.windows: dict[str, tuple[float, float]] = {}
 
     def __enter__(self) -> StageClock:
@@ -249,15 +255,17 @@ class StageClock:
         from cfact_dask.pipeline import _run
 
         self._module, self._orig = _run, _run.run_stage
-        orig, windows = self._orig, self.windows
+        orig, windows, trace = self._orig, self.windows, self.trace
 
         @contextlib.contextmanager
         def timed(rs: Any, stage: str) -> Any:
+            trace.sample_now()
             t0 = time.time()
             try:
                 with orig(rs, stage):
                     yield
             finally:
+                trace.sample_now()
                 windows[stage] = (t0, time.time())
 
         _run.run_stage = timed
@@ -277,7 +285,7 @@ def run_case(case: dict[str, Any], path: str, out: str, client: Any) -> dict[str
     p = plan(job, client=client)
     idle = max(client.run(lambda: __import__("psutil").Process().memory_info().rss).values())
     shutil.rmtree(out, ignore_errors=True)
-    with Trace(client) as trace, StageClock() as clock:
+    with Trace(client) as trace, StageClock(trace) as clock:
         time.sleep(0.2)
         t_start = time.time()
         with warnings.catch_warnings():
