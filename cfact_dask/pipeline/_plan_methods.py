@@ -1,19 +1,22 @@
 """``cfact plan`` for every method that is not Factorize-Recover: passes, bytes, peaks per worker.
 
 :func:`plan_method` dispatches on ``factor.method`` to one model per method; each returns the
-same :class:`~._plan.Plan` as NMF's, from the input's metadata and the job's options alone (read
-with ``job["factor"].get(name, default)`` under the underlying functions' parameter names, so a
-model works whatever keys a method's registry entry declares).
+same :class:`~._plan.Plan` as NMF's, from the input's metadata and the job's options alone (its
+``factor`` keys as the registry declares them, ``pipeline._methods``; an option left out is taken
+at its default, so an unvalidated job plans too).
 
 A model counts what the method's code holds. **Per task**: the input chunk as read (its stored,
 compressed bytes and the decoded array, ``2 × chunk``), the float64 copies and temporaries of the
 kernel, the factor blocks it multiplies with, and its output partial. **Per worker**: ``threads ×
 task``, the partials a tree sum gathers on one worker (``split_every`` of them plus the sum),
 whatever the method persists on the workers (its share of it), and the worker process itself
-(:data:`~._plan.WORKER_BASE_BYTES`). The stages are the pipeline's: ``factor`` (the whole fit:
-its largest phase) and ``reconstruct`` (the model streamed into Zarr with error statistics). The
-constants below were fitted to ``benchmarks/bench_plan_methods.py`` (2 workers × 1 thread,
-256 MiB float32 inputs in 16 MiB chunks): every measured / planned peak lies within 1.5×.
+(:data:`~._plan.WORKER_BASE_BYTES`). The stages are the pipeline's (``run_method``): ``factor``
+(the fit, its certificate and the factors written into ``factors/``: its largest phase, and every
+read of the input it makes, the write's included) and ``reconstruct`` (the model streamed into
+Zarr with error statistics). The constants below were fitted to
+``benchmarks/bench_plan_methods.py``, which runs every method through ``run_job`` (2 workers ×
+1 thread, 256 MiB float32 inputs in 16 MiB chunks): every measured / planned peak lies within
+1.5×, and the planned passes are the measured ones.
 """
 
 from __future__ import annotations
@@ -92,6 +95,16 @@ def _split() -> int:
     return int(config.get("sketch.split-every", 8))
 
 
+def _reconstruct_rows(X: _In, model: int) -> int:
+    """Task bytes of the reconstruction pass of a model that reads the input (ℓp's A V Vᵀ,
+    MESSI's projections). Its write and its error statistics run as separate tasks (each reads
+    the chunk): the larger is the statistics' (the chunk as read, the model block in the input's
+    dtype, the float64 difference, ``reconstruction._block_stats``), plus ``model``: the model's
+    own temporaries (measured: 0.96 and 0.92 of the per-worker peak)."""
+    merge = X.chunk_bytes if X.numblocks[1] > 1 else 0  # column chunks merged into rows
+    return X.read + merge + X.elems * (X.isz + 8) + model
+
+
 def _reconstruct(X: _In, r: int, extra_task: int = 0) -> tuple[int, int]:
     """Task bytes of the reconstruction pass of a matrix model ``W H`` (or ``A V Vᵀ``): the
     chunk as read, ``W_b H`` in float64, the difference and its squares for the error statistics,
@@ -106,7 +119,9 @@ def _reconstruct(X: _In, r: int, extra_task: int = 0) -> tuple[int, int]:
 # A model returns a dict: "passes" (reads of the input store, by stage), "memory_passes" (passes
 # over a copy persisted on the workers), "iterations" / "per_iteration" (iterative stages),
 # "task" / "worker" (peak bytes per task / per worker by stage, the worker process excluded),
-# "outputs", "details" and "fixes" (advice when a stage does not fit).
+# "outputs", "details" and "fixes" (advice when a stage does not fit); optionally "recon_task"
+# (the reconstruction's task bytes, else :func:`_reconstruct`'s) and "recon_passes" (its reads of
+# the input, else 1).
 Model = Callable[[dict[str, Any], _In, int, int], dict[str, Any]]
 
 
@@ -192,11 +207,15 @@ def _sparse_pca(job: dict[str, Any], X: _In, nw: int, th: int) -> dict[str, Any]
         init_passes = 6  # randomized SVD with two power iterations
         init_task = X.read + X.elems * 8 * 2 + (rows + cols) * (r + 10) * 8
         init = th * init_task + 2 * (n + m) * (r + 10) * 8 / nw
-    # an iteration reads the data once: the code step's persist is still running when the
-    # dictionary step's graph arrives, and the two share the chunk tasks (measured)
+    # centred (the default), an iteration reads the data once: the code step's and the
+    # dictionary step's products share the chunk tasks of M − mean, and the mean is read once
+    # more at the end, when it is kept for the factors (measured: 3 + iterations). Not centred,
+    # the two steps read the data each (measured: 2 + 2 x iterations)
+    center = bool(_opt(job, "center", default=True))
+    per_iter = 1 if center else 2
     return {
-        "passes": {"factor": 1 + init_passes + iters},
-        "iterations": {"factor": iters}, "per_iteration": {"factor": 1},
+        "passes": {"factor": 1 + init_passes + per_iter * iters + (1 if center else 0)},
+        "iterations": {"factor": iters}, "per_iteration": {"factor": per_iter},
         "task": {"factor": max(task, init_task)}, "worker": {"factor": max(worker, init)},
         "outputs": {"factors": (n + m + 1) * r * 8},
         "details": {"initial SVD per worker bytes": int(init),
@@ -250,7 +269,17 @@ def _cp(job: dict[str, Any], X: _In, nw: int, th: int) -> dict[str, Any]:
         else:
             memory = 0  # gathered: the sweeps run in the client's memory
         details["sketched tensor bytes"] = entries * o
-        passes = {"factor": 1}
+        # recovery: refit (the default) reads the tensor once more for the least-squares factor
+        # of the sketched mode (factor._cp.refit_mode): an MTTKRP task per chunk (the chunk as
+        # read and the float64 copies einsum and ‖T‖² make of it, as in the unsketched sweeps);
+        # a sparse recovery works on the sketches alone
+        refit = str(_opt(job, "recovery", default="refit")) == "refit"
+        if refit:
+            refit_task = X.read + X.chunk_bytes + 2 * X.elems * 8 + sum(X.chunks) * r * 8
+            task = max(task, refit_task)
+            worker = max(worker, th * refit_task + split * X.chunks[mode] * r * 8)
+        details["recovery"] = "refit (one more read)" if refit else "sparse (no read)"
+        passes = {"factor": 2 if refit else 1}
         mem = {"factor": memory}
         fix = "use smaller input chunks or a smaller sketch"
     else:
@@ -380,23 +409,28 @@ def _lp(job: dict[str, Any], X: _In, nw: int, th: int) -> dict[str, Any]:
         partial = (3 + D * D) * 8
         # X ⊙ w (a chunk), X V, the row statistics, the D × D scatter and the partial
         task = read + elems * X.isz + rows * (k * X.isz + 6 * 8) + D * D * (X.isz + 8) + partial
+    # AᵀA, one pass per iteration, and one more when the factors are written: the coefficients
+    # A V are computed blockwise from the input as they are stored into factors/
     return {
-        "passes": {"factor": 1 + iters}, "iterations": {"factor": iters},
+        "passes": {"factor": 1 + iters + 1}, "iterations": {"factor": iters},
         "per_iteration": {"factor": 1},
         "task": {"factor": task}, "worker": {"factor": _row_pass_worker(X, th, task, partial)},
         "outputs": {"factors": D * k * 8 + n * k * X.osz},
         "details": {"partial per chunk bytes": partial, "solver": solver},
+        # the model A V Vᵀ reads the input, and the error statistics read it again (the write's
+        # graph and theirs are optimised apart, so they do not share the chunk reads: measured)
+        "recon_passes": 2,
         "fixes": {"factor": "use smaller input chunks (fewer rows per chunk)"},
-        "rank": k, "recon_extra": rows * D * 8,
+        "rank": k, "recon_task": _reconstruct_rows(X, rows * k * 8 * 2),
     }
 
 
 def _messi(job: dict[str, Any], X: _In, nw: int, th: int) -> dict[str, Any]:
     n, D, rows = _rows(X)
     r = int(job["factor"]["rank"])
-    k = int(_opt(job, "n_subspaces", "n_clusters", default=2))
-    dims = _opt(job, "dim", default=r)
-    j = max(dims) if isinstance(dims, (list, tuple)) else int(dims)
+    # the job's rank is j, every subspace's dimension; n_subspaces is k
+    k = int(_opt(job, "n_subspaces", default=5))
+    j = r
     R = int(_opt(job, "n_init", default=5))
     iters = int(_opt(job, "max_iter", default=20))
     elems = rows * D
@@ -412,15 +446,21 @@ def _messi(job: dict[str, Any], X: _In, nw: int, th: int) -> dict[str, Any]:
         + scat + D * D * 8 + 2 * part_em
     worker = max(_row_pass_worker(X, th, init_task, part_init),
                  _row_pass_worker(X, th, em_task, part_em))
+    # the initial split, one EM pass per iteration, and two more when the factors are written:
+    # the labels and the coefficients are each stored from their own run of the assignment
+    # (a blockwise pass over the input per array)
     return {
-        "passes": {"factor": 1 + iters}, "iterations": {"factor": iters},
+        "passes": {"factor": 1 + iters + 2}, "iterations": {"factor": iters},
         "per_iteration": {"factor": 1},
         "task": {"factor": max(init_task, em_task)}, "worker": {"factor": worker},
         "outputs": {"factors": k * j * D * 8 + n * (j + 1) * 8},
         "details": {"partial per chunk bytes": part_em, "subspaces": k, "restarts": R},
         "fixes": {"factor": "use fewer restarts (n_init) or subspaces, or smaller input chunks "
                             "(each chunk's partial holds n_init x n_subspaces D x D scatters)"},
-        "rank": r, "recon_extra": rows * D * 8 + rows * k * (j + 2) * 8 * 2,
+        # project_labeled: a cluster's rows gathered (up to a chunk) and their projections
+        "rank": r, "recon_task": _reconstruct_rows(X, elems * X.isz + rows * j * 8),
+        # the projections read the input, the error statistics read it again (as ℓp's)
+        "recon_passes": 2,
     }
 
 
@@ -450,8 +490,10 @@ def plan_method(job: dict[str, Any], inp: Any, nw: int, th: int, limit: int | No
     outputs = dict(mdl["outputs"])
     remote = REMOTE_CLIENT_BYTES if X.remote else 0
     if job["output"]["reconstruct"]:
-        rtask, _ = _reconstruct(X, int(mdl.get("rank", 1)), int(mdl.get("recon_extra", 0)))
-        passes["reconstruct"] = 1
+        rtask = mdl.get("recon_task")
+        if rtask is None:
+            rtask, _ = _reconstruct(X, int(mdl.get("rank", 1)), int(mdl.get("recon_extra", 0)))
+        passes["reconstruct"] = int(mdl.get("recon_passes", 1))
         task["reconstruct"] = rtask
         worker["reconstruct"] = th * rtask
         outputs["reconstruction"] = math.prod(X.shape) * X.osz
