@@ -296,9 +296,11 @@ def write_reconstruction(
 
     This is what :func:`reconstruct` does after building ``R = W H``; methods whose model is not
     a product of two factors (CP's N-way sum of outer products, MESSI's per-row subspaces, the ℓp
-    projection ``A V Vᵀ``) build their own ``R`` blockwise and write it here. ``R`` should be
-    built from ``compare_to``'s own chunks where it reads the input, so the write and the
-    statistics share one read of it. Any number of dimensions.
+    projection ``A V Vᵀ``) build their own ``R`` blockwise and write it here. The write and the
+    statistics are one ``compute``, but dask optimizes the Zarr write's graph on its own (fusing
+    each chunk's read into it), so a model that reads the input itself (ℓp, MESSI) reads each
+    chunk twice: once for the write and once for the statistics (the planner counts both). A
+    model built from factors only (``W H``, CP) reads the input once. Any number of dimensions.
 
     Parameters
     ----------

@@ -131,8 +131,8 @@ class MethodStages:
         The result's error estimate against the full input and its verdict.
     reconstruction : callable ``(result, ctx) -> dask.array.Array``
         The model as a lazy array of the input's shape and axis order, built blockwise (from the
-        input's own chunks where it needs them, so the write and the error statistics share one
-        read).
+        input's own chunks where it needs them; see
+        :func:`~cfact_dask.reconstruction.write_reconstruction` for the reads it costs).
     check : callable ``(inp, rank, options) -> None``, optional
         Refuse an input the method cannot take, before anything is computed.
     factors : callable ``(result) -> (W, H)``, optional
