@@ -112,6 +112,33 @@ def _fmt_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _histories(result: Any) -> tuple[dict[str, list[float]], str]:
+    """The convergence curves a run's result keeps (by method), and their axis label."""
+    f = result.factors
+    method = ((result.report or {}).get("factor") or {}).get("method", "nmf")
+
+    def floats(xs: Any) -> list[float]:
+        return [float(x) for x in (xs if xs is not None else [])]
+
+    if method in ("nmf", "semi-nmf"):
+        return {"relative error (sketch)": floats(getattr(f, "history", None))}, "relative error"
+    if method == "sparse-pca":
+        return {"objective": floats(getattr(f, "errors", None))}, "objective"
+    if method == "cp":
+        sketched = getattr(f, "mode", None) is not None
+        label = "relative error (sketched tensor)" if sketched else "relative error"
+        return {label: floats(getattr(f, "errors", None))}, "relative error"
+    if method == "dgd-local":
+        return ({"cost": floats(getattr(f, "cost_history", None)),
+                 "consensus error": floats(getattr(f, "consensus_history", None))},
+                "cost / consensus error")
+    if method == "lp":
+        return {"ℓp objective": floats(getattr(f, "objective_history", None))}, "objective"
+    if method == "messi":
+        return {"clustering cost": floats(getattr(f, "cost_history", None))}, "cost"
+    return {}, ""
+
+
 def _write_plots(result: Any, plots: str | None) -> list[str]:
     if not plots:
         return []
@@ -119,16 +146,16 @@ def _write_plots(result: Any, plots: str | None) -> list[str]:
 
     os.makedirs(plots, exist_ok=True)  # checked by _check_plots before the run
     out = []
-    hist = list(getattr(result.factors, "history", None) or [])
-    if hist:
-        generic = "certificate" in (result.report or {})
-        label = "relative error" if generic else "relative error (sketch)"
+    curves, ylabel = _histories(result)
+    curves = {k: v for k, v in curves.items() if v}
+    if curves:
         path = os.path.join(plots, "convergence.png")
-        P.plot_convergence({label: hist}, ylabel="relative error", path=path)
+        P.plot_convergence(curves, ylabel=ylabel, path=path)
         out.append(path)
     if result.W is not None and result.W.shape[0] <= 2_000_000:
         path = os.path.join(plots, "factors.png")
-        P.plot_factor_heatmap(np.asarray(result.W.compute()), path=path)
+        W = result.W.compute() if hasattr(result.W, "compute") else result.W
+        P.plot_factor_heatmap(np.asarray(W), path=path)
         out.append(path)
     return out
 

@@ -3,6 +3,8 @@ store's records and the report, shown with ``svd`` (each method has its own test
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import zarr
@@ -103,3 +105,29 @@ def test_run_method_python_entry_point(tmp_path):
         cf.run_method(src, 4, {"method": "svd"}, reconstruct=True)
     with pytest.raises(ConfigError, match="unknown key"):
         cf.run_method(src, 4, {"method": "svd", "alpha": 1.0})
+
+
+@pytest.mark.parametrize("method", ["svd", "sparse-pca"])
+def test_cli_run_with_plots_and_json_for_other_methods(tmp_path, method):
+    """`cfact run --plots DIR --json` for a method of the generic pipeline: the figures its
+    result has (sparse PCA's convergence history, a heatmap of W) and one JSON report."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from cfact_dask.cli import cli
+
+    src, _ = _store(tmp_path)
+    job = _job(src, str(tmp_path / "run.zarr"))
+    job["cfact"]["factor"] = {"method": method, "rank": 4}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    r = CliRunner().invoke(cli, ["run", str(tmp_path / "job.yaml"), "--plots",
+                                 str(tmp_path / "plots"), "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output[r.output.index("{"):])
+    assert rep["factor"]["method"] == method and rep["certificate"]["ok"]
+    assert rep["plots"] and all(os.path.exists(p) for p in rep["plots"])
+    assert any(p.endswith("factors.png") for p in rep["plots"])
+    # sparse PCA iterates: its objective's history is plotted too
+    assert any(p.endswith("convergence.png") for p in rep["plots"]) == (method == "sparse-pca")
