@@ -216,8 +216,12 @@ def test_estimator_pipeline_and_cli(rng, tmp_path):
     assert est.result_.qb_err_ is not None and ref.result_.qb_err_ is None
     err = np.linalg.norm(X.T - Z @ est.components_) / np.linalg.norm(X)
     assert err <= 1.002 * np.linalg.norm(X.T - Zr @ ref.components_) / np.linalg.norm(X)
-    run = cf.factorize_recover(X, 5, sketch=dict(n_components=200, seed=0),
-                               factor=dict(randomized=True, tol=1e-5), recover="nnlasso")
+    with warnings.catch_warnings():
+        # this test is about the randomized factor's plumbing; on this dense-ish W the
+        # certificate rightly rates nnlasso at 1.36x the reachable error (a RecoveryWarning)
+        warnings.simplefilter("ignore", cf.errors.RecoveryWarning)
+        run = cf.factorize_recover(X, 5, sketch=dict(n_components=200, seed=0),
+                                   factor=dict(randomized=True, tol=1e-5), recover="nnlasso")
     assert run.factors.qb_err_ is not None and run.factors.params["randomized"]
     import zarr
 
