@@ -229,8 +229,9 @@ def _run_method(X: Any, rank: int, factor: Mapping[str, Any], sketch: Mapping[st
                 out: Any, reconstruct: bool, resume: bool | str, overwrite: bool,
                 feature_axis: Any, callback: Any, client: Any, progress: bool | None,
                 storage_options: Mapping[str, Any] | None) -> Any:
-    from .._runtime.consolidation import deferred_consolidation, unconsolidate
-    from ._run import RunResult, RunStore, run_stage
+    from .._runtime.consolidation import deferred_consolidation
+    from ._run import RunResult
+    from ._runstore import input_record, open_run, run_stage
     from .job import validate_factor
 
     inp = X if isinstance(X, InputArray) else open_array(X)
@@ -243,25 +244,14 @@ def _run_method(X: Any, rank: int, factor: Mapping[str, Any], sketch: Mapping[st
     if reconstruct and out is None:
         raise ConfigError("reconstruct=True needs out= (the store to write the reconstruction "
                           "into)")
-    params = {
-        "input": {"source": inp.source, "shape": list(inp.shape),
-                  "chunks": [list(c) for c in inp.chunks], "dtype": str(inp.dtype),
-                  "feature_axis": inp.feature_axis},
-        "rank": int(rank), "factor": opts, "sketch": None if sketch is None else dict(sketch),
-        "reconstruct": bool(reconstruct),
-    }
     from .._runtime.jsonattrs import to_json
 
-    params = to_json(params)
-    fp = None
-    if out is not None:
-        from .._runtime.fingerprints import fingerprint
-
-        fp = fingerprint(inp)
-    rs = RunStore(out, params, resume, overwrite, inputs=(inp,), fingerprint=fp,
-                  storage_options=storage_options)
-    if rs.path is not None:
-        unconsolidate(rs.path)
+    params = to_json({
+        "input": input_record(inp),
+        "rank": int(rank), "factor": opts, "sketch": None if sketch is None else dict(sketch),
+        "reconstruct": bool(reconstruct),
+    })
+    rs = open_run(out, inp, params, resume, overwrite, storage_options)
     labels = Labels.from_input(inp) if inp.ndim == 2 else Labels()
     timings: dict[str, float] = {}
     with client_context(client, nbytes=inp.nbytes, stage=f"{method} run") as c, \

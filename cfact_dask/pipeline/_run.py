@@ -50,7 +50,7 @@ from ..io import InputArray, open_array
 from ..sketching._sketch import Sketch, sketch, sketch_with
 from ..sketching.operators import make_operator
 from . import _methods
-from ._runstore import RunStore, run_stage
+from ._runstore import RunStore, input_record, open_run, run_stage
 from .job import defaults as stage_defaults
 
 __all__ = ["RunResult", "RunStore", "factorize_recover", "run_job", "run_stage"]
@@ -433,24 +433,13 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
     f_opts = _merge(stage_defaults("factor"), factor, "factor")
     r_opts = _merge(stage_defaults("recover"), recover, "recover")
     params = to_json({
-        "input": {"source": inp.source, "shape": list(inp.shape), "chunks": [list(c) for c in
-                                                                             inp.chunks],
-                  "dtype": str(inp.dtype), "feature_axis": inp.feature_axis},
+        "input": input_record(inp),
         "rank": int(rank), "sketch": sk_opts, "factor": f_opts, "recover": r_opts,
         "reconstruct": bool(reconstruct),
     })
-    fp = None
-    if out is not None:
-        from .._runtime.fingerprints import fingerprint
-
-        fp = fingerprint(inp)
-    rs = RunStore(out, params, resume, overwrite, inputs=(inp,), fingerprint=fp,
-                   storage_options=storage_options)
+    rs = open_run(out, inp, params, resume, overwrite, storage_options)
     timings: dict[str, float] = {}
-    from .._runtime.consolidation import deferred_consolidation, unconsolidate
-
-    if rs.path is not None:
-        unconsolidate(rs.path)  # a resumed store: no listing goes stale while stages write
+    from .._runtime.consolidation import deferred_consolidation
     with client_context(client, nbytes=inp.nbytes, stage="factorize_recover") as c, \
             deferred_consolidation(), use_client(c):
         # every write below (sketch, factors, recovered W) computes on the run's client, also

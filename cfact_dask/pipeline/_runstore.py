@@ -19,7 +19,7 @@ from .._runtime.jsonattrs import to_json
 from .._version import __version__
 from ..errors import CfactError, ConfigError, ResumeError, StoreExistsError
 
-__all__ = ["RunStore", "run_stage"]
+__all__ = ["RunStore", "input_record", "open_run", "run_stage"]
 
 logger = logging.getLogger(__name__)
 
@@ -218,3 +218,27 @@ def _json(x: Any) -> Any:
     return to_json(x)
 
 
+def input_record(inp: Any) -> dict[str, Any]:
+    """The input's entry of a run's recorded parameters (a resume must match it)."""
+    return {"source": inp.source, "shape": list(inp.shape),
+            "chunks": [list(c) for c in inp.chunks], "dtype": str(inp.dtype),
+            "feature_axis": inp.feature_axis}
+
+
+def open_run(out: Any, inp: Any, params: dict[str, Any], resume: bool | str, overwrite: bool,
+             storage_options: Mapping[str, Any] | None) -> RunStore:
+    """The run store of a run reading ``inp`` (checked, created or resumed before any compute),
+    with the input's fingerprint recorded, and its consolidated listing dropped while stages
+    write (a resumed store: no listing goes stale)."""
+    from .._runtime.consolidation import unconsolidate
+
+    fp = None
+    if out is not None:
+        from .._runtime.fingerprints import fingerprint
+
+        fp = fingerprint(inp)
+    rs = RunStore(out, params, resume, overwrite, inputs=(inp,), fingerprint=fp,
+                  storage_options=storage_options)
+    if rs.path is not None:
+        unconsolidate(rs.path)
+    return rs
