@@ -6,19 +6,18 @@ Methods
     (Nonnegative) LASSO by FISTA with function-value restart, matrix-free: every iteration is one
     pass over the row blocks of ``W`` in which each task regenerates its columns of ``P`` from the
     operator spec and computes both ``P_bᵀ G`` and ``P_b x_b``; only d x r partials travel to the
-    client. A small ``W`` (``cfact.recover.local-max-bytes``) runs the same block kernels, with
-    the same order of the partial sums, in this process on numpy blocks: no scheduling per
-    iteration, the same numbers. All r columns at once, each with its own λ. λ is set from the
-    noise level of the fit (a scaled-LASSO step: a first solve at ``λ = α₀ λ_max``, the
-    residual of the least-squares debias on its support estimates σ, then
-    λ₀ = σ √(2 log n) ‖P_col‖); given a held-out sketch, λ ∈ {2, 1, 0.5} x λ₀ is chosen by
-    the smallest held-out error estimate. Each LASSO solve is followed by one round of
-    reweighted ℓ1 [8] (fewer false positives near the phase transition). Optional debias:
-    least squares (nonnegative for ``nnlasso``) on the found support, with the support's columns
-    of ``P`` gathered (they are few: the support is sparse) and kept sparse: Cholesky of the
-    normal equations, and for the NNLS an exact shortcut (a nonnegative least-squares solution
-    is the NNLS solution) or a KKT-certified active set; scipy's ``nnls`` / numpy's ``lstsq``
-    where the solution may not be unique.
+    client. A small ``W`` (``cfact.recover.local-max-bytes``) runs the same block kernels, with the
+    same order of the partial sums, in this process on numpy blocks: no scheduling per iteration,
+    the same numbers. All r columns at once, each with its own λ. λ is set from the noise level of
+    the fit (a scaled-LASSO step: a first solve at ``λ = α₀ λ_max``, the residual of the
+    least-squares debias on its support estimates σ, then λ₀ = σ √(2 log n) ‖P_col‖); given a
+    held-out sketch, λ ∈ {2, 1, 0.5} x λ₀ is chosen by the smallest held-out error estimate (largest
+    first, stopping once it rises). Each LASSO solve is followed by one round of reweighted ℓ1 [8]
+    (fewer false positives near the phase transition). Optional debias: least squares (nonnegative
+    for ``nnlasso``) on the found support, with the support's columns of ``P`` gathered (they are
+    few: the support is sparse) and kept sparse: Cholesky of the normal equations, and for the NNLS
+    an exact shortcut (a nonnegative least-squares solution is the NNLS solution) or a KKT-certified
+    active set; scipy's ``nnls`` / numpy's ``lstsq`` where the solution may not be unique.
 ``bp``
     Basis pursuit ``min ‖x‖₁ s.t. P x = y`` after projecting ``y`` onto range(P), by HiGHS; the
     authors' method (negatives clamped after for NMF). Moderate n only.
@@ -515,7 +514,8 @@ def recover(
     lam : "auto", float or sequence of floats
         LASSO penalty, per column or shared. ``"auto"`` estimates the noise level σ of the fit
         and takes ``λ₀ = σ √(2 log n) ‖p_col‖`` (scaled LASSO); with a ``holdout`` it then tries
-        λ = {2, 1, 0.5} x λ₀ (warm-started) and keeps the one whose recovery has the smallest
+        λ = {2, 1, 0.5} x λ₀ (warm-started, largest first, stopping at the first λ whose held-out
+        error is above the best one's) and keeps the one whose recovery has the smallest
         held-out error estimate (rows the factorization never saw: an honest criterion).
     debias : bool
         Refit each column by least squares (NNLS for nonnegative) on its support.

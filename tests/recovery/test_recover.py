@@ -177,6 +177,23 @@ def test_lambda_path_by_holdout(planted):
     assert rec1.params["reweight"] == 0 and "lam_path" not in rec1.params
 
 
+def test_lambda_path_stops_once_the_holdout_error_rises():
+    """Largest λ first: when the held-out error rises from 2 λ₀ to λ₀, the path stops there
+    (the solve at 0.5 λ₀, the longest, is skipped) and keeps 2 λ₀."""
+    n, m, r, d = 1000, 150, 4, 300
+    M, W, H = planted_nmf(n, m, r, density=0.08, noise=0.3, random_state=0)
+    op = cf.make_operator("expander", d, n, seed=1)
+    Q = cf.make_operator("gaussian", 40, n, seed=99)
+    Wt = (op.to_dense() @ M) @ np.linalg.pinv(H)
+    rec = recover(SimpleNamespace(W=Wt, H=H), op, "nnlasso", holdout=(Q.to_dense() @ M, Q))
+    path = rec.params["lam_path"]
+    assert [q["multiple"] for q in path] == [2.0, 1.0]
+    assert path[1]["holdout_error"] > path[0]["holdout_error"]
+    assert rec.params["lam_multiple"] == 2.0
+    np.testing.assert_allclose(rec.lam, 2.0 * np.asarray(rec.params["lam_noise"]))
+    assert rec.certificate.holdout_error == pytest.approx(path[0]["holdout_error"], rel=1e-9)
+
+
 def test_holdout_error_estimates_the_error(rng):
     M, W, H = planted_nmf(800, 100, 3, noise=0.2, random_state=4)
     Q = cf.make_operator("gaussian", 60, 800, seed=3)
