@@ -217,7 +217,9 @@ def main() -> None:
     finally:
         client.close()
         cluster.close()
-    name = "bench_speedup_map" + ("_quick" if args.quick else "")
+    # named after the sizes when they are given: one file per size, side by side in results/
+    name = "bench_speedup_map" + ("_quick" if args.quick else "") + "".join(
+        f"_{s_}" for s_ in (args.sizes or []))
     summary = dict(
         benchmark="speed-up map: factorize_recover(recover='auto') vs sklearn NMF",
         command="python " + " ".join(sys.argv), grid=grid, repeats=args.repeats,

@@ -111,6 +111,46 @@ def test_grouped_graph_matches_ungrouped_bitwise():
     np.testing.assert_array_equal(a, b)
 
 
+def test_project_many_is_each_project_bitwise_in_one_task_per_chunk():
+    """Sketches along both axes (grouped column chunks for one of them), a sparse and a dense
+    kind, and a per-chunk statistic, from one task per chunk: each result equals its own
+    ``project`` bitwise, and the chunk's kernels run once, in one task."""
+    x = da.random.default_rng(3).standard_normal((3000, 900), chunks=(500, (100, 300, 200, 300)))
+    x = x.astype(np.float32)
+    omega = make_operator("gaussian", 12, 900, seed=1, tile_size=256)
+    psi = make_operator("countsketch", 40, 3000, seed=2)
+    theta = make_operator("expander", 16, 3000, seed=3)
+    calls = []
+    Y, W, T, sq = _project.project_many(
+        x, [(omega, 1), (psi, 0), (theta, -2)],
+        extras=[lambda b: (calls.append(b.shape), np.full((1, 1), float((b**2).sum())))[1]])
+    assert Y.shape == (3000, 12) and W.shape == (40, 900) and T.shape == (16, 900)
+    assert sq.shape == x.numblocks
+    fused = [k for k in Y.__dask_graph__() if isinstance(k, tuple)
+             and str(k[0]).startswith("cfact-sketches-")]
+    assert len(fused) == 24  # one task per chunk, shared by every result
+    got = dask.compute(Y, W, T, sq, scheduler="sync")
+    assert len(calls) == 24  # each chunk's statistic computed once for all four results
+    np.testing.assert_array_equal(got[0], project(x, omega, axis=1).compute(scheduler="sync"))
+    np.testing.assert_array_equal(got[1], project(x, psi, axis=0).compute(scheduler="sync"))
+    np.testing.assert_array_equal(got[2], project(x, theta, axis=0).compute(scheduler="sync"))
+    xs = x.compute()
+    np.testing.assert_allclose(got[3].sum(), float((xs.astype(np.float64) ** 2).sum()),
+                               rtol=1e-5)
+    np.testing.assert_allclose(got[1], psi.to_dense() @ xs, rtol=1e-4, atol=1e-4)
+
+
+def test_svd_norm_of_a_chunk_is_float64_exact():
+    from cfact_dask.factor._svd import _sq_block
+
+    rng = np.random.default_rng(0)
+    for shape, dt in [((3000, 70), np.float32), ((40, 7), np.float64), ((5,), np.float32),
+                      ((3, 4, 5), np.float32), ((0, 3), np.float32)]:
+        b = rng.standard_normal(shape).astype(dt)
+        ref = float(np.sum(np.square(b, dtype=np.float64)))
+        assert _sq_block(b)[0, 0] == pytest.approx(ref, rel=1e-13, abs=0)
+
+
 def test_group_size_bounded_by_chunk_bytes():
     # d x group columns x itemsize stays below chunk bytes / split_every
     chunks = ((1000,) * 4, (50,) * 40)
