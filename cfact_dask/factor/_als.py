@@ -138,17 +138,25 @@ def _hals_rows(F: np.ndarray, C: np.ndarray, G: np.ndarray, l1: float, l2: float
     F = np.array(F, dtype=np.float64, copy=True)
     C = np.asarray(C, dtype=np.float64)
     G = np.asarray(G, dtype=np.float64)
+    # Σ_{j≠k} G_kj F_j as one product with the diagonal zeroed, and the row written in place:
+    # five numpy calls per component instead of eight (the sweep is call-bound at small m)
+    G0 = G.copy()
+    np.fill_diagonal(G0, 0.0)
     for k in range(F.shape[0]):
         gkk = G[k, k] + l2
         if gkk <= 0.0:
             continue  # an empty component: leave it (as scikit-learn's CD does)
-        num = C[k] - G[k] @ F + G[k, k] * F[k]
+        num = G0[k] @ F
+        np.subtract(C[k], num, out=num)
         if nonneg:
-            F[k] = np.maximum(num - l1, 0.0) / gkk
+            if l1:
+                num -= l1
+            np.maximum(num, 0.0, out=num)
+            np.divide(num, gkk, out=F[k])
         elif l1 > 0:
             F[k] = np.sign(num) * np.maximum(np.abs(num) - l1, 0.0) / gkk
         else:
-            F[k] = num / gkk
+            np.divide(num, gkk, out=F[k])
     return F
 
 
