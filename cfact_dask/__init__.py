@@ -2,8 +2,8 @@
 
 Data flow: :func:`open_array` → :func:`sketch` (one pass, chunking-invariant) → factorize
 (:func:`nmf`, :func:`svd`, :func:`sparse_pca`, :func:`cp`, :func:`dgd_local`, :func:`lp_lowrank`,
-:func:`projective_clustering`) → :func:`recover` → :func:`reconstruct` into chunked Zarr, or all of it
-with :func:`factorize_recover`. See the README and ``DESIGN.md``.
+:func:`projective_clustering`) → :func:`recover` → :func:`reconstruct` into chunked Zarr, or all
+of it with :func:`factorize_recover`. See the README and ``DESIGN.md``.
 
 The scikit-learn style estimators (``CompressedNMF`` ...) need scikit-learn and are imported on
 first use.
@@ -17,6 +17,7 @@ from typing import Any
 
 from . import config as _config  # noqa: F401  (registers the cfact.* dask.config defaults)
 from . import datasets, metrics, plots
+from . import reconstruction as _reconstruction
 from ._runtime import aliases as _aliases
 from ._runtime.checkpoint import Checkpoint
 from ._runtime.cluster import client_context, connect
@@ -73,7 +74,6 @@ from .factor import (
 from .io import InputArray, open_array
 from .metrics import match_factors, relative_error, support_recovery
 from .pipeline import Plan, RunResult, factorize_recover, plan, run_job, run_method
-from . import reconstruction as _reconstruction
 from .reconstruction import ReconstructionStats, open_reconstruction, reconstruct
 from .recovery import Certificate, Recovery, holdout_error, recover
 from .sketching import KINDS, Sketch, SketchOperator, make_operator, sketch, sketch_with

@@ -485,7 +485,8 @@ def _from_zarr_array(z: Any, source: str) -> InputArray:
     return InputArray(data, 0, dims, {}, source, dict(z.attrs), input_location(z))
 
 
-def _open_store(path: str, variable: str | None, storage_options: dict[str, Any] | None) -> InputArray:
+def _open_store(path: str, variable: str | None,
+                storage_options: dict[str, Any] | None) -> InputArray:
     import zarr
 
     from ._runtime import storage

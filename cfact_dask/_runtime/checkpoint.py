@@ -58,8 +58,8 @@ class Checkpoint:
         Group inside the store (default ``"checkpoint"``).
     """
 
-    def __init__(self, store: str | os.PathLike, every: int = 10, params: Mapping[str, Any] | None = None,
-                 group: str = "checkpoint") -> None:
+    def __init__(self, store: str | os.PathLike, every: int = 10,
+                 params: Mapping[str, Any] | None = None, group: str = "checkpoint") -> None:
         if not isinstance(every, int) or every < 1:
             raise ConfigError(f"checkpoint 'every' must be an int >= 1, got {every!r}")
         from .outputs import prepare_group, store_path, unconsolidate
@@ -101,7 +101,8 @@ class Checkpoint:
             return None
         saved = meta.get("params", {})
         if saved != self.params:
-            keys = sorted(k for k in set(saved) | set(self.params) if saved.get(k) != self.params.get(k))
+            keys = sorted(k for k in set(saved) | set(self.params)
+                          if saved.get(k) != self.params.get(k))
             diff = ", ".join(f"{k}: {saved.get(k)!r} -> {self.params.get(k)!r}" for k in keys)
             raise ResumeError(
                 f"the checkpoint in {self.store!r}/{self.group} was made with different parameters "
@@ -117,7 +118,8 @@ class Checkpoint:
         logger.info("resuming from checkpoint %s/%s at iteration %d", self.store, self.group, it)
         return CheckpointState(it, arrays, hist)
 
-    def save(self, iteration: int, arrays: Mapping[str, Any], history: Mapping[str, list[float]] | None = None) -> None:
+    def save(self, iteration: int, arrays: Mapping[str, Any],
+             history: Mapping[str, list[float]] | None = None) -> None:
         """Write ``arrays`` (numpy or dask) as the state after ``iteration``, then commit it."""
         import dask.array as da
 
@@ -164,5 +166,6 @@ def as_checkpoint(spec: Any, params: Mapping[str, Any]) -> Checkpoint | None:
             raise ConfigError(
                 f"checkpoint must be dict(store=..., every=k[, group=...]); got keys {sorted(spec)}"
             )
-        return Checkpoint(spec["store"], int(spec.get("every", 10)), params, spec.get("group", "checkpoint"))
+        return Checkpoint(spec["store"], int(spec.get("every", 10)), params,
+                          spec.get("group", "checkpoint"))
     raise ConfigError(f"checkpoint must be None, a store path or a dict, not {type(spec).__name__}")

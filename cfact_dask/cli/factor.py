@@ -166,7 +166,8 @@ def _load(store: str, group: str | None, variable: str | None, feature_axis: int
 
 
 class TopologyType(click.ParamType):
-    """A graph name the code accepts (:data:`cfact_dask.factor.consensus.topology.GRAPHS`) or a ``.npy`` matrix."""
+    """A graph name the code accepts (:data:`cfact_dask.factor.consensus.topology.GRAPHS`) or a
+    ``.npy`` matrix."""
 
     name = "topology"
 

@@ -133,11 +133,13 @@ def validate_job(
 ) -> dict[str, Any]:
     """Return the job with defaults filled in; raise :class:`ConfigError` on any problem."""
     if not isinstance(job, Mapping):
-        raise ConfigError(f"{source} must be a mapping with a 'cfact:' section, got {type(job).__name__}")
+        raise ConfigError(
+            f"{source} must be a mapping with a 'cfact:' section, got {type(job).__name__}")
     if "cfact" in job:
         extra = sorted(set(job) - {"cfact"})
         if extra:
-            raise ConfigError(f"{source}: unknown top-level keys {extra}; everything goes under 'cfact:'")
+            raise ConfigError(
+                f"{source}: unknown top-level keys {extra}; everything goes under 'cfact:'")
         job = job["cfact"]
         if not isinstance(job, Mapping):
             raise ConfigError(f"{source}: 'cfact' must be a mapping of sections")
@@ -191,7 +193,8 @@ def validate_job(
                 )
     for section, key in (("sketch", "n_components"), ("factor", "rank")):
         if out[section] is not None and out[section][key] < 1:
-            raise ConfigError(f"{source}: 'cfact.{section}.{key}' must be >= 1, got {out[section][key]}")
+            raise ConfigError(
+                f"{source}: 'cfact.{section}.{key}' must be >= 1, got {out[section][key]}")
     _validate_factor(out["factor"], source)
     if check_paths:
         _check_paths(out, source)

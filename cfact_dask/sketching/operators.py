@@ -394,7 +394,8 @@ class SketchOperator:
     def matvec(self, W: Any, *, offset: int = 0) -> da.Array:
         """``P W`` for an n × r (or n-long) operand, blockwise along W's row chunks.
 
-        ``offset`` > 0 applies the columns ``offset:offset + W.shape[0]`` of ``P`` (a feature block).
+        ``offset`` > 0 applies the columns ``offset:offset + W.shape[0]`` of ``P`` (a feature
+        block).
         """
         W = _as_dask(W, self.tile_size)
         if W.ndim not in (1, 2):
@@ -650,7 +651,8 @@ def _box_muller(rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
 
 
 def _distinct_rows(rng: np.random.Generator, d: int, s: int, w: int) -> np.ndarray:
-    """``s`` distinct rows in ``[0, d)`` for each of ``w`` columns, uniformly (Floyd's algorithm)."""
+    """``s`` distinct rows in ``[0, d)`` for each of ``w`` columns, uniformly (Floyd's
+    algorithm)."""
     rows = np.empty((w, s), dtype=np.int64)
     for idx, j in enumerate(range(d - s, d)):
         t = rng.integers(0, j + 1, size=w)
