@@ -16,7 +16,8 @@ exactly by an active set, whatever their conditioning.
 the residual of the least-squares debias on its support estimates σ, then
 ``λ₀ = σ √(2 log n) ‖P_col‖``; given a held-out sketch, λ ∈ {2, 1, 0.5} x λ₀ is chosen by the
 smallest held-out error estimate (largest first; the path stops at the first λ whose held-out
-error is above the best one's). Each LASSO solve is followed by one round of reweighted ℓ1 [5]_.
+error is above the best one's, or is over 10x what the certificate accepts). Each LASSO solve
+is followed by one round of reweighted ℓ1 [5]_.
 
 References
 ----------
@@ -61,7 +62,7 @@ from ._blocks import (
     tree_sum,
 )
 from ._lsq import debias_support, lasso_active_set
-from .certificate import holdout_estimate
+from .certificate import holdout_estimate, holdout_limit
 
 __all__ = ["solve_lasso"]
 
@@ -75,6 +76,10 @@ _ALPHA_MIN = 1e-4
 _REWEIGHT_EPS = 0.1
 #: multiples of the noise-based λ tried (largest first, warm-started) when a hold-out is given
 _LAM_PATH = (2.0, 1.0, 0.5)
+#: the λ path stops when a recovery's held-out error is this many times the largest the
+#: certificate accepts: no smaller λ closes such a gap (measured: a halving of λ moves it by
+#: 10-30 %), and the certificate will reject the recovery anyway
+_HOPELESS = 10.0
 #: relative-change tolerance of the automatic λ's LASSO solves when they are debiased
 _AUTO_TOL = 1e-3
 #: the in-process FISTA runs the blocks' steps in threads when W has at least this many entries
@@ -673,6 +678,7 @@ def solve_lasso(
             # held-out error is U-shaped in λ: a smaller λ only lets in more noise; the solves
             # at small λ are the longest)
             QM, Qop, Hh = holdout
+            hopeless = _HOPELESS * holdout_limit(_holdout_baseline(QM, Hh), QM.shape[0])
             best = None
             path = []
             x_warm = xs1
@@ -687,6 +693,11 @@ def solve_lasso(
                 if best is None or est < best[0]:
                     best = (est, mult, lam_m, xr, Pxr, sz, conv_m)
                 elif est > best[0]:
+                    break
+                if est > hopeless:
+                    info["lam_path_stopped"] = (
+                        f"held-out error {est:.3g} is over {_HOPELESS:g}x the certificate's "
+                        f"limit: sparse recovery cannot fit this factorization")
                     break
                 if stopped:
                     break
@@ -711,6 +722,14 @@ def solve_lasso(
             stacklevel=4,  # the caller of recover()
         )
     return xs, Px, lam_vec, sizes, total_it, hist, info
+
+
+def _holdout_baseline(QM: np.ndarray, H: np.ndarray) -> float:
+    """The held-out estimate of the best error reachable with ``H`` (as the certificate's)."""
+    den = float(np.linalg.norm(QM))
+    if den == 0:
+        return math.inf
+    return float(np.linalg.norm(QM - (QM @ np.linalg.pinv(H)) @ H)) / den
 
 
 def _span(x: Any) -> str:

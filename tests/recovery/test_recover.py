@@ -194,6 +194,28 @@ def test_lambda_path_stops_once_the_holdout_error_rises():
     assert rec.certificate.holdout_error == pytest.approx(path[0]["holdout_error"], rel=1e-9)
 
 
+def test_lambda_path_stops_when_sparse_recovery_is_hopeless():
+    """W far too dense for the sketch (40 % of 600 rows, d = 60): the first held-out error is
+    over 10x the certificate's limit, so the path stops there (no smaller λ closes such a gap)
+    and the certificate rejects the recovery; a recoverable W runs the path as usual."""
+    n, m, r, d = 600, 120, 3, 60
+    M, W, H = planted_nmf(n, m, r, density=0.4, noise=0.01, random_state=1)
+    op = cf.make_operator("expander", d, n, seed=1)
+    Q = cf.make_operator("gaussian", 32, n, seed=99)
+    Wt = (op.to_dense() @ M) @ np.linalg.pinv(H)
+    QM = Q.to_dense() @ M
+    with pytest.warns(cf.RecoveryWarning, match="looks unreliable"):
+        rec = recover(SimpleNamespace(W=Wt, H=H), op, "nnlasso", holdout=(QM, Q))
+    path = rec.params["lam_path"]
+    limit = holdout_limit(rec.certificate.holdout_baseline, 32)
+    assert len(path) == 1 and path[0]["holdout_error"] > 10 * limit
+    assert "cannot fit" in rec.params["lam_path_stopped"]
+    assert not rec.certificate.ok
+    with pytest.warns(cf.RecoveryWarning):
+        fixed = recover(SimpleNamespace(W=Wt, H=H), op, "nnlasso", holdout=(QM, Q), lam=0.01)
+    assert "lam_path_stopped" not in fixed.params  # a given λ has no path
+
+
 def test_holdout_error_estimates_the_error(rng):
     M, W, H = planted_nmf(800, 100, 3, noise=0.2, random_state=4)
     Q = cf.make_operator("gaussian", 60, 800, seed=3)
