@@ -22,6 +22,7 @@ plot (speed-up and error ratio per cell, coloured by the recovery used).
     python benchmarks/bench_speedup_map.py --quick        # a handful of small cells, minutes
     python benchmarks/bench_speedup_map.py                # the full grid (72 cells, hours)
     python benchmarks/bench_speedup_map.py --sizes 5000x2000 --ranks 10 --noises 0.1
+    python benchmarks/bench_speedup_map.py --plot-sizes   # speed-up against size, every size run
 """
 
 from __future__ import annotations
@@ -168,6 +169,49 @@ def plot(cells: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+def plot_sizes(results_dir: str, path: str) -> list[str]:
+    """Speed-up against the matrix's size (entries), one point per cell of every
+    ``bench_speedup_map_<n>x<m>.json`` in ``results_dir``, coloured by the recovery used, with
+    the 5x and 10x lines: how the speed-up grows with size. Returns the files read."""
+    import glob
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = sorted(f for f in glob.glob(os.path.join(results_dir, "bench_speedup_map_*.json"))
+                   if re.search(r"_\d+x\d+\.json$", f))
+    cells = [c for f in files for c in json.load(open(f))["cells"]]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    rng = np.random.default_rng(0)
+    for fb, colour, label in ((False, "tab:blue", "sparse recovery accepted"),
+                              (True, "tab:orange", "fallback to lstsq-data")):
+        sel = [c for c in cells if c["fallback"] == fb]
+        x = np.array([c["n"] * c["m"] for c in sel], dtype=float)
+        x *= np.exp(rng.uniform(-0.06, 0.06, x.size))  # jitter the cells of one size apart
+        ax.scatter(x, [c["speedup"] for c in sel], c=colour, label=label, alpha=0.75,
+                   s=[14 + 2 * c["rank"] ** 1.5 for c in sel])
+    for y, ls in ((5, ":"), (10, "--")):
+        ax.axhline(y, color="gray", ls=ls, lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.yaxis.set_major_locator(FixedLocator([1, 2, 3, 5, 10, 20, 30]))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("matrix entries (n x m)")
+    ax.set_ylabel("speed-up over scikit-learn NMF")
+    ax.set_title("Factorize-Recover speed-up by size (marker size: rank)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return files
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
@@ -186,8 +230,14 @@ def main() -> None:
                     help="do not run the first cell's pipeline once untimed before the grid")
     ap.add_argument("--no-store-keep", action="store_true", help="delete each cell's data")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--plot-sizes", action="store_true",
+                    help="only redraw the speed-up-by-size plot from the results of every size")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.plot_sizes:
+        out = os.path.join(args.out, "bench_speedup_map_sizes.png")
+        logger.info("read %s; wrote %s", plot_sizes(args.out, out), out)
+        return
     grid = dict(QUICK if args.quick else FULL)
     for key in grid:
         if getattr(args, key) is not None:
