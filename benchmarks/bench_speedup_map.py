@@ -160,9 +160,18 @@ def plot(cells: list[dict[str, Any]], path: str) -> None:
     ax.axhline(5, color="gray", ls=":", lw=0.8)
     ax.axhline(1, color="black", lw=0.5)
     ax.set_yscale("log")
-    ax.set_xlabel("error ratio (cfact / scikit-learn)")
-    ax.set_ylabel("speed-up (scikit-learn time / cfact time)")
-    ax.set_title("Factorize-Recover (recover='auto') vs scikit-learn NMF")
+    _save(fig, ax, path, "error ratio (cfact / scikit-learn)",
+          "speed-up (scikit-learn time / cfact time)",
+          "Factorize-Recover (recover='auto') vs scikit-learn NMF")
+
+
+def _save(fig: Any, ax: Any, path: str, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, legend and write one plot of this benchmark."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -202,13 +211,8 @@ def plot_sizes(results_dir: str, path: str) -> list[str]:
     ax.yaxis.set_major_locator(FixedLocator([1, 2, 3, 5, 10, 20, 30]))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
     ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("matrix entries (n x m)")
-    ax.set_ylabel("speed-up over scikit-learn NMF")
-    ax.set_title("Factorize-Recover speed-up by size (marker size: rank)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, "matrix entries (n x m)", "speed-up over scikit-learn NMF",
+          "Factorize-Recover speed-up by size (marker size: rank)")
     return files
 
 
