@@ -101,3 +101,19 @@ def write_results(name: str, payload: dict[str, Any]) -> str:
 
 def gib(x: float) -> str:
     return f"{x / 2**30:.2f} GiB"
+
+
+def planted_factors(n: int, m: int, r: int, density: float, rng: Any) -> tuple[Any, Any, float]:
+    """The planted sparse NMF factors of benchmark (a) (Sharan et al. 2019): W (n x r) with a
+    fraction ``density`` of nonzeros |N(0, 1)| per column, H = |N(0, 1)| rows scaled to unit
+    norm, and ‖W H‖_F (from trace((WᵀW)(HHᵀ)), without forming W H). Draws from ``rng`` in this
+    order, so a caller drawing its noise next from the same ``rng`` gets the same data as ever."""
+    import numpy as np
+
+    k = max(1, int(density * n))
+    W = np.zeros((n, r))
+    for j in range(r):
+        W[rng.choice(n, k, replace=False), j] = np.abs(rng.standard_normal(k))
+    H = np.abs(rng.standard_normal((r, m)))
+    H /= np.linalg.norm(H, axis=1, keepdims=True)
+    return W, H, float(np.sqrt(np.sum((W.T @ W) * (H @ H.T))))

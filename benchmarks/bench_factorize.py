@@ -39,12 +39,16 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 import warnings
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import planted_factors  # noqa: E402
 
 logger = logging.getLogger("bench_factorize")
 
@@ -86,14 +90,7 @@ def make_store(path: str, n: int, m: int, r: int, seed: int, chunk_m: int,
         if z.shape == (n, m):
             return
     rng = np.random.default_rng(seed)
-    k = max(1, int(density * n))
-    W = np.zeros((n, r))
-    for j in range(r):
-        W[rng.choice(n, k, replace=False), j] = np.abs(rng.standard_normal(k))
-    H = np.abs(rng.standard_normal((r, m)))
-    H /= np.linalg.norm(H, axis=1, keepdims=True)
-    # noise scale from ‖WH‖_F without forming WH: trace((WᵀW)(HHᵀ))
-    sig = np.sqrt(np.sum((W.T @ W) * (H @ H.T)))
+    W, H, sig = planted_factors(n, m, r, density, rng)
     sd = 0.1 * sig / np.sqrt(n * m)
     z = zarr.create_array(path, shape=(n, m), chunks=(n, chunk_m), dtype="float64",
                           overwrite=True)

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine  # noqa: E402
+from _common import machine, planted_factors  # noqa: E402
 from bench_factorize import PeakRSS, run_cfact, run_sklearn  # noqa: E402
 
 logger = logging.getLogger("bench_speedup_map")
@@ -63,13 +63,7 @@ def make_store(path: str, n: int, m: int, r: int, density: float, noise: float,
         if z.shape == (n, m):
             return
     rng = np.random.default_rng(seed)
-    k = max(1, int(density * n))
-    W = np.zeros((n, r))
-    for j in range(r):
-        W[rng.choice(n, k, replace=False), j] = np.abs(rng.standard_normal(k))
-    H = np.abs(rng.standard_normal((r, m)))
-    H /= np.linalg.norm(H, axis=1, keepdims=True)
-    sig = np.sqrt(np.sum((W.T @ W) * (H @ H.T)))  # ‖WH‖_F without forming WH
+    W, H, sig = planted_factors(n, m, r, density, rng)
     sd = noise * sig / np.sqrt(n * m)
     chunk_m = 1000 if m >= 4000 else 500
     z = zarr.create_array(path, shape=(n, m), chunks=(n, chunk_m), dtype="float64",

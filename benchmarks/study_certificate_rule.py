@@ -29,10 +29,14 @@ import argparse
 import json
 import math
 import os
+import sys
 import warnings
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import planted_factors  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 #: (n, m, rank, density, noise, compression) x seeds 0-3: the speed-up map's quick grid widened
@@ -50,13 +54,7 @@ BAD = 1.15
 def make(n: int, m: int, r: int, density: float, noise: float, seed: int) -> np.ndarray:
     """``bench_speedup_map.make_store``'s generator, in memory."""
     rng = np.random.default_rng(seed)
-    k = max(1, int(density * n))
-    W = np.zeros((n, r))
-    for j in range(r):
-        W[rng.choice(n, k, replace=False), j] = np.abs(rng.standard_normal(k))
-    H = np.abs(rng.standard_normal((r, m)))
-    H /= np.linalg.norm(H, axis=1, keepdims=True)
-    sig = np.sqrt(np.sum((W.T @ W) * (H @ H.T)))
+    W, H, sig = planted_factors(n, m, r, density, rng)
     return W @ H + noise * sig / np.sqrt(n * m) * rng.standard_normal((n, m))
 
 

@@ -515,8 +515,9 @@ def recover(
         LASSO penalty, per column or shared. ``"auto"`` estimates the noise level σ of the fit
         and takes ``λ₀ = σ √(2 log n) ‖p_col‖`` (scaled LASSO); with a ``holdout`` it then tries
         λ = {2, 1, 0.5} x λ₀ (warm-started, largest first, stopping at the first λ whose held-out
-        error is above the best one's, or over 10x the certificate's limit) and keeps the one whose recovery has the smallest
-        held-out error estimate (rows the factorization never saw: an honest criterion).
+        error is above the best one's, or over 10x the certificate's limit) and keeps the one
+        whose recovery has the smallest held-out error estimate (rows the factorization never
+        saw: an honest criterion).
     debias : bool
         Refit each column by least squares (NNLS for nonnegative) on its support.
     reweight : int, optional

@@ -47,7 +47,7 @@ from ..sketching.operators import SketchOperator
 from ._blocks import Blocks, local_scheduler, matvec_block, tree_sum
 
 __all__ = ["HOLDOUT_RATIO", "HOLDOUT_SLACK", "Certificate", "certify", "holdout_error",
-           "holdout_estimate", "holdout_inputs", "holdout_limit"]
+           "holdout_baseline", "holdout_estimate", "holdout_inputs", "holdout_limit"]
 
 logger = logging.getLogger(__name__)
 
@@ -224,8 +224,16 @@ def holdout_error(
     if den == 0:
         return math.inf, math.inf
     err = float(np.linalg.norm(QM - QW @ H)) / den
-    base = float(np.linalg.norm(QM - (QM @ np.linalg.pinv(H)) @ H)) / den
-    return err, base
+    return err, holdout_baseline(QM, H)
+
+
+def holdout_baseline(QM: np.ndarray, H: np.ndarray) -> float:
+    """``‖Q M (I − H⁺ H)‖ / ‖Q M‖``: the held-out estimate of the best error reachable with
+    ``H`` (what ``lstsq-data`` would give); ``inf`` for an all-zero held-out sketch."""
+    den = float(np.linalg.norm(QM))
+    if den == 0:
+        return math.inf
+    return float(np.linalg.norm(QM - (QM @ np.linalg.pinv(H)) @ H)) / den
 
 
 def holdout_limit(baseline: float, holdout_rows: int) -> float:

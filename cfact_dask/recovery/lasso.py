@@ -62,7 +62,7 @@ from ._blocks import (
     tree_sum,
 )
 from ._lsq import debias_support, lasso_active_set
-from .certificate import holdout_estimate, holdout_limit
+from .certificate import holdout_baseline, holdout_estimate, holdout_limit
 
 __all__ = ["solve_lasso"]
 
@@ -678,7 +678,7 @@ def solve_lasso(
             # held-out error is U-shaped in λ: a smaller λ only lets in more noise; the solves
             # at small λ are the longest)
             QM, Qop, Hh = holdout
-            hopeless = _HOPELESS * holdout_limit(_holdout_baseline(QM, Hh), QM.shape[0])
+            hopeless = _HOPELESS * holdout_limit(holdout_baseline(QM, Hh), QM.shape[0])
             best = None
             path = []
             x_warm = xs1
@@ -722,14 +722,6 @@ def solve_lasso(
             stacklevel=4,  # the caller of recover()
         )
     return xs, Px, lam_vec, sizes, total_it, hist, info
-
-
-def _holdout_baseline(QM: np.ndarray, H: np.ndarray) -> float:
-    """The held-out estimate of the best error reachable with ``H`` (as the certificate's)."""
-    den = float(np.linalg.norm(QM))
-    if den == 0:
-        return math.inf
-    return float(np.linalg.norm(QM - (QM @ np.linalg.pinv(H)) @ H)) / den
 
 
 def _span(x: Any) -> str:
