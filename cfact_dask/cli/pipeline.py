@@ -304,13 +304,17 @@ def plan_cmd(session: Session, job: str, workers: int | None, threads: int | Non
               help="k, nonzeros per column (omp).")
 @click.option("--lam", type=AutoOrPositive(), default="auto", show_default=True,
               help="LASSO penalty (> 0) or 'auto'.")
+@click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
+              help="lstsq-data: rounds refitting H and W against the data after the exact W "
+                   "(each one more pass; stops once a round gains < 1 %); the refitted H is "
+                   "stored with W.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing recovered group (and the reconstruction computed from "
                    "it).")
 @session_options
 @with_session
 def recover_cmd(session: Session, store: str, method: str, data: str | None,
-                sparsity: int | None, lam: str | float, overwrite: bool) -> None:
+                sparsity: int | None, lam: str | float, refine: int, overwrite: bool) -> None:
     """Recover W from the sketch and factors groups of the run STORE into STORE/recovered."""
     import zarr
 
@@ -334,16 +338,22 @@ def recover_cmd(session: Session, store: str, method: str, data: str | None,
     if has_holdout:
         ho = Sketch.from_zarr(store, "holdout")
         holdout = (ho.matrix, ho.operator)
+    if refine and method != "lstsq-data":
+        raise InputError(f"--refine applies to --method lstsq-data (it reads the data); "
+                         f"drop it, or use --method lstsq-data --data ... (got {method})")
     rec = recover(res, sk.operator, method, data=data, sparsity=sparsity,
-                  lam=lam, holdout=holdout,
+                  lam=lam, holdout=holdout, refine=refine if method == "lstsq-data" else 0,
                   client=session.client)
     save_recovery(store, rec, overwrite=overwrite,
                   upstream={g: group_id(store, g) for g in ("factors", "sketch", "holdout")},
                   labels=labels_of_store(store, "sketch"))
     cert = rec.certificate
+    refined = (rec.params or {}).get("refined")
     session.report({"command": "recover", "store": store, "method": method,
-                    "certificate": cert.to_dict()},
+                    "certificate": cert.to_dict(), "refined": refined},
                    f"recovered W {rec.W.shape} with {method} -> {store}/recovered; "
+                   + (f"H and W refitted against the data in {refined['rounds']} round(s) "
+                      f"({refined['passes']} pass(es)); " if refined else "")
                    + _certificate_text(cert))
 
 
@@ -384,7 +394,9 @@ def reconstruct_cmd(session: Session, store: str, like: str, out: str | None, co
     rec = load_recovery(store, None)  # refuses an incomplete or stale (older factors) group
     target, group = (out, None) if out else (store, "reconstruction")
     upstream = None if out else {g: group_id(store, g) for g in ("recovered", "factors")}
-    stats = reconstruct(rec.W, res.H, target, like=like,
+    # the H that goes with W: the factors group's, or the one the recovery refitted with it
+    H = rec.H if rec.H is not None else res.H
+    stats = reconstruct(rec.W, H, target, like=like,
                         compare_to=like if compare else None, group=group, overwrite=overwrite,
                         client=session.client, progress=not session.quiet, upstream=upstream)
 

@@ -302,11 +302,19 @@ def _plan_input(job: dict[str, Any], inp: Any, nw: int, th: int, limit: int | No
     worker_peak = {"sketch": sketch_worker, "factor": factor_worker, "recover": rec_worker}
     method = job["recover"]["method"]
     conditional = {}
+    # lstsq-data's refinement (recover.refine rounds, fewer when a round gains < 1 %): a
+    # round reads data chunked along the samples only once, other layouts twice (exact.py)
+    semi = job["factor"]["method"] == "semi-nmf" or bool(job["factor"].get("semi"))
+    refine = 0 if semi else int(job["recover"].get("refine", 0) or 0)
+    refine_passes = refine * (1 if chunk[ax] >= n else 2)
     if method == "auto":
-        # the fallback when the sparse recovery's certificate fails: one exact pass
-        conditional["recover: auto falls back to lstsq-data"] = 1
+        # the fallback when the sparse recovery's certificate fails: one exact pass, then the
+        # refinement's
+        conditional["recover: auto falls back to lstsq-data"] = 1 + refine_passes
     if _reads_data(method):
         passes["recover"] = 1
+        if refine_passes:
+            conditional["recover: lstsq-data refines H and W (up to)"] = refine_passes
         # the chunk as read and as float64, the residual and the product (bench_out_of_core:
         # 1.07x of the measured per-worker peak above the worker's own memory)
         task_peak["recover"] = (chunk_elems * (2 * inp.dtype.itemsize + 16) + rows * r * 8

@@ -296,11 +296,12 @@ def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
         if poor:
             logger.warning(
                 "sparse recovery (%s) looks unreliable (estimated error %s, fit residual %s): "
-                "falling back to lstsq-data, one extra pass over the data",
-                first, _fmt(est), _fmt(cert.fit_residual),
+                "falling back to lstsq-data, one extra pass over the data (and up to %d rounds "
+                "refitting H and W against it: recover.refine)",
+                first, _fmt(est), _fmt(cert.fit_residual), int(opts["refine"]),
             )
             rec = recover(res, op, "lstsq-data", data=inp, holdout=holdout, client=client,
-                          nonnegative=nonneg)
+                          nonnegative=nonneg, refine=int(opts["refine"]))
         else:
             for w in caught:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -308,7 +309,7 @@ def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
         return None
     elif method == "lstsq-data":
         rec = recover(res, op, "lstsq-data", data=inp, holdout=holdout, client=client,
-                      nonnegative=nonneg)
+                      nonnegative=nonneg, refine=int(opts["refine"]))
     else:
         rec = recover(res, op, method, **common)
         est = rec.certificate.estimated_error
@@ -459,6 +460,9 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
             rec = _recover_stage(res, sk, hold, inp, r_opts, rs, c,
                                  labels=Labels.from_input(inp))
         timings["recover"] = time.perf_counter() - t0
+        # the H that goes with W: the factorization's, or the one refitted with W against the
+        # data (lstsq-data's refine)
+        H = rec.H if rec is not None and (rec.params or {}).get("refined") else res.H
         stats = None
         if reconstruct and rec is not None:
             t0 = time.perf_counter()
@@ -471,7 +475,7 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
                 if target is None:
                     raise ConfigError("reconstruct=True needs out= (the store to write W H into)")
                 with run_stage(rs, "reconstruct"):
-                    stats = _reconstruct(rec.W, res.H, target, like=inp, compare_to=inp,
+                    stats = _reconstruct(rec.W, H, target, like=inp, compare_to=inp,
                                          group="reconstruction", overwrite=True, client=c,
                                          progress=progress,
                                          upstream={g: rs.group_id(g)
@@ -494,6 +498,7 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
             "warn_above": float(r_opts["warn_above"]),
             "messages": list(cert.messages), "notes": list(getattr(cert, "notes", ()) or ()),
             "lam_multiple": (rec.params or {}).get("lam_multiple"),
+            "refined": (rec.params or {}).get("refined"),
         },
         "reconstruction": None if stats is None else (
             stats if isinstance(stats, dict) else stats.to_dict()),
@@ -503,7 +508,7 @@ def _factorize_recover(X: Any, rank: int, *, sketch: Any, factor: Any, recover: 
     }
     with run_stage(rs, "finish"):
         rs.finish(report)
-    return RunResult(W=None if rec is None else rec.W, H=res.H, sketch=sk, factors=res,
+    return RunResult(W=None if rec is None else rec.W, H=H, sketch=sk, factors=res,
                      recovery=rec, reconstruction=stats, report=report, out=rs.path,
                      labels=Labels.from_input(inp))
 

@@ -62,6 +62,7 @@ _SECTIONS: dict[str, dict[str, Option] | None] = {
         "lam": ((float, int, str), "auto"),
         "max_iter": ((int,), 300),
         "warn_above": ((float, int), 0.25),
+        "refine": ((int,), 2),
     },
     "output": {
         "path": ((str,), _REQ),
@@ -195,6 +196,10 @@ def validate_job(
         if out[section] is not None and out[section][key] < 1:
             raise ConfigError(
                 f"{source}: 'cfact.{section}.{key}' must be >= 1, got {out[section][key]}")
+    if out["recover"] is not None and out["recover"]["refine"] < 0:
+        raise ConfigError(
+            f"{source}: 'cfact.recover.refine' must be >= 0 (rounds refitting H and W against "
+            f"the data after an exact lstsq-data pass; 0 = none), got {out['recover']['refine']}")
     _validate_factor(out["factor"], source)
     if check_paths:
         _check_paths(out, source)

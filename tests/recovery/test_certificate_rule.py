@@ -77,13 +77,73 @@ def test_low_noise_sparse_recovery_is_rejected_and_auto_falls_back():
         assert f"{fig:.3f}" in msg, msg
     assert f"{HOLDOUT_RATIO:g} x {c.holdout_baseline:.3f}" in msg and "32-row" in msg
     assert "recover='lstsq-data'" in msg
-    # recover: auto falls back to the exact pass and reaches the exact error
+    # recover: auto falls back to the exact pass and reaches the exact error (refine: 0) ...
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RecoveryWarning)
-        auto = _run(X, "auto")
+        auto = _run(X, {"method": "auto", "refine": 0})
+        refined = _run(X, "auto")
     assert auto.recovery.method == "lstsq-data"
     assert auto.recovery.certificate.exact_error == pytest.approx(exact, rel=1e-6)
     assert auto.report["recover"]["method"] == "lstsq-data"
+    assert auto.report["recover"]["refined"] is None and auto.H is auto.factors.H
+    # ... and below it by default, refitting H and W against the data (the result's H is the
+    # refitted one, and the error reported is the pair's, exactly)
+    rep = refined.report["recover"]["refined"]
+    assert refined.recovery.method == "lstsq-data" and 1 <= rep["rounds"] <= 2
+    assert rep["errors"][0] == pytest.approx(exact, rel=1e-6)
+    got = float(np.linalg.norm(X - np.asarray(refined.W) @ refined.H) / np.linalg.norm(X))
+    assert got == pytest.approx(refined.recovery.certificate.exact_error, rel=1e-6)
+    assert got == pytest.approx(rep["errors"][-1], rel=1e-6) and got < exact
+
+
+def test_refined_h_is_stored_with_w_and_read_back_on_resume(tmp_path):
+    """The H refitted with W (recover: auto's fallback, refine) is the run's H everywhere: the
+    result, the recovered group (labelled), the reconstruction and a resumed run."""
+    import xarray as xr
+    import zarr
+
+    X, _, _ = planted_nmf(N, M, R, density=0.02, noise=0.01, random_state=0)
+    store = str(tmp_path / "data.zarr")
+    z = zarr.create_array(store, shape=X.shape, chunks=(N, 100), dtype=X.dtype)
+    z[...] = X  # chunked along the samples only: one read per refinement round
+    out = str(tmp_path / "run.zarr")
+    kw = dict(sketch=dict(n_components=D), recover="auto", out=out, reconstruct=True,
+              progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecoveryWarning)
+        res = cf.factorize_recover(store, R, **kw)
+    rep = res.report["recover"]["refined"]
+    assert res.recovery.method == "lstsq-data" and rep["passes"] == rep["rounds"] >= 1
+    assert not np.array_equal(res.H, np.asarray(res.factors.H))
+    ds = xr.open_zarr(out, group="recovered", consolidated=False)
+    np.testing.assert_array_equal(ds["H"].values, res.H)
+    assert ds["H"].dims[0] == "component" and ds["W"].dims[1] == "component"
+    err = float(np.linalg.norm(X - np.asarray(res.W) @ res.H) / np.linalg.norm(X))
+    assert err == pytest.approx(rep["errors"][-1], rel=1e-6)
+    assert res.reconstruction.relative_error == pytest.approx(err, rel=1e-5)
+    again = cf.factorize_recover(store, R, resume=True, **kw)
+    np.testing.assert_array_equal(again.H, res.H)
+    np.testing.assert_array_equal(np.asarray(again.W), np.asarray(res.W))
+    assert again.recovery.params["refined"]["errors"] == rep["errors"]
+    # the CLI: cfact recover --refine stores the pair; cfact reconstruct uses the stored H
+    import json
+
+    from click.testing import CliRunner
+
+    from cfact_dask.cli import cli
+
+    r = CliRunner().invoke(cli, ["recover", out, "--method", "lstsq-data", "--data", store,
+                                 "--refine", "3", "--overwrite", "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)["refined"]
+    assert got["rounds"] >= 1 and got["errors"][-1] <= rep["errors"][-1] * (1 + 1e-9)
+    r = CliRunner().invoke(cli, ["reconstruct", out, "--like", store, "--overwrite", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["relative_error"] == pytest.approx(got["errors"][-1], rel=1e-5)
+    r = CliRunner().invoke(cli, ["recover", out, "--method", "nnlasso", "--refine", "1",
+                                 "--overwrite"])
+    assert r.exit_code != 0 and "--refine applies to --method lstsq-data" in r.output
+    assert "Traceback" not in r.output
 
 
 def test_ten_percent_noise_sparse_recovery_is_accepted():

@@ -77,6 +77,66 @@ def test_lstsq_data_is_exact(planted):
     np.testing.assert_allclose(rec.compute(), M @ np.linalg.pinv(H), atol=1e-8)
 
 
+def _poor_h_case(seed=0):
+    """Dense nonnegative W at low noise, and an H far from the best one (what a compressed
+    factorization gives there): lstsq-data's W is exact for that H, and still poor."""
+    rng = np.random.default_rng(seed)
+    n, m, r = 500, 240, 5
+    W = rng.random((n, r)) * (rng.random((n, r)) < 0.4)
+    H = rng.random((r, m))
+    M = np.maximum(W @ H + 0.01 * rng.standard_normal((n, m)) * (W @ H).std(), 0.0)
+    H0 = np.maximum(H + 0.05 * rng.standard_normal(H.shape), 0.0)
+    return M, H0
+
+
+def test_lstsq_data_refine_reaches_the_full_data_nmf():
+    from sklearn.decomposition import NMF
+
+    M, H0 = _poor_h_case()
+    nm = np.linalg.norm(M)
+    plain = recover(None, None, "lstsq-data", data=M, H=H0)
+    fused = recover(None, None, "lstsq-data", data=da.from_array(M, chunks=(500, 60)), H=H0,
+                    refine=4)
+    split = recover(None, None, "lstsq-data", data=da.from_array(M, chunks=(125, 60)), H=H0,
+                    refine=4)
+    assert "refined" not in plain.params and np.array_equal(plain.H, H0)
+    for rec, per_round in ((fused, 1), (split, 2)):
+        rep = rec.params["refined"]
+        # one read per round when every chunk holds every feature, two otherwise
+        assert rep["passes"] == per_round * rep["rounds"] and 1 <= rep["rounds"] <= 4
+        errs = rep["errors"]
+        assert errs[0] == pytest.approx(plain.certificate.exact_error, rel=1e-9)
+        assert all(b <= a * (1 + 1e-12) for a, b in zip(errs, errs[1:]))  # never rises
+        W = rec.compute()
+        assert (W >= 0).all() and (rec.H >= 0).all()
+        # the error reported is the pair's, exactly; the certificate carries it
+        got = np.linalg.norm(M - W @ rec.H) / nm
+        assert got == pytest.approx(errs[-1], rel=1e-8)
+        assert rec.certificate.exact_error == pytest.approx(got, rel=1e-8)
+    # both layouts compute the same rounds
+    np.testing.assert_allclose(fused.compute(), split.compute(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(fused.H, split.H, rtol=1e-8, atol=1e-10)
+    # H limited the exact pass; four rounds come within 5 % of scikit-learn's NMF of the full
+    # data (its error) where the exact pass alone is several times it
+    ref = NMF(5, init="nndsvda", solver="cd", max_iter=2000, tol=1e-6, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its own max_iter: the reference, run to the end
+        Wk = ref.fit_transform(M)
+    sk = np.linalg.norm(M - Wk @ ref.components_) / nm
+    assert plain.certificate.exact_error > 3 * sk
+    assert fused.params["refined"]["errors"][-1] <= 1.05 * sk
+
+
+def test_lstsq_data_refine_is_for_nonnegative_factors_and_checked():
+    M, H0 = _poor_h_case()
+    signed = recover(None, None, "lstsq-data", data=M, H=H0, nonnegative=False, refine=2)
+    assert "refined" not in signed.params  # semi-NMF: W for the H given, as before
+    np.testing.assert_allclose(signed.compute(), M @ np.linalg.pinv(H0), atol=1e-8)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InputError, match="refine"):
+            recover(None, None, "lstsq-data", data=M, H=H0, refine=bad)
+
+
 @pytest.mark.parametrize("method", ["nnlasso", "bp", "omp"])
 def test_agrees_with_lstsq_data(planted, method):
     p = planted
