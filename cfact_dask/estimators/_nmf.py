@@ -218,13 +218,13 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         try:
             if self.sketch_dim is None:
                 res = nmf(Xf, rank, **common)
-                W = res.W
+                W, H = res.W, res.H
                 self.recovery_ = None
                 self.report_ = None
             else:
                 run = self._factorize_recover(data, int(rank), int(self.sketch_dim), seed, common)
                 res = run.factors
-                W = run.W
+                W, H = run.W, run.H  # H refitted with W when the recovery refined it
                 self.recovery_ = run.recovery
                 self.report_ = run.report
         except NegativeDataError as e:
@@ -237,7 +237,6 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.n_components_ = int(rank)
         self.n_iter_ = int(res.n_iter_)
         self.reconstruction_err_ = float(res.reconstruction_err_)
-        H = res.H
         if not lazy and isinstance(H, da.Array):
             H = H.compute()
         return H

@@ -161,19 +161,45 @@ def _refine_rows(W: np.ndarray, S: np.ndarray, G: np.ndarray, sweeps: int) -> np
     """Rows of ``W`` (nonnegative) after HALS sweeps for ``min ‖M − W H‖`` given
     ``S = M Hᵀ`` (these rows) and ``G = H Hᵀ``; returns ``[W | −2 Σ w∘s + wᵀ G w]`` per row
     (with ``‖m‖²``, the row's squared residual)."""
-    W = np.asarray(W, dtype=np.float64)
-    S = np.asarray(S, dtype=np.float64)
+    W, S = _c64(W), _c64(S)
     Wn = _hals(W.T, G, S.T, sweeps).T
     part = -2 * np.einsum("ij,ij->i", Wn, S) + np.einsum("ij,ij->i", Wn @ G, Wn)
     return np.concatenate([Wn, part[:, None]], axis=1)
+
+
+def _c64(a: Any) -> np.ndarray:
+    """``a`` as a C-contiguous float64 array."""
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _t(a: Any) -> np.ndarray:
+    """``aᵀ`` as a fresh C-contiguous float64 array, for the left operand of a product.
+
+    OpenBLAS rounds a product with a transposed left operand differently depending on where
+    its buffer starts, and a block that arrives from another worker sits at any offset in the
+    received frame: ``w.T @ x`` on the same numbers then differs in the last bit from task to
+    task (measured on a 2-worker cluster). A fresh contiguous ``wᵀ`` gives the same numbers
+    wherever the task runs, so a rerun (or a resumed run) is bitwise the same.
+    """
+    return np.array(np.asarray(a, dtype=np.float64).T, order="C")
+
+
+def _gram(w: np.ndarray) -> np.ndarray:
+    """``wᵀ w`` of a row block (float64)."""
+    return _t(w) @ _c64(w)
+
+
+def _tdot(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``wᵀ x`` of a row block (float64)."""
+    return _t(w) @ _c64(x)
 
 
 def _refine_chunk(X: np.ndarray, W: np.ndarray, H: np.ndarray, G: np.ndarray,
                   sweeps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One read of a column chunk holding every feature: its columns of ``H`` refitted
     (HALS for ``W`` fixed, ``G = WᵀW``), then ``X H_newᵀ`` (n x r) and ``H_new H_newᵀ``."""
-    X = np.asarray(X, dtype=np.float64)
-    Hn = _hals(H, G, W.T @ X, sweeps)
+    X = _c64(X)
+    Hn = _hals(H, G, _t(W) @ X, sweeps)
     return Hn, X @ Hn.T, Hn @ Hn.T
 
 
@@ -202,27 +228,36 @@ def refine_data(
     passes = 0
     fused = Xf.numblocks[0] == 1
     W = W.rechunk((Xf.chunks[0], r))
+    Xd = Xf.to_delayed()  # row blocks x column blocks
+    edges = np.cumsum((0, *Xf.chunks[1]))
     for _ in range(int(rounds)):
-        (GW,) = cluster.compute(W.T @ W, **on)
+        # the products over the row blocks as fixed trees of delayed sums: dask's ``W.T @ X``
+        # on a cluster sums its row-block partials in no fixed order (measured: results differ
+        # in the last bit from run to run), and a rerun must give the same numbers
+        Wd = W.to_delayed()[:, 0]
+        (GW,) = cluster.compute(tree_sum([delayed(_gram)(w) for w in Wd]), **on)
         GW = np.asarray(GW)
         if fused:
-            Wd = W.to_delayed()[0][0]
-            edges = np.cumsum((0, *Xf.chunks[1]))
+            w = Wd[0]
             parts = [
-                delayed(_refine_chunk, nout=3)(x, Wd, H[:, a:b], GW, _REFINE_SWEEPS)
-                for x, a, b in zip(Xf.to_delayed()[0], edges[:-1], edges[1:], strict=True)
+                delayed(_refine_chunk, nout=3)(x, w, H[:, a:b], GW, _REFINE_SWEEPS)
+                for x, a, b in zip(Xd[0], edges[:-1], edges[1:], strict=True)
             ]
             S = tree_sum([p[1] for p in parts])
             HH = tree_sum([p[2] for p in parts])
             Hd = delayed(np.concatenate)([p[0] for p in parts], axis=1)
-            out = da.from_delayed(delayed(_refine_rows)(Wd, S, HH, _REFINE_SWEEPS),
+            out = da.from_delayed(delayed(_refine_rows)(w, S, HH, _REFINE_SWEEPS),
                                   shape=(Xf.shape[0], r + 1), dtype=np.float64,
                                   meta=np.empty((0, 0)))
             (out,) = cluster.persist(out, **on)
             H, part = cluster.compute(Hd, out[:, r].sum(), **on)
             passes += 1
         else:
-            (B,) = cluster.compute(W.T @ Xf, **on)
+            B = delayed(np.concatenate)([
+                tree_sum([delayed(_tdot)(w, Xd[i, j]) for i, w in enumerate(Wd)])
+                for j in range(Xd.shape[1])
+            ], axis=1)
+            (B,) = cluster.compute(B, **on)
             H = _hals(H, GW, np.asarray(B), _REFINE_SWEEPS)
             HH = H @ H.T
             S = da.matmul(Xf, da.from_array(H.T, chunks=(Xf.chunks[1], r))).rechunk({1: r})
