@@ -431,6 +431,11 @@ def _sq_norm(A: da.Array) -> da.Array:
     return parts.sum()
 
 
+#: the smallest kept singular value, relative to the largest, for which the single pass takes
+#: the SVD of its small ``B`` from ``B Bᵀ`` (an eigen-decomposition squares the condition)
+_GRAM_SVD_RANGE = 1e-3
+
+
 def _finish(
     Q: da.Array,
     B: da.Array,
@@ -443,31 +448,50 @@ def _finish(
     client: Any,
     Qmap: np.ndarray | None = None,
     TQ: np.ndarray | None = None,
+    gram: tuple[np.ndarray, np.ndarray, da.Array] | None = None,
 ) -> SVDResult:
     """SVD of ``A ≈ Q B`` with ``B`` (k × m, chunked along m); sign-normalise; estimate error.
 
     ``Qmap``: the basis is ``Q Qmap`` (``Q`` is then the raw range sketch ``Y``; the basis is
     never stored, ``U = Y (Qmap u)`` is formed blockwise). ``TQ``: ``Θ`` times the basis, known
-    already (then the test map is not applied to ``U``).
+    already (then the test map is not applied to ``U``). ``gram``: ``(B Bᵀ, L, W)`` with
+    ``B = L W`` (``L`` small, ``W`` chunked along m): the SVD of ``B`` from the eigenpairs of
+    the k × k ``B Bᵀ``, known already, and ``Vᵀ = Σ⁻¹ Uᵀ L W`` formed blockwise, with no round
+    trip at all, when the kept singular values are within :data:`_GRAM_SVD_RANGE` of the
+    largest (squaring then costs at most ~1e-10 of their relative accuracy); else the SVD of
+    ``B`` is computed.
     """
-    B = B.rechunk({0: -1})
-    if B.shape[1] >= B.shape[0] and B.numblocks[1] > 1:
-        ub, sb, vb = da.linalg.svd(B)
-    else:
-        B1 = B.rechunk({1: -1})
-        ub, sb, vb = da.linalg.svd(B1)
-    ub, sb, vb = persist(ub, sb, vb, client=client)
-    ub_np, sb_np = compute(ub, sb, client=client, progress=False)
-    order = np.argsort(-sb_np, kind="stable")[:rank]
-    s = np.asarray(sb_np[order])
-    u_r = np.asarray(ub_np[:, order])
+    vt_r = None
+    if gram is not None:
+        BBt, lhs, W = gram
+        lam, ub_g = np.linalg.eigh(np.asarray(BBt, dtype=np.float64))
+        lam, ub_g = lam[::-1][:rank], ub_g[:, ::-1][:, :rank]
+        if lam[-1] > 0 and lam[-1] >= _GRAM_SVD_RANGE**2 * lam[0]:
+            s = np.sqrt(lam)
+            u_r = ub_g
+            coef = ((u_r.T @ np.asarray(lhs, dtype=np.float64)) / s[:, None]).astype(W.dtype)
+            vt_r = W.map_blocks(lambda w, c=coef: c @ w, dtype=W.dtype,
+                                chunks=((rank,), W.chunks[1]))
+    if vt_r is None:
+        B = B.rechunk({0: -1})
+        if B.shape[1] >= B.shape[0] and B.numblocks[1] > 1:
+            ub, sb, vb = da.linalg.svd(B)
+        else:
+            B1 = B.rechunk({1: -1})
+            ub, sb, vb = da.linalg.svd(B1)
+        ub, sb, vb = persist(ub, sb, vb, client=client)
+        ub_np, sb_np = compute(ub, sb, client=client, progress=False)
+        order = np.argsort(-sb_np, kind="stable")[:rank]
+        s = np.asarray(sb_np[order])
+        u_r = np.asarray(ub_np[:, order])
+        vt_r = vb[order]
     if Qmap is not None:
         U = _times(Q, Qmap @ u_r).astype(Q.dtype)
     else:
         U = Q.map_blocks(np.dot, u_r, dtype=Q.dtype, chunks=(Q.chunks[0], (rank,)))
     # formed once: the sign statistics, the error estimate and the result all read it
     (U,) = persist(U, client=client)
-    Vt = vb[order]
+    Vt = vt_r
     stats = sign_stats(U)
     err_parts: list[Any] = []
     if theta is not None:
@@ -502,7 +526,7 @@ def _single_pass(
     theta = _test_map(n_test, n, seed)
     specs = [(omega, 1), (psi, 0)] + ([(theta, 0)] if theta is not None else [])
     extras = [_sq_block] if theta is not None else []
-    sketches = project_many(A, specs, extras=extras, source=source)
+    sketches = project_many(A, specs, extras=extras, source=source, sum_extras=True)
     Y, W = sketches[0], sketches[1]
     TA = norm2 = None
     if theta is not None:
@@ -520,6 +544,9 @@ def _single_pass(
     small = [_gram(Y), project(W, omega, axis=1, check_finite=False)]
     if theta is not None:
         small.append(project(TA, omega, axis=1, check_finite=False))
+    # W Wᵀ (l × l), in the same round trip: B = (Ψ Q)⁺ W below has B Bᵀ = (Ψ Q)⁺ W Wᵀ (Ψ Q)⁺ᵀ,
+    # so the small SVD of B needs no further pass over W (see _finish's gram)
+    small.append(_gram(W.T))
     got = compute(*small, client=client, progress=False)
     M, cond = _basis_from_gram(got[0])
     Qmap: np.ndarray | None = None
@@ -543,11 +570,15 @@ def _single_pass(
         PsiQ = np.asarray(compute(project(Q, psi, axis=0, check_finite=False), client=client,
                                   progress=False)[0], dtype=np.float64)
     # X = (Ψ Q)⁺ W: least squares with the small l × k matrix, applied blockwise along m
-    pinv = np.linalg.pinv(PsiQ).astype(W.dtype)
+    pinv64 = np.linalg.pinv(PsiQ)
+    pinv = pinv64.astype(W.dtype)
     Xs = W.map_blocks(lambda w, p=pinv: p @ w, dtype=W.dtype, chunks=((k,), W.chunks[1]))
     params = dict(rank=rank, k=k, l=lco, kind=kind, co_range_kind=co_kind, seed=seed,
                   n_test=n_test, passes=1)
-    return _finish(Q, Xs, rank, 1, theta, TA, norm2, params, client, Qmap=Qmap, TQ=TQ)
+    WWt = np.asarray(got[-1], dtype=np.float64)
+    gram = (pinv64 @ WWt @ pinv64.T, pinv64, W)
+    return _finish(Q, Xs, rank, 1, theta, TA, norm2, params, client, Qmap=Qmap, TQ=TQ,
+                   gram=gram)
 
 
 def _range_finder(

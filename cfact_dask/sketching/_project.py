@@ -141,6 +141,7 @@ def project_many(
     check_finite: bool = True,
     split_every: int | None = None,
     source: str = "the input",
+    sum_extras: bool = False,
 ) -> list[da.Array]:
     """Several sketches ``x ×_axis P`` of ``x``, one ``(P, axis)`` per entry of ``specs``, with
     one task per input chunk computing every partial back to back.
@@ -153,7 +154,12 @@ def project_many(
 
     ``extras``: functions of a block returning a ``(1,) * ndim`` array (a per-chunk statistic,
     e.g. its squared norm); each comes back as a dask array of one entry per chunk, for the
-    caller to reduce. Returns the sketches, then the extras, in order.
+    caller to reduce, or (``sum_extras``) as their sum, a one-entry array summed by a fixed tree.
+    Returns the sketches, then the extras, in order.
+
+    The reductions read each chunk's partial straight out of its task's tuple (an inline
+    ``getitem`` in the first sum), so the graph has no task per partial: on a 128-chunk pass
+    that was ~500 tasks of a few microseconds, each costing the scheduler a round trip.
     """
     split_every = _check_inputs(x, split_every, source)
     dtype = result_dtype(x.dtype)
@@ -171,17 +177,38 @@ def project_many(
     out = []
     for i, (op, axis) in enumerate(specs):
         pname = f"cfact-sketch-partial-{i}-{tok}"
-        part = {(pname,) + idx: (operator.getitem, (fname,) + idx, i) for idx, _ in _blocks(x)}
-        out.append(_reduce(x, part, pname, f"cfact-sketch-{i}-{tok}", axis, op.n_components,
-                           dtype, split_every, dependency=fused))
+        out.append(_reduce(x, {}, pname, f"cfact-sketch-{i}-{tok}", axis, op.n_components,
+                           dtype, split_every, dependency=fused,
+                           ref=lambda idx, i=i: (operator.getitem, (fname,) + idx, i)))
     for j in range(len(extras)):
         ename = f"cfact-sketch-extra-{j}-{tok}"
-        part = {(ename,) + idx: (operator.getitem, (fname,) + idx, len(specs) + j)
-                for idx, _ in _blocks(x)}
-        graph = HighLevelGraph.from_collections(ename, part, dependencies=[fused])
-        out.append(da.Array(graph, ename, chunks=tuple((1,) * n for n in x.numblocks),
-                            dtype=np.float64))
+        refs = [(operator.getitem, (fname,) + idx, len(specs) + j) for idx, _ in _blocks(x)]
+        if sum_extras:
+            dsk: dict[Any, Any] = {}
+            top = _tree(dsk, refs, f"{ename}-tree", split_every)
+            dsk[(ename,) + (0,) * x.ndim] = (_sum_list, top)
+            chunks: tuple[tuple[int, ...], ...] = ((1,),) * x.ndim
+        else:
+            dsk = {(ename,) + idx: r for (idx, _), r in zip(_blocks(x), refs, strict=True)}
+            chunks = tuple((1,) * n for n in x.numblocks)
+        graph = HighLevelGraph.from_collections(ename, dsk, dependencies=[fused])
+        out.append(da.Array(graph, ename, chunks=chunks, dtype=np.float64))
     return out
+
+
+def _tree(dsk: dict[Any, Any], keys: list[Any], name: str, split_every: int) -> list[Any]:
+    """Fixed-order ``split_every``-way sums of ``keys`` (keys or inline tasks) into ``dsk``
+    until at most ``split_every`` are left; returns those (for the caller's last sum)."""
+    level = 0
+    while len(keys) > split_every:
+        nxt = []
+        for g in range(0, len(keys), split_every):
+            k = (f"{name}{level}", g // split_every)
+            dsk[k] = (_sum_list, keys[g : g + split_every])
+            nxt.append(k)
+        keys = nxt
+        level += 1
+    return keys
 
 
 def _check_inputs(x: da.Array, split_every: int | None, source: str) -> int:
@@ -232,10 +259,18 @@ def _reduce(
     dtype: Any,
     split_every: int,
     dependency: Any = None,
+    ref: Callable[[tuple[int, ...]], Any] | None = None,
 ) -> da.Array:
     """The fixed-order tree sum of the partials ``(pname, *idx)`` in ``dsk`` over the chunks
     along ``axis`` (see :func:`project`), as the dask array ``name``. ``dependency``: the
-    collection the partials' tasks read (default ``x``)."""
+    collection the partials' tasks read (default ``x``). ``ref``: the partial of chunk ``idx``
+    as an inline task instead (then ``dsk`` holds no partial tasks, and a row's partials are
+    concatenated inside the first sum that reads them)."""
+    inline = ref is not None
+    if ref is None:
+        def ref(idx: tuple[int, ...]) -> Any:
+            return (pname,) + idx
+
     nb = x.numblocks[axis]
     itemsize = np.dtype(dtype).itemsize
     block_bytes = math.prod(max(c) for c in x.chunks) * np.dtype(x.dtype).itemsize
@@ -259,9 +294,11 @@ def _reduce(
                 idx[axis] = i
                 if gaxis is not None:
                     idx[gaxis] = j
-                parts.append((pname,) + tuple(idx))
+                parts.append(ref(tuple(idx)))
             if len(parts) == 1:
                 keys.append(parts[0])
+            elif inline:  # inside the first sum that reads them: no task of its own
+                keys.append((np.concatenate, parts, gaxis))
             else:
                 k = (gname,) + gidx[:axis] + (i,) + gidx[axis + 1 :]
                 dsk[k] = (np.concatenate, parts, gaxis)

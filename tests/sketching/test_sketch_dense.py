@@ -138,6 +138,19 @@ def test_project_many_is_each_project_bitwise_in_one_task_per_chunk():
     np.testing.assert_allclose(got[3].sum(), float((xs.astype(np.float64) ** 2).sum()),
                                rtol=1e-5)
     np.testing.assert_allclose(got[1], psi.to_dense() @ xs, rtol=1e-4, atol=1e-4)
+    # no task per partial: the sums read each chunk's partials out of its task's result
+    # (before: one getitem task per chunk and result, 96 here, each a scheduler round trip)
+    graph = {k for c in (Y, W, T, sq) for k in c.__dask_graph__()}
+    import re
+
+    leaf = re.compile(r"cfact-sketch-partial-\d+-[0-9a-f]+$")
+    assert not [k for k in graph if isinstance(k, tuple) and leaf.match(str(k[0]))]
+    # the statistic summed by a fixed tree instead, when asked: one entry, the same total
+    (total,) = _project.project_many(x, [], extras=[lambda b: np.full((1, 1), float(
+        (b.astype(np.float64) ** 2).sum()))], sum_extras=True)
+    assert total.shape == (1, 1) and total.numblocks == (1, 1)
+    np.testing.assert_allclose(total.compute(scheduler="sync")[0, 0],
+                               float((xs.astype(np.float64) ** 2).sum()), rtol=1e-12)
 
 
 def test_svd_norm_of_a_chunk_is_float64_exact():
