@@ -13,6 +13,7 @@ full-data problem closes most of the gap (measured: 2.8x scikit-learn's error ->
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -26,6 +27,8 @@ from ._blocks import local_scheduler, tree_sum
 from ._lsq import nnls
 
 __all__ = ["lstsq_data", "refine_data"]
+
+logger = logging.getLogger(__name__)
 
 #: HALS sweeps per factor per refinement round
 _REFINE_SWEEPS = 3
@@ -270,6 +273,9 @@ def refine_data(
         H = np.asarray(H, dtype=np.float64)
         W = out[:, :r]
         errors.append(_rel(den + float(part), den))
+        logger.info("recover: refit H and W against the data (round %d of at most %d): "
+                    "relative error %.4g -> %.4g", len(errors) - 1, int(rounds), errors[-2],
+                    errors[-1])
         if errors[-1] > errors[-2] * (1 - _REFINE_MIN_GAIN):
             break
     return W, H, {"rounds": len(errors) - 1, "passes": passes, "errors": errors}
