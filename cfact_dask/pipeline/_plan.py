@@ -307,6 +307,8 @@ def _plan_input(job: dict[str, Any], inp: Any, nw: int, th: int, limit: int | No
     semi = job["factor"]["method"] == "semi-nmf" or bool(job["factor"].get("semi"))
     refine = 0 if semi else int(job["recover"].get("refine", 0) or 0)
     refine_passes = refine * (1 if chunk[ax] >= n else 2)
+    if refine and n * m * 8 <= int(config.get("als.local-max-bytes", 2**28)):
+        refine_passes = 1  # small data: read once, refined in memory
     if method == "auto":
         # the fallback when the sparse recovery's certificate fails: one exact pass, then the
         # refinement's

@@ -21,7 +21,9 @@ import dask.array as da
 import numpy as np
 from dask import delayed
 
+from .. import config
 from .._runtime import cluster
+from .._runtime.blas import blas_threads
 from ..errors import InputError
 from ._blocks import local_scheduler, tree_sum
 from ._lsq import nnls
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 _REFINE_SWEEPS = 3
 #: refinement stops once a round lowers the exact error by less than this (relative)
 _REFINE_MIN_GAIN = 0.01
+#: ... and in memory, where a round costs a few products instead of a pass
+_REFINE_MIN_GAIN_IN_MEMORY = 1e-3
 
 
 def _lstsq_block(
@@ -218,6 +222,9 @@ def refine_data(
     the same products. Data chunked along the samples only (every chunk holds every feature)
     is read once per round: the task that reads a chunk refits its columns of ``H`` and
     returns its share of ``M Hᵀ``; other layouts are read twice (``Wᵀ M``, then ``M Hᵀ``).
+    Data within ``cfact.als.local-max-bytes`` is read once and refined in memory instead
+    (:func:`_refine_in_memory`: up to ``cfact.recover.refine-rounds-in-memory`` rounds, whatever
+    ``rounds``, since a round there costs a few products, not a pass).
 
     Returns ``W`` (persisted, the data's row chunks), ``H`` and a record: ``rounds``,
     ``passes`` and ``errors`` (the exact relative error before and after each round).
@@ -227,6 +234,8 @@ def refine_data(
     r = H.shape[0]
     H = np.asarray(H, dtype=np.float64)
     on = dict(client=client, scheduler=local_scheduler(), progress=False)
+    if Xf.shape[0] * Xf.shape[1] * 8 <= int(config.get("als.local-max-bytes", 2**28)):
+        return _refine_in_memory(Xf, W, H, num, den, on)
     errors = [_rel(num, den)]
     passes = 0
     fused = Xf.numblocks[0] == 1
@@ -279,3 +288,35 @@ def refine_data(
         if errors[-1] > errors[-2] * (1 - _REFINE_MIN_GAIN):
             break
     return W, H, {"rounds": len(errors) - 1, "passes": passes, "errors": errors}
+
+
+def _refine_in_memory(
+    Xf: da.Array, W: da.Array, H: np.ndarray, num: float, den: float, on: dict[str, Any],
+) -> tuple[da.Array, np.ndarray, dict[str, Any]]:
+    """:func:`refine_data` for data within ``cfact.als.local-max-bytes`` (the budget of NMF's
+    in-memory iterations): one read, then the rounds in this process with numpy (the same
+    kernels), up to ``cfact.recover.refine-rounds-in-memory`` of them, each costing a few
+    products instead of a pass, stopping once a round gains less than 0.1 % (measured on a
+    12 000 x 128 dense-W matrix: 1 % stopped at 1.07x scikit-learn's error, 0.1 % at 1.01x,
+    59 rounds of ~5 ms)."""
+    r = H.shape[0]
+    Xn, Wn = cluster.compute(Xf, W, **on)
+    # fresh C-ordered copies: an array gathered from the workers is a view on the received
+    # frames (slower products, and BLAS rounding that depends on where the frame starts)
+    X = np.array(Xn, dtype=np.float64, order="C", copy=True)
+    Wc = np.array(Wn, dtype=np.float64, order="C", copy=True)
+    del Xn, Wn
+    errors = [_rel(num, den)]
+    max_rounds = int(config.get("recover.refine-rounds-in-memory", 100))
+    with blas_threads():
+        for _ in range(max_rounds):
+            H = _hals(H, _gram(Wc), _t(Wc) @ X, _REFINE_SWEEPS)
+            out = _refine_rows(Wc, X @ H.T, H @ H.T, _REFINE_SWEEPS)
+            Wc = np.ascontiguousarray(out[:, :r])
+            errors.append(_rel(den + float(out[:, r].sum()), den))
+            if errors[-1] > errors[-2] * (1 - _REFINE_MIN_GAIN_IN_MEMORY):
+                break
+    logger.info("recover: refit H and W against the data in memory (%d rounds): relative error "
+                "%.4g -> %.4g", len(errors) - 1, errors[0], errors[-1])
+    (Wd,) = cluster.persist(da.from_array(Wc, chunks=(Xf.chunks[0], r)), **on)
+    return Wd, H, {"rounds": len(errors) - 1, "passes": 1, "errors": errors, "in_memory": True}

@@ -234,18 +234,22 @@ def test_plan_predicts_and_warns(planted_store, tmp_path):
     job = _job(planted_store, str(tmp_path / "o.zarr"))
     p = cf.plan(job, n_workers=2, threads_per_worker=1, memory_limit=2**30)
     assert p.total_passes == 2  # the sketch, and the reconstruction's comparison pass
-    # recover: auto reads the data once more when it falls back to lstsq-data, then up to
-    # recover.refine (2) rounds refitting H and W: two reads each here (the store is chunked
-    # along both axes), one each for data chunked along the samples only
-    assert p.max_passes == 7 and "+ 5 if recover: auto falls back" in str(p)
+    # recover: auto reads the data once more when it falls back to lstsq-data, then refits H
+    # and W against it: data this small is read once more and refined in memory ...
+    assert p.max_passes == 4 and "+ 2 if recover: auto falls back" in str(p)
     plain = cf.plan(_job(planted_store, str(tmp_path / "o.zarr"), recover={"refine": 0}),
                     n_workers=2, threads_per_worker=1, memory_limit=2**30)
     assert plain.max_passes == 3 and "+ 1 if recover: auto falls back" in str(plain)
-    by_samples = str(tmp_path / "by_samples.zarr")
-    planted_nmf_zarr(by_samples, 600, 300, 4, density=0.05, noise=0.05, random_state=1,
-                     chunks=(600, 100), progress=False)
-    one_read = cf.plan(_job(by_samples, str(tmp_path / "o.zarr")),
-                       n_workers=2, threads_per_worker=1, memory_limit=2**30)
+    # ... larger data takes up to recover.refine (2) rounds, each one read for data chunked
+    # along the samples only, two otherwise (here: both axes)
+    with dask.config.set({"cfact.als.local-max-bytes": 0}):
+        big = cf.plan(job, n_workers=2, threads_per_worker=1, memory_limit=2**30)
+        by_samples = str(tmp_path / "by_samples.zarr")
+        planted_nmf_zarr(by_samples, 600, 300, 4, density=0.05, noise=0.05, random_state=1,
+                         chunks=(600, 100), progress=False)
+        one_read = cf.plan(_job(by_samples, str(tmp_path / "o.zarr")),
+                           n_workers=2, threads_per_worker=1, memory_limit=2**30)
+    assert big.max_passes == 7 and "+ 5 if recover: auto falls back" in str(big)
     assert one_read.max_passes == 5 and "+ 3 if recover: auto falls back" in str(one_read)
     exact = cf.plan(_job(planted_store, str(tmp_path / "o.zarr"),
                          recover={"method": "nnlasso"}), n_workers=2)

@@ -95,10 +95,22 @@ def test_lstsq_data_refine_reaches_the_full_data_nmf():
     M, H0 = _poor_h_case()
     nm = np.linalg.norm(M)
     plain = recover(None, None, "lstsq-data", data=M, H=H0)
-    fused = recover(None, None, "lstsq-data", data=da.from_array(M, chunks=(500, 60)), H=H0,
-                    refine=4)
-    split = recover(None, None, "lstsq-data", data=da.from_array(M, chunks=(125, 60)), H=H0,
-                    refine=4)
+    with dask.config.set({"cfact.als.local-max-bytes": 0}):  # as if it did not fit in memory
+        fused = recover(None, None, "lstsq-data", data=da.from_array(M, chunks=(500, 60)),
+                        H=H0, refine=4)
+        split = recover(None, None, "lstsq-data", data=da.from_array(M, chunks=(125, 60)),
+                        H=H0, refine=4)
+    # data this small is read once and refined in memory, with the same kernels, to a tighter
+    # stop (0.1 % per round instead of 1 %): the same rounds first, then more
+    mem = recover(None, None, "lstsq-data", data=da.from_array(M, chunks=(125, 60)), H=H0,
+                  refine=4)
+    rep = mem.params["refined"]
+    assert rep["in_memory"] and rep["passes"] == 1 and rep["rounds"] > 4
+    n_dask = fused.params["refined"]["rounds"]
+    np.testing.assert_allclose(rep["errors"][: n_dask + 1], fused.params["refined"]["errors"],
+                               rtol=1e-9)
+    got = np.linalg.norm(M - mem.compute() @ mem.H) / nm
+    assert got == pytest.approx(rep["errors"][-1], rel=1e-8) and got < split.certificate.exact_error
     assert "refined" not in plain.params and np.array_equal(plain.H, H0)
     for rec, per_round in ((fused, 1), (split, 2)):
         rep = rec.params["refined"]
@@ -117,7 +129,8 @@ def test_lstsq_data_refine_reaches_the_full_data_nmf():
     np.testing.assert_allclose(fused.compute(), split.compute(), rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(fused.H, split.H, rtol=1e-8, atol=1e-10)
     # H limited the exact pass; four rounds come within 5 % of scikit-learn's NMF of the full
-    # data (its error) where the exact pass alone is several times it
+    # data (its error) where the exact pass alone is several times it, and the rounds in memory
+    # within 2 %
     ref = NMF(5, init="nndsvda", solver="cd", max_iter=2000, tol=1e-6, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its own max_iter: the reference, run to the end
@@ -125,6 +138,7 @@ def test_lstsq_data_refine_reaches_the_full_data_nmf():
     sk = np.linalg.norm(M - Wk @ ref.components_) / nm
     assert plain.certificate.exact_error > 3 * sk
     assert fused.params["refined"]["errors"][-1] <= 1.05 * sk
+    assert rep["errors"][-1] <= 1.02 * sk
 
 
 def test_lstsq_data_refine_is_for_nonnegative_factors_and_checked():
