@@ -22,6 +22,8 @@ from dask.highlevelgraph import HighLevelGraph
 
 from .. import config
 from .._runtime.cluster import compute
+from .._runtime.trees import sum_list as _sum_list
+from .._runtime.trees import tree_sums
 from ..errors import InputError, NonFiniteError
 from ..io import open_array
 
@@ -130,13 +132,6 @@ def _slices(m: int, n_chunks: int) -> list[tuple[int, int]] | None:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def _sum_list(parts: list[np.ndarray]) -> np.ndarray:
-    acc = np.array(parts[0], copy=True)
-    for p in parts[1:]:
-        acc += p
-    return acc
-
-
 def row_reduction(
     x: da.Array,
     func: Callable[..., np.ndarray],
@@ -176,15 +171,7 @@ def row_reduction(
             dsk[(pname, i, s_)] = (_partial, (x.name, i, 0), func, args, check_finite, source,
                                    info_s, with_offset, (a, b))
             keys.append((pname, i, s_))
-    level = 0
-    while len(keys) > split_every:
-        nxt = []
-        for g in range(0, len(keys), split_every):
-            k = (f"{pname}-tree{level}", g // split_every)
-            dsk[k] = (_sum_list, keys[g : g + split_every])
-            nxt.append(k)
-        keys = nxt
-        level += 1
+    keys = tree_sums(dsk, keys, f"{pname}-tree", split_every)
     dsk[name] = (_sum_list, keys)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x])
     return Delayed(name, graph)

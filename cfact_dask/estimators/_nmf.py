@@ -79,7 +79,9 @@ class CompressedNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     n_iter_ : int
     reconstruction_err_ : float
         **Relative** Frobenius error ``‖X − WH‖_F / ‖X‖_F`` of the factorized data (the sketch
-        when compressed). Note: scikit-learn's ``NMF.reconstruction_err_`` is the absolute norm.
+        when compressed: *not* the model's error on ``X``, which can be far larger; that one is
+        ``recovery_.reconstruction_err_``, exact after an exact pass, else estimated on the
+        held-out sketch). Note: scikit-learn's ``NMF.reconstruction_err_`` is the absolute norm.
     result_ : NMFResult
         The functional core's result (``W`` compressed when sketched).
     recovery_ : Recovery or None

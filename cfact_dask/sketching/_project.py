@@ -15,6 +15,8 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from .. import config
+from .._runtime.trees import sum_list as _sum_list
+from .._runtime.trees import tree_sums
 from ..errors import InputError, NonFiniteError
 from .operators import SketchOperator, result_dtype, tile_cache_budget
 
@@ -54,13 +56,6 @@ def _raise_nonfinite(block: np.ndarray, where: tuple[Any, ...]) -> None:
         f"sketching chunk {idx} (index [{span}]) of {source} overflowed to Inf although the chunk "
         f"is finite; rescale the data or use float64"
     )
-
-
-def _sum_list(parts: list[np.ndarray]) -> np.ndarray:
-    acc = np.array(parts[0], copy=True)
-    for p in parts[1:]:
-        acc += p
-    return acc
 
 
 def _take_copy(a: np.ndarray, sl: tuple[slice, ...]) -> np.ndarray:
@@ -185,7 +180,7 @@ def project_many(
         refs = [(operator.getitem, (fname,) + idx, len(specs) + j) for idx, _ in _blocks(x)]
         if sum_extras:
             dsk: dict[Any, Any] = {}
-            top = _tree(dsk, refs, f"{ename}-tree", split_every)
+            top = tree_sums(dsk, refs, f"{ename}-tree", split_every)
             dsk[(ename,) + (0,) * x.ndim] = (_sum_list, top)
             chunks: tuple[tuple[int, ...], ...] = ((1,),) * x.ndim
         else:
@@ -194,21 +189,6 @@ def project_many(
         graph = HighLevelGraph.from_collections(ename, dsk, dependencies=[fused])
         out.append(da.Array(graph, ename, chunks=chunks, dtype=np.float64))
     return out
-
-
-def _tree(dsk: dict[Any, Any], keys: list[Any], name: str, split_every: int) -> list[Any]:
-    """Fixed-order ``split_every``-way sums of ``keys`` (keys or inline tasks) into ``dsk``
-    until at most ``split_every`` are left; returns those (for the caller's last sum)."""
-    level = 0
-    while len(keys) > split_every:
-        nxt = []
-        for g in range(0, len(keys), split_every):
-            k = (f"{name}{level}", g // split_every)
-            dsk[k] = (_sum_list, keys[g : g + split_every])
-            nxt.append(k)
-        keys = nxt
-        level += 1
-    return keys
 
 
 def _check_inputs(x: da.Array, split_every: int | None, source: str) -> int:
@@ -303,15 +283,7 @@ def _reduce(
                 k = (gname,) + gidx[:axis] + (i,) + gidx[axis + 1 :]
                 dsk[k] = (np.concatenate, parts, gaxis)
                 keys.append(k)
-        level = 0
-        while len(keys) > split_every:
-            nxt = []
-            for g in range(0, len(keys), split_every):
-                k = (f"{pname}-tree{level}",) + gidx + (g // split_every,)
-                dsk[k] = (_sum_list, keys[g : g + split_every])
-                nxt.append(k)
-            keys = nxt
-            level += 1
+        keys = tree_sums(dsk, keys, f"{pname}-tree", split_every, prefix=gidx)
         if gaxis is None or len(members) == 1:
             oidx = list(gidx)
             if gaxis is not None:
