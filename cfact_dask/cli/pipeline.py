@@ -104,6 +104,14 @@ def _fmt_report(report: dict[str, Any]) -> str:
             f"recover    {rec['method']}: {what} {est_s} (best reachable with this H: "
             f"{base_s}){flag}"
         )
+        refined = rec.get("refined")
+        if refined:
+            errs = refined["errors"]
+            where = "in memory" if refined.get("in_memory") else f"{refined['passes']} pass(es)"
+            lines.append(
+                f"           H and W refitted against the data, {refined['rounds']} round(s) "
+                f"{where}: relative error {errs[0]:.4f} -> {errs[-1]:.4f}"
+            )
     if recon:
         lines.append(f"reconstruct relative error {recon['relative_error']:.4f} -> {recon['path']}")
     lines.append("seconds    " + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()))

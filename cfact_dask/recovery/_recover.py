@@ -309,6 +309,7 @@ class Recovery:
             ("sketch fit residual", c.fit_residual if c.fit_residual is not None else SKIP),
             ("lambda", SKIP if lam is None or lam.size == 0 else
              f"{lam.min():.3g}..{lam.max():.3g} over {lam.size} columns"),
+            ("H and W refitted against the data", _refined_text(self.params)),
             ("problem", c.messages[0] if c.messages else SKIP),
         ]
 
@@ -363,6 +364,16 @@ class Recovery:
         return cls(W=W, H=None if H is None else np.asarray(H), method=meta["method"],
                    certificate=Certificate(**cert_d), n_iter_=int(meta.get("n_iter", 0)),
                    params=params)
+
+
+def _refined_text(params: Mapping[str, Any] | None) -> Any:
+    """The refinement's rounds and errors for a summary line (``SKIP`` without one)."""
+    ref = (params or {}).get("refined")
+    if not ref:
+        return SKIP
+    errs = ref["errors"]
+    where = "in memory" if ref.get("in_memory") else f"{ref['passes']} pass(es)"
+    return f"{ref['rounds']} round(s) {where}: relative error {errs[0]:.4g} -> {errs[-1]:.4g}"
 
 
 def save_recovery(store: str | os.PathLike, rec: Recovery, *, overwrite: bool = False,

@@ -116,6 +116,11 @@ def test_refined_h_is_stored_with_w_and_read_back_on_resume(tmp_path):
     assert res.recovery.method == "lstsq-data" and rep["rounds"] >= 1
     assert rep["passes"] == 1 and rep["in_memory"]  # 6.4 MB: read once, refined in memory
     assert not np.array_equal(res.H, np.asarray(res.factors.H))
+    # shown where people look: the recovery's summary and the CLI's report
+    from cfact_dask.cli.pipeline import _fmt_report
+
+    assert "H and W refitted against the data" in repr(res.recovery)
+    assert f"round(s) in memory: relative error {rep['errors'][0]:.4f}" in _fmt_report(res.report)
     ds = xr.open_zarr(out, group="recovered", consolidated=False)
     np.testing.assert_array_equal(ds["H"].values, res.H)
     assert ds["H"].dims[0] == "component" and ds["W"].dims[1] == "component"
