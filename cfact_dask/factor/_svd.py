@@ -185,9 +185,32 @@ def _times(Y: da.Array, M: np.ndarray) -> da.Array:
 
 
 def _gram(Y: da.Array) -> da.Array:
-    """``Yᵀ Y`` (k × k, float64): one tree reduction over the row chunks."""
-    Y64 = Y.astype(np.float64)
-    return Y64.T @ Y64
+    """``Yᵀ Y`` (k × k, float64): one fixed-order tree over the row chunks, each
+    block's product on a fresh copy (:func:`_row_gram`), so a rerun adds the same numbers."""
+    return _row_gram(Y.T)
+
+
+def _wwt_block(w: np.ndarray) -> np.ndarray:
+    # a fresh C-ordered float64 copy: BLAS rounds a product on a received buffer differently by
+    # where the buffer starts (the same numbers gave last-bit different sums task to task)
+    w = np.array(w, dtype=np.float64, order="C", copy=True)
+    return w @ w.T
+
+
+def _row_gram(W: da.Array, split_every: int = 8) -> da.Array:
+    """``W Wᵀ`` (l × l, float64, one chunk) of a wide ``W`` chunked along its columns, as a
+    fixed-order tree of per-chunk products: the same sums wherever the tasks run."""
+    from dask import delayed
+
+    from .._runtime.trees import sum_list
+
+    parts = [delayed(_wwt_block)(b) for b in W.rechunk({0: -1}).to_delayed().ravel()]
+    while len(parts) > split_every:
+        parts = [delayed(sum_list)(parts[i : i + split_every])
+                 for i in range(0, len(parts), split_every)]
+    n = W.shape[0]
+    return da.from_delayed(delayed(sum_list)(parts), shape=(n, n), dtype=np.float64,
+                           meta=np.empty((0, 0)))
 
 
 def _basis_from_gram(G: np.ndarray) -> tuple[np.ndarray, float]:
@@ -546,7 +569,7 @@ def _single_pass(
         small.append(project(TA, omega, axis=1, check_finite=False))
     # W Wᵀ (l × l), in the same round trip: B = (Ψ Q)⁺ W below has B Bᵀ = (Ψ Q)⁺ W Wᵀ (Ψ Q)⁺ᵀ,
     # so the small SVD of B needs no further pass over W (see _finish's gram)
-    small.append(_gram(W.T))
+    small.append(_row_gram(W))
     got = compute(*small, client=client, progress=False)
     M, cond = _basis_from_gram(got[0])
     Qmap: np.ndarray | None = None
