@@ -28,7 +28,7 @@ from typing import Any
 
 from ..config import get
 
-__all__ = ["blas_threads", "blas_threads_now", "owned_cores"]
+__all__ = ["aligned_copy", "blas_threads", "blas_threads_now", "owned_cores"]
 
 #: the BLAS threads the process started with (its environment), before any limit of ours
 _START: int | None = None
@@ -135,3 +135,24 @@ def blas_threads_now() -> int | None:
         return None
     counts = [int(p["num_threads"]) for p in tpc.threadpool_info() if p["user_api"] == "blas"]
     return max(counts) if counts else None
+
+
+def aligned_copy(a: Any, dtype: Any = None) -> Any:
+    """A C-ordered copy of ``a`` (as ``dtype``) starting on a 64-byte boundary.
+
+    OpenBLAS picks its kernel's edge handling by where the operands start, so the same product
+    on the same numbers can differ in the last bit from one buffer to another (measured: an
+    array received from another worker, or allocated on a different heap in another process).
+    Products whose results must repeat bitwise (sums a rerun or a resumed run compares) take
+    their operands through here.
+    """
+    import numpy as np
+
+    src = np.asarray(a)
+    dt = np.dtype(dtype or src.dtype)
+    nbytes = src.size * dt.itemsize
+    buf = np.empty(nbytes + 64, dtype=np.uint8)
+    off = (-buf.ctypes.data) % 64
+    out = buf[off : off + nbytes].view(dt).reshape(src.shape)
+    out[...] = src
+    return out

@@ -33,6 +33,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from .._runtime.blas import aligned_copy
 from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, compute, detach, persist
 from .._runtime.display import summary_html, summary_repr
@@ -191,9 +192,9 @@ def _gram(Y: da.Array) -> da.Array:
 
 
 def _wwt_block(w: np.ndarray) -> np.ndarray:
-    # a fresh C-ordered float64 copy: BLAS rounds a product on a received buffer differently by
-    # where the buffer starts (the same numbers gave last-bit different sums task to task)
-    w = np.array(w, dtype=np.float64, order="C", copy=True)
+    # a C-ordered float64 copy on a 64-byte boundary: BLAS rounds a product differently by where
+    # its buffer starts (the same numbers gave last-bit different sums task to task)
+    w = aligned_copy(w, np.float64)
     return w @ w.T
 
 

@@ -23,7 +23,7 @@ from dask import delayed
 
 from .. import config
 from .._runtime import cluster
-from .._runtime.blas import blas_threads
+from .._runtime.blas import aligned_copy, blas_threads
 from ..errors import InputError
 from ._blocks import local_scheduler, tree_sum
 from ._lsq import nnls
@@ -188,7 +188,7 @@ def _t(a: Any) -> np.ndarray:
     task (measured on a 2-worker cluster). A fresh contiguous ``wᵀ`` gives the same numbers
     wherever the task runs, so a rerun (or a resumed run) is bitwise the same.
     """
-    return np.array(np.asarray(a, dtype=np.float64).T, order="C")
+    return aligned_copy(np.asarray(a, dtype=np.float64).T)
 
 
 def _gram(w: np.ndarray) -> np.ndarray:
