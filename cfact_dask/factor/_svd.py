@@ -33,7 +33,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .._runtime.blas import aligned_copy
+from .._runtime.blas import aligned_copy, blas_threads
 from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, compute, detach, persist
 from .._runtime.display import summary_html, summary_repr
@@ -350,7 +350,11 @@ def svd(
         raise InputError(f"oversample must be >= 0, got {oversample}")
     k, _ = sketch_sizes(n, m, rank, passes, oversample)
     seed = normalize_seed(random_state)
-    with client_context(client, nbytes=int(A.nbytes)) as c:
+    # one BLAS thread for the small dense algebra in this process (eigh, pinv, the k x k and
+    # l x l products) and for tasks that run here: LAPACK's results depend on the thread
+    # count, which earlier work in the process may have changed, and a rerun (or a resumed
+    # run in another process) must give the same numbers bitwise
+    with client_context(client, nbytes=int(A.nbytes)) as c, blas_threads(1):
         if passes == 1:
             co_kind = co_range_kind or "countsketch"
             default_l = _default_co_range(k, m, co_kind)
