@@ -308,7 +308,8 @@ def _plan_input(job: dict[str, Any], inp: Any, nw: int, th: int, limit: int | No
     refine = 0 if semi else int(job["recover"].get("refine", 0) or 0)
     refine_passes = refine * (1 if chunk[ax] >= n else 2)
     if refine and n * m * 8 <= int(config.get("als.local-max-bytes", 2**28)):
-        refine_passes = 1  # small data: read once, refined in memory
+        # small data: read once, the exact pass and the refinement in memory on that read
+        refine_passes = 0
     if method == "auto":
         # the fallback when the sparse recovery's certificate fails: one exact pass, then the
         # refinement's

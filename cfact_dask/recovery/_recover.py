@@ -587,7 +587,9 @@ def recover(
         ``lstsq-data`` with a nonnegative ``W`` and ``H`` only: after the exact ``W`` for ``H``,
         up to this many rounds that refit ``H`` then ``W`` against the data (HALS sweeps, the
         error never rises; stops once a round gains less than 1 %), each one more pass over
-        data chunked along the samples only (two otherwise). Where the ``H`` of a compressed
+        data chunked along the samples only (two otherwise); data within
+        ``cfact.als.local-max-bytes`` is read once, and the exact pass and the rounds run in
+        memory on that read. Where the ``H`` of a compressed
         factorization limits the error (dense ``W``, low noise) this closes most of the gap
         to an NMF of the full data. The result's ``H`` is then the refitted one, and
         ``params["refined"]`` records the rounds, passes and exact errors. Default 0: ``W``

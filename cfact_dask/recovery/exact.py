@@ -66,14 +66,24 @@ def lstsq_data(
 
     Rows whose least-squares solution has negatives are refitted by NNLS when ``nonneg``.
     With ``refine`` > 0 (nonnegative ``W`` and ``H`` only), :func:`refine_data` then alternates
-    ``H`` and ``W`` against the data for up to that many rounds.
+    ``H`` and ``W`` against the data for up to that many rounds; data within
+    ``cfact.als.local-max-bytes`` is then read once, and the exact pass and the rounds run in
+    memory on that read (:func:`_exact_in_memory`).
     Returns ``W`` (dask, persisted; row chunks ``chunks`` when given), the error, the refitted
     ``H`` (None without refinement) and the refinement's record (empty without).
     """
     X = _matrix(data, H)
+    refines = bool(refine) and nonneg and bool(np.all(np.asarray(H) >= 0))
+    if refines and _fits_in_memory(X):
+        # small data: one read, then the exact pass and the refinement in this process
+        W, Hn, record = _exact_in_memory(X, np.asarray(H, dtype=np.float64), client)
+        exact = record["errors"][-1]
+        if chunks is not None:
+            W = W.rechunk((chunks, W.shape[1]))
+        return W, exact, Hn, record
     W, num, den = _lstsq_pass(X, H, nonneg, client)
     exact, Hn, record = _rel(num, den), None, {}
-    if refine and nonneg and bool(np.all(np.asarray(H) >= 0)):
+    if refines:
         W, Hn, record = refine_data(X, W, H, num, den, client, refine)
         exact = record["errors"][-1]
     if chunks is not None:
@@ -108,6 +118,19 @@ def _matrix(data: Any, H: np.ndarray) -> da.Array:
     return X
 
 
+def _fits_in_memory(X: da.Array) -> bool:
+    """Data within ``cfact.als.local-max-bytes`` as float64 (the budget of NMF's in-memory
+    iterations): read once and worked on in this process (the planner uses the same test)."""
+    return X.shape[0] * X.shape[1] * 8 <= int(config.get("als.local-max-bytes", 2**28))
+
+
+def _lstsq_factors(H: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``Q``, ``R`` of ``Hᵀ = Q R``, ``(R⁺)ᵀ`` and ``H Hᵀ``: the operands of
+    :func:`_lstsq_block`."""
+    Qh, Rh = np.linalg.qr(H.T)  # H^T = Q R: m x r and r x r
+    return Qh, Rh, np.linalg.pinv(Rh).T, H @ H.T
+
+
 def _lstsq_pass(
     X: da.Array, H: np.ndarray, nonneg: bool, client: Any
 ) -> tuple[da.Array, float, float]:
@@ -115,9 +138,7 @@ def _lstsq_pass(
     ``nonneg`` and their least-squares solution has negatives; returns ``W`` (persisted, the
     row chunks of ``X``), ``‖M − W H‖²`` and ``‖M‖²`` (summed in the same pass)."""
     r = H.shape[0]
-    Qh, Rh = np.linalg.qr(H.T)  # H^T = Q R: m x r and r x r
-    Rinv_T = np.linalg.pinv(Rh).T
-    G = H @ H.T
+    Qh, Rh, Rinv_T, G = _lstsq_factors(H)
     Xf = X.astype(np.float64) if X.dtype != np.float64 else X
     # one pass over the data: B = M Q (tree-summed over sample chunks) and the row norms
     B = da.matmul(Xf, da.from_array(Qh, chunks=(X.chunks[1], r))).rechunk({1: r})
@@ -234,7 +255,7 @@ def refine_data(
     r = H.shape[0]
     H = np.asarray(H, dtype=np.float64)
     on = dict(client=client, scheduler=local_scheduler(), progress=False)
-    if Xf.shape[0] * Xf.shape[1] * 8 <= int(config.get("als.local-max-bytes", 2**28)):
+    if _fits_in_memory(Xf):
         return _refine_in_memory(Xf, W, H, num, den, on)
     errors = [_rel(num, den)]
     passes = 0
@@ -290,22 +311,52 @@ def refine_data(
     return W, H, {"rounds": len(errors) - 1, "passes": passes, "errors": errors}
 
 
+def _gather(Xf: da.Array, *more: Any, on: dict[str, Any]) -> list[np.ndarray]:
+    """``Xf`` (and ``more``) in this process as fresh C-ordered float64 copies: an array
+    gathered from the workers is a view on the received frames (slower products, and BLAS
+    rounding that depends on where the frame starts)."""
+    got = cluster.compute(Xf, *more, **on)
+    return [np.array(a, dtype=np.float64, order="C", copy=True) for a in got]
+
+
+def _exact_in_memory(
+    Xf: da.Array, H: np.ndarray, client: Any
+) -> tuple[da.Array, np.ndarray, dict[str, Any]]:
+    """:func:`lstsq_data` then :func:`refine_data` for data within ``cfact.als.local-max-bytes``:
+    one read, then the exact ``W`` for ``H`` (the kernel of :func:`_lstsq_pass`, NNLS rows
+    included) and the refinement's rounds in this process. One read where the pass and the
+    refinement's gather took two."""
+    on = dict(client=client, scheduler=local_scheduler(), progress=False)
+    X = _gather(Xf.astype(np.float64) if Xf.dtype != np.float64 else Xf, on=on)[0]
+    r = H.shape[0]
+    Qh, Rh, Rinv_T, G = _lstsq_factors(H)
+    with blas_threads():
+        out = _lstsq_block(X @ Qh, np.einsum("ij,ij->i", X, X), Rinv_T, Rh, G, True)
+    num, den = float(out[:, r].sum()), float(out[:, r + 1].sum())
+    Wc = np.ascontiguousarray(out[:, :r])
+    return _refine_rounds(X, Wc, H, num, den, Xf.chunks[0], on)
+
+
 def _refine_in_memory(
     Xf: da.Array, W: da.Array, H: np.ndarray, num: float, den: float, on: dict[str, Any],
 ) -> tuple[da.Array, np.ndarray, dict[str, Any]]:
     """:func:`refine_data` for data within ``cfact.als.local-max-bytes`` (the budget of NMF's
-    in-memory iterations): one read, then the rounds in this process with numpy (the same
-    kernels), up to ``cfact.recover.refine-rounds-in-memory`` of them, each costing a few
-    products instead of a pass, stopping once a round gains less than 0.1 % (measured on a
-    12 000 x 128 dense-W matrix: 1 % stopped at 1.07x scikit-learn's error, 0.1 % at 1.01x,
-    59 rounds of ~5 ms)."""
+    in-memory iterations) whose exact ``W`` is already computed: one read, then the rounds
+    in this process (:func:`_refine_rounds`)."""
+    X, Wc = _gather(Xf, W, on=on)
+    return _refine_rounds(X, Wc, H, num, den, Xf.chunks[0], on)
+
+
+def _refine_rounds(
+    X: np.ndarray, Wc: np.ndarray, H: np.ndarray, num: float, den: float, row_chunks: Any,
+    on: dict[str, Any],
+) -> tuple[da.Array, np.ndarray, dict[str, Any]]:
+    """The refinement's rounds on the data ``X`` in memory with numpy (the kernels of the
+    pass-per-round path), up to ``cfact.recover.refine-rounds-in-memory`` of them, each costing
+    a few products instead of a pass, stopping once a round gains less than 0.1 % (measured
+    on a 12 000 x 128 dense-W matrix: 1 % stopped at 1.07x scikit-learn's error, 0.1 % at
+    1.01x, 59 rounds of ~5 ms). Returns ``W`` persisted with the data's ``row_chunks``."""
     r = H.shape[0]
-    Xn, Wn = cluster.compute(Xf, W, **on)
-    # fresh C-ordered copies: an array gathered from the workers is a view on the received
-    # frames (slower products, and BLAS rounding that depends on where the frame starts)
-    X = np.array(Xn, dtype=np.float64, order="C", copy=True)
-    Wc = np.array(Wn, dtype=np.float64, order="C", copy=True)
-    del Xn, Wn
     errors = [_rel(num, den)]
     max_rounds = int(config.get("recover.refine-rounds-in-memory", 100))
     with blas_threads():
@@ -318,5 +369,5 @@ def _refine_in_memory(
                 break
     logger.info("recover: refit H and W against the data in memory (%d rounds): relative error "
                 "%.4g -> %.4g", len(errors) - 1, errors[0], errors[-1])
-    (Wd,) = cluster.persist(da.from_array(Wc, chunks=(Xf.chunks[0], r)), **on)
+    (Wd,) = cluster.persist(da.from_array(Wc, chunks=(row_chunks, r)), **on)
     return Wd, H, {"rounds": len(errors) - 1, "passes": 1, "errors": errors, "in_memory": True}

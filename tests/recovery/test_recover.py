@@ -141,6 +141,41 @@ def test_lstsq_data_refine_reaches_the_full_data_nmf():
     assert rep["errors"][-1] <= 1.02 * sk
 
 
+class _CountingArray:
+    """An n x m array whose chunk reads are counted (dask's ``from_array`` source)."""
+
+    def __init__(self, a):
+        self.a, self.reads = a, 0
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+
+    def __getitem__(self, key):
+        out = self.a[key]
+        self.reads += out.size > 0  # not dask's probe of an empty slice for the meta
+        return out
+
+
+def test_lstsq_data_refine_in_memory_reads_the_data_once():
+    """Data within the in-memory budget: one read serves the exact pass and the refinement
+    (each chunk read once), and gives the pass-then-refine path's W and H."""
+    M, H0 = _poor_h_case(1)
+    src = _CountingArray(M)
+    X = da.from_array(src, chunks=(125, 60), asarray=True)
+    rec = recover(None, None, "lstsq-data", data=X, H=H0, refine=3)
+    assert src.reads == 4 * 4  # 16 chunks, each once
+    rep = rec.params["refined"]
+    assert rep["in_memory"] and rep["passes"] == 1
+    # the reference: the exact pass over the chunks, then the in-memory rounds on a new read
+    from cfact_dask.recovery import exact
+
+    W, num, den = exact._lstsq_pass(X, H0, True, None)
+    Wr, Hr, ref = exact._refine_in_memory(X, W, H0, num, den, dict(progress=False))
+    np.testing.assert_allclose(rep["errors"], ref["errors"], rtol=1e-9)
+    np.testing.assert_allclose(rec.compute(), Wr.compute(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(rec.H, Hr, rtol=1e-6, atol=1e-9)
+    got = np.linalg.norm(M - rec.compute() @ rec.H) / np.linalg.norm(M)
+    assert got == pytest.approx(rep["errors"][-1], rel=1e-8)
+
+
 def test_lstsq_data_refine_is_for_nonnegative_factors_and_checked():
     M, H0 = _poor_h_case()
     signed = recover(None, None, "lstsq-data", data=M, H=H0, nonnegative=False, refine=2)
