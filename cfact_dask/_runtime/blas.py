@@ -156,3 +156,12 @@ def aligned_copy(a: Any, dtype: Any = None) -> Any:
     out = buf[off : off + nbytes].view(dt).reshape(src.shape)
     out[...] = src
     return out
+
+
+def aligned_gram(a: Any) -> Any:
+    """``a aᵀ`` in float64, both operands one :func:`aligned_copy` of ``a``: the same numbers
+    wherever ``a`` came from (the Grams that reruns compare: the SVD's, the refinement's)."""
+    import numpy as np
+
+    c = aligned_copy(a, np.float64)
+    return c @ c.T

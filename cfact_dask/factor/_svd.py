@@ -33,7 +33,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .._runtime.blas import aligned_copy, blas_threads
+from .._runtime.blas import aligned_gram, blas_threads
 from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, compute, detach, persist
 from .._runtime.display import summary_html, summary_repr
@@ -191,26 +191,17 @@ def _gram(Y: da.Array) -> da.Array:
     return _row_gram(Y.T)
 
 
-def _wwt_block(w: np.ndarray) -> np.ndarray:
-    # a C-ordered float64 copy on a 64-byte boundary: BLAS rounds a product differently by where
-    # its buffer starts (the same numbers gave last-bit different sums task to task)
-    w = aligned_copy(w, np.float64)
-    return w @ w.T
-
-
 def _row_gram(W: da.Array, split_every: int = 8) -> da.Array:
     """``W Wᵀ`` (l × l, float64, one chunk) of a wide ``W`` chunked along its columns, as a
-    fixed-order tree of per-chunk products: the same sums wherever the tasks run."""
+    fixed-order tree of per-chunk products on aligned copies: the same sums wherever the
+    tasks run."""
     from dask import delayed
 
-    from .._runtime.trees import sum_list
+    from .._runtime.trees import tree_sum
 
-    parts = [delayed(_wwt_block)(b) for b in W.rechunk({0: -1}).to_delayed().ravel()]
-    while len(parts) > split_every:
-        parts = [delayed(sum_list)(parts[i : i + split_every])
-                 for i in range(0, len(parts), split_every)]
+    parts = [delayed(aligned_gram)(b) for b in W.rechunk({0: -1}).to_delayed().ravel()]
     n = W.shape[0]
-    return da.from_delayed(delayed(sum_list)(parts), shape=(n, n), dtype=np.float64,
+    return da.from_delayed(tree_sum(parts, split_every), shape=(n, n), dtype=np.float64,
                            meta=np.empty((0, 0)))
 
 

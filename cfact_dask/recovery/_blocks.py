@@ -4,8 +4,9 @@
 their tasks: as dask tasks (a cluster's workers or dask's local scheduler) or, for a small ``W``,
 in this process on numpy blocks. The kernels here (``P_bᵀ Y``, ``P_b x_b``, ``P_b P_bᵀ``) take
 the operator spec and a row range and regenerate their columns of ``P``; partial sums travel to
-the client through :func:`tree_sum`, the one reduction of the package's recovery, whose tree is
-the same delayed or evaluated in place (so both modes round alike).
+the client through :func:`~cfact_dask._runtime.trees.tree_sum`, the one reduction of the
+package's recovery, whose tree is the same delayed or evaluated in place (so both modes round
+alike).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import scipy.sparse as sp
 from dask import delayed
 
 from .._runtime import cluster
+from .._runtime.trees import tree_sum
 from ..errors import InputError
 from ..sketching.operators import SketchOperator
 
@@ -115,25 +117,6 @@ class Blocks:
         W = da.concatenate(arrs, axis=0) if len(arrs) > 1 else arrs[0]
         return cluster.persist(W, client=self.client, scheduler=local_scheduler(),
                                progress=False)[0]
-
-
-def tree_sum(parts: list[Any], split_every: int = 8, local: bool = False) -> Any:
-    """Sum of ``parts`` (arrays or tuples of arrays) by a tree of ``split_every``-way sums:
-    delayed, or evaluated at once when ``local`` (the same tree, so the same rounding)."""
-    parts = list(parts)
-    add = _sum if local else delayed(_sum)
-    while len(parts) > 1:
-        parts = [add(parts[i : i + split_every]) for i in range(0, len(parts), split_every)]
-    return parts[0]
-
-
-def _sum(parts: Sequence[Any]) -> Any:
-    if isinstance(parts[0], tuple):
-        return tuple(_sum([p[i] for p in parts]) for i in range(len(parts[0])))
-    acc = np.array(parts[0], dtype=np.float64, copy=True)
-    for p in parts[1:]:
-        acc += p
-    return acc
 
 
 def cols(op: SketchOperator, a: int, b: int) -> Any:

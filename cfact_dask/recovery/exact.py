@@ -23,9 +23,10 @@ from dask import delayed
 
 from .. import config
 from .._runtime import cluster
-from .._runtime.blas import aligned_copy, blas_threads
+from .._runtime.blas import aligned_copy, aligned_gram, blas_threads
+from .._runtime.trees import tree_sum
 from ..errors import InputError
-from ._blocks import local_scheduler, tree_sum
+from ._blocks import local_scheduler
 from ._lsq import nnls
 
 __all__ = ["lstsq_data", "refine_data"]
@@ -213,8 +214,8 @@ def _t(a: Any) -> np.ndarray:
 
 
 def _gram(w: np.ndarray) -> np.ndarray:
-    """``wᵀ w`` of a row block (float64)."""
-    return _t(w) @ _c64(w)
+    """``wᵀ w`` of a row block (float64), on one aligned copy of ``wᵀ``."""
+    return aligned_gram(np.asarray(w).T)
 
 
 def _tdot(w: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cfact_dask._runtime.blas import aligned_copy
+from cfact_dask._runtime.blas import aligned_copy, aligned_gram
 
 
 def _at(a, offset):
@@ -37,3 +37,4 @@ def test_products_of_aligned_copies_do_not_depend_on_where_the_input_sat():
         np.testing.assert_array_equal(aligned_copy(_at(w, off).T) @ x, ref)
         g = aligned_copy(_at(x.T, off))
         np.testing.assert_array_equal(g @ g.T, gram)
+        np.testing.assert_array_equal(aligned_gram(_at(x.T, off)), gram)  # the one helper
