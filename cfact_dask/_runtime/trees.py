@@ -17,9 +17,15 @@ __all__ = ["sum_list", "tree_sum", "tree_sums"]
 
 def sum_list(parts: list[Any], dtype: Any = None) -> Any:
     """``parts[0] + parts[1] + ...`` in order, into a fresh array (as ``dtype`` when given);
-    parts that are tuples of arrays are summed entry by entry."""
+    parts that are tuples of arrays are summed entry by entry, scipy sparse matrices as sparse
+    matrices."""
     if isinstance(parts[0], tuple):
         return tuple(sum_list([p[i] for p in parts], dtype) for i in range(len(parts[0])))
+    if hasattr(parts[0], "tocsr"):  # scipy.sparse
+        acc = parts[0].astype(dtype or parts[0].dtype, copy=True)
+        for p in parts[1:]:
+            acc = acc + p
+        return acc
     acc = np.array(parts[0], dtype=dtype, copy=True)
     for p in parts[1:]:
         acc += p

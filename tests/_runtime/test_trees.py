@@ -36,3 +36,12 @@ def test_sum_list_keeps_the_dtype_unless_told_and_sums_tuples_entrywise():
     np.testing.assert_array_equal(s, 2 * a)
     np.testing.assert_array_equal(t, 3 * a)
     assert sum_list([a])[0, 0] == 1 and sum_list([a]) is not a  # a fresh array
+
+
+def test_sparse_parts_are_summed_as_sparse_matrices():
+    import scipy.sparse as sp
+
+    parts = [sp.random(30, 30, density=0.1, random_state=k, format="csr") for k in range(11)]
+    got = tree_sum(parts, local=True)
+    assert sp.issparse(got) and got.dtype == np.float64
+    np.testing.assert_allclose(got.toarray(), sum(p.toarray() for p in parts), rtol=1e-14)

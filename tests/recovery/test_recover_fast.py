@@ -311,3 +311,21 @@ def test_active_set_lasso_is_the_lasso_solution(nonneg, shape):
         if nonneg:
             assert (z >= 0).all()
         assert objective(z) <= objective(ref) * (1 + 1e-9) + 1e-12
+
+
+@pytest.mark.parametrize("kind, d, n", [("expander", 300, 5000), ("sparse_sign", 200, 3000),
+                                        ("gaussian", 120, 900), ("expander", 2, 50)])
+def test_lipschitz_is_the_top_eigenvalue_of_p_pt(kind, d, n):
+    """FISTA's step 1/L: L from Lanczos on the blocks' summed Gram (sparse for sparse kinds)
+    is ‖P‖₂² (LAPACK's top eigenvalue of the dense P Pᵀ) to 1e-12, times 1 + 1e-6, never
+    below it, and the same number in both modes (the blocks' tree is the same)."""
+    op = cf.make_operator(kind, d, n, seed=3)
+    P = op.to_dense()
+    want = np.linalg.eigvalsh(P @ P.T)[-1]
+    LS._LIP.clear()
+    local = LS._lipschitz(op, B.Blocks(op, None, None, local=True))
+    LS._LIP.clear()
+    with dask.config.set(scheduler="sync"):
+        dist = LS._lipschitz(op, B.Blocks(op, None, None, local=False))
+    assert local == dist
+    assert want * (1 + 1e-6) * (1 - 1e-12) <= local <= want * (1 + 1e-6) * (1 + 1e-12)
