@@ -65,8 +65,10 @@ def test_low_noise_sparse_recovery_is_rejected_and_auto_falls_back():
     sparse, exact = _errors(X, res)
     # the case is really poor: several times the exact pass's error with the same H ...
     assert sparse > 2 * exact, (sparse, exact)
-    # ... the held-out ratio sees it (within its spread) ...
-    assert c.holdout_error / c.holdout_baseline == pytest.approx(sparse / exact, rel=0.3)
+    # ... the held-out ratio sees it, within its spread (32 Gaussian rows: ±25 % on the squared
+    # excess when the residual is spread over many directions, more when a few rows carry it,
+    # as in a failed recovery; here the λ path stops at its first λ, over 2x the limit) ...
+    assert 1 / 1.5 < (c.holdout_error / c.holdout_baseline) / (sparse / exact) < 1.5
     # ... the former absolute slack accepted it, the relative rule does not
     assert c.holdout_error <= 1.5 * c.holdout_baseline + 0.05
     assert not c.ok and c.holdout_limit == pytest.approx(holdout_limit(c.holdout_baseline, 32))

@@ -17,6 +17,7 @@ from cfact_dask.datasets import planted_nmf
 from cfact_dask.errors import ConvergenceWarning, InputError, RecoveryWarning
 from cfact_dask.metrics import match_factors
 from cfact_dask.recovery import holdout_error, holdout_limit, recover
+from cfact_dask.recovery import lasso as LS
 
 
 def _sparse(n, k, r, seed, nonneg=True):
@@ -305,7 +306,7 @@ def test_lambda_path_stops_once_the_holdout_error_rises():
 
 def test_lambda_path_stops_when_sparse_recovery_is_hopeless():
     """W far too dense for the sketch (40 % of 600 rows, d = 60): the first held-out error is
-    over 10x the certificate's limit, so the path stops there (no smaller λ closes such a gap)
+    over 2x the certificate's limit, so the path stops there (no smaller λ closes such a gap)
     and the certificate rejects the recovery; a recoverable W runs the path as usual."""
     n, m, r, d = 600, 120, 3, 60
     M, W, H = planted_nmf(n, m, r, density=0.4, noise=0.01, random_state=1)
@@ -317,12 +318,32 @@ def test_lambda_path_stops_when_sparse_recovery_is_hopeless():
         rec = recover(SimpleNamespace(W=Wt, H=H), op, "nnlasso", holdout=(QM, Q))
     path = rec.params["lam_path"]
     limit = holdout_limit(rec.certificate.holdout_baseline, 32)
-    assert len(path) == 1 and path[0]["holdout_error"] > 10 * limit
+    assert len(path) == 1 and path[0]["holdout_error"] > LS._HOPELESS * limit
     assert "cannot fit" in rec.params["lam_path_stopped"]
     assert not rec.certificate.ok
     with pytest.warns(cf.RecoveryWarning):
         fixed = recover(SimpleNamespace(W=Wt, H=H), op, "nnlasso", holdout=(QM, Q), lam=0.01)
     assert "lam_path_stopped" not in fixed.params  # a given λ has no path
+
+
+@pytest.mark.parametrize("scripted, walked", [
+    ((2.5, 2.4, 2.3), 1),  # over 2x the limit: no two halvings bring it under (<= 14 % each)
+    ((1.9, 1.7, 1.5), 3),  # under 2x: the path goes on while the error falls
+    ((1.2, 2.1, 0.5), 2),  # a rise stops it, whatever the size
+])
+def test_lambda_path_hopeless_rule_is_relative_to_the_certificates_limit(
+        planted, monkeypatch, scripted, walked):
+    """The rule itself, on scripted held-out errors in units of the certificate's limit."""
+    p = planted
+    est = iter(scripted)
+    monkeypatch.setattr(LS, "holdout_limit", lambda baseline, rows: 1.0)
+    monkeypatch.setattr(LS, "holdout_estimate", lambda *a, **k: next(est))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = recover(SimpleNamespace(W=p.Wt, H=p.H), p.op, "nnlasso", holdout=(p.QM, p.Q))
+    path = [q["holdout_error"] for q in rec.params["lam_path"]]
+    assert path == list(scripted[:walked])
+    assert ("lam_path_stopped" in rec.params) == (scripted[0] > LS._HOPELESS)
 
 
 def test_holdout_error_estimates_the_error(rng):
