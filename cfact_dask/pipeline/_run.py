@@ -276,6 +276,7 @@ def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
                    opts: dict[str, Any], rs: RunStore, client: Any,
                    labels: Labels | None = None) -> Any:
     from ..recovery import load_recovery, recover, save_recovery
+    from ..recovery.lasso import fallback_follows
 
     if rs.done("recover"):
         return load_recovery(rs.path, res)
@@ -287,7 +288,7 @@ def _recover_stage(res: Any, sk: Sketch, hold: Sketch | None, inp: InputArray,
                   client=client, nonnegative=nonneg)
     if method == "auto":
         first = "nnlasso" if nonneg else "lasso"
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, fallback_follows():
             warnings.simplefilter("always", RecoveryWarning)
             rec = recover(res, op, first, **common)
         cert = rec.certificate

@@ -12,9 +12,9 @@ Methods
     the fit (a scaled-LASSO step: a first solve at ``λ = α₀ λ_max``, the residual of the
     least-squares debias on its support estimates σ, then λ₀ = σ √(2 log n) ‖P_col‖); given a
     held-out sketch, λ ∈ {2, 1, 0.5} x λ₀ is chosen by the smallest held-out error estimate (largest
-    first, stopping once it rises, or once it is over twice what the certificate accepts, a gap
-    no smaller λ closes). Each LASSO solve is followed by one round of reweighted ℓ1 [8]
-    (fewer false positives near the phase transition). Optional debias: least squares (nonnegative
+    first, stopping once it rises, or once it is over 10x what the certificate accepts, 2x under
+    the pipeline's ``recover: auto``: a gap no smaller λ closes). Each LASSO solve is followed
+    by one round of reweighted ℓ1 [8] (fewer false positives near the phase transition). Optional debias: least squares (nonnegative
     for ``nnlasso``) on the found support, with the support's columns of ``P`` gathered (they are
     few: the support is sparse) and kept sparse: Cholesky of the normal equations, and for the NNLS
     an exact shortcut (a nonnegative least-squares solution is the NNLS solution) or a KKT-certified
@@ -552,7 +552,7 @@ def recover(
         LASSO penalty, per column or shared. ``"auto"`` estimates the noise level σ of the fit
         and takes ``λ₀ = σ √(2 log n) ‖p_col‖`` (scaled LASSO); with a ``holdout`` it then tries
         λ = {2, 1, 0.5} x λ₀ (warm-started, largest first, stopping at the first λ whose held-out
-        error is above the best one's, or over 2x the certificate's limit) and keeps the one
+        error is above the best one's, or over 10x the certificate's limit) and keeps the one
         whose recovery has the smallest held-out error estimate (rows the factorization never
         saw: an honest criterion).
     debias : bool

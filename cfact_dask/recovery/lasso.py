@@ -16,8 +16,9 @@ exactly by an active set, whatever their conditioning.
 the residual of the least-squares debias on its support estimates σ, then
 ``λ₀ = σ √(2 log n) ‖P_col‖``; given a held-out sketch, λ ∈ {2, 1, 0.5} x λ₀ is chosen by the
 smallest held-out error estimate (largest first; the path stops at the first λ whose held-out
-error is above the best one's, or is over 2x what the certificate accepts). Each LASSO solve
-is followed by one round of reweighted ℓ1 [5]_.
+error is above the best one's, or is over 10x what the certificate accepts; 2x when an exact
+fallback follows, ``recover: auto``, which also skips the path when the debiased first solve is
+over 2x). Each LASSO solve is followed by one round of reweighted ℓ1 [5]_.
 
 References
 ----------
@@ -35,11 +36,12 @@ References
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -64,7 +66,7 @@ from ._blocks import (
 from ._lsq import debias_support, lasso_active_set
 from .certificate import holdout_baseline, holdout_estimate, holdout_limit
 
-__all__ = ["solve_lasso"]
+__all__ = ["fallback_follows", "solve_lasso"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +79,31 @@ _REWEIGHT_EPS = 0.1
 #: multiples of the noise-based λ tried (largest first, warm-started) when a hold-out is given
 _LAM_PATH = (2.0, 1.0, 0.5)
 #: the λ path stops when a recovery's held-out error is this many times the largest the
-#: certificate accepts: no smaller λ closes such a gap, and the certificate will reject the
-#: recovery anyway (measured over 180 cells of the phase-transition grid, ranks 5/10/20, two
-#: seeds: a halving of λ lowered the held-out error by at most 14 %, so the two halvings left
-#: after the first λ reach at most 0.74x; no accepted cell started above 1.12x the limit)
+#: certificate accepts and an exact fallback follows (:func:`fallback_follows`, ``recover:
+#: auto``): no smaller λ closes such a gap, and the certificate will reject the recovery
+#: anyway (measured over 180 cells of the phase-transition grid, ranks 5/10/20, two seeds: a
+#: halving of λ lowered the held-out error by at most 14 %, so the two halvings left after
+#: the first λ reach at most 0.74x; no accepted cell started above 1.12x the limit). The
+#: debiased first solve is held to the same factor (every cell whose first solve was over 2x
+#: was rejected; no accepted cell's was above 1.26x): the path is then not walked at all
 _HOPELESS = 2.0
+#: ... and when the sparse recovery is the result whatever its verdict (``nnlasso`` asked for
+#: by name): the path is walked further, for the best recovery it can give (a rejected cell's
+#: error ratio was 1.5x walking on where the first solve had 4.3x)
+_HOPELESS_FINAL = 10.0
+_FALLBACK: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "cfact_recover_fallback", default=False)
+
+
+@contextlib.contextmanager
+def fallback_follows() -> Iterator[None]:
+    """Inside: an exact recovery follows when the certificate rejects this one (``recover:
+    auto``), so the λ path gives up as soon as sparse recovery cannot fit (:data:`_HOPELESS`)."""
+    token = _FALLBACK.set(True)
+    try:
+        yield None
+    finally:
+        _FALLBACK.reset(token)
 #: relative-change tolerance of the automatic λ's LASSO solves when they are debiased
 _AUTO_TOL = 1e-3
 #: the in-process FISTA runs the blocks' steps in threads when W has at least this many entries
@@ -634,7 +656,10 @@ def solve_lasso(
     xs, PW, lam, sizes, n_iter, history, info
         The row blocks of ``W``, ``P Ŵ``, λ per column, the support sizes (None without
         debias), the iterations of all solves, their history, and what was chosen (``info``:
-        ``reweight``, ``lam_noise``, ``lam_multiple``, ``lam_path``).
+        ``reweight``, ``lam_noise``, ``lam_multiple``, ``lam_path``; with a hold-out also
+        ``first_holdout_error``, the debiased first solve's, and ``lam_path_stopped`` when the
+        path stopped because sparse recovery cannot fit: then ``lam_multiple`` is None when
+        even the first solve was hopeless, and that solve is returned).
 
     Warns
     -----
@@ -698,7 +723,7 @@ def solve_lasso(
         tol_in = max(tol, _AUTO_TOL) if debias else tol
         # scaled LASSO: σ from the residual of a debiased first solve, then λ = σ √(2 log n) ‖p‖
         lam1 = _ALPHA0 * lmax
-        xs1, Px1, _ = run(lam1, None, tol_in)
+        xs1, Px1, conv1 = run(lam1, None, tol_in)
         xs_d, Px_d, sizes = debias_support(blocks, xs1, Wt, nonneg)
         dof = np.maximum(d - sizes, 1)
         sigma = np.linalg.norm(Px_d - Wt, axis=0) / np.sqrt(dof)
@@ -720,11 +745,24 @@ def solve_lasso(
             # held-out error is U-shaped in λ: a smaller λ only lets in more noise; the solves
             # at small λ are the longest)
             QM, Qop, Hh = holdout
-            hopeless = _HOPELESS * holdout_limit(holdout_baseline(QM, Hh), QM.shape[0])
+            give_up = _FALLBACK.get()
+            factor = _HOPELESS if give_up else _HOPELESS_FINAL
+            hopeless = factor * holdout_limit(holdout_baseline(QM, Hh), QM.shape[0])
             best = None
             path = []
             x_warm = xs1
-            for mult in _LAM_PATH:
+            # the debiased first solve is a recovery too: when even it is hopeless and a fallback
+            # follows, no λ of the path will do (see _HOPELESS)
+            first = holdout_estimate(blocks, xs_d, QM, Qop, Hh) if debias and give_up else None
+            if first is not None:
+                info["first_holdout_error"] = first
+                logger.debug("recover: first solve -> held-out error %.4f", first)
+            if give_up and first is not None and first > hopeless:
+                info["lam_path_stopped"] = (
+                    f"held-out error {first:.3g} of the first solve is over {factor:g}x the "
+                    f"certificate's limit: sparse recovery cannot fit this factorization")
+                best = (first, None, lam1, xs_d, Px_d, sizes, conv1)
+            for mult in _LAM_PATH if best is None else ():
                 lam_m = mult * lam0
                 plain, xr, Pxr, conv_m = solve(lam_m, x_warm, tol_in)
                 x_warm = plain
@@ -738,7 +776,7 @@ def solve_lasso(
                     break
                 if est > hopeless:
                     info["lam_path_stopped"] = (
-                        f"held-out error {est:.3g} is over {_HOPELESS:g}x the certificate's "
+                        f"held-out error {est:.3g} is over {factor:g}x the certificate's "
                         f"limit: sparse recovery cannot fit this factorization")
                     break
                 if stopped:
@@ -746,7 +784,7 @@ def solve_lasso(
             assert best is not None
             _, mult, lam_vec, xs, Px, sizes, conv = best
             info["lam_path"] = path
-            info["lam_multiple"] = float(mult)
+            info["lam_multiple"] = None if mult is None else float(mult)
     else:
         lam_arr = np.broadcast_to(np.asarray(lam, dtype=float), (r,)).copy()
         if np.any(lam_arr < 0) or not np.all(np.isfinite(lam_arr)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -305,45 +306,67 @@ def test_lambda_path_stops_once_the_holdout_error_rises():
 
 
 def test_lambda_path_stops_when_sparse_recovery_is_hopeless():
-    """W far too dense for the sketch (40 % of 600 rows, d = 60): the first held-out error is
-    over 2x the certificate's limit, so the path stops there (no smaller λ closes such a gap)
-    and the certificate rejects the recovery; a recoverable W runs the path as usual."""
+    """W far too dense for the sketch (40 % of 600 rows, d = 60): when an exact fallback
+    follows (recover: auto), the held-out error of the debiased first solve is over 2x the
+    certificate's limit, so the λ path is not walked (no λ closes such a gap), that solve is
+    the result and the certificate rejects it. Asked for by name, nnlasso walks the path until
+    10x, for the best sparse recovery it can give."""
     n, m, r, d = 600, 120, 3, 60
     M, W, H = planted_nmf(n, m, r, density=0.4, noise=0.01, random_state=1)
     op = cf.make_operator("expander", d, n, seed=1)
     Q = cf.make_operator("gaussian", 32, n, seed=99)
     Wt = (op.to_dense() @ M) @ np.linalg.pinv(H)
     QM = Q.to_dense() @ M
-    with pytest.warns(cf.RecoveryWarning, match="looks unreliable"):
+    with pytest.warns(cf.RecoveryWarning, match="looks unreliable"), LS.fallback_follows():
         rec = recover(SimpleNamespace(W=Wt, H=H), op, "nnlasso", holdout=(QM, Q))
-    path = rec.params["lam_path"]
     limit = holdout_limit(rec.certificate.holdout_baseline, 32)
-    assert len(path) == 1 and path[0]["holdout_error"] > LS._HOPELESS * limit
+    assert rec.params["lam_path"] == [] and rec.params["lam_multiple"] is None
+    first = rec.params["first_holdout_error"]
+    assert first > LS._HOPELESS * limit
     assert "cannot fit" in rec.params["lam_path_stopped"]
+    # the result is that first solve (at 0.05 λ_max), and the certificate sees what it saw
+    assert rec.certificate.holdout_error == pytest.approx(first, rel=1e-9)
     assert not rec.certificate.ok
+    with pytest.warns(cf.RecoveryWarning, match="looks unreliable"):
+        named = recover(SimpleNamespace(W=Wt, H=H), op, "nnlasso", holdout=(QM, Q))
+    path = [q["holdout_error"] for q in named.params["lam_path"]]
+    assert path and named.params["lam_multiple"] is not None
+    assert "first_holdout_error" not in named.params
+    assert all(e <= LS._HOPELESS_FINAL * limit for e in path[:-1])
     with pytest.warns(cf.RecoveryWarning):
         fixed = recover(SimpleNamespace(W=Wt, H=H), op, "nnlasso", holdout=(QM, Q), lam=0.01)
     assert "lam_path_stopped" not in fixed.params  # a given λ has no path
 
 
-@pytest.mark.parametrize("scripted, walked", [
-    ((2.5, 2.4, 2.3), 1),  # over 2x the limit: no two halvings bring it under (<= 14 % each)
-    ((1.9, 1.7, 1.5), 3),  # under 2x: the path goes on while the error falls
-    ((1.2, 2.1, 0.5), 2),  # a rise stops it, whatever the size
+@pytest.mark.parametrize("fallback, scripted, walked, hopeless", [
+    (True, (2.1, 0.5, 0.4, 0.3), 0, True),  # the first solve over 2x the limit: no λ tried
+    (True, (1.5, 2.5, 2.4, 2.3), 1, True),  # over 2x: two halvings (<= 14 % each) won't do
+    (True, (1.5, 1.9, 1.7, 1.5), 3, False),  # under 2x: on while the error falls
+    (True, (1.5, 1.2, 2.1, 0.5), 2, False),  # a rise stops it, whatever the size
+    (False, (2.5, 2.4, 2.3), 3, False),      # no fallback: on to the best the path gives ...
+    (False, (10.5, 2.4, 2.3), 1, True),      # ... up to 10x the limit
 ])
 def test_lambda_path_hopeless_rule_is_relative_to_the_certificates_limit(
-        planted, monkeypatch, scripted, walked):
-    """The rule itself, on scripted held-out errors in units of the certificate's limit."""
+        planted, monkeypatch, fallback, scripted, walked, hopeless):
+    """The rule itself, on scripted held-out errors in units of the certificate's limit (with a
+    fallback: the debiased first solve's, then the path's)."""
     p = planted
     est = iter(scripted)
     monkeypatch.setattr(LS, "holdout_limit", lambda baseline, rows: 1.0)
     monkeypatch.setattr(LS, "holdout_estimate", lambda *a, **k: next(est))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), (LS.fallback_follows() if fallback
+                                     else contextlib.nullcontext()):
         warnings.simplefilter("ignore")
         rec = recover(SimpleNamespace(W=p.Wt, H=p.H), p.op, "nnlasso", holdout=(p.QM, p.Q))
     path = [q["holdout_error"] for q in rec.params["lam_path"]]
+    if fallback:
+        assert rec.params["first_holdout_error"] == scripted[0]
+        scripted = scripted[1:]
+    else:
+        assert "first_holdout_error" not in rec.params
     assert path == list(scripted[:walked])
-    assert ("lam_path_stopped" in rec.params) == (scripted[0] > LS._HOPELESS)
+    assert ("lam_path_stopped" in rec.params) == hopeless
+    assert (rec.params["lam_multiple"] is None) == (walked == 0)
 
 
 def test_holdout_error_estimates_the_error(rng):
