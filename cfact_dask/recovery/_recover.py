@@ -14,11 +14,12 @@ Methods
     held-out sketch, λ ∈ {2, 1, 0.5} x λ₀ is chosen by the smallest held-out error estimate (largest
     first, stopping once it rises, or once it is over 10x what the certificate accepts, 2x under
     the pipeline's ``recover: auto``: a gap no smaller λ closes). Each LASSO solve is followed
-    by one round of reweighted ℓ1 [8] (fewer false positives near the phase transition). Optional debias: least squares (nonnegative
-    for ``nnlasso``) on the found support, with the support's columns of ``P`` gathered (they are
-    few: the support is sparse) and kept sparse: Cholesky of the normal equations, and for the NNLS
-    an exact shortcut (a nonnegative least-squares solution is the NNLS solution) or a KKT-certified
-    active set; scipy's ``nnls`` / numpy's ``lstsq`` where the solution may not be unique.
+    by one round of reweighted ℓ1 [8] (fewer false positives near the phase transition).
+    Optional debias: least squares (nonnegative for ``nnlasso``) on the found support, with the
+    support's columns of ``P`` gathered (they are few: the support is sparse) and kept sparse:
+    Cholesky of the normal equations, and for the NNLS an exact shortcut (a nonnegative
+    least-squares solution is the NNLS solution) or a KKT-certified active set; scipy's
+    ``nnls`` / numpy's ``lstsq`` where the solution may not be unique.
 ``bp``
     Basis pursuit ``min ‖x‖₁ s.t. P x = y`` after projecting ``y`` onto range(P), by HiGHS; the
     authors' method (negatives clamped after for NMF). Moderate n only.
