@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ from ..errors import InputError
 from ..sketching.operators import SketchOperator
 
 __all__ = [
-    "Blocks", "absmax", "cols", "gram_block", "local_scheduler", "local_threads",
+    "Blocks", "absmax", "cols", "gram_block", "lipschitz", "local_scheduler", "local_threads",
     "matvec_block", "power_block", "rmatvec_stats", "sparse_to_blocks", "tree_sum",
 ]
 
@@ -138,6 +139,56 @@ def power_block(op: SketchOperator, a: int, b: int, v: np.ndarray) -> np.ndarray
     """``P_b P_bᵀ v``: a block's share of one power iteration on ``P Pᵀ``."""
     P = cols(op, a, b)
     return np.asarray(P @ (P.T @ v))
+
+
+#: ‖P‖₂² per operator spec
+_LIP: dict[Any, float] = {}
+
+
+def lipschitz(op: SketchOperator, blocks: Blocks) -> float:
+    """``‖P‖₂²``, the Lipschitz constant of the gradient of ``½‖P x − y‖²`` (FISTA's step is its
+    inverse; cached per spec): the top eigenvalue of the blocks' summed ``P_b P_bᵀ`` for
+    d ≤ 2048 (the same tree in both modes, so the same number), else 30 power iterations."""
+    key = op
+    if key in _LIP:
+        return _LIP[key]
+    d = op.n_components
+    if d <= 2048:
+        G = blocks.compute(tree_sum([delayed(gram_block)(op, a, b) for a, b in blocks.ranges]))
+        L = _top_eigenvalue(G) * (1 + 1e-6)
+    else:
+        v = np.ones(d) / math.sqrt(d)
+        lam = 0.0
+        for _ in range(30):
+            w = blocks.compute(
+                tree_sum([delayed(power_block)(op, a, b, v) for a, b in blocks.ranges])
+            )
+            lam = float(np.linalg.norm(w))
+            v = w / lam
+        L = lam * 1.1
+    _LIP[key] = L
+    return L
+
+
+def _top_eigenvalue(G: Any) -> float:
+    """The largest eigenvalue of the symmetric positive semidefinite ``G`` (d x d, dense or
+    sparse) by Lanczos (ARPACK, from a fixed random vector, to 1e-12 relative; in one BLAS
+    thread, so every process gets the same number). The whole spectrum by LAPACK cost 0.1 s
+    at d = 1 000 and 0.7 s at d = 2 000, every recovery in a fresh process; Lanczos 3-8 ms,
+    the same value to 1e-15."""
+    from scipy.sparse.linalg import ArpackError, eigsh
+
+    from .._runtime.blas import blas_threads
+
+    if G.shape[0] <= 2:
+        return float(np.linalg.eigvalsh(G.toarray() if sp.issparse(G) else G)[-1])
+    with blas_threads(1):
+        try:
+            v0 = np.random.default_rng(0).standard_normal(G.shape[0])
+            return float(eigsh(G, k=1, which="LA", v0=v0, tol=1e-12,
+                               return_eigenvectors=False)[0])
+        except ArpackError:  # pragma: no cover - not seen on a PSD Gram matrix
+            return float(np.linalg.eigvalsh(G.toarray() if sp.issparse(G) else G)[-1])
 
 
 def rmatvec_stats(op: SketchOperator, a: int, b: int, Y: np.ndarray, nonneg: bool) -> np.ndarray:

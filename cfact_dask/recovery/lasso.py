@@ -56,9 +56,8 @@ from ._blocks import (
     Blocks,
     absmax,
     cols,
-    gram_block,
+    lipschitz,
     matvec_block,
-    power_block,
     rmatvec_stats,
     sparse_to_blocks,
     tree_sum,
@@ -113,50 +112,6 @@ _LOCAL_THREADS_MIN_ENTRIES = 2**20
 #: over the last _OBJ_WINDOW iterations
 _OBJ_TOL_FACTOR = 0.2
 _OBJ_WINDOW = 10
-#: ‖P‖₂² per operator spec
-_LIP: dict[Any, float] = {}
-
-
-def _lipschitz(op: SketchOperator, blocks: Blocks) -> float:
-    """``‖P‖₂²``, the Lipschitz constant of the gradient of ``½‖P x − y‖²`` (cached per spec)."""
-    key = op
-    if key in _LIP:
-        return _LIP[key]
-    d = op.n_components
-    if d <= 2048:
-        G = blocks.compute(tree_sum([delayed(gram_block)(op, a, b) for a, b in blocks.ranges]))
-        L = _top_eigenvalue(G) * (1 + 1e-6)
-    else:
-        v = np.ones(d) / math.sqrt(d)
-        lam = 0.0
-        for _ in range(30):
-            w = blocks.compute(
-                tree_sum([delayed(power_block)(op, a, b, v) for a, b in blocks.ranges])
-            )
-            lam = float(np.linalg.norm(w))
-            v = w / lam
-        L = lam * 1.1
-    _LIP[key] = L
-    return L
-
-
-def _top_eigenvalue(G: np.ndarray) -> float:
-    """The largest eigenvalue of the symmetric positive semidefinite ``G`` (d x d, dense or
-    sparse) by Lanczos (ARPACK, from a fixed random vector, to 1e-12 relative; in one BLAS
-    thread, so every process gets the same number). The whole spectrum by LAPACK cost 0.1 s
-    at d = 1 000 and 0.7 s at d = 2 000, every recovery in a fresh process; Lanczos 3-8 ms,
-    the same value to 1e-15."""
-    from scipy.sparse.linalg import ArpackError, eigsh
-
-    if G.shape[0] <= 2:
-        return float(np.linalg.eigvalsh(G.toarray() if sp.issparse(G) else G)[-1])
-    with blas_threads(1):
-        try:
-            v0 = np.random.default_rng(0).standard_normal(G.shape[0])
-            return float(eigsh(G, k=1, which="LA", v0=v0, tol=1e-12,
-                               return_eigenvectors=False)[0])
-        except ArpackError:  # pragma: no cover - not seen on a PSD Gram matrix
-            return float(np.linalg.eigvalsh(G.toarray() if sp.issparse(G) else G)[-1])
 
 
 def _shrink(v: np.ndarray, th: Any, nonneg: bool) -> np.ndarray:
@@ -394,7 +349,7 @@ def _fista(
     """
     op = blocks.op
     r = Wt.shape[1]
-    L = _lipschitz(op, blocks)
+    L = lipschitz(op, blocks)
     step = 1.0 / L
     thresh = step * lam
     sweep = (_LocalSweep if blocks.local else _DaskSweep)(blocks, r, weights)
