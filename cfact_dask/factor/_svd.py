@@ -32,12 +32,14 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask import delayed
 
 from .._runtime.blas import aligned_gram, blas_threads
 from .._runtime.checks import check_rank
 from .._runtime.cluster import client_context, compute, detach, persist
 from .._runtime.display import summary_html, summary_repr
 from .._runtime.random import SeedLike, normalize_seed
+from .._runtime.trees import tree_sum
 from ..errors import InputError
 from ..sketching._project import project_many
 from ..sketching.operators import Kind, SketchOperator, make_operator, project
@@ -195,10 +197,6 @@ def _row_gram(W: da.Array, split_every: int = 8) -> da.Array:
     """``W Wᵀ`` (l × l, float64, one chunk) of a wide ``W`` chunked along its columns, as a
     fixed-order tree of per-chunk products on aligned copies: the same sums wherever the
     tasks run."""
-    from dask import delayed
-
-    from .._runtime.trees import tree_sum
-
     parts = [delayed(aligned_gram)(b) for b in W.rechunk({0: -1}).to_delayed().ravel()]
     n = W.shape[0]
     return da.from_delayed(tree_sum(parts, split_every), shape=(n, n), dtype=np.float64,

@@ -16,6 +16,7 @@ from typing import Any
 from .. import config
 from ..errors import ConfigError, InsufficientMemoryError
 from ..io import open_array
+from ..recovery.exact import fits_in_memory
 from ..sketching.operators import kind_spec
 from .job import load_job
 
@@ -307,7 +308,7 @@ def _plan_input(job: dict[str, Any], inp: Any, nw: int, th: int, limit: int | No
     semi = job["factor"]["method"] == "semi-nmf" or bool(job["factor"].get("semi"))
     refine = 0 if semi else int(job["recover"].get("refine", 0) or 0)
     refine_passes = refine * (1 if chunk[ax] >= n else 2)
-    if refine and n * m * 8 <= int(config.get("als.local-max-bytes", 2**28)):
+    if refine and fits_in_memory((n, m)):
         # small data: read once, the exact pass and the refinement in memory on that read
         refine_passes = 0
     if method == "auto":

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from dask import delayed
 
 from .._runtime import cluster
+from .._runtime.blas import blas_threads
 from .._runtime.trees import tree_sum
 from ..errors import InputError
 from ..sketching.operators import SketchOperator
@@ -177,8 +178,6 @@ def _top_eigenvalue(G: Any) -> float:
     at d = 1 000 and 0.7 s at d = 2 000, every recovery in a fresh process; Lanczos 3-8 ms,
     the same value to 1e-15."""
     from scipy.sparse.linalg import ArpackError, eigsh
-
-    from .._runtime.blas import blas_threads
 
     if G.shape[0] <= 2:
         return float(np.linalg.eigvalsh(G.toarray() if sp.issparse(G) else G)[-1])

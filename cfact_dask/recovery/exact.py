@@ -75,7 +75,7 @@ def lstsq_data(
     """
     X = _matrix(data, H)
     refines = bool(refine) and nonneg and bool(np.all(np.asarray(H) >= 0))
-    if refines and _fits_in_memory(X):
+    if refines and fits_in_memory(X.shape):
         # small data: one read, then the exact pass and the refinement in this process
         W, Hn, record = _exact_in_memory(X, np.asarray(H, dtype=np.float64), client)
         exact = record["errors"][-1]
@@ -119,10 +119,11 @@ def _matrix(data: Any, H: np.ndarray) -> da.Array:
     return X
 
 
-def _fits_in_memory(X: da.Array) -> bool:
-    """Data within ``cfact.als.local-max-bytes`` as float64 (the budget of NMF's in-memory
-    iterations): read once and worked on in this process (the planner uses the same test)."""
-    return X.shape[0] * X.shape[1] * 8 <= int(config.get("als.local-max-bytes", 2**28))
+def fits_in_memory(shape: tuple[int, ...]) -> bool:
+    """Data of ``shape`` within ``cfact.als.local-max-bytes`` as float64 (the budget of NMF's
+    in-memory iterations): read once and worked on in this process. The planner counts the
+    reads with this same test."""
+    return math.prod(shape) * 8 <= int(config.get("als.local-max-bytes", 2**28))
 
 
 def _lstsq_factors(H: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -256,7 +257,7 @@ def refine_data(
     r = H.shape[0]
     H = np.asarray(H, dtype=np.float64)
     on = dict(client=client, scheduler=local_scheduler(), progress=False)
-    if _fits_in_memory(Xf):
+    if fits_in_memory(Xf.shape):
         return _refine_in_memory(Xf, W, H, num, den, on)
     errors = [_rel(num, den)]
     passes = 0
@@ -328,7 +329,7 @@ def _exact_in_memory(
     included) and the refinement's rounds in this process. One read where the pass and the
     refinement's gather took two."""
     on = dict(client=client, scheduler=local_scheduler(), progress=False)
-    X = _gather(Xf.astype(np.float64) if Xf.dtype != np.float64 else Xf, on=on)[0]
+    X = _gather(Xf, on=on)[0]
     r = H.shape[0]
     Qh, Rh, Rinv_T, G = _lstsq_factors(H)
     with blas_threads():

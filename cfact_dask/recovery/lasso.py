@@ -90,8 +90,18 @@ _HOPELESS = 2.0
 #: by name): the path is walked further, for the best recovery it can give (a rejected cell's
 #: error ratio was 1.5x walking on where the first solve had 4.3x)
 _HOPELESS_FINAL = 10.0
+#: set inside :func:`fallback_follows`
 _FALLBACK: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "cfact_recover_fallback", default=False)
+#: relative-change tolerance of the automatic λ's LASSO solves when they are debiased
+_AUTO_TOL = 1e-3
+#: the in-process FISTA runs the blocks' steps in threads when W has at least this many entries
+#: (n r); the columns of P it keeps or regenerates: see ``_blocks._LOCAL_P_MAX_BYTES``
+_LOCAL_THREADS_MIN_ENTRIES = 2**20
+#: FISTA also stops when no column's objective fell by more than tol x this factor (relative)
+#: over the last _OBJ_WINDOW iterations
+_OBJ_TOL_FACTOR = 0.2
+_OBJ_WINDOW = 10
 
 
 @contextlib.contextmanager
@@ -103,15 +113,6 @@ def fallback_follows() -> Iterator[None]:
         yield None
     finally:
         _FALLBACK.reset(token)
-#: relative-change tolerance of the automatic λ's LASSO solves when they are debiased
-_AUTO_TOL = 1e-3
-#: the in-process FISTA runs the blocks' steps in threads when W has at least this many entries
-#: (n r); the columns of P it keeps or regenerates: see ``_blocks._LOCAL_P_MAX_BYTES``
-_LOCAL_THREADS_MIN_ENTRIES = 2**20
-#: FISTA also stops when no column's objective fell by more than tol x this factor (relative)
-#: over the last _OBJ_WINDOW iterations
-_OBJ_TOL_FACTOR = 0.2
-_OBJ_WINDOW = 10
 
 
 def _shrink(v: np.ndarray, th: Any, nonneg: bool) -> np.ndarray:
@@ -712,12 +713,12 @@ def solve_lasso(
             if first is not None:
                 info["first_holdout_error"] = first
                 logger.debug("recover: first solve -> held-out error %.4f", first)
-            if give_up and first is not None and first > hopeless:
+            if first is not None and first > hopeless:
                 info["lam_path_stopped"] = (
                     f"held-out error {first:.3g} of the first solve is over {factor:g}x the "
                     f"certificate's limit: sparse recovery cannot fit this factorization")
                 best = (first, None, lam1, xs_d, Px_d, sizes, conv1)
-            for mult in _LAM_PATH if best is None else ():
+            for mult in _LAM_PATH if best is None else ():  # none when the first is hopeless
                 lam_m = mult * lam0
                 plain, xr, Pxr, conv_m = solve(lam_m, x_warm, tol_in)
                 x_warm = plain
