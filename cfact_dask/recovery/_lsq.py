@@ -19,9 +19,11 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from dask import delayed
 
+from .._runtime import jit
 from .._runtime.blas import blas_threads
 from ..sketching.operators import SketchOperator
 from ._blocks import Blocks, absmax, cols, matvec_block, tree_sum
+from ._kernels import nnls_pg
 
 __all__ = ["debias_support", "lasso_active_set", "nnls"]
 
@@ -82,16 +84,21 @@ def nnls(A: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.maximum(np.linalg.lstsq(A, y, rcond=None)[0], 0)
 
 
-def _chol_ls(As: sp.csc_matrix, AT: sp.csr_matrix, b: np.ndarray, F: np.ndarray) -> Any:
-    """``argmin ‖A_F x − y‖`` by Cholesky of ``A_Fᵀ A_F`` (built from the sparse columns; ``b``
-    is ``Aᵀ y``), or None when that Gram matrix is not safely positive definite: ``A_F``
-    rank-deficient (the least-squares solution is then not unique, and which one is returned
-    is the reference solver's business) or too ill-conditioned for the normal equations."""
+def _chol_ls(AtA: np.ndarray, b: np.ndarray, F: np.ndarray | None) -> Any:
+    """``argmin ‖A_F x − y‖`` by Cholesky of ``A_Fᵀ A_F`` (the rows and columns ``F`` of the
+    dense ``AtA = AᵀA``, built once per support from the sparse columns; ``b`` is ``Aᵀ y``;
+    ``F=None``: all columns), or None when that Gram matrix is not safely positive definite:
+    ``A_F`` rank-deficient (the least-squares solution is then not unique, and which one is
+    returned is the reference solver's business) or too ill-conditioned for the normal
+    equations."""
     from scipy.linalg import cho_factor, cho_solve, lapack
 
-    if F.size == 0:
+    if F is None:
+        G, bF = AtA.copy(), b
+    elif F.size == 0:
         return np.zeros(0)
-    G = (AT[F] @ As[:, F]).toarray()
+    else:
+        G, bF = AtA[np.ix_(F, F)], b[F]
     anorm = float(np.abs(G).sum(axis=0).max())
     try:
         c = cho_factor(G, lower=False, overwrite_a=True, check_finite=False)
@@ -100,7 +107,7 @@ def _chol_ls(As: sp.csc_matrix, AT: sp.csr_matrix, b: np.ndarray, F: np.ndarray)
     rcond, info = lapack.dpocon(c[0], anorm)
     if info != 0 or not rcond > _CHOL_RCOND:
         return None
-    x = cho_solve(c, b[F], check_finite=False)
+    x = cho_solve(c, bF, check_finite=False)
     return x if np.all(np.isfinite(x)) else None
 
 
@@ -115,7 +122,7 @@ def _lstsq_support(A: sp.csc_matrix, y: np.ndarray) -> tuple[np.ndarray, str]:
     """
     A = sp.csc_matrix(A)
     AT = A.T.tocsr()
-    x = _chol_ls(A, AT, AT @ y, np.arange(A.shape[1]))
+    x = _chol_ls((AT @ A).toarray(), AT @ y, None)
     if x is not None:
         return x, "cholesky"
     return np.linalg.lstsq(A.toarray(), y, rcond=None)[0], "lstsq"
@@ -149,13 +156,42 @@ def _nnls_support(A: sp.csc_matrix, y: np.ndarray) -> tuple[np.ndarray, str]:
     AT = A.T.tocsr()
     b = AT @ y
     tol = _KKT_TOL * float(np.abs(b).max())
-    xF = _chol_ls(A, AT, b, np.arange(k))
+    AtA = (AT @ A).toarray()  # once: the exchanges below solve on its sub-blocks
+    xF = _chol_ls(AtA, b, None)
     if xF is not None and np.all(xF > 0):
         return xF, "lstsq"
     # find the support: FISTA with function-value restart on ½‖A x − y‖², x ≥ 0, step 1/L with
     # L the largest Gershgorin bound of AᵀA (≥ its largest eigenvalue)
-    L = float(abs(AT @ A).sum(axis=1).max()) or 1.0
+    L = float(np.abs(AtA).sum(axis=1).max()) or 1.0
     x = np.zeros(k) if xF is None else np.maximum(xF, 0.0)
+    if jit.enabled():  # the same loop compiled (recovery._kernels)
+        x = nnls_pg(A, y, b, x, L, _PG_MAX_ITER, _PG_STABLE)
+    else:
+        x = _pg_support(A, AT, y, b, x, L)
+    # exact least squares on the found support, then the KKT check; exchange the violators
+    inF = x > 0
+    for _ in range(_POLISH_ROUNDS):
+        F = np.flatnonzero(inF)
+        xF = _chol_ls(AtA, b, F)
+        if xF is None:
+            break
+        x = np.zeros(k)
+        x[F] = xF
+        w = b - AT @ (A @ x)  # −gradient: ≤ tol off F at the solution
+        add = ~inF & (w > tol)
+        drop = xF <= 0
+        if not add.any() and not drop.any():
+            return x, "active-set"
+        inF[F[drop]] = False
+        inF[add] = True
+    return nnls(A.toarray(), y), "scipy"
+
+
+def _pg_support(A: sp.csc_matrix, AT: sp.csr_matrix, y: np.ndarray, b: np.ndarray,
+                x: np.ndarray, L: float) -> np.ndarray:
+    """The NNLS's support search (numpy): FISTA with function-value restart on
+    ``½‖A x − y‖²``, ``x ≥ 0``, step ``1/L``, from ``x``, until the positive set has not changed
+    for ``_PG_STABLE`` steps (compiled: :func:`~cfact_dask.recovery._kernels.nnls_pg`)."""
     z, t, f_prev = x, 1.0, math.inf
     pos_prev, stable = x > 0, 0
     for _ in range(_PG_MAX_ITER):
@@ -172,23 +208,7 @@ def _nnls_support(A: sp.csc_matrix, y: np.ndarray) -> tuple[np.ndarray, str]:
         x, t, f_prev, pos_prev = xn, t_next, f, pos
         if stable >= _PG_STABLE:
             break
-    # exact least squares on the found support, then the KKT check; exchange the violators
-    inF = x > 0
-    for _ in range(_POLISH_ROUNDS):
-        F = np.flatnonzero(inF)
-        xF = _chol_ls(A, AT, b, F)
-        if xF is None:
-            break
-        x = np.zeros(k)
-        x[F] = xF
-        w = b - AT @ (A @ x)  # −gradient: ≤ tol off F at the solution
-        add = ~inF & (w > tol)
-        drop = xF <= 0
-        if not add.any() and not drop.any():
-            return x, "active-set"
-        inF[F[drop]] = False
-        inF[add] = True
-    return nnls(A.toarray(), y), "scipy"
+    return x
 
 
 def debias_support(

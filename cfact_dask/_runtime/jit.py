@@ -1,0 +1,63 @@
+"""Compiled inner loops: numba, on first use, where numpy's per-call overhead is the cost.
+
+A few loops run hundreds of times on blocks too small for numpy to amortise its calls: FISTA's
+step on a 5 000 x 20 block of ``W`` is ~25 element-wise passes plus two sparse products (1 ms
+at r = 20, of which the arithmetic is a fraction), HALS's sweep over the r components of a
+sketch's factor is r x 5 numpy calls on rows of a few thousand entries, and the NNLS's
+projected-gradient loop of the debias is two sparse products and a handful of vector calls per
+step on a support of a few hundred. Each such loop is written once as plain Python loops,
+decorated with :func:`kernel`, and compiled by numba the first time it is called
+(``cache=True``: compiled once per installation, then loaded from numba's on-disk cache; no
+GIL held). The numpy formulation stays beside each kernel: it is the reference the tests
+compare with, and the path taken when ``cfact.jit.enabled`` is false or numba cannot be
+imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..config import get
+
+__all__ = ["enabled", "kernel"]
+
+_LOCK = threading.RLock()
+_NUMBA: list[Any] = []  # [numba.njit] or [None] once the import was tried
+
+
+def _njit() -> Any:
+    if not _NUMBA:
+        with _LOCK:
+            if not _NUMBA:
+                try:
+                    from numba import njit
+                except ImportError:  # pragma: no cover - numba is a dependency
+                    njit = None
+                _NUMBA.append(njit)
+    return _NUMBA[0]
+
+
+def enabled() -> bool:
+    """Whether compiled kernels are used: ``cfact.jit.enabled`` and numba importable."""
+    return bool(get("jit.enabled", True)) and _njit() is not None
+
+
+def kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (plain Python loops over numpy arrays, module level) compiled by numba on its
+    first call (``nopython``, ``nogil``, ``cache=True``). The plain function stays reachable
+    as ``.py`` (slow: for tests on tiny inputs only). Call it only when :func:`enabled`."""
+    compiled: list[Any] = []
+
+    @functools.wraps(fn)
+    def run(*args: Any) -> Any:
+        if not compiled:
+            with _LOCK:
+                if not compiled:
+                    compiled.append(_njit()(cache=True, nogil=True)(fn))
+        return compiled[0](*args)
+
+    run.py = fn  # type: ignore[attr-defined]
+    return run
