@@ -15,7 +15,7 @@ import numpy as np
 
 from .._runtime.jit import kernel
 
-__all__ = ["fista_step", "nnls_pg"]
+__all__ = ["fista_point", "fista_residual", "fista_step", "nnls_pg"]
 
 
 @kernel
@@ -29,44 +29,79 @@ def _fista_csc(indptr, indices, data, x, xp, G, beta, step, thresh, w, use_w, no
     Gs = G * step
     for i in range(n):
         # (step Pᵀ G)_i from the column's few nonzeros
-        gi[:] = 0.0
+        for j in range(r):
+            gi[j] = 0.0
         for p in range(indptr[i], indptr[i + 1]):
-            k = indices[p]
+            Gk = Gs[indices[p]]
             v = data[p]
             for j in range(r):
-                gi[j] += v * Gs[k, j]
-        if nonneg and not use_w:
-            for j in range(r):
-                xi = x[i, j]
-                a = max(xi + beta[j] * (xi - xp[i, j]) - gi[j] - thresh[j], 0.0)
-                xn[i, j] = a
-                dd = a - xi
-                s0[j] += dd * dd
-                s1[j] += a * a
-                s2[j] += a
-        else:
-            for j in range(r):
-                xi = x[i, j]
-                y = xi + beta[j] * (xi - xp[i, j]) - gi[j]
-                wij = w[i, j] if use_w else 1.0
-                th = thresh[j] * wij
-                if nonneg:
-                    a = max(y - th, 0.0)
-                    v2 = a
-                else:
-                    a = max(abs(y) - th, 0.0)
-                    v2 = a if y >= 0 else -a
-                xn[i, j] = v2
-                dd = v2 - xi
-                s0[j] += dd * dd
-                s1[j] += v2 * v2
-                s2[j] += a * wij
+                gi[j] += v * Gk[j]
+        xi_ = x[i]
+        xpi = xp[i]
+        xni = xn[i]
+        wi = w[i]
+        for j in range(r):
+            xi = xi_[j]
+            y = xi + beta[j] * (xi - xpi[j]) - gi[j]
+            wij = wi[j] if use_w else 1.0
+            th = thresh[j] * wij
+            if nonneg:
+                a = max(y - th, 0.0)
+                v2 = a
+            else:
+                a = max(abs(y) - th, 0.0)
+                v2 = a if y >= 0 else -a
+            xni[j] = v2
+            dd = v2 - xi
+            s0[j] += dd * dd
+            s1[j] += v2 * v2
+            s2[j] += a * wij
         # P x⁺ from the same nonzeros
         for p in range(indptr[i], indptr[i + 1]):
-            k = indices[p]
+            Pk = Px[indices[p]]
             v = data[p]
             for j in range(r):
-                Px[k, j] += v * xn[i, j]
+                Pk[j] += v * xni[j]
+    stats[0] = s0
+    stats[1] = s1
+    stats[2] = s2
+
+
+@kernel
+def _fista_csc_nn(indptr, indices, data, x, xp, G, beta, step, thresh, xn, Px, stats
+                  ):  # pragma: no cover - compiled (the tests run it compiled)
+    """:func:`_fista_csc` for the plain nonnegative LASSO (no weights, no sign): the loop
+    without the branches, which LLVM vectorises (~20 % faster at r = 20)."""
+    n, r = x.shape
+    gi = np.empty(r)
+    s0 = np.zeros(r)
+    s1 = np.zeros(r)
+    s2 = np.zeros(r)
+    Gs = G * step
+    for i in range(n):
+        for j in range(r):
+            gi[j] = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            Gk = Gs[indices[p]]
+            v = data[p]
+            for j in range(r):
+                gi[j] += v * Gk[j]
+        xi_ = x[i]
+        xpi = xp[i]
+        xni = xn[i]
+        for j in range(r):
+            xi = xi_[j]
+            a = max(xi + beta[j] * (xi - xpi[j]) - gi[j] - thresh[j], 0.0)
+            xni[j] = a
+            dd = a - xi
+            s0[j] += dd * dd
+            s1[j] += a * a
+            s2[j] += a
+        for p in range(indptr[i], indptr[i + 1]):
+            Pk = Px[indices[p]]
+            v = data[p]
+            for j in range(r):
+                Pk[j] += v * xni[j]
     stats[0] = s0
     stats[1] = s1
     stats[2] = s2
@@ -87,19 +122,69 @@ def fista_step(
     ``y = x + β(x − x_prev)``; ``x⁺ = prox(y − step·Pᵀ G)``; ``P x⁺`` and the statistics
     ``‖x⁺ − x‖², ‖x⁺‖², Σ w|x⁺|`` per column. Returns ``(x⁺, x, P x⁺, stats)`` as
     :func:`~cfact_dask.recovery.lasso._fista_update` does."""
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    xp = np.ascontiguousarray(x_prev, dtype=np.float64)
+    x = _c(x)
     r = x.shape[1]
-    w = x if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    w = x if weights is None else _c(weights)
     xn = np.empty_like(x)
     Px = np.zeros((P.shape[0], r))
     stats = np.empty((3, r))
-    _fista_csc(P.indptr, P.indices, np.asarray(P.data, dtype=np.float64), x, xp,
-               np.ascontiguousarray(G, dtype=np.float64),
-               np.ascontiguousarray(np.broadcast_to(beta, (r,)), dtype=np.float64), float(step),
-               np.ascontiguousarray(np.broadcast_to(thresh, (r,)), dtype=np.float64), w,
-               weights is not None, bool(nonneg), xn, Px, stats)
+    if nonneg and weights is None:
+        _fista_csc_nn(P.indptr, P.indices, _c(P.data), x, _c(x_prev), _c(G), _vec(beta, r),
+                      float(step), _vec(thresh, r), xn, Px, stats)
+    else:
+        _fista_csc(P.indptr, P.indices, _c(P.data), x, _c(x_prev), _c(G), _vec(beta, r),
+                   float(step), _vec(thresh, r), w, weights is not None, bool(nonneg), xn, Px,
+                   stats)
     return xn, x, Px, stats
+
+
+def _c(a: Any) -> np.ndarray:
+    """``a`` as a C-ordered float64 array, itself when it already is one (the usual case: a
+    wrapper's checks cost more than a small step's arithmetic)."""
+    if type(a) is np.ndarray and a.dtype == np.float64 and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _vec(v: Any, r: int) -> np.ndarray:
+    """A per-column scalar or vector as a float64 vector of length ``r``."""
+    a = _c(v)
+    return a if a.shape == (r,) else np.ascontiguousarray(np.broadcast_to(a, (r,)))
+
+
+@kernel
+def _point_kernel(Px, Px_prev, Wt, beta, G):  # pragma: no cover - compiled
+    d, r = Px.shape
+    for k in range(d):
+        for j in range(r):
+            G[k, j] = Px[k, j] + beta[j] * (Px[k, j] - Px_prev[k, j]) - Wt[k, j]
+
+
+@kernel
+def _residual_kernel(Px, Wt, sq):  # pragma: no cover - compiled
+    d, r = Px.shape
+    for j in range(r):
+        sq[j] = 0.0
+    for k in range(d):
+        for j in range(r):
+            e = Px[k, j] - Wt[k, j]
+            sq[j] += e * e
+
+
+def fista_point(Px: np.ndarray, Px_prev: np.ndarray, Wt: np.ndarray, beta: np.ndarray
+                ) -> np.ndarray:
+    """FISTA's gradient point in sketch space, ``P y − W̃ = P x + β(P x − P x_prev) − W̃``
+    (d x r), in one pass."""
+    G = np.empty_like(Wt)
+    _point_kernel(_c(Px), _c(Px_prev), _c(Wt), _vec(beta, Wt.shape[1]), G)
+    return G
+
+
+def fista_residual(Px: np.ndarray, Wt: np.ndarray) -> np.ndarray:
+    """``‖P x − W̃‖²`` per column, in one pass."""
+    sq = np.empty(Wt.shape[1])
+    _residual_kernel(_c(Px), _c(Wt), sq)
+    return sq
 
 
 @kernel

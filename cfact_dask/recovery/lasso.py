@@ -63,7 +63,7 @@ from ._blocks import (
     sparse_to_blocks,
     tree_sum,
 )
-from ._kernels import fista_step
+from ._kernels import fista_point, fista_residual, fista_step
 from ._lsq import debias_support, lasso_active_set
 from .certificate import holdout_baseline, holdout_estimate, holdout_limit
 
@@ -387,12 +387,16 @@ def _fista_loop(
     hist: dict[str, list[float]] = {"objective": [], "rel_change": []}
     converged = False
     it = 0
+    fused = jit.enabled()  # the d x r terms in one pass each (recovery._kernels)
     for it in range(1, max_iter + 1):
-        G = Px + beta * (Px - Px_prev) - Wt
+        G = fista_point(Px, Px_prev, Wt, beta) if fused else Px + beta * (Px - Px_prev) - Wt
         Px_new, stats = sweep.step(G, beta, step, thresh, nonneg)
         Px_prev, Px = Px, Px_new
-        res = Px - Wt
-        F = 0.5 * (res * res).sum(axis=0) + lam * stats[2]
+        if fused:
+            F = 0.5 * fista_residual(Px, Wt) + lam * stats[2]
+        else:
+            res = Px - Wt
+            F = 0.5 * (res * res).sum(axis=0) + lam * stats[2]
         rel = np.sqrt(stats[0]) / np.maximum(np.sqrt(stats[1]), np.finfo(float).tiny)
         hist["objective"].append(float(F.sum()))
         hist["rel_change"].append(float(rel.max()))
