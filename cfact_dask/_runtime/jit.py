@@ -16,6 +16,7 @@ imported.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 from ..config import get
 
 __all__ = ["enabled", "kernel"]
+
+logger = logging.getLogger(__name__)
 
 _LOCK = threading.RLock()
 _NUMBA: list[Any] = []  # [numba.njit] or [None] once the import was tried
@@ -56,8 +59,20 @@ def kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not compiled:
             with _LOCK:
                 if not compiled:
-                    compiled.append(_njit()(cache=True, nogil=True)(fn))
+                    compiled.append(_compile(fn))
         return compiled[0](*args)
 
     run.py = fn  # type: ignore[attr-defined]
     return run
+
+
+def _compile(fn: Callable[..., Any]) -> Any:
+    """numba's dispatcher for ``fn``, cached on disk; without the cache when numba finds no
+    writable place for it (a read-only installation and no writable user cache directory:
+    numba refuses ``cache=True`` there), compiled again in each process instead of failing."""
+    njit = _njit()
+    try:
+        return njit(cache=True, nogil=True)(fn)
+    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+        logger.debug("jit: %s compiled without numba's on-disk cache (%s)", fn.__name__, exc)
+        return njit(cache=False, nogil=True)(fn)

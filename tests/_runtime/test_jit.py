@@ -31,3 +31,26 @@ def test_switched_by_the_config():
     with dask.config.set({"cfact.jit.enabled": False}):
         assert not jit.enabled()
     assert jit.enabled()
+
+
+def test_no_writable_cache_compiles_without_it(monkeypatch):
+    """A read-only installation without a writable user cache: numba refuses ``cache=True``
+    (no cache locator); the kernel is then compiled without the cache instead of failing."""
+    from numba.core import caching
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in numba 0.6x
+    monkeypatch.setattr(impl, "_locator_classes", [])
+    import numba
+    import pytest
+
+    with pytest.raises(RuntimeError, match="no locator"):  # what numba does there
+        numba.njit(cache=True)(lambda x: x)
+
+    @jit.kernel
+    def _scale(a, x):  # pragma: no cover - compiled
+        for i in range(x.size):
+            x[i] *= a
+
+    x = np.ones(3)
+    _scale(3.0, x)
+    np.testing.assert_array_equal(x, [3.0, 3.0, 3.0])
