@@ -190,6 +190,7 @@ def _hals_sweep(F, C, G, l1, l2, nonneg):  # pragma: no cover - compiled (tests 
             else:
                 F[k, c] = v / gkk
 
+
 def _apg_rows(F: np.ndarray, C: np.ndarray, G: np.ndarray, l1: float, l2: float,
               nonneg: bool, n_inner: int) -> np.ndarray:
     """Accelerated projected gradient on ``min ½ tr(FᵀGF) − tr(CᵀF) + l1|F| + ½l2‖F‖²``."""
