@@ -62,6 +62,22 @@ def test_hals_compiled_sweep_equals_numpy_sweep(rng, nonneg, l1):
     assert np.any(out[True] != F)
 
 
+@pytest.mark.parametrize("jit", [True, False], ids=["compiled", "numpy"])
+def test_hals_sweep_keeps_the_factor_layout(rng, jit):
+    """The sweep returns the factor in its input's memory layout (W enters as Wᵀ, an F-ordered
+    view): the factors keep their layouts across iterations, as those a resumed run reads back
+    from its checkpoint do, so BLAS multiplies the same layouts and the resumed run ends bitwise
+    equal to an uninterrupted one (tests/test_s3.py::test_cli_run_killed_mid_factorization...)."""
+    W = rng.random((50, 4))
+    C, G = rng.random((4, 50)) * 10, W.T @ W
+    with dask.config.set({"cfact.jit.enabled": jit}):
+        out_f = _hals_rows(W.T, C, G, 0.0, 0.0, True)
+        out_c = _hals_rows(np.ascontiguousarray(W.T), C, G, 0.0, 0.0, True)
+    assert out_f.flags.f_contiguous and not out_f.flags.c_contiguous
+    assert out_c.flags.c_contiguous
+    np.testing.assert_array_equal(out_f, out_c)
+
+
 def test_semi_update_is_exact_least_squares(rng):
     X = rng.standard_normal((20, 30))
     H = rng.random((3, 30))
