@@ -27,20 +27,17 @@ __all__ = ["enabled", "kernel"]
 
 logger = logging.getLogger(__name__)
 
-_LOCK = threading.RLock()
-_NUMBA: list[Any] = []  # [numba.njit] or [None] once the import was tried
+_LOCK = threading.Lock()
 
 
+@functools.cache
 def _njit() -> Any:
-    if not _NUMBA:
-        with _LOCK:
-            if not _NUMBA:
-                try:
-                    from numba import njit
-                except ImportError:  # pragma: no cover - numba is a dependency
-                    njit = None
-                _NUMBA.append(njit)
-    return _NUMBA[0]
+    """numba's ``njit``, imported on first use (None without numba)."""
+    try:
+        from numba import njit
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    return njit
 
 
 def enabled() -> bool:
