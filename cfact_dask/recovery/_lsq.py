@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
-from dask import delayed
 
 from .._runtime import jit
 from .._runtime.blas import blas_threads
 from ..sketching.operators import SketchOperator
-from ._blocks import Blocks, absmax, cols, matvec_block, tree_sum
+from ._blocks import Blocks, absmax, cols, matvec_block
 from ._kernels import nnls_pg
 
 __all__ = ["debias_support", "lasso_active_set", "nnls"]
@@ -63,7 +62,7 @@ def _gather_support(blocks: Blocks, xs: list[Any], rel: float) -> tuple:
     thr = rel * absmax(blocks, xs)
     parts = blocks.compute(
         [
-            delayed(_support_block)(blocks.op, a, b, x, thr)
+            blocks.task(_support_block)(blocks.op, a, b, x, thr)
             for (a, b), x in zip(blocks.ranges, xs, strict=True)
         ]
     )
@@ -249,12 +248,12 @@ def debias_support(
     out = []
     for (a, b), x in zip(blocks.ranges, xs, strict=True):
         lo, hi = np.searchsorted(rows, [a, b])
-        out.append(delayed(_set_rows)(x, rows[lo:hi] - a, vals[lo:hi], done))
+        out.append(blocks.task(_set_rows)(x, rows[lo:hi] - a, vals[lo:hi], done))
     out = blocks.persist(out)
     PW = blocks.compute(
-        tree_sum(
+        blocks.sum(
             [
-                delayed(matvec_block)(blocks.op, a, b, x)
+                blocks.task(matvec_block)(blocks.op, a, b, x)
                 for (a, b), x in zip(blocks.ranges, out, strict=True)
             ]
         )

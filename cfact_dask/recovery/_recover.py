@@ -71,7 +71,6 @@ from typing import Any, Literal, overload
 
 import dask.array as da
 import numpy as np
-from dask import delayed
 
 from .. import config
 from .._runtime import cluster
@@ -494,7 +493,7 @@ del _m
 
 def _rows_to_array(blocks: Blocks, X: np.ndarray, r: int) -> da.Array:
     """An in-memory n x r ``W`` as the blocks' persisted array."""
-    xs = blocks.persist([delayed(np.array)(X[a:b]) for a, b in blocks.ranges])
+    xs = blocks.persist([blocks.task(np.array)(X[a:b]) for a, b in blocks.ranges])
     return blocks.to_array(xs, r)
 
 

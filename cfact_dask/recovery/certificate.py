@@ -37,14 +37,13 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask import delayed
 
 from .._runtime import cluster
 from .._runtime.cluster import client_context
 from .._runtime.display import SKIP, summary_html, summary_repr
 from ..errors import InputError
 from ..sketching.operators import SketchOperator
-from ._blocks import Blocks, local_scheduler, matvec_block, tree_sum
+from ._blocks import Blocks, local_scheduler, matvec_block
 
 __all__ = ["HOLDOUT_RATIO", "HOLDOUT_SLACK", "Certificate", "certify", "holdout_error",
            "holdout_baseline", "holdout_estimate", "holdout_inputs", "holdout_limit"]
@@ -197,27 +196,35 @@ def holdout_error(
        space". Contemp. Math. 26, 1984.
     """
     H = np.asarray(H, dtype=np.float64)
-    QM = holdout_sketch
-    if hasattr(QM, "matrix") and hasattr(QM, "operator"):  # a Sketch
-        QM = QM.matrix
-    if not isinstance(holdout_operator, SketchOperator):
-        raise InputError(
-            f"holdout_operator must be a SketchOperator, got {type(holdout_operator).__name__}"
-        )
-    if W_hat.shape[0] != holdout_operator.n_features:
-        raise InputError(
-            f"W has {W_hat.shape[0]} rows but the held-out operator covers "
-            f"{holdout_operator.n_features} features"
-        )
-    if QM.shape != (holdout_operator.n_components, H.shape[1]):
-        raise InputError(
-            f"held-out sketch has shape {QM.shape}; expected ({holdout_operator.n_components}, "
-            f"{H.shape[1]}) = (held-out rows, samples of H)"
-        )
+    QM = _check_holdout(W_hat, H, holdout_sketch, holdout_operator)
     QW = holdout_operator.matvec(W_hat)
     with client_context(client, nbytes=0) as c:
         QW, QM = cluster.compute(QW, QM if c is None else da.asarray(QM), client=c,
                                  scheduler=local_scheduler(), progress=False)
+    return _holdout_ratio(QW, QM, H)
+
+
+def _check_holdout(W_hat: Any, H: np.ndarray, QM: Any, Qop: Any) -> Any:
+    """The held-out sketch's matrix, after checking it against ``W`` and ``H``."""
+    if hasattr(QM, "matrix") and hasattr(QM, "operator"):  # a Sketch
+        QM = QM.matrix
+    if not isinstance(Qop, SketchOperator):
+        raise InputError(f"holdout_operator must be a SketchOperator, got {type(Qop).__name__}")
+    if W_hat.shape[0] != Qop.n_features:
+        raise InputError(
+            f"W has {W_hat.shape[0]} rows but the held-out operator covers "
+            f"{Qop.n_features} features"
+        )
+    if QM.shape != (Qop.n_components, H.shape[1]):
+        raise InputError(
+            f"held-out sketch has shape {QM.shape}; expected ({Qop.n_components}, "
+            f"{H.shape[1]}) = (held-out rows, samples of H)"
+        )
+    return QM
+
+
+def _holdout_ratio(QW: Any, QM: Any, H: np.ndarray) -> tuple[float, float]:
+    """:func:`holdout_error`'s two numbers from ``Q Ŵ`` and ``Q M`` in memory."""
     QM = np.asarray(QM, dtype=np.float64)
     QW = np.asarray(QW, dtype=np.float64)
     den = float(np.linalg.norm(QM))
@@ -296,9 +303,9 @@ def holdout_estimate(
 ) -> float:
     """``‖Q M − (Q Ŵ) H‖ / ‖Q M‖`` for ``Ŵ`` given as row blocks (see :func:`holdout_error`)."""
     QW = blocks.compute(
-        tree_sum(
+        blocks.sum(
             [
-                delayed(matvec_block)(Qop, a, b, x)
+                blocks.task(matvec_block)(Qop, a, b, x)
                 for (a, b), x in zip(blocks.ranges, xs, strict=True)
             ]
         )
@@ -367,7 +374,18 @@ def certify(
     if not reads_data and PW is None:
         assert op is not None
         todo.append(op.matvec(W))
+    QM = None
+    if holdout is not None:
+        if H is None:
+            raise InputError("the held-out certificate needs H (pass a result with .H, or H=)")
+        H = np.asarray(H, dtype=np.float64)
+        QM, Qop = holdout
+        QM = _check_holdout(W, H, QM, Qop)
+        # Q Ŵ (and Q M when it lives on the cluster) in the same pass over W as the counts
+        todo += [Qop.matvec(W), QM if client is None else da.asarray(QM)]
     got = cluster.compute(*todo, client=client, scheduler=local_scheduler(), progress=False)
+    if holdout is not None:
+        *got, QW, QM = got
     if sizes is None:
         sizes = np.asarray(got[0])
     eff = np.asarray(got[1])
@@ -383,10 +401,9 @@ def certify(
     h_err = h_base = bound = None
     notes: list[str] = []
     if holdout is not None:
-        if H is None:
-            raise InputError("the held-out certificate needs H (pass a result with .H, or H=)")
-        QM, Qop = holdout
-        h_err, h_base = holdout_error(W, H, QM, Qop, client=client)
+        assert H is not None
+        Qop = holdout[1]
+        h_err, h_base = _holdout_ratio(QW, QM, H)
         d_h = int(Qop.n_components)
         bound = holdout_limit(h_base, d_h)
         if reads_data:

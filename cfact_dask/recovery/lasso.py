@@ -476,8 +476,8 @@ def _fista_ws(
     coef = [np.zeros(0) for _ in range(r)]
     wsup = [np.zeros(0) for _ in range(r)]
     if x0 is not None:
-        found = blocks.compute(delayed(list)([
-            delayed(_nonzeros_block)(a, x) for (a, b), x in zip(blocks.ranges, x0, strict=True)
+        found = blocks.compute(blocks.task(list)([
+            blocks.task(_nonzeros_block)(a, x) for (a, b), x in zip(blocks.ranges, x0, strict=True)
         ]))
         for rows, cols, vals in found:
             for j in range(r):
@@ -495,8 +495,8 @@ def _fista_ws(
     it = 0
     wts = weights if weights is not None else [None] * len(blocks.ranges)
     for it in range(1, max(max_iter, 1) + 1):
-        idx, score, wt = blocks.compute(delayed(_ws_merge)(
-            [delayed(_ws_scan)(op, a, b, R, lam, nonneg, w, m)
+        idx, score, wt = blocks.compute(blocks.task(_ws_merge)(
+            [blocks.task(_ws_scan)(op, a, b, R, lam, nonneg, w, m)
              for (a, b), w in zip(blocks.ranges, wts, strict=True)], m,
         ))
         slack = 1e-6 * np.maximum(lam, 1e-300) + 1e-12 * np.linalg.norm(Wt, axis=0)
@@ -567,8 +567,8 @@ def _support_columns(op: SketchOperator, idx: np.ndarray) -> np.ndarray:
 
 
 def _lam_max(blocks: Blocks, Wt: np.ndarray, nonneg: bool) -> np.ndarray:
-    parts = [delayed(rmatvec_stats)(blocks.op, a, b, Wt, nonneg) for a, b in blocks.ranges]
-    return np.asarray(blocks.compute(delayed(np.max)(delayed(np.stack)(parts), axis=0)))
+    parts = [blocks.task(rmatvec_stats)(blocks.op, a, b, Wt, nonneg) for a, b in blocks.ranges]
+    return np.asarray(blocks.compute(blocks.task(np.max)(blocks.task(np.stack)(parts), axis=0)))
 
 
 def _column_norm(op: SketchOperator) -> float:
@@ -583,7 +583,7 @@ def _reweight(blocks: Blocks, xs: list[Any]) -> list[Any]:
     """Entry weights ``ε / (|x| + ε)`` with ``ε = _REWEIGHT_EPS`` x the column's largest
     (Candès, Wakin & Boyd 2008): large entries are barely penalised, zeros keep the full λ."""
     eps = np.maximum(_REWEIGHT_EPS * absmax(blocks, xs), np.finfo(float).tiny)
-    return blocks.persist([delayed(_weights_block)(x, eps) for x in xs])
+    return blocks.persist([blocks.task(_weights_block)(x, eps) for x in xs])
 
 
 def solve_lasso(

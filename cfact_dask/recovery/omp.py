@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from dask import delayed
 
 from ..sketching.operators import SketchOperator
 from ._blocks import Blocks, cols, sparse_to_blocks
@@ -73,8 +72,8 @@ def solve_omp(blocks: Blocks, Wt: np.ndarray, k: int, nonneg: bool, tol: float) 
             break
         Ra = R * active
         best = blocks.compute(
-            delayed(_best)(
-                [delayed(_omp_select)(op, a, b, Ra, chosen, nonneg) for a, b in blocks.ranges]
+            blocks.task(_best)(
+                [blocks.task(_omp_select)(op, a, b, Ra, chosen, nonneg) for a, b in blocks.ranges]
             )
         )
         for j in np.flatnonzero(active):
