@@ -334,6 +334,41 @@ def compute(
     return _run_lazy(collections, on_client, dask.compute, progress, desc, client, scheduler)
 
 
+def gather_arrays(*collections: Any, client: Any = None) -> list[Any]:
+    """:func:`compute` for results wanted on the client whole: each dask array among
+    ``collections`` comes back as one fresh C-ordered numpy array, its blocks gathered as they
+    are and assembled here, all in one round trip. ``compute`` would first concatenate the
+    blocks in a task on a worker (one more hop for every byte, and a worker's memory for the
+    copy), then send the whole: measured for a 16 MB sketch in 4 blocks on 2 local workers,
+    34-150 ms against 25-30 ms for the blocks themselves. Other collections are computed as
+    usual, and anything else passes through."""
+    import dask.array as da
+    import numpy as np
+
+    todo: list[Any] = []
+    arrays: list[Any] = []
+    for x in collections:
+        if isinstance(x, da.Array) and x.ndim > 0:
+            arrays.append(x)
+            todo.extend(x.to_delayed().ravel().tolist())
+        else:
+            arrays.append(None)
+            todo.append(x)
+    done = iter(compute(*todo, client=client, progress=False))
+    out = []
+    for x in arrays:
+        if x is None:
+            out.append(next(done))
+            continue
+        value = np.empty(x.shape, dtype=x.dtype)  # C order, whatever the blocks' layout
+        starts = [np.cumsum((0,) + c) for c in x.chunks]
+        for idx in np.ndindex(*x.numblocks):
+            where = tuple(slice(st[i], st[i + 1]) for st, i in zip(starts, idx, strict=True))
+            value[where] = next(done)
+        out.append(value)
+    return out
+
+
 def persist(
     *collections: Any, client: Any = None, progress: bool | None = False, desc: str = "",
     wait: bool = False, scheduler: Any = None,

@@ -130,8 +130,9 @@ class ALSSpec:
 
 # ---------------------------------------------------------------------- block kernels
 def _hals_rows(F: np.ndarray, C: np.ndarray, G: np.ndarray, l1: float, l2: float,
-               nonneg: bool) -> np.ndarray:
-    """One HALS sweep over the r rows of ``F`` for ``min ½ tr(FᵀGF) − tr(CᵀF) + l1|F| + ½l2‖F‖²``.
+               nonneg: bool, sweeps: int = 1) -> np.ndarray:
+    """``sweeps`` HALS sweeps over the r rows of ``F`` for
+    ``min ½ tr(FᵀGF) − tr(CᵀF) + l1|F| + ½l2‖F‖²``.
 
     Rows (components) are updated in order, each with the latest values of the others
     (Gauss-Seidel), columns all at once: ``F_k ← [C_k − l1 − Σ_{j≠k} G_kj F_j]₊ / (G_kk + l2)``.
@@ -143,12 +144,21 @@ def _hals_rows(F: np.ndarray, C: np.ndarray, G: np.ndarray, l1: float, l2: float
     C = np.asarray(C, dtype=np.float64)
     G = np.asarray(G, dtype=np.float64)
     if jit.enabled():  # the same sweep compiled: 1.4-2.4x faster at r = 10-20 (call-bound)
-        Fc = np.ascontiguousarray(F)  # the kernel runs along rows
-        _hals_sweep(Fc, np.ascontiguousarray(C), np.ascontiguousarray(G), float(l1), float(l2),
-                    bool(nonneg))
+        # the kernel runs along rows: C-ordered copies once for all the sweeps
+        Fc, Cc, Gc = np.ascontiguousarray(F), np.ascontiguousarray(C), np.ascontiguousarray(G)
+        for _ in range(sweeps):
+            _hals_sweep(Fc, Cc, Gc, float(l1), float(l2), bool(nonneg))
         if Fc is not F:
             F[...] = Fc
         return F
+    for _ in range(sweeps):
+        _hals_sweep_numpy(F, C, G, l1, l2, nonneg)
+    return F
+
+
+def _hals_sweep_numpy(F: np.ndarray, C: np.ndarray, G: np.ndarray, l1: float, l2: float,
+                      nonneg: bool) -> None:
+    """:func:`_hals_sweep` in numpy, in place on ``F``."""
     # Σ_{j≠k} G_kj F_j as one product with the diagonal zeroed, and the row written in place:
     # five numpy calls per component instead of eight (the sweep is call-bound at small m)
     G0 = G.copy()
@@ -168,7 +178,6 @@ def _hals_rows(F: np.ndarray, C: np.ndarray, G: np.ndarray, l1: float, l2: float
             F[k] = np.sign(num) * np.maximum(np.abs(num) - l1, 0.0) / gkk
         else:
             np.divide(num, gkk, out=F[k])
-    return F
 
 
 @jit.kernel
@@ -237,9 +246,7 @@ def _update_rows(F: np.ndarray, C: np.ndarray, G: np.ndarray, spec: ALSSpec, sid
         return _ls_rows(F, C, G, l2)
     if spec.solver == "anls":
         return _apg_rows(F, C, G, l1, l2, nonneg, spec.inner_iter)
-    for _ in range(max(1, spec.hals_sweeps)):
-        F = _hals_rows(F, C, G, l1, l2, nonneg)
-    return F
+    return _hals_rows(F, C, G, l1, l2, nonneg, sweeps=max(1, spec.hals_sweeps))
 
 
 def _map_update(F: Array, C: Array, G: Array, spec: ALSSpec, side: str) -> Array:

@@ -725,7 +725,7 @@ def recover(
             QM = holdout[0].matrix if hasattr(holdout[0], "matrix") else holdout[0]
             if isinstance(QM, da.Array):
                 on = client if client is not None and not isinstance(client, str) else None
-                QM = np.asarray(cluster.compute(QM, client=on, progress=False)[0])
+                QM = np.asarray(cluster.gather_arrays(QM, client=on)[0])
             holdout = (QM, holdout[1])
     else:
         ctx = client_context(client, nbytes=nbytes)

@@ -78,6 +78,23 @@ def test_hals_sweep_keeps_the_factor_layout(rng, jit):
     np.testing.assert_array_equal(out_f, out_c)
 
 
+@pytest.mark.parametrize("jit", [True, False], ids=["compiled", "numpy"])
+def test_hals_several_sweeps_are_successive_sweeps(rng, jit):
+    """``sweeps=k`` (one copy of the factor for all k, as an iteration's hals_sweeps runs) is
+    bit for bit k single sweeps, each from the previous one's result; the layout is kept."""
+    W = rng.random((300, 6))
+    C, G = rng.random((6, 300)) * 10, W.T @ W + np.eye(6)
+    with dask.config.set({"cfact.jit.enabled": jit}):
+        for F0 in (W.T, np.ascontiguousarray(W.T)):
+            one = F0
+            for _ in range(5):
+                one = _hals_rows(one, C, G, 0.1, 0.0, True)
+            five = _hals_rows(F0, C, G, 0.1, 0.0, True, sweeps=5)
+            np.testing.assert_array_equal(five, one)
+            assert five.flags.f_contiguous == F0.flags.f_contiguous
+            assert not np.shares_memory(five, F0)
+
+
 def test_semi_update_is_exact_least_squares(rng):
     X = rng.standard_normal((20, 30))
     H = rng.random((3, 30))
