@@ -306,7 +306,8 @@ class Recovery:
             ("certificate", "ok" if c.ok else "NOT OK"),
             ("relative error (exact)" if c.exact_error is not None
              else "estimated relative error (held-out)", c.estimated_error),
-            ("best reachable with this H", c.holdout_baseline),
+            ("best reachable with this H (held-out)",
+             c.holdout_baseline if c.exact_error is None else SKIP),
             ("sketch fit residual", c.fit_residual if c.fit_residual is not None else SKIP),
             ("lambda", SKIP if lam is None or lam.size == 0 else
              f"{lam.min():.3g}..{lam.max():.3g} over {lam.size} columns"),

@@ -119,7 +119,7 @@ class Certificate:
             ("relative error (exact)", self.exact_error if self.exact_error is not None
              else SKIP),
             ("estimated relative error (held-out)", self.holdout_error),
-            ("best reachable with this H", self.holdout_baseline),
+            ("best reachable with this H (held-out)", self.holdout_baseline),
             ("accepted up to (held-out)", self.holdout_limit if self.holdout_limit is not None
              else SKIP),
             ("sketch fit residual", self.fit_residual if self.fit_residual is not None
