@@ -53,7 +53,7 @@ _tree_hash = tree_hash
 
 def _slow_block(block, marker_dir, delay):
     """Identity that leaves a marker file per call (progress seen from the test) and sleeps."""
-    open(os.path.join(marker_dir, uuid.uuid4().hex), "w").close()
+    open(os.path.join(marker_dir, f"{os.getpid()}-{uuid.uuid4().hex}"), "w").close()
     time.sleep(delay)
     return block
 
@@ -68,19 +68,28 @@ def _markers(marker_dir: str) -> int:
 
 
 def _kill_a_worker_when(client, marker_dir: str, count: int, timeout: float = 120.0):
-    """SIGKILL one worker process (by pid) from a thread once ``count`` markers exist."""
+    """SIGKILL one worker process (by pid) from a thread once ``count`` markers exist, at the
+    moment it starts a task (a new marker of its own): its running task is then lost for sure
+    and must run again. Killed between tasks, a worker may hold nothing the graph still needs
+    (its results already summed elsewhere), and nothing would be recomputed."""
     pids = client.run(os.getpid)
+    pid = pids[sorted(pids)[-1]]
     killed: list[int] = []
+
+    def own() -> set[str]:
+        return {f for f in os.listdir(marker_dir) if f.startswith(f"{pid}-")}
 
     def watch():
         t0 = time.time()
+        seen = None
         while time.time() - t0 < timeout:
-            if _markers(marker_dir) >= count:
-                pid = pids[sorted(pids)[-1]]
+            if seen is None and _markers(marker_dir) >= count:
+                seen = own()
+            if seen is not None and own() - seen:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 return
-            time.sleep(0.005)
+            time.sleep(0.002)
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
